@@ -1,0 +1,68 @@
+"""`python -m space.describe SPEC [--json]`: the per-layer table, totals and rule violations of a genome."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Analysis, analyze, check
+from .genome import Genome
+from .spec import load_spec, run_cli
+
+__all__ = ["describe", "table", "main"]
+
+
+def table(genome: Genome, a: Analysis | None = None) -> str:
+    """The per-layer table as fixed-width text (also used in reports)."""
+    a = a or analyze(genome)
+    rows = [("layer", "op", "in->out", "k", "s", "d", "size", "RF", "jump", "params", "MACs")]
+    for i in a.layers:
+        l = i.layer
+        rows.append((i.name, l.op, f"{i.cin}->{l.out}", l.kernel, l.stride, l.dilation, f"{i.size}x{i.size}",
+                     i.rf, i.jump, f"{i.params:,}", f"{i.macs:,}"))
+    rows.append(("head", f"gap+{genome.head.kind}", f"{genome.out_channels}->{genome.num_classes}", "", "", "", "1x1",
+                 "", "", f"{a.head_params:,}", f"{a.head_macs:,}"))
+    widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
+    out = ["  ".join(str(v).rjust(w) if c >= 3 else str(v).ljust(w) for c, (v, w) in enumerate(zip(r, widths)))
+           for r in rows]
+    out.insert(1, "-" * len(out[0]))
+    return "\n".join(out)
+
+
+def describe(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF) -> dict:
+    a = analyze(genome)
+    return {
+        "summary": genome.summary(),
+        "params": a.params,
+        "macs": a.macs,
+        "rf": a.rf,
+        "final_size": a.final_size,
+        "violations": check(genome, max_params, min_rf),
+        "layers": [{"name": i.name, "op": i.layer.op, "cin": i.cin, "cout": i.layer.out, "stride": i.layer.stride,
+                    "dilation": i.layer.dilation, "size": i.size, "rf": i.rf, "jump": i.jump, "params": i.params,
+                    "macs": i.macs} for i in a.layers],
+        "genome": genome.to_dict(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m space.describe", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("spec", help="preset name or genome JSON file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS)
+    p.add_argument("--min-rf", type=int, default=DEFAULT_MIN_RF)
+    args = p.parse_args(argv)
+    genome = load_spec(args.spec)
+    d = describe(genome, args.max_params, args.min_rf)
+    if args.json:
+        print(json.dumps(d))
+        return 0
+    print(genome.summary())
+    print(table(genome))
+    print(f"total: {d['params']:,} parameters, {d['macs'] / 1e6:.2f} M MACs per image, RF {d['rf']}, "
+          f"final map {d['final_size']}x{d['final_size']}")
+    print("violations: " + ("; ".join(d["violations"]) if d["violations"] else "none (feasible)"))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

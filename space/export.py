@@ -1,0 +1,88 @@
+"""Standalone PyTorch code for a genome: `python -m space.export SPEC -o FILE.py`.
+
+The file imports only torch, defines `class Net(nn.Module)` from the same module classes that
+space.layers builds with (copied verbatim), and annotates every layer with its output size, receptive
+field and parameters, so `Net().load_state_dict(build(genome).state_dict(), strict=True)` holds.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+from .analysis import analyze, check
+from .genome import Genome
+from .layers import Classifier, ConvBN, SepConvBN, module_calls
+from .spec import load_spec, run_cli
+
+__all__ = ["export_code", "main"]
+
+
+def _call(name: str, args: tuple, kwargs: dict) -> str:
+    return f"{name}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
+
+
+def export_code(genome: Genome) -> str:
+    a = analyze(genome)
+    blocks, head = module_calls(genome)
+    violations = check(genome)
+    lines = [
+        '"""Standalone model exported by tinynas (space.export). Needs only torch.',
+        "",
+        f"Genome: {genome.summary()}",
+        f"Parameters: {a.params:,}   MACs per image: {a.macs:,}   receptive field: {a.rf} px",
+        f"Constraints: {'; '.join(violations) if violations else 'all met (<= 200,000 parameters, RF >= 44, DSC, dilation)'}",
+        "",
+        "    model = Net()",
+        "    model.load_state_dict(torch.load('best_model.pt', map_location='cpu'))",
+        '"""',
+        "import torch",
+        "import torch.nn as nn",
+        "",
+        f"GENOME_JSON = {genome.to_json()!r}",
+        "",
+    ]
+    for cls in (ConvBN, SepConvBN, Classifier):
+        lines += ["", inspect.getsource(cls).rstrip(), ""]
+    lines += ["", "class Net(nn.Module):", "    def __init__(self):", "        super().__init__()"]
+    infos = iter(a.layers)
+    for b, calls in enumerate(blocks, 1):
+        lines.append(f"        self.c{b} = nn.Sequential(")
+        for call in calls:
+            info = next(infos)
+            lines.append(f"            {_call(*call)},  # {info.name}: out {info.size}x{info.size}x{info.layer.out}, "
+                         f"RF {info.rf}, jump {info.jump}, params {info.params:,}")
+        lines.append("        )")
+    lines += [
+        f"        self.head = {_call(*head)}  # GAP -> classifier, params {a.head_params:,}",
+        "",
+        "    def features(self, x: torch.Tensor) -> torch.Tensor:",
+        "        return self.c4(self.c3(self.c2(self.c1(x))))",
+        "",
+        "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        "        return self.head(self.features(x))",
+        "",
+        "",
+        "if __name__ == '__main__':",
+        "    model = Net()",
+        "    n = sum(p.numel() for p in model.parameters() if p.requires_grad)",
+        f"    assert n == {a.params}, n",
+        "    print(model(torch.zeros(2, 3, 32, 32)).shape, f'{n:,} parameters')",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m space.export", description="Write a genome as standalone PyTorch code.")
+    p.add_argument("spec", help="preset name or genome JSON file")
+    p.add_argument("-o", "--output", required=True, help="the .py file to write")
+    args = p.parse_args(argv)
+    genome = load_spec(args.spec)
+    Path(args.output).write_text(export_code(genome))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

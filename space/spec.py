@@ -1,0 +1,46 @@
+"""SPEC arguments of the command-line tools: a preset name, a genome JSON file, or inline JSON."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn
+
+from .genome import Genome, GenomeError
+from .presets import PRESETS, get_preset
+
+__all__ = ["load_spec", "fail", "run_cli"]
+
+
+def load_spec(spec: str) -> Genome:
+    """Preset name, path of a genome JSON file, or a JSON object given inline; GenomeError otherwise."""
+    if spec.lstrip().startswith("{"):
+        return Genome.from_json(spec)
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise GenomeError(f"cannot read {spec}: {e.strerror}") from None
+        try:
+            return Genome.from_json(text)
+        except GenomeError as e:
+            raise GenomeError(f"{spec}: {e}") from None
+    if spec in PRESETS:
+        return get_preset(spec)
+    raise GenomeError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a genome JSON file")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run_cli(main: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (GenomeError,)) -> NoReturn:
+    """Run a command's main; a user error becomes one line on stderr and exit code 2, Ctrl-C exit 130."""
+    try:
+        sys.exit(main() or 0)
+    except errors as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

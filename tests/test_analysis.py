@@ -1,0 +1,76 @@
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+
+from space import analyze, build
+from strategies import genomes
+
+
+def measured_rf(genome, size):
+    """Extent along one axis of the input pixels with non-zero gradient for the centre C4 output.
+
+    All weights and inputs are positive and BatchNorm is an identity in eval mode, so every ReLU passes
+    and no gradient cancels: the non-zero footprint is exactly the receptive field. A 1-pixel-wide input
+    keeps it cheap (RF is separable per axis); `size` must be large enough not to clip it.
+    """
+    model = build(genome, seed=0).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.uniform_(0.5, 1.0)
+    x = torch.ones(1, genome.in_channels, size, 1, requires_grad=True)
+    y = model.features(x)
+    y[0, :, y.shape[2] // 2, 0].sum().backward()
+    rows = (x.grad[0].abs().sum(0)[:, 0] > 0).nonzero().flatten()
+    return int(rows.max() - rows.min() + 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(genomes)
+def test_analytic_params_equal_built_params(genome):
+    model = build(genome)
+    assert analyze(genome).params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@settings(max_examples=150, deadline=None)
+@given(genomes)
+def test_analytic_rf_equals_gradient_footprint(genome):
+    rf = analyze(genome).rf
+    assert measured_rf(genome, size=2 * rf + 64) == rf
+
+
+@settings(max_examples=60, deadline=None)
+@given(genomes)
+def test_analytic_sizes_and_macs_match_forward_hooks(genome):
+    model = build(genome).eval()
+    seen = []
+
+    def hook(module, inputs, output):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        seen.append((output.shape[-1], output.numel() * (module.in_channels // module.groups) * k))
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(hook) for m in convs]
+    with torch.no_grad():
+        model(torch.zeros(1, genome.in_channels, 32, 32))
+    for h in handles:
+        h.remove()
+    a = analyze(genome)
+    head_conv = genome.head.kind == "conv1x1"
+    body = seen[:-1] if head_conv else seen
+    assert sum(m for _, m in body) + a.head_macs == a.macs
+    # the last conv of each layer (pointwise for separable ones) gives the layer's output size
+    sizes, i = [], 0
+    for info in a.layers:
+        i += 2 if info.layer.separable else 1
+        sizes.append(body[i - 1][0])
+    assert sizes == [info.size for info in a.layers]
+
+
+def test_rf_recurrence_on_a_hand_computed_net():
+    from space import Genome, Layer
+    g = Genome([[Layer("conv3", 8)], [Layer("conv3", 8, stride=2)], [Layer("dsc3", 8, dilation=2)],
+                [Layer("conv1", 8)]])
+    # 3, then +2*1 = 5 (jump 2), then +2*2*2 = 13, then 1x1 adds nothing
+    assert [i.rf for i in analyze(g).layers] == [3, 5, 13, 13]
+    assert [i.jump for i in analyze(g).layers] == [1, 2, 2, 2]

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+
+from space import Genome, GenomeError, Head, Layer, check, get_preset
+from strategies import genomes
+
+
+@settings(max_examples=300, deadline=None)
+@given(genomes)
+def test_json_round_trip_gives_an_equal_genome(genome):
+    text = genome.to_json()
+    assert Genome.from_json(text) == genome
+    assert hash(Genome.from_json(text)) == hash(genome)
+    json.loads(text)  # plain JSON, readable by anything
+
+
+def test_genome_is_frozen_and_hashable():
+    g = get_preset("seed003_net")
+    with pytest.raises(Exception):
+        g.num_classes = 3
+    assert len({g, get_preset("seed003_net"), get_preset("seed001")}) == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: Layer("maxpool", 8), "unknown op 'maxpool'"),
+    (lambda: Layer("conv3", 8, stride=3), "stride must be 1 or 2"),
+    (lambda: Layer("conv1", 8, dilation=2), "cannot be dilated"),
+    (lambda: Layer("conv3", 0), "positive integer"),
+    (lambda: Head("softmax"), "unknown head"),
+    (lambda: Genome([[Layer("conv3", 8)]] * 3), "exactly 4 blocks"),
+    (lambda: Genome.from_json("[1, 2]"), "a genome is a JSON object"),
+    (lambda: Genome.from_json('{"blocks": [[{"op": "conv3"}]]}'), "malformed genome"),
+    (lambda: Genome.from_json("{oops"), "invalid JSON"),
+])
+def test_invalid_genomes_fail_loudly_with_one_line(bad, message):
+    with pytest.raises(GenomeError, match=message) as e:
+        bad()
+    assert "\n" not in str(e.value)
+
+
+def _plain(out=8, **kw):
+    return Layer("conv3", out, **kw)
+
+
+def test_check_reports_each_violation_readably():
+    g = Genome([[_plain()], [_plain()], [_plain()], [_plain()]])
+    assert check(g) == ["RF 9 < 44", "no depthwise-separable conv", "no dilated conv"]
+    # 7,424 + 590,336 + 2 * 68,352 + 2,570 parameters; RF 3 + 2 + 16 + 24 = 45
+    big = Genome([[_plain(256)], [_plain(256)], [Layer("dsc3", 256, dilation=8)], [Layer("dsc3", 256, dilation=12)]])
+    assert check(big) == ["737,034 parameters > 200,000"]
+    assert check(big, max_params=10**6) == []
+
+
+def test_feasible_presets_pass_check():
+    for name in ("seed003_net", "seed003_dilated", "seed001"):
+        assert check(get_preset(name)) == []

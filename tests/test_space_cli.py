@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from space import Genome, analyze, check
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+
+
+def test_describe_prints_table_and_totals():
+    r = run("space.describe", "seed003_net")
+    assert r.returncode == 0
+    assert "84,322 parameters" in r.stdout and "RF 55" in r.stdout and "c4.0" in r.stdout
+
+
+def test_describe_json_has_the_scriptable_keys():
+    d = json.loads(run("space.describe", "seed001", "--json").stdout.strip().splitlines()[-1])
+    assert (d["params"], d["rf"], d["violations"]) == (155_434, 79, [])
+    assert d["macs"] > 0 and Genome.from_dict(d["genome"]).head.kind == "conv1x1"
+
+
+def test_sample_is_reproducible_and_each_line_is_a_spec(tmp_path):
+    a = run("space.sample", "--n", "20", "--seed", "3").stdout.splitlines()
+    assert a == run("space.sample", "--n", "20", "--seed", "3").stdout.splitlines()
+    assert a != run("space.sample", "--n", "20", "--seed", "4").stdout.splitlines()
+    assert len(a) == 20
+    spec = tmp_path / "g.json"
+    spec.write_text(a[0])
+    d = json.loads(run("space.describe", str(spec), "--json").stdout)
+    g = Genome.from_json(a[0])
+    assert d["params"] == analyze(g).params and d["violations"] == check(g)
+
+
+def test_export_writes_loadable_code(tmp_path):
+    out = tmp_path / "m.py"
+    assert run("space.export", "seed003_dilated", "-o", str(out)).returncode == 0
+    assert "class Net(nn.Module)" in out.read_text()
+
+
+@pytest.mark.parametrize("spec, text", [("no_such_preset", "neither a preset"), ("{bad json", "invalid JSON"),
+                                        ("missing.json", "cannot read")])
+def test_bad_spec_gives_one_line_and_exit_2(spec, text):
+    r = run("space.describe", spec)
+    assert r.returncode == 2
+    assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -1,0 +1,1 @@
+"""Training: datasets, augmentation, device-side loading and the training engine."""
