@@ -54,15 +54,16 @@ class ImageData:
 
     @cached_property
     def _moments(self) -> tuple[np.ndarray, np.ndarray]:
-        # Chunked so that 50,000 images never exist as one float64 copy (that would be 1.2 GB).
-        total, squares, count = np.zeros(3), np.zeros(3), 0
-        for start in range(0, len(self.x_train), 2048):
-            chunk = self.x_train[start:start + 2048].reshape(-1, 3).astype(np.float64) / 255.0
-            total += chunk.sum(0)
-            squares += (chunk * chunk).sum(0)
-            count += len(chunk)
-        mean = total / max(count, 1)
-        std = np.sqrt(np.maximum(squares / max(count, 1) - mean * mean, 0.0))
+        # From each channel's histogram of the 256 levels: exact, and no float copy of the images (which
+        # would be 1.2 GB for CIFAR-10 in float64).
+        counts = np.zeros(3 * 256, np.int64)  # red levels, then green, then blue
+        offsets = np.array([0, 256, 512], np.uint16)
+        for start in range(0, len(self.x_train), 4096):
+            counts += np.bincount((self.x_train[start:start + 4096].reshape(-1, 3) + offsets).ravel(), minlength=768)
+        p = counts.reshape(3, 256) / max(counts[:256].sum(), 1)
+        levels = np.arange(256) / 255.0
+        mean = p @ levels
+        std = np.sqrt(np.maximum((p * (levels - mean[:, None]) ** 2).sum(1), 0.0))
         return mean.astype(np.float32), std.astype(np.float32)
 
     @property

@@ -1,0 +1,130 @@
+"""Batches for training and evaluation: on the device with no per-image Python, or the classic DataLoader.
+
+`DeviceLoader` keeps the whole uint8 image set as one tensor (on the GPU when training there: CIFAR-10 is
+150 MB as uint8), shuffles it with a generator seeded by (seed, epoch), slices batches and augments or
+normalises them where they lie. An epoch's order and augmentations depend only on the seed and the epoch
+number, so a resumed run replays them exactly.
+
+`make_dataloader` is the reference path: a torch DataLoader whose workers run the albumentations pipeline
+image by image, as the seed notebooks did. It is what the baseline benchmark measures against.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, BatchAugment, albumentations_transform, normalize_batch
+
+__all__ = ["DeviceLoader", "AlbumentationsDataset", "make_dataloader"]
+
+
+class DeviceLoader:
+    """Yields (x float32 N x 3 x H x W in channels_last memory format, y int64) on `device`.
+
+    x_uint8_nhwc: uint8 images N x H x W x 3; y: their labels. train=True shuffles every epoch, applies
+    `augment` (None: none) and drops the last partial batch unless drop_last says otherwise; train=False
+    keeps the order and only normalises. Each `iter()` runs the next epoch; `set_epoch(e)` jumps to epoch e.
+    keep_on_device=False leaves the images in host memory and copies each batch over (pinned) instead.
+    """
+
+    def __init__(self, x_uint8_nhwc: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, mean: np.ndarray,
+                 std: np.ndarray, batch_size: int, device: torch.device | str = "cpu", train: bool = True,
+                 augment: AugmentConfig | None = None, seed: int = 0, drop_last: bool | None = None,
+                 keep_on_device: bool = True):
+        x = torch.as_tensor(x_uint8_nhwc)
+        labels = torch.as_tensor(y, dtype=torch.int64)
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images N x H x W x 3, got {x.dtype} {tuple(x.shape)}")
+        if len(labels) != len(x):
+            raise ValueError(f"{len(x)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.drop_last = train if drop_last is None else drop_last
+        self.seed = seed
+        self.epoch = 0
+        storage = self.device if keep_on_device else torch.device("cpu")
+        self.x = x.to(storage)
+        self.y = labels.to(storage)
+        self.mean = torch.as_tensor(np.asarray(mean, np.float32).reshape(3)).to(self.device)
+        self.std = torch.as_tensor(np.asarray(std, np.float32).reshape(3)).to(self.device)
+        self.augment = BatchAugment(mean, std, augment) if train and augment is not None else None
+        if len(self) == 0:
+            raise ValueError(f"{len(x)} images make no batch of {batch_size} with drop_last=True")
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration run epoch `epoch` (its order and augmentations are fixed by seed and epoch)."""
+        self.epoch = epoch
+
+    def _generator(self, device: torch.device, stream: int) -> torch.Generator:
+        # One seed per (seed, epoch, stream), spread out so that neighbouring seeds do not overlap epochs.
+        g = torch.Generator(device=device)
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 2 + stream)
+        return g
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, storage = len(self.x), self.x.device
+        if self.train:
+            order = torch.randperm(n, generator=self._generator(torch.device("cpu"), 0)).to(storage)
+        else:
+            order = torch.arange(n, device=storage)
+        aug_gen = self._generator(self.device, 1) if self.augment is not None else None
+        self.epoch += 1  # the next iter() runs the next epoch, unless set_epoch says otherwise
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            xb, yb = self.x[idx], self.y[idx]
+            if xb.device != self.device:
+                if self.device.type == "cuda":  # pinned pages let the copy overlap the previous batch's compute
+                    xb, yb = xb.pin_memory(), yb.pin_memory()
+                xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            xb = xb.permute(0, 3, 1, 2)  # NHWC -> NCHW, a view in channels_last layout
+            if self.augment is not None:
+                xb = self.augment(xb, aug_gen)
+            else:
+                xb = normalize_batch(xb, self.mean, self.std)
+            yield xb.contiguous(memory_format=torch.channels_last), yb
+
+
+class AlbumentationsDataset(torch.utils.data.Dataset):
+    """Images kept as uint8 HWC and pushed one by one through an albumentations pipeline."""
+
+    def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, transform):
+        self.x, self.y, self.transform = x_uint8_nhwc, np.asarray(y, np.int64), transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(image=self.x[i])["image"], int(self.y[i])
+
+
+def _reseed_worker(worker_id: int) -> None:
+    # albumentations 2.x Compose keeps its own random state, which forked workers would all inherit:
+    # without this every worker would replay the same augmentations.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+
+def make_dataloader(x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int, train: bool,
+                    augment: AugmentConfig | None, workers: int | None = None, seed: int = 0,
+                    device: torch.device | str = "cpu") -> torch.utils.data.DataLoader:
+    """A DataLoader of (x float32 N x 3 x H x W, y int64) on the host, augmenting per image with
+    albumentations; `workers` defaults to min(CPU count, 8) and 0 runs in the calling process."""
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    transform = albumentations_transform(mean, std, augment, train=train, seed=seed)
+    return torch.utils.data.DataLoader(
+        AlbumentationsDataset(x, y, transform), batch_size=batch_size, shuffle=train, drop_last=train,
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.device(device).type == "cuda",
+        worker_init_fn=_reseed_worker if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed))
