@@ -1,0 +1,116 @@
+"""`python -m train.bench SPEC --dataset ...`: where training time goes, in images per second.
+
+Three figures from one run, on the same model and device:
+  pipeline    the real thing: train() on a slice of the training set sized to take about --seconds per
+              epoch (loading, augmentation, forward, backward, step); the second epoch is reported
+  model_only  forward, backward and step on one pre-loaded, pre-normalised batch: the ceiling
+  baseline    (--baseline) the seed-style loop of train.baseline: albumentations per image in 2 workers,
+              NCHW float32, batch 128, plain SGD
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+import torch.nn as nn
+
+from .engine import TrainConfig, make_optimizer, resolve_device, train
+
+__all__ = ["model_only_throughput", "main"]
+
+
+def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.device, seconds: float,
+                          in_channels: int = 3, num_classes: int = 10) -> float:
+    """Training images per second with data already on the device: no loading, no augmentation."""
+    model = model.to(device).train()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(cfg.batch_size, in_channels, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=10**6)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    amp = cfg.amp and device.type == "cuda"
+    # Warm-up (allocator, oneDNN/cuDNN kernel selection) for a quarter of the time, then measure.
+    warm_until = time.perf_counter() + seconds / 4
+    seen, start, step = 0, None, 0
+    while True:
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            loss = criterion(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        seen += cfg.batch_size
+        if step % 8:  # look at the clock (and sync the GPU) every 8 steps only, so its queue stays full
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if start is None:
+            if now >= warm_until:
+                start, seen = now, 0
+        elif now - start >= seconds:
+            return seen / (now - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from space import build, load_spec
+    from .baseline import seed_loop_throughput
+    from .data import load_dataset
+
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0].split(":", 1)[1])
+    p.add_argument("spec", help="preset name or genome JSON file")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, digits or synthetic")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    p.add_argument("--baseline", action="store_true", help="also measure the seed-style loop")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = p.parse_args(argv)
+    genome = load_spec(args.spec)
+    data = load_dataset(args.dataset, args.data_dir)
+    device = resolve_device(args.device)
+    cfg = TrainConfig(batch_size=args.batch_size, device=str(device), channels_last=not args.no_channels_last,
+                      eval_every=0)
+    result = {"spec": args.spec, "summary": genome.summary(), "dataset": data.name, "device": str(device),
+              "batch_size": args.batch_size, "channels_last": cfg.channels_last,
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "machine": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    model_only = model_only_throughput(build(genome, seed=0), cfg, device, args.seconds, num_classes=data.num_classes)
+    # Two epochs over a slice sized to last about --seconds each; the second is past all warm-up.
+    n = min(len(data.y_train), max(4 * args.batch_size, int(model_only * args.seconds)))
+    sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
+    run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2}), sliced)
+    result.update(model_only_images_per_s=round(model_only, 1),
+                  pipeline_images_per_s=round(run.history[-1].images_per_s, 1), pipeline_images=n)
+    result["pipeline_vs_model_only"] = round(result["pipeline_images_per_s"] / model_only, 3)
+    if args.baseline:
+        base = seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train, data.mean, data.std,
+                                    args.seconds, device=device)
+        result["baseline_images_per_s"] = round(base, 1)
+        result["pipeline_vs_baseline"] = round(result["pipeline_images_per_s"] / base, 3)
+    for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s"):
+        if k in result:
+            print(f"{k:>24}: {result[k]:>9,.1f}")
+    for k in ("pipeline_vs_model_only", "pipeline_vs_baseline"):
+        if k in result:
+            print(f"{k:>24}: {result[k]:>9.2f}x")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    from space.genome import GenomeError
+    from space.spec import run_cli
+    from .data import DataError
+    run_cli(main, (GenomeError, DataError))

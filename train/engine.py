@@ -1,0 +1,274 @@
+"""One training run: `train(genome_or_model, config, data, on_epoch=...) -> TrainResult`.
+
+Used by the search (brief runs scored on a validation split, stopped early through `on_epoch`) and by
+the final retrain (long runs, checkpointed and resumable). It knows nothing about Optuna.
+
+Recipe (the seeds found OneCycle essential): SGD with Nesterov momentum, OneCycleLR stepped per batch,
+weight decay, label smoothing. On CUDA: bf16 autocast, channels_last, non-blocking copies, optional
+torch.compile. Data stays uint8 until the on-device augmentation (train.loader.DeviceLoader).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .augment import AugmentConfig
+from .data import ImageData
+from .loader import DeviceLoader
+
+__all__ = ["TrainConfig", "EpochStats", "TrainResult", "train", "evaluate", "predict", "resolve_device",
+           "make_optimizer", "with_overrides"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256  # images per step
+    lr: float = 0.2  # OneCycle peak learning rate (0.1 at batch 128 in the seeds, scaled linearly)
+    momentum: float = 0.9  # Nesterov
+    weight_decay: float = 5e-4  # L2 on all parameters, per step
+    label_smoothing: float = 0.1  # probability mass spread over the other classes
+    pct_start: float = 0.25  # fraction of the steps spent warming up
+    div_factor: float = 10.0  # initial lr = lr / div_factor
+    final_div_factor: float = 100.0  # final lr = initial lr / final_div_factor
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+    device: str = "auto"  # "auto" picks cuda > mps > cpu
+    channels_last: bool = True  # NHWC activations: ~2x faster convs on CPU and tensor cores on GPU
+    amp: bool = True  # bf16 autocast, on CUDA only
+    compile: bool = False  # torch.compile: pays off only for long runs
+    seed: int = 0
+    eval_batch_size: int = 1024
+    eval_every: int = 1  # epochs between evaluations of data's held-out part; 0: only after the last epoch
+    checkpoint: str | None = None  # path; written every `checkpoint_every` epochs, resumed from if present
+    checkpoint_every: int = 1  # epochs
+    progress: bool = False  # tqdm bar per epoch
+    nan_check_every: int = 25  # steps between non-finite-loss checks (each one syncs the device)
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change the result (not device, progress or checkpoint place)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "checkpoint", "compile",
+                                                                   "checkpoint_every", "eval_batch_size", "eval_every",
+                                                                   "nan_check_every")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float  # fraction, on augmented training batches
+    val_loss: float  # on data's held-out part (validation split in the search, test set in a final run)
+    val_acc: float
+    lr: float  # at the end of the epoch
+    seconds: float  # training time of the epoch, evaluation excluded
+    images_per_s: float  # training throughput
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed", "stopped" (on_epoch asked to stop) or "diverged" (non-finite loss)
+    history: list[EpochStats]
+    model: nn.Module
+    message: str = ""
+    device: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def val_acc(self) -> float:
+        """Accuracy on data's held-out part after the last epoch run."""
+        return self.history[-1].val_acc if self.history else float("nan")
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(h.seconds for h in self.history)
+
+    @property
+    def images_per_s(self) -> float:
+        return float(np.mean([h.images_per_s for h in self.history])) if self.history else 0.0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _as_model(genome_or_model) -> nn.Module:
+    if isinstance(genome_or_model, nn.Module):
+        return genome_or_model
+    from space import build  # deferred: train/ works with any nn.Module
+    return build(genome_or_model)
+
+
+def _identity(genome_or_model) -> str:
+    g = getattr(genome_or_model, "genome", genome_or_model)
+    return g.to_json() if hasattr(g, "to_json") else type(g).__name__
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DeviceLoader, device: torch.device, amp: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(logits on the CPU, labels, mean cross-entropy loss) over a non-augmenting loader."""
+    model.eval()
+    outs, ys = [], []
+    for x, y in loader:
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+            outs.append(model(x).float())
+        ys.append(y)
+    logits, labels = torch.cat(outs), torch.cat(ys)
+    return logits.cpu(), labels.cpu(), float(F.cross_entropy(logits, labels))
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device | str = "cpu",
+             batch_size: int = 1024, amp: bool = True) -> tuple[float, float]:
+    """(loss, accuracy) of a model on uint8 HWC images: a small pure function."""
+    device = torch.device(device)
+    loader = DeviceLoader(x, y, mean, std, batch_size, device, train=False, augment=None)
+    logits, labels, loss = predict(model, loader, device, amp)
+    return loss, float((logits.argmax(1) == labels).float().mean())
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """SGD with Nesterov momentum (no weight decay on BN and bias parameters) and a per-step OneCycle."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if total_steps < 4:
+        raise ValueError(f"{total_steps} training steps are too few for a OneCycle schedule; "
+                         "use more epochs, more images or a smaller batch")
+    # OneCycle divides by the warm-up length in steps, which must be at least one step.
+    pct_start = min(max(cfg.pct_start, 2.0 / total_steps), 0.5)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
+        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+    return optimizer, scheduler
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def train(genome_or_model, config: TrainConfig, data: ImageData,
+          on_epoch: Callable[[EpochStats], bool | None] | None = None) -> TrainResult:
+    """Train on data's training part, evaluating on its held-out part after every epoch.
+
+    `on_epoch(stats)` returning True stops the run (status "stopped"): the search's pruning hook.
+    With `config.checkpoint` set, a run interrupted after epoch k resumes at epoch k + 1 and ends
+    with the same weights as an uninterrupted run (same seed, same device), within float tolerance.
+    """
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    cfg, device = config, resolve_device(config.device)
+    torch.manual_seed(cfg.seed)
+    model = _as_model(genome_or_model).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = data.mean, data.std
+    train_loader = DeviceLoader(data.x_train, data.y_train, mean, std, cfg.batch_size, device, train=True,
+                                augment=cfg.augment, seed=cfg.seed)
+    eval_loader = DeviceLoader(data.x_test, data.y_test, mean, std, cfg.eval_batch_size, device, train=False,
+                               augment=None)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(train_loader))
+    history: list[EpochStats] = []
+    start_epoch = 1
+    ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
+    identity = {"model": _identity(genome_or_model), "config": cfg.fingerprint(), "data": data.name,
+                "n_train": len(data.y_train)}
+    if ckpt_path and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("identity") != identity:
+            raise ValueError(f"checkpoint {ckpt_path} belongs to another model, config or dataset; "
+                             "delete it or choose another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = [EpochStats(**h) for h in state["history"]]
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        start_epoch = len(history) + 1
+    step_model = torch.compile(model) if cfg.compile else model
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    status, message = "completed", ""
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        t0 = time.perf_counter()
+        batches = train_loader
+        if cfg.progress:
+            from tqdm import tqdm
+            batches = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch")
+        for i, (x, y) in enumerate(batches, 1):
+            with torch.autocast(**autocast):
+                out = step_model(x)
+                loss = criterion(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            if i % cfg.nan_check_every == 0 and not torch.isfinite(loss_sum):
+                break
+        if not math.isfinite(float(loss_sum)):
+            status, message = "diverged", f"non-finite training loss in epoch {epoch}"
+            break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        val_loss = val_acc = float("nan")
+        if epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
+            val_logits, val_labels, val_loss = predict(model, eval_loader, device, cfg.amp)
+            val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+        stats = EpochStats(epoch, float(loss_sum) / seen, int(correct) / seen, val_loss, val_acc,
+                           scheduler.get_last_lr()[0], seconds, seen / seconds)
+        history.append(stats)
+        if cfg.progress:
+            print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}  "
+                  f"val loss {val_loss:.3f} acc {val_acc:.4f}  {stats.images_per_s:,.0f} img/s", flush=True)
+        if ckpt_path and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            _save_atomic({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
+                          "rng_cpu": torch.get_rng_state(),
+                          "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}, ckpt_path)
+        if on_epoch is not None and on_epoch(stats):
+            status, message = "stopped", f"stopped by the caller after epoch {epoch}"
+            break
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.contiguous_format)
+    return TrainResult(status, history, model, message, str(device))
+
+
+def with_overrides(config: TrainConfig, **changes) -> TrainConfig:
+    """A copy of config with some settings changed (None values are ignored): for command-line flags."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
