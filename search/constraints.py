@@ -1,0 +1,68 @@
+"""The rules as Optuna constraints, and a check that some genome of the space can meet them at all.
+
+Each rule becomes one constraint value, <= 0 when met and growing with the size of the violation, so
+TPE (which ranks infeasible trials by their summed violation) learns not only *that* a region is
+infeasible but which way feasibility lies:
+    params    parameters / max_params - 1          (0.25: a quarter over the budget)
+    rf        (min_rf - rf) / min_rf               (0.1: the receptive field is 10 % short)
+    dsc       1 if the net has no depthwise-separable conv, else 0
+    dilation  1 if the net has no dilated conv, else 0
+"""
+from __future__ import annotations
+
+import random
+from space import Genome, analyze, check, suggest_genome
+from space.searchspace import RandomTrial
+
+from .settings import SearchError
+
+__all__ = ["constraint_values", "check_satisfiable"]
+
+
+def constraint_values(genome: Genome, max_params: int, min_rf: int) -> dict[str, float]:
+    a = analyze(genome)
+    return {
+        "params": a.params / max_params - 1.0,
+        "rf": (min_rf - a.rf) / min_rf,
+        "dsc": 0.0 if any(l.separable for l in genome.layers) else 1.0,
+        "dilation": 0.0 if any(l.dilated for l in genome.layers) else 1.0,
+    }
+
+
+class _NarrowTrial(RandomTrial):
+    """Uniform like RandomTrial, except that every width sits at its minimum: the cheapest corner."""
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
+        if name.endswith("_width"):
+            self.params[name] = low
+            return low
+        return super().suggest_int(name, low, high, step)
+
+
+def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probes: int = 3000,
+                      seed: int = 0) -> None:
+    """SearchError, before any training, if no probed genome meets the constraints.
+
+    Half the probes are uniform, half use the narrowest widths (fewest parameters for a given depth, RF
+    and ops), so a budget that only the smallest nets meet is still found. Fast: analysis is analytic.
+    """
+    if max_params < 1 or min_rf < 1:
+        raise SearchError(f"--max-params and --min-rf must be positive, got {max_params} and {min_rf}")
+    rng = random.Random(seed)
+    fewest, widest_rf = None, 0  # fewest params among nets meeting the RF and op rules; largest RF in budget
+    for i in range(probes):
+        trial = RandomTrial(rng) if i % 2 else _NarrowTrial(rng)
+        genome = suggest_genome(trial, num_classes=num_classes)
+        if not check(genome, max_params, min_rf):
+            return
+        a = analyze(genome)
+        ops_ok = any(l.separable for l in genome.layers) and any(l.dilated for l in genome.layers)
+        if ops_ok and a.rf >= min_rf:
+            fewest = a.params if fewest is None else min(fewest, a.params)
+        if ops_ok and a.params <= max_params:
+            widest_rf = max(widest_rf, a.rf)
+    found = (f"the fewest parameters with RF >= {min_rf} is {fewest:,}" if fewest is not None
+             else f"none reaches RF {min_rf}")
+    raise SearchError(f"no genome of the search space meets --max-params {max_params:,} and --min-rf {min_rf} "
+                      f"({probes} genomes probed: {found}; the largest RF within {max_params:,} parameters "
+                      f"is {widest_rf or 'none'}); relax the constraints")

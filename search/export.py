@@ -1,0 +1,70 @@
+"""`python -m search.export --storage URL --study-name NAME [--trial N] -o FILE.py`: any trial as PyTorch code.
+
+Without --trial it exports the winner (highest validation accuracy among completed trials; ties go to
+fewer parameters). The file needs only torch (space.export.export_code); the final retrain writes the
+same code as best_model.py next to best_model.pt, plus the input normalisation it was trained with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+
+from space.export import export_code
+from space.genome import Genome
+
+from .cli import ERRORS, add_study_args, make_parser, open_existing
+from .settings import SearchError
+from .trials import best_trial, genome_of, kind
+
+__all__ = ["model_code", "trial_genome", "main"]
+
+
+def model_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> str:
+    """export_code(genome), plus MEAN / STD (RGB, [0, 1] units) when the weights were trained with them."""
+    code = export_code(genome)
+    if mean is None or std is None:
+        return code
+    norm = ("\n\n# Input normalisation used in training: x = (image / 255 - MEAN) / STD per RGB channel,\n"
+            "# image as float N x 3 x 32 x 32 in 0..255.\n"
+            f"MEAN = {tuple(round(float(m), 6) for m in mean)}\n"
+            f"STD = {tuple(round(float(s), 6) for s in std)}\n")
+    marker = "\n\nif __name__ == '__main__':"
+    return code.replace(marker, norm + marker, 1) if marker in code else code + norm
+
+
+def trial_genome(study: optuna.Study, number: int | None) -> tuple[int, Genome]:
+    """(trial number, genome) of trial `number`, or of the best trial when None."""
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        best = best_trial(trials)
+        if best is None:
+            raise SearchError(f"study {study.study_name!r} has no completed trained trial yet; give --trial N")
+        return best.number, genome_of(best)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        raise SearchError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
+    if "genome" not in match[0].user_attrs:
+        raise SearchError(f"trial {number} ({kind(match[0])}) has no genome recorded")
+    return number, genome_of(match[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser("python -m search.export", __doc__)
+    add_study_args(p)
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
+    p.add_argument("-o", "--output", required=True, help="the .py file to write")
+    args = p.parse_args(argv)
+    study, _ = open_existing(args)
+    number, genome = trial_genome(study, args.trial)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(model_code(genome))
+    print(f"wrote {out} (trial {number}: {genome.summary()})")
+    return 0
+
+
+if __name__ == "__main__":
+    from space.spec import run_cli
+    run_cli(main, errors=ERRORS)

@@ -1,0 +1,132 @@
+"""The final retrain: the winner, trained from scratch on every training image, tested once.
+
+Selection is over validation accuracy only (search.trials.best_trial). The retrain uses no validation
+split (nothing is selected during it), checkpoints every epoch to <out>/final_checkpoint.pt so that a
+crashed or interrupted retrain resumes, and evaluates the test set after its last epoch, once.
+It writes best_model.pt (state_dict, CPU tensors), best_model.py (standalone code + input normalisation),
+best_genome.json and final.json (metrics, learning curves, test predictions for the report).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+
+from space import analyze
+from train.augment import AugmentConfig
+from train.data import ImageData
+from train.engine import TrainConfig, predict, resolve_device, train
+from train.loader import DeviceLoader
+
+from .export import model_code
+from .settings import SearchError, SearchSettings
+from .trials import best_trial, genome_of
+
+__all__ = ["FINAL_JSON", "CHECKPOINT", "retrain_best", "load_final", "write_json"]
+
+FINAL_JSON = "final.json"
+CHECKPOINT = "final_checkpoint.pt"
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)  # never a half-written file
+
+
+def _finite(d: dict) -> dict:
+    """NaN (an epoch without evaluation) as null, so that final.json is strict JSON."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in d.items()}
+
+
+def load_final(out_dir: str | Path) -> dict | None:
+    path = Path(out_dir) / FINAL_JSON
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _claim_checkpoint(out: Path, owner: dict, log: Callable[[str], None]) -> Path:
+    """The checkpoint path; an earlier retrain's checkpoint of another trial or schedule is moved aside."""
+    ckpt, meta = out / CHECKPOINT, out / "final_checkpoint.json"
+    if ckpt.exists():
+        try:
+            previous = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != owner:
+            aside = out / f"final_checkpoint.{int(time.time())}.pt"
+            os.replace(ckpt, aside)
+            log(f"moved the checkpoint of another retrain aside to {aside}")
+    write_json(meta, owner)
+    return ckpt
+
+
+def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
+                 device: str = "auto", progress: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Retrain the study's best trial on data's training part, test on its test part; returns final.json."""
+    trial = best_trial(study.get_trials(deepcopy=False))
+    if trial is None:
+        raise SearchError(f"study {study.study_name!r} has no completed trained trial to retrain")
+    genome = genome_of(trial)
+    if genome.num_classes != data.num_classes:
+        raise SearchError(f"trial {trial.number} has {genome.num_classes} classes but {data.name} has "
+                          f"{data.num_classes}")
+    out.mkdir(parents=True, exist_ok=True)
+    done = load_final(out)
+    if (done and (out / "best_model.pt").exists()
+            and [done.get(k) for k in ("study", "trial", "genome", "epochs", "n_train", "n_test")]
+            == [study.study_name, trial.number, genome.to_json(), epochs, len(data.y_train), len(data.y_test)]):
+        log(f"trial {trial.number} was already retrained for {epochs} epochs: test accuracy "
+            f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
+        return done
+    config = TrainConfig(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr,
+                         augment=AugmentConfig() if settings.augment else None, device=device, seed=settings.seed,
+                         eval_every=0, progress=progress)
+    owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
+             "config": config.fingerprint(), "n_train": int(len(data.y_train))}
+    config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))
+    a = analyze(genome)
+    log(f"final retrain of trial {trial.number} ({genome.summary()}; {a.params:,} params, val acc "
+        f"{trial.value:.4f}) for {epochs} epochs on {len(data.y_train):,} images")
+    t0 = time.time()
+    try:
+        result = train(genome, config, data)
+    except ValueError as e:  # e.g. a checkpoint from an incompatible run
+        raise SearchError(f"final retrain: {e}") from None
+    if result.status != "completed":
+        raise SearchError(f"final retrain of trial {trial.number} {result.status}: {result.message}")
+    dev = resolve_device(result.device)
+    model = result.model.to(dev)
+    # The one look at the test set: predictions give the accuracy and the per-class report.
+    loader = DeviceLoader(data.x_test, data.y_test, data.mean, data.std, 1024, dev, train=False)
+    logits, labels, loss = predict(model, loader, dev, config.amp)
+    pred = logits.argmax(1)
+    test_acc = float((pred == labels).float().mean())
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, out / "best_model.pt")
+    (out / "best_model.py").write_text(model_code(genome, data.mean, data.std))
+    (out / "best_genome.json").write_text(genome.to_json() + "\n")
+    record = {
+        "study": study.study_name, "trial": trial.number, "preset": trial.user_attrs.get("preset"),
+        "summary": genome.summary(), "genome": genome.to_json(), "params": a.params, "macs": a.macs, "rf": a.rf,
+        "val_acc": trial.value, "test_acc": test_acc, "test_loss": loss, "n_train": int(len(data.y_train)),
+        "n_test": int(len(data.y_test)), "epochs": epochs, "status": result.status,
+        "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
+        "wall_seconds": round(time.time() - t0, 2), "device": result.device,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "seed": settings.seed, "batch_size": settings.batch_size, "lr": settings.lr, "augment": settings.augment,
+        "dataset": data.name, "classes": list(data.classes), "mean": [float(m) for m in data.mean],
+        "std": [float(s) for s in data.std], "history": [_finite(asdict(h)) for h in result.history],
+        "y_true": labels.tolist(), "y_pred": pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_json(out / FINAL_JSON, record)
+    log(f"test accuracy {test_acc:.4f} ({len(data.y_test):,} images, evaluated once)")
+    return record

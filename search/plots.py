@@ -1,0 +1,122 @@
+"""The report's PNG plots (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["pareto_front", "plot_pareto", "plot_history", "plot_rejected", "plot_final", "thirds"]
+
+
+def pareto_front(params: Sequence[float], acc: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both fewer parameters and higher accuracy, by params."""
+    order = sorted(range(len(params)), key=lambda i: (params[i], -acc[i]))
+    front, best = [], -np.inf
+    for i in order:
+        if acc[i] > best:
+            front.append(i)
+            best = acc[i]
+    return front
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None) -> Path:
+    """Validation accuracy against parameters: completed trials, the Pareto front, pruned ones faint."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    board = board.assign(params=board.params.astype(float), val_acc=board.val_acc.astype(float))
+    done = board[board.state == "completed"]
+    pruned = board[(board.state == "pruned") & board.val_acc.notna()]
+    ax.scatter(pruned.params, pruned.val_acc, s=14, c="0.75", label="pruned (accuracy when stopped)")
+    ax.scatter(done.params, done.val_acc, s=22, c="tab:blue", label="completed")
+    if len(done):
+        p, a = done.params.to_numpy(float), done.val_acc.to_numpy(float)
+        front = pareto_front(p, a)
+        ax.step(p[front], a[front], where="post", c="tab:orange", lw=1.5, label="Pareto front")
+        best = done[done.best]
+        ax.scatter(best.params, best.val_acc, marker="*", s=220, c="tab:red", zorder=5, label="winner")
+    if max_params:
+        ax.axvline(max_params, c="k", ls=":", lw=1, label=f"budget {max_params:,}")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("accuracy vs parameters")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_history(board: pd.DataFrame, path: Path) -> Path:
+    """Validation accuracy of every trained trial by trial number, and the best so far."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    b = board.sort_values("number").assign(val_acc=board.val_acc.astype(float))
+    done, pruned = b[b.state == "completed"], b[(b.state == "pruned") & b.val_acc.notna()]
+    ax.scatter(pruned.number, pruned.val_acc, s=14, c="0.7", label="pruned")
+    ax.scatter(done.number, done.val_acc, s=20, c="tab:blue", label="completed")
+    if len(done):
+        ax.step(done.number, done.val_acc.cummax(), where="post", c="tab:red", label="best so far")
+    ax.set_xlabel("trial number (rejected candidates included)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("optimisation history")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def thirds(rejected: Sequence[bool]) -> tuple[float, float] | None:
+    """Rejected fraction in the first and the last third of the proposed candidates."""
+    n = len(rejected) // 3
+    if n == 0:
+        return None
+    return float(np.mean(rejected[:n])), float(np.mean(rejected[-n:]))
+
+
+def plot_rejected(rejected: Sequence[bool], path: Path) -> Path:
+    """Rejected fraction over the sampler's proposals: a moving window and the running mean."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    r = np.asarray(rejected, float)
+    if len(r):
+        x = np.arange(1, len(r) + 1)
+        w = max(5, len(r) // 10)
+        moving = np.convolve(r, np.ones(w), "full")[:len(r)] / np.minimum(x, w)
+        ax.plot(x, moving, c="tab:red", label=f"last {w} candidates")
+        ax.plot(x, np.cumsum(r) / x, c="0.4", ls="--", label="all so far")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("candidate proposed by the sampler")
+    ax.set_ylabel("fraction rejected")
+    ax.set_title("infeasible candidates (rules broken, never trained)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_final(history: list[dict], path: Path) -> Path:
+    """The final retrain's learning curves: training loss and accuracy per epoch, and the learning rate."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ep = [h["epoch"] for h in history]
+    ax1.plot(ep, [h["train_loss"] for h in history], c="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss (with label smoothing)")
+    acc_ax = ax1.twinx()
+    acc_ax.plot(ep, [h["train_acc"] for h in history], c="tab:green", label="train accuracy")
+    acc_ax.set_ylabel("accuracy")
+    lines = ax1.get_lines() + acc_ax.get_lines()
+    ax1.legend(lines, [l.get_label() for l in lines], fontsize=8, loc="center right")
+    ax1.set_title("final retrain")
+    ax2.plot(ep, [h["lr"] for h in history], c="tab:purple")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("learning rate (end of epoch)")
+    ax2.set_title("OneCycle schedule")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

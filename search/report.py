@@ -1,0 +1,174 @@
+"""`python -m search.report [--storage URL] --study-name NAME [--out DIR]`: leaderboard.csv, report.md, plots.
+
+Everything is rebuilt from the study (and from <out>/final.json when the winner has been retrained), so
+the report of a multi-worker study, or of one still running, is one command away.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from space import Genome, analyze
+from space.describe import table
+
+from . import plots
+from .cli import ERRORS, add_study_args, make_parser, open_existing
+from .final import load_final
+from .storage import dashboard_command
+from .study import stored_settings
+from .trials import count, leaderboard, rejected_fraction
+
+__all__ = ["RUN_PREFIX", "write_report", "main"]
+
+RUN_PREFIX = "run:"  # study user attrs "run:<start>:<host>:<pid>" describe each search.run process
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return f"{v:,}"
+        return str(v).replace("|", "\\|")
+    rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
+    rows += [" | ".join(cell(v) for v in r) for r in df.itertuples(index=False)]
+    return "\n".join(f"| {r} |" for r in rows)
+
+
+def _device(d: dict) -> str:
+    name = d.get("device_name", "")
+    return f"{d.get('device', '?')} ({name})" if name and name != "cpu" else str(d.get("device", "?"))
+
+
+def _runs(study: optuna.Study) -> list[dict]:
+    runs = [v for k, v in study.user_attrs.items() if k.startswith(RUN_PREFIX) and isinstance(v, dict)]
+    return sorted(runs, key=lambda r: r.get("started", ""))
+
+
+def _per_class(final: dict) -> tuple[str, str]:
+    from train.report import classification_summary, confusion_text
+
+    classes = tuple(final["classes"])
+    text, _, cm = classification_summary(np.asarray(final["y_true"]), np.asarray(final["y_pred"]), classes)
+    return text, confusion_text(cm, classes)
+
+
+def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[str, Path]:
+    """Write leaderboard.csv, report.md and plots/*.png under `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    settings = stored_settings(study)
+    trials = study.get_trials(deepcopy=False)
+    board = leaderboard(study)
+    paths = {"leaderboard": out / "leaderboard.csv", "report": out / "report.md"}
+    board.to_csv(paths["leaderboard"], index=False)
+    c = count(trials)
+    rejected = rejected_fraction(trials)
+    paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png",
+                                             settings.max_params if settings else None)
+    paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
+    paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png")
+    final = load_final(out)
+    if final and final.get("study") != study.study_name:
+        final = None
+    if final:
+        paths["plot_final"] = plots.plot_final(final["history"], out / "plots" / "final_curves.png")
+
+    md = [f"# Architecture search: study `{study.study_name}`", ""]
+    if storage_url:
+        md += [f"Storage: `{storage_url}` (browse it: `{dashboard_command(storage_url)}`). "
+               f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    best = board[board.best]
+    if final:
+        g = Genome.from_json(final["genome"])
+        md += ["## Winner", "",
+               f"Trial {final['trial']}{' (preset ' + final['preset'] + ')' if final.get('preset') else ''}: "
+               f"`{final['summary']}`", "",
+               f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
+               f"after retraining from scratch for {final['epochs']} epochs on all {final['n_train']:,} training images",
+               f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
+               f"* {final['params']:,} parameters, {final['macs'] / 1e6:.2f} M MACs per image, receptive field "
+               f"{final['rf']} px",
+               "", "```", table(g), "```", ""]
+        report_text, cm_text = _per_class(final)
+        md += ["### Per-class report (test set)", "", "```", report_text.rstrip(), "```", "",
+               "### Confusion matrix (rows: true class, columns: prediction)", "", "```", cm_text, "```", "",
+               "### Final retrain", "", "![final retrain](plots/final_curves.png)", "",
+               f"{final['train_seconds']:.1f} s of training ({final['images_per_s']:,.0f} images/s) on "
+               f"{_device(final)}, {final['wall_seconds']:.1f} s wall; seed {final['seed']}, "
+               f"batch {final['batch_size']}, peak lr {final['lr']}, augmentation {'on' if final['augment'] else 'off'}.", ""]
+    elif len(best):
+        b = best.iloc[0]
+        g = Genome.from_json(next(t for t in trials if t.number == b.number).user_attrs["genome"])
+        md += ["## Best trial so far (not retrained yet: run `python -m search.retrain`)", "",
+               f"Trial {b.number}: `{b.summary}`, validation accuracy {b.val_acc:.4f}, {int(b.params):,} parameters",
+               "", "```", table(g, analyze(g)), "```", ""]
+    else:
+        md += ["No completed trial yet.", ""]
+
+    epochs_cap = settings.trial_epochs if settings else 0
+    budget = c.trained * epochs_cap
+    md += ["## Search", "", _md_table(pd.DataFrame([{
+        "trained": c.trained, "completed": c.completed, "pruned": c.pruned, "rejected (never trained)": c.rejected,
+        "duplicates (not retrained)": c.duplicate, "failed": c.failed,
+        "epochs trained": c.epochs, "epochs without pruning": budget}])), ""]
+    if budget:
+        md += [f"Pruning saved {1 - c.epochs / budget:.0%} of the epochs: {c.epochs} trained instead of "
+               f"{c.trained} x {epochs_cap} = {budget}.", ""]
+    t = plots.thirds(rejected)
+    if t:
+        md += [f"Rejected fraction of the sampler's {len(rejected)} proposals: **{t[0]:.0%} in the first third, "
+               f"{t[1]:.0%} in the last third** (TPE learns the infeasible region from the constraints).", ""]
+    if settings:
+        md += [f"Settings: dataset {settings.dataset}, <= {settings.max_params:,} parameters, RF >= {settings.min_rf}, "
+               f"{settings.trial_epochs} epochs per trial, validation split {settings.val_size}, "
+               f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
+               f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}.", ""]
+    md += ["![accuracy vs parameters](plots/pareto.png)", "", "![optimisation history](plots/history.png)", "",
+           "![rejected fraction](plots/rejected.png)", "", "### Top 10", ""]
+    top = board[board.state == "completed"].head(10)[["rank", "number", "val_acc", "params", "macs", "rf", "epochs",
+                                                       "train_seconds", "summary", "preset"]]
+    md += [_md_table(top) if len(top) else "none yet", "", "All trials: `leaderboard.csv`.", ""]
+
+    md += ["## Evidence", ""]
+    trained = board[board.state.isin(["completed", "pruned"])]
+    md += [f"* Trial training time: {trained.train_seconds.sum():,.1f} s over {len(trained)} trained trials "
+           f"(mean throughput {trained.images_per_s.mean():,.0f} images/s)" if len(trained) else "* No training yet"]
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    if starts and ends:
+        md += [f"* Search span: {min(starts):%Y-%m-%d %H:%M:%S} to {max(ends):%Y-%m-%d %H:%M:%S} "
+               f"({(max(ends) - min(starts)).total_seconds():,.0f} s wall, all runs)"]
+    for r in _runs(study):
+        md += [f"* Run {r.get('started', '?')} on {r.get('host', '?')} (pid {r.get('pid', '?')}): "
+               f"`{r.get('command', '')}`; device {_device(r)}, "
+               f"{r.get('cpu', '')}, torch {r.get('torch', '')}, optuna {r.get('optuna', '')}, "
+               f"python {r.get('python', '')}" + (f"; search took {r['seconds']:,.0f} s" if "seconds" in r else "")]
+    md += [f"* Seeds: {settings.seed} for the validation split, sampler stream, and every training run" if settings
+           else "", ""]
+    paths["report"].write_text("\n".join(md))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser("python -m search.report", __doc__)
+    add_study_args(p)
+    p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
+    args = p.parse_args(argv)
+    study, url = open_existing(args)
+    out = Path(args.out) if args.out else Path("results") / study.study_name
+    paths = write_report(study, out, url)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    from space.spec import run_cli
+    run_cli(main, errors=ERRORS)

@@ -1,0 +1,61 @@
+"""`python -m search.retrain [--storage URL] --study-name NAME [--final-epochs E] [--out DIR]`: the final step alone.
+
+Retrains the study's best trial (validation accuracy; ties: fewer parameters) from scratch on all training
+images, tests it once, writes best_model.{py,pt}, best_genome.json, final.json and the report. For studies
+searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
+again after a crash and it continues from <out>/final_checkpoint.pt.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .cli import ERRORS, add_study_args, make_parser, open_existing, positive_int
+from .settings import DEFAULTS
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser("python -m search.retrain", __doc__)
+    add_study_args(p)
+    p.add_argument("--final-epochs", type=int, default=None, help="epochs (default: the dataset's, e.g. 60 for cifar10)")
+    p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
+    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
+    p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    args = p.parse_args(argv)
+    positive_int("--final-epochs", args.final_epochs)
+    positive_int("--subset-test", args.subset_test)
+    study, url = open_existing(args)
+
+    from .data import load_full
+    from .final import retrain_best
+    from .report import write_report
+    from .study import stored_settings
+
+    settings = stored_settings(study)
+    epochs = args.final_epochs or DEFAULTS[settings.dataset].final_epochs
+    out = Path(args.out) if args.out else Path("results") / study.study_name
+    # The same training images the search split (a --subset-train of the search carries over).
+    data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
+                     download=not args.no_download)
+    final = retrain_best(study, settings, data, out, epochs, args.device, args.progress)
+    paths = write_report(study, out, url)
+    for key in ("best_model.py", "best_model.pt", "best_genome.json", "final.json"):
+        paths[key] = out / key
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    if args.json:
+        print(json.dumps({"study": study.study_name, "trial": final["trial"], "val_acc": final["val_acc"],
+                          "test_acc": final["test_acc"], "epochs": epochs, "out": str(out),
+                          "paths": {k: str(v) for k, v in paths.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    from space.spec import run_cli
+    run_cli(main, errors=ERRORS)

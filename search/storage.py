@@ -1,0 +1,136 @@
+"""Where a study lives: `--storage` parsed into an Optuna storage.
+
+    (none)                          sqlite:///results/<study>.db, one process at a time
+    results/x.db, x.sqlite, x.sqlite3  the same, for another file
+    sqlite:///PATH                  any SQLAlchemy URL Optuna accepts; postgresql://user:pw@host/db and
+    postgresql://..., mysql://...   mysql+pymysql://... let workers on several nodes share one study
+    journal:PATH, PATH.log, PATH.journal   Optuna's append-only journal file: several processes (or
+                                    nodes on a file system with working locks, e.g. NFS v4) share it
+
+Sharing a study between workers: start the same `python -m search.run --storage URL --study-name NAME
+--no-final ...` in every process (TPE's constant liar keeps them apart), then run `python -m
+search.retrain` once. SQLite allows only one writer at a time; use a journal file or a server database.
+
+RDB storages get Optuna's heartbeat (a RUNNING trial whose worker stopped beating for GRACE_PERIOD
+seconds is failed and queued again); the journal file has no heartbeat in Optuna 5, so search.liveness
+keeps one in a user attr instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.storages import BaseStorage
+
+from .settings import SearchError
+
+__all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "default_storage", "resolve_url", "open_storage",
+           "dashboard_command", "is_rdb", "redact"]
+
+HEARTBEAT_INTERVAL = 60  # seconds between the heartbeats of a running trial
+GRACE_PERIOD = 300  # seconds without a heartbeat after which a RUNNING trial's worker counts as dead
+
+_JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+def default_storage(study_name: str, results_dir: str | Path = "results") -> str:
+    return f"sqlite:///{Path(results_dir) / f'{study_name}.db'}"
+
+
+def resolve_url(spec: str | None, study_name: str) -> str:
+    """A canonical URL: 'sqlite:///...', another SQLAlchemy URL, or 'journal:PATH'."""
+    if not spec:
+        return default_storage(study_name)
+    if spec.startswith("journal:"):
+        return spec
+    scheme = spec.split("://", 1)[0].split("+", 1)[0].lower() if "://" in spec else ""
+    if scheme in _RDB_SCHEMES:
+        return spec
+    if scheme:
+        raise SearchError(f"unsupported storage URL scheme {scheme!r} in {spec!r}; use sqlite:///FILE, "
+                          "postgresql://..., mysql://... or journal:FILE")
+    if spec.endswith(_JOURNAL_SUFFIXES):
+        return f"journal:{spec}"
+    if spec.endswith(_SQLITE_SUFFIXES):
+        return f"sqlite:///{spec}"
+    raise SearchError(f"cannot tell what storage {spec!r} is: give a URL (sqlite:///FILE, postgresql://...), "
+                      f"a file ending {'/'.join(_SQLITE_SUFFIXES)} (SQLite) or {'/'.join(_JOURNAL_SUFFIXES)} "
+                      "(journal), or journal:FILE")
+
+
+def is_rdb(storage: BaseStorage) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage)
+
+
+def open_storage(url: str, create: bool = True,
+                 stale_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+                 ) -> BaseStorage:
+    """Open the storage at a URL from resolve_url; SearchError if it cannot be used.
+
+    create=False (commands that only read a study): a storage file that does not exist is an error
+    rather than a new empty database.
+    """
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        if not path.name:
+            raise SearchError(f"journal storage {url!r} names no file")
+        _prepare_path(path, create, url)
+        try:
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            return optuna.storages.JournalStorage(backend)
+        except Exception as e:  # unreadable or not a journal
+            raise SearchError(f"cannot open journal storage {path}: {_one_line(e)}") from None
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            _prepare_path(Path(path), create, url)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                                          heartbeat_stale_trial_callback=stale_callback)
+    except ModuleNotFoundError as e:
+        raise SearchError(f"storage {redact(url)} needs the database driver {e.name!r}; pip install it") from None
+    except Exception as e:  # sqlalchemy.exc.ArgumentError, OperationalError (unreachable), a non-database file
+        message = _one_line(e).replace(url, redact(url))  # drivers may quote the URL, password and all
+        raise SearchError(f"cannot open storage {redact(url)}: {message}") from None
+
+
+def dashboard_command(url: str) -> str:
+    """The shell command that opens the study in optuna-dashboard."""
+    if url.startswith("journal:"):
+        return f"optuna-dashboard {url[len('journal:'):]}"  # the dashboard reads journal files by path
+    return f"optuna-dashboard {url}"
+
+
+def _prepare_path(path: Path, create: bool, url: str) -> None:
+    if not create and not path.is_file():
+        raise SearchError(f"no study storage at {path} (run search.run first, or give --storage)")
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if not create or parent.exists():
+        raise SearchError(f"storage {url!r}: folder {parent} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SearchError(f"storage {url!r}: cannot create {parent}: {e.strerror}") from None
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and reports."""
+    # postgresql://user:password@host/db -> postgresql://user:***@host/db: never print a password.
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        if ":" in cred:
+            cred = cred.split(":", 1)[0] + ":***"
+        return f"{scheme}://{cred}@{host}"
+    return url
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+

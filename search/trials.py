@@ -1,0 +1,146 @@
+"""Reading a study's trials: what became of each candidate, the counts, the winner, the leaderboard.
+
+Every candidate the sampler proposes is one Optuna trial, and ends as one of these kinds:
+    completed  trained for all --trial-epochs (COMPLETE); value = final validation accuracy
+    pruned     trained, stopped early by the pruner (PRUNED); value = last validation accuracy
+    rejected   broke a rule, never trained (COMPLETE with placeholder value 0 and constraints > 0,
+               so TPE learns the infeasible region; Optuna's best_trial ignores it)
+    duplicate  the same genome as an earlier trained trial: its result is copied, not retrained
+    failed     training raised or diverged, or its worker died or was interrupted (FAIL)
+    running / waiting  in progress / enqueued
+"Trained" = completed + pruned: what --trials N counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterable
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from space import Genome
+
+__all__ = ["KINDS", "kind", "Counts", "count", "best_trial", "genome_of", "is_enqueued", "rejected_fraction",
+           "leaderboard"]
+
+KINDS = ("completed", "pruned", "rejected", "duplicate", "failed", "running", "waiting")
+
+
+def kind(t: FrozenTrial) -> str:
+    if t.state == TrialState.WAITING:
+        return "waiting"
+    if t.state == TrialState.RUNNING:
+        return "running"
+    a = t.user_attrs
+    if "rejected" in a:
+        return "rejected"
+    if "duplicate_of" in a:
+        return "duplicate"
+    if t.state == TrialState.COMPLETE and a.get("trained"):
+        return "completed"
+    if t.state == TrialState.PRUNED and a.get("trained"):
+        return "pruned"
+    return "failed"
+
+
+@dataclass
+class Counts:
+    completed: int = 0
+    pruned: int = 0
+    rejected: int = 0
+    duplicate: int = 0
+    failed: int = 0
+    running: int = 0  # training right now (other workers, or an unreaped dead one)
+    waiting: int = 0
+    epochs: int = 0  # epochs trained over all trained trials
+
+    @property
+    def trained(self) -> int:
+        return self.completed + self.pruned
+
+    def as_dict(self) -> dict[str, int]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "trained": self.trained}
+
+    def line(self) -> str:
+        return (f"{self.trained} trained ({self.completed} completed, {self.pruned} pruned), {self.rejected} rejected, "
+                f"{self.duplicate} duplicate, {self.failed} failed")
+
+
+def count(trials: Iterable[FrozenTrial]) -> Counts:
+    c = Counts()
+    for t in trials:
+        k = kind(t)
+        if k == "running" and t.user_attrs.get("phase") != "training":
+            continue  # asked, not (yet) training: it may still be rejected
+        setattr(c, k, getattr(c, k) + 1)
+        if k in ("completed", "pruned"):
+            c.epochs += int(t.user_attrs.get("epochs", 0))
+    return c
+
+
+def genome_of(t: FrozenTrial) -> Genome:
+    return Genome.from_json(t.user_attrs["genome"])
+
+
+def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """Highest validation accuracy among trained, feasible, COMPLETE trials; ties: fewer parameters, then
+    the earlier trial. Pruned trials are out: their accuracy after fewer epochs is not comparable."""
+    done = [t for t in trials if kind(t) == "completed" and t.value is not None
+            and all(v <= 0 for v in t.constraints.values())]
+    if not done:
+        return None
+    return max(done, key=lambda t: (t.value, -int(t.user_attrs.get("n_params", 0)), -t.number))
+
+
+def is_enqueued(t: FrozenTrial) -> bool:
+    """A preset or a retry: chosen by us, not by the sampler."""
+    return "preset" in t.user_attrs or "retry_of" in t.user_attrs
+
+
+def rejected_fraction(trials: Iterable[FrozenTrial]) -> list[bool]:
+    """For every candidate the sampler proposed, in order: was it rejected?"""
+    return [kind(t) == "rejected" for t in sorted(trials, key=lambda t: t.number)
+            if not is_enqueued(t) and kind(t) not in ("running", "waiting")]
+
+
+def _val_acc(t: FrozenTrial) -> float | None:
+    k = kind(t)
+    if k in ("completed", "pruned", "duplicate") and t.value is not None:
+        return float(t.value)
+    return None
+
+
+def leaderboard(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, rejected."""
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(trials)
+    rows = []
+    for t in trials:
+        a, k = t.user_attrs, kind(t)
+        duration = ((t.datetime_complete - t.datetime_start).total_seconds()
+                    if t.datetime_complete and t.datetime_start else None)
+        rows.append({
+            "number": t.number, "state": k, "val_acc": _val_acc(t), "params": a.get("n_params"),
+            "macs": a.get("macs"), "rf": a.get("rf"), "epochs": a.get("epochs"),
+            "train_seconds": a.get("train_seconds"), "images_per_s": a.get("images_per_s"),
+            "wall_seconds": duration, "device": a.get("device"), "summary": a.get("summary"),
+            "preset": a.get("preset"), "rejected_reason": a.get("rejected"),
+            "failed_reason": a.get("failed_reason") if k == "failed" else None,
+            "duplicate_of": a.get("duplicate_of"), "retry_of": a.get("retry_of"),
+            "best": best is not None and t.number == best.number,
+        })
+    df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "rf", "epochs", "train_seconds",
+                                     "images_per_s", "wall_seconds", "device", "summary", "preset",
+                                     "rejected_reason", "failed_reason", "duplicate_of", "retry_of", "best"])
+    for col in ("params", "macs", "rf", "epochs", "duplicate_of", "retry_of"):  # ints, blank where unknown
+        df[col] = df[col].astype("Int64")
+    order = {k: i for i, k in enumerate(("completed", "pruned", "duplicate", "running", "waiting", "failed",
+                                         "rejected"))}
+    df["_k"] = df["state"].map(order)
+    df["_p"] = df["params"].fillna(0)
+    df = df.sort_values(["_k", "val_acc", "_p", "number"], ascending=[True, False, True, True], na_position="last")
+    df = df.drop(columns=["_k", "_p"]).reset_index(drop=True)
+    ranked = df["state"] == "completed"
+    df.insert(0, "rank", pd.array([i + 1 if r else None for i, r in enumerate(ranked)], dtype="Int64"))
+    return df

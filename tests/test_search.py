@@ -1,0 +1,245 @@
+"""The search loop through ask/tell with a fake training function: no torch training, fast."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.constraints import check_satisfiable
+from search.liveness import reap_dead_trials, worker_identity
+from search.runner import Search, SearchStopped
+from search.settings import SearchError
+from search.storage import resolve_url
+from search.study import enqueue_presets, make_pruner, open_study
+from search.trials import best_trial, count, genome_of, kind, leaderboard, rejected_fraction
+from space import PRESETS, Genome, check, params_from_genome
+from tests.search_helpers import FakeTrain, memory_study, settings
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def search(study, s, fake, n, **kw) -> Search:
+    return Search(study, s, 10, fake, n, log=quiet, **kw)
+
+
+def test_rejected_candidate_is_not_trained():
+    s = settings(max_params=100_000)
+    study, fake = memory_study(s), FakeTrain(epochs=3)
+    counts = search(study, s, fake, 8).run()
+    trials = study.get_trials()
+    rejected = [t for t in trials if kind(t) == "rejected"]
+    assert rejected, "the space is mostly infeasible at 100k parameters: some candidates must be rejected"
+    for t in rejected:
+        assert t.user_attrs["genome"] not in fake.calls
+        assert t.user_attrs["rejected"] == "; ".join(check(genome_of(t), 100_000, 44))
+        assert {"n_params", "rf", "macs", "summary"} <= t.user_attrs.keys() and t.params
+        assert t.state == TrialState.COMPLETE and max(t.constraints.values()) > 0
+    assert counts.trained == 8 and len(fake.calls) == 8  # rejected ones do not count toward N
+    for js in fake.calls:
+        assert check(Genome.from_json(js), 100_000, 44) == []
+    assert all(max(t.constraints.values()) <= 0 for t in trials if kind(t) == "completed")
+
+
+def test_trials_n_means_n_trained_and_resuming_adds_only_the_difference():
+    s = settings()
+    study, fake = memory_study(s, pruner="median"), FakeTrain(epochs=3)
+    assert search(study, s, fake, 6).run().trained == 6
+    assert search(study, s, fake, 6).run().trained == 6 and len(fake.calls) == 6  # nothing left to do
+    assert search(study, s, fake, 9).run().trained == 9 and len(fake.calls) == 9
+
+
+def test_pruning_happens_and_pruned_trials_count_as_trained():
+    s = settings(trial_epochs=6)
+    study, fake = memory_study(s, pruner="median"), FakeTrain(epochs=6)
+    counts = search(study, s, fake, 20).run()
+    assert counts.pruned > 0 and counts.trained == 20
+    pruned = [t for t in study.get_trials() if kind(t) == "pruned"]
+    assert all(t.user_attrs["epochs"] < 6 for t in pruned)
+    assert counts.epochs < 20 * 6  # pruning saved epochs
+    best = best_trial(study.get_trials())
+    assert kind(best) == "completed"  # a pruned trial's partial accuracy never wins
+
+
+def test_presets_are_enqueued_once_per_study_and_trained_exactly():
+    s = settings()
+    storage = optuna.storages.InMemoryStorage()
+    study = memory_study(s, storage=storage)
+    fake = FakeTrain()
+    search(study, s, fake, 3).run()
+    again, created = open_study(storage, "test", s, make_pruner("none", 3))
+    assert not created and enqueue_presets(again, 10) == []
+    search(again, s, fake, 5).run()
+    presets = [t for t in again.get_trials() if "preset" in t.user_attrs]
+    assert sorted(t.user_attrs["preset"] for t in presets) == sorted(PRESETS)
+    for t in presets:  # the exact preset genome is trained; its params only approximate it for TPE
+        assert genome_of(t) == PRESETS[t.user_attrs["preset"]] and t.params
+        assert t.user_attrs["genome"] in fake.calls
+    assert [t.number for t in presets] == [0, 1, 2]
+
+
+def test_tpe_learns_to_avoid_the_infeasible_region():
+    s = settings()
+    study = memory_study(s, presets=False)
+    search(study, s, FakeTrain(epochs=1), 60).run()
+    rejected = rejected_fraction(study.get_trials())
+    third = len(rejected) // 3
+    first, last = sum(rejected[:third]) / third, sum(rejected[-third:]) / third
+    assert first > 0.5 and last < first - 0.2, (first, last)
+
+
+def test_training_failures_are_recorded_and_the_search_goes_on():
+    s = settings()
+    oom, nan = PRESETS["seed003_net"].to_json(), PRESETS["seed001"].to_json()
+    fake = FakeTrain(fail={oom: RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), nan: "diverge"})
+    study = memory_study(s)
+    assert search(study, s, fake, 4).run().trained == 4
+    failed = {t.user_attrs["preset"]: t for t in study.get_trials() if kind(t) == "failed"}
+    assert failed["seed003_net"].user_attrs["failed_reason"].startswith("RuntimeError: CUDA out of memory")
+    assert "non-finite" in failed["seed001"].user_attrs["failed_reason"]
+    assert all(t.state == TrialState.FAIL for t in failed.values())
+
+
+def test_endless_failures_stop_the_search():
+    s = settings()
+    fake = FakeTrain(fail={"*": RuntimeError("broken GPU")})
+    with pytest.raises(SearchStopped, match="5 candidates in a row failed"):
+        search(memory_study(s), s, fake, 3).run()
+
+
+def test_interrupted_trial_is_failed_requeued_and_finished_on_resume():
+    s = settings()
+    study = memory_study(s)
+    first = FakeTrain(fail={PRESETS["seed003_dilated"].to_json(): KeyboardInterrupt()})
+    runner = search(study, s, first, 4)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert runner.interrupted == 1
+    t1 = study.get_trials()[1]
+    assert t1.state == TrialState.FAIL and t1.user_attrs["failed_reason"] == "interrupted"
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert [(t.user_attrs["preset"], t.user_attrs.get("retry_of")) for t in waiting] == [
+        ("seed001", None), ("seed003_dilated", 1)]
+    assert search(study, s, FakeTrain(), 4).run().trained == 4
+    retry = next(t for t in study.get_trials() if t.user_attrs.get("retry_of") == 1)
+    assert kind(retry) == "completed" and genome_of(retry) == PRESETS["seed003_dilated"]
+
+
+def test_running_trial_of_a_dead_process_is_failed_and_requeued():
+    s = settings()
+    study = memory_study(s, presets=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask()
+    genome = PRESETS["seed001"]
+    trial.set_user_attr("worker", {**worker_identity(), "pid": dead.pid, "start": "1"})
+    trial.set_user_attr("genome", genome.to_json())
+    trial.set_user_attr("phase", "training")
+    assert reap_dead_trials(study) == [trial.number]
+    t = study.get_trials()[trial.number]
+    assert t.state == TrialState.FAIL and "died" in t.user_attrs["failed_reason"]
+    retry = study.get_trials(states=(TrialState.WAITING,))
+    assert len(retry) == 1 and retry[0].user_attrs["genome"] == genome.to_json()
+    assert reap_dead_trials(study) == []  # idempotent
+
+
+def test_live_workers_trials_are_left_alone():
+    study = memory_study(settings(), presets=False)
+    trial = study.ask()
+    trial.set_user_attr("worker", worker_identity())
+    assert reap_dead_trials(study, current=trial.number) == []
+    assert reap_dead_trials(study) == [trial.number]  # this process, not in progress: an orphan
+
+
+def test_a_genome_trained_before_is_not_trained_again():
+    s = settings()
+    study, fake, g = memory_study(s, presets=False), FakeTrain(), PRESETS["seed003_net"]
+    for _ in range(2):
+        study.enqueue_trial(params_from_genome(g), user_attrs={"genome": g.to_json()})
+    search(study, s, fake, 2).run()
+    dup = [t for t in study.get_trials() if kind(t) == "duplicate"]
+    assert len(dup) == 1 and dup[0].user_attrs["duplicate_of"] == 0 and dup[0].value == study.get_trials()[0].value
+    assert len(fake.calls) == len(set(fake.calls)) == 2
+
+
+def test_best_trial_breaks_ties_by_fewer_parameters():
+    s = settings()
+    study = memory_study(s, presets=False)
+    for name in ("seed003_dilated", "seed003_net", "seed001"):
+        g = PRESETS[name]
+        study.enqueue_trial({}, user_attrs={"genome": g.to_json()})
+
+    def same(genome, on_epoch):
+        from tests.search_helpers import FakeResult, Stats
+        on_epoch(Stats(1, 0.5))
+        return FakeResult("completed", [Stats(1, 0.5)])
+
+    search(study, s, same, 3).run()
+    assert genome_of(best_trial(study.get_trials())) == PRESETS["seed003_net"]  # 84k < 155k < 198k
+    board = leaderboard(study)
+    assert board.iloc[0]["rank"] == 1 and board.iloc[0]["params"] == 84_322 and bool(board.iloc[0]["best"])
+
+
+def test_settings_of_an_existing_study_are_enforced():
+    storage = optuna.storages.InMemoryStorage()
+    open_study(storage, "s", settings(), make_pruner("none", 3))
+    with pytest.raises(SearchError, match=r"other settings \(seed: 0 -> 1\).*--study-name"):
+        open_study(storage, "s", settings(seed=1), make_pruner("none", 3))
+    open_study(storage, "s", settings(), make_pruner("median", 3))  # the pruner may change
+
+
+def test_unsatisfiable_constraints_are_found_before_training():
+    check_satisfiable(200_000, 44)
+    check_satisfiable(30_000, 44)  # tight but possible: narrow nets
+    with pytest.raises(SearchError, match="no genome of the search space"):
+        check_satisfiable(2_000, 44)
+    with pytest.raises(SearchError, match="none reaches RF 5000"):
+        check_satisfiable(200_000, 5000)
+
+
+@pytest.mark.parametrize("spec, url", [
+    (None, "sqlite:///results/x.db"), ("runs/a.db", "sqlite:///runs/a.db"), ("a.log", "journal:a.log"),
+    ("journal:/n/a", "journal:/n/a"), ("postgresql://u:p@h/db", "postgresql://u:p@h/db"),
+    ("mysql+pymysql://u@h/db", "mysql+pymysql://u@h/db")])
+def test_storage_specs(spec, url):
+    assert resolve_url(spec, "x") == url
+
+
+@pytest.mark.parametrize("spec", ["foo://bar", "results/thing", "http://host/db"])
+def test_bad_storage_specs(spec):
+    with pytest.raises(SearchError):
+        resolve_url(spec, "x")
+
+
+def test_counts_and_kinds_cover_every_trial():
+    s = settings(max_params=100_000, trial_epochs=4)
+    study = memory_study(s, pruner="median")
+    search(study, s, FakeTrain(epochs=4), 10).run()
+    trials = study.get_trials()
+    c = count(trials)
+    assert c.completed + c.pruned + c.rejected + c.duplicate + c.failed == len(trials)
+    assert len(leaderboard(study)) == len(trials)
+    assert dataclasses.asdict(c)["completed"] == c.completed
+
+
+def test_journal_storage_runs_the_search_and_reaps_silent_workers(tmp_path):
+    from search.storage import open_storage
+
+    s = settings()
+    storage = open_storage(f"journal:{tmp_path / 'study.log'}")
+    study = memory_study(s, storage=storage)
+    assert search(study, s, FakeTrain(), 3).run().trained == 3
+    trial = study.ask()  # a worker on another machine that stopped beating long ago
+    trial.set_user_attr("worker", {"host": "elsewhere", "boot": "x", "pid": 1, "start": "1"})
+    trial.set_user_attr("heartbeat_at", 0.0)
+    trial.set_user_attr("phase", "training")
+    fresh = study.ask()  # ... and one that is alive
+    fresh.set_user_attr("worker", {"host": "elsewhere", "boot": "x", "pid": 2, "start": "1"})
+    fresh.set_user_attr("heartbeat_at", __import__("time").time())
+    assert reap_dead_trials(study) == [trial.number]
+    assert "no heartbeat" in study.get_trials()[trial.number].user_attrs["failed_reason"]
