@@ -16,7 +16,7 @@ from space.searchspace import RandomTrial
 
 from .settings import SearchError
 
-__all__ = ["constraint_values", "check_satisfiable"]
+__all__ = ["constraint_values", "check_satisfiable", "random_rejection_rate"]
 
 
 def constraint_values(genome: Genome, max_params: int, min_rf: int) -> dict[str, float]:
@@ -66,3 +66,9 @@ def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probe
     raise SearchError(f"no genome of the search space meets --max-params {max_params:,} and --min-rf {min_rf} "
                       f"({probes} genomes probed: {found}; the largest RF within {max_params:,} parameters "
                       f"is {widest_rf or 'none'}); relax the constraints")
+
+
+def random_rejection_rate(max_params: int, min_rf: int, probes: int = 2000, seed: int = 0) -> float:
+    """The fraction of uniformly drawn genomes that break the rules: the baseline TPE should beat."""
+    rng = random.Random(seed)
+    return sum(bool(check(suggest_genome(RandomTrial(rng)), max_params, min_rf)) for _ in range(probes)) / probes

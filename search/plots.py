@@ -81,10 +81,13 @@ def thirds(rejected: Sequence[bool]) -> tuple[float, float] | None:
     return float(np.mean(rejected[:n])), float(np.mean(rejected[-n:]))
 
 
-def plot_rejected(rejected: Sequence[bool], path: Path) -> Path:
-    """Rejected fraction over the sampler's proposals: a moving window and the running mean."""
+def plot_rejected(rejected: Sequence[bool], path: Path, baseline: float | None = None) -> Path:
+    """Rejected fraction over the sampler's proposals: a moving window, the running mean, and the rate of
+    uniform random sampling for reference."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     r = np.asarray(rejected, float)
+    if baseline is not None:
+        ax.axhline(baseline, c="0.6", ls=":", label=f"uniform random sampling ({baseline:.0%})")
     if len(r):
         x = np.arange(1, len(r) + 1)
         w = max(5, len(r) // 10)

@@ -17,6 +17,7 @@ from space.describe import table
 
 from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
+from .constraints import random_rejection_rate
 from .final import load_final
 from .storage import dashboard_command
 from .study import stored_settings
@@ -73,7 +74,8 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png",
                                              settings.max_params if settings else None)
     paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
-    paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png")
+    baseline = random_rejection_rate(settings.max_params, settings.min_rf) if settings else None
+    paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png", baseline)
     final = load_final(out)
     if final and final.get("study") != study.study_name:
         final = None
@@ -124,7 +126,9 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     t = plots.thirds(rejected)
     if t:
         md += [f"Rejected fraction of the sampler's {len(rejected)} proposals: **{t[0]:.0%} in the first third, "
-               f"{t[1]:.0%} in the last third** (TPE learns the infeasible region from the constraints).", ""]
+               f"{t[1]:.0%} in the last third** ("
+               + (f"uniform random sampling: {baseline:.0%}; " if baseline is not None else "")
+               + "TPE learns the infeasible region from the constraints).", ""]
     if settings:
         md += [f"Settings: dataset {settings.dataset}, <= {settings.max_params:,} parameters, RF >= {settings.min_rf}, "
                f"{settings.trial_epochs} epochs per trial, validation split {settings.val_size}, "
