@@ -11,6 +11,7 @@ infeasible but which way feasibility lies:
 from __future__ import annotations
 
 import random
+
 from space import Genome, analyze, check, suggest_genome
 from space.searchspace import RandomTrial
 

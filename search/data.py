@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from train.data import DATASETS, ImageData, load_dataset, train_val_split
+from train.engine import MIN_STEPS
 
 from .settings import SearchError, SearchSettings
 
-__all__ = ["MIN_STEPS", "check_steps", "load_full", "search_split"]
+__all__ = ["check_steps", "load_full", "search_split"]
 
 
 def load_full(dataset: str, data_dir: str | Path | None, subset_train: int | None = None,
@@ -26,7 +27,6 @@ def load_full(dataset: str, data_dir: str | Path | None, subset_train: int | Non
     return data
 
 
-MIN_STEPS = 4  # train.engine refuses a OneCycle schedule of fewer optimizer steps
 
 
 def check_steps(n_images: int, batch_size: int, epochs: int, what: str) -> None:

@@ -7,7 +7,6 @@ same code as best_model.py next to best_model.pt, plus the input normalisation i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import optuna
 
@@ -18,20 +17,7 @@ from .cli import ERRORS, add_study_args, make_parser, open_existing
 from .settings import SearchError
 from .trials import best_trial, genome_of, kind
 
-__all__ = ["model_code", "trial_genome", "main"]
-
-
-def model_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> str:
-    """export_code(genome), plus MEAN / STD (RGB, [0, 1] units) when the weights were trained with them."""
-    code = export_code(genome)
-    if mean is None or std is None:
-        return code
-    norm = ("\n\n# Input normalisation used in training: x = (image / 255 - MEAN) / STD per RGB channel,\n"
-            "# image as float N x 3 x 32 x 32 in 0..255.\n"
-            f"MEAN = {tuple(round(float(m), 6) for m in mean)}\n"
-            f"STD = {tuple(round(float(s), 6) for s in std)}\n")
-    marker = "\n\nif __name__ == '__main__':"
-    return code.replace(marker, norm + marker, 1) if marker in code else code + norm
+__all__ = ["trial_genome", "main"]
 
 
 def trial_genome(study: optuna.Study, number: int | None) -> tuple[int, Genome]:
@@ -60,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     number, genome = trial_genome(study, args.trial)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(model_code(genome))
+    out.write_text(export_code(genome))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
     return 0
 

@@ -19,12 +19,12 @@ import optuna
 import torch
 
 from space import analyze
+from space.export import export_code
 from train.augment import AugmentConfig
 from train.data import ImageData
 from train.engine import TrainConfig, predict, resolve_device, train
 from train.loader import DeviceLoader
 
-from .export import model_code
 from .settings import SearchError, SearchSettings
 from .trials import best_trial, genome_of
 
@@ -89,20 +89,16 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         return done
     config = TrainConfig(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr,
                          augment=AugmentConfig() if settings.augment else None, device=device, seed=settings.seed,
-                         eval_every=0, progress=progress)
+                         eval_every=-1, progress=progress)
     owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
              "config": config.fingerprint(), "n_train": int(len(data.y_train))}
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))
     a = analyze(genome)
     log(f"final retrain of trial {trial.number} ({genome.summary()}; {a.params:,} params, val acc "
         f"{trial.value:.4f}) for {epochs} epochs on {len(data.y_train):,} images")
-    # train() evaluates its held-out part after the last epoch; hand it some training images rather than
-    # the test set, so that the test set is looked at exactly once, below (a fit check, not a selection).
-    n_fit = min(1024, len(data.y_train))
-    fit = replace(data, x_test=data.x_train[:n_fit], y_test=data.y_train[:n_fit])
     t0 = time.time()
-    try:
-        result = train(genome, config, fit)
+    try:  # eval_every=-1: train() never evaluates, so the test set is looked at exactly once, below
+        result = train(genome, config, data)
     except ValueError as e:  # e.g. a checkpoint from an incompatible run
         raise SearchError(f"final retrain: {e}") from None
     if result.status != "completed":
@@ -116,12 +112,12 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     test_acc = float((pred == labels).float().mean())
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, out / "best_model.pt")
-    (out / "best_model.py").write_text(model_code(genome, data.mean, data.std))
+    (out / "best_model.py").write_text(export_code(genome, data.mean, data.std, settings.max_params, settings.min_rf))
     (out / "best_genome.json").write_text(genome.to_json() + "\n")
     record = {
         "study": study.study_name, "trial": trial.number, "preset": trial.user_attrs.get("preset"),
         "summary": genome.summary(), "genome": genome.to_json(), "params": a.params, "macs": a.macs, "rf": a.rf,
-        "val_acc": trial.value, "train_fit_acc": result.val_acc, "test_acc": test_acc, "test_loss": loss, "n_train": int(len(data.y_train)),
+        "val_acc": trial.value, "train_acc": result.history[-1].train_acc, "test_acc": test_acc, "test_loss": loss, "n_train": int(len(data.y_train)),
         "n_test": int(len(data.y_test)), "epochs": epochs, "status": result.status,
         "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
         "wall_seconds": round(time.time() - t0, 2), "device": result.device,

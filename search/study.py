@@ -26,7 +26,6 @@ PRESETS_KEY = "presets_enqueued"
 PRUNERS = ("median", "hyperband", "none")
 
 
-
 def make_sampler(seed: int, salt: int = 0) -> optuna.samplers.TPESampler:
     """TPE over the 20 joint parameters, learning the constraints from infeasible trials.
 

@@ -10,7 +10,9 @@ import argparse
 import inspect
 from pathlib import Path
 
-from .analysis import analyze, check
+from typing import Sequence
+
+from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze, check
 from .genome import Genome
 from .layers import Classifier, ConvBN, SepConvBN, module_calls
 from .spec import load_spec, run_cli
@@ -22,16 +24,19 @@ def _call(name: str, args: tuple, kwargs: dict) -> str:
     return f"{name}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
 
 
-def export_code(genome: Genome) -> str:
+def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF) -> str:
+    """The standalone file; with mean/std (RGB, [0, 1] units) it also records the input normalisation the
+    weights were trained with, as MEAN and STD."""
     a = analyze(genome)
     blocks, head = module_calls(genome)
-    violations = check(genome)
+    violations = check(genome, max_params, min_rf)
     lines = [
         '"""Standalone model exported by tinynas (space.export). Needs only torch.',
         "",
         f"Genome: {genome.summary()}",
         f"Parameters: {a.params:,}   MACs per image: {a.macs:,}   receptive field: {a.rf} px",
-        f"Constraints: {'; '.join(violations) if violations else 'all met (<= 200,000 parameters, RF >= 44, DSC, dilation)'}",
+        f"Constraints: {'; '.join(violations) if violations else f'all met (<= {max_params:,} parameters, RF >= {min_rf}, DSC, dilation)'}",
         "",
         "    model = Net()",
         "    model.load_state_dict(torch.load('best_model.pt', map_location='cpu'))",
@@ -40,8 +45,13 @@ def export_code(genome: Genome) -> str:
         "import torch.nn as nn",
         "",
         f"GENOME_JSON = {genome.to_json()!r}",
-        "",
     ]
+    if mean is not None and std is not None:
+        lines += ["# Input normalisation used in training: x = (image / 255 - MEAN) / STD per RGB channel,",
+                  "# image as float N x 3 x 32 x 32 in 0..255.",
+                  f"MEAN = {tuple(round(float(m), 6) for m in mean)}",
+                  f"STD = {tuple(round(float(s), 6) for s in std)}"]
+    lines += [""]
     for cls in (ConvBN, SepConvBN, Classifier):
         lines += ["", inspect.getsource(cls).rstrip(), ""]
     lines += ["", "class Net(nn.Module):", "    def __init__(self):", "        super().__init__()"]

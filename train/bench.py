@@ -6,6 +6,7 @@ Three figures from one run, on the same model and device:
   model_only  forward, backward and step on one pre-loaded, pre-normalised batch: the ceiling
   baseline    (--baseline) the seed-style loop of train.baseline: albumentations per image in 2 workers,
               NCHW float32, batch 128, plain SGD
+Each is measured --repeats times, interleaved, and the median reported.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--seconds", type=float, default=20.0, help="per measurement")
     p.add_argument("--baseline", action="store_true", help="also measure the seed-style loop")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each figure (median)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
@@ -85,19 +88,29 @@ def main(argv: list[str] | None = None) -> int:
               "machine": platform.processor() or platform.machine()}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    model_only = model_only_throughput(build(genome, seed=0), cfg, device, args.seconds, num_classes=data.num_classes)
-    # Two epochs over a slice sized to last about --seconds each; the second is past all warm-up.
-    n = min(len(data.y_train), max(4 * args.batch_size, int(model_only * args.seconds)))
-    sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
-    run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2}), sliced)
-    result.update(model_only_images_per_s=round(model_only, 1),
-                  pipeline_images_per_s=round(run.history[-1].images_per_s, 1), pipeline_images=n)
-    result["pipeline_vs_model_only"] = round(result["pipeline_images_per_s"] / model_only, 3)
+    # Measurements interleave (model-only, pipeline, baseline, model-only, ...) so that a slow spell of a
+    # shared machine hits all of them alike; each figure is the median over the repeats.
+    runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": []}
+    sliced = None
+    for _ in range(args.repeats):
+        runs["model_only"].append(model_only_throughput(build(genome, seed=0), cfg, device, args.seconds,
+                                                        num_classes=data.num_classes))
+        if sliced is None:  # two epochs over a slice sized to last about --seconds each; the second is timed
+            n = min(len(data.y_train), max(4 * args.batch_size, int(runs["model_only"][0] * args.seconds)))
+            sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
+        run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2}), sliced)
+        runs["pipeline"].append(run.history[-1].images_per_s)
+        if args.baseline:
+            runs["baseline"].append(seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
+                                                         data.mean, data.std, args.seconds, device=device))
+    for key, values in runs.items():
+        if values:
+            result[f"{key}_images_per_s"] = round(statistics.median(values), 1)
+            result[f"{key}_runs"] = [round(v, 1) for v in values]
+    result["pipeline_images"] = len(sliced.y_train)
+    result["pipeline_vs_model_only"] = round(result["pipeline_images_per_s"] / result["model_only_images_per_s"], 3)
     if args.baseline:
-        base = seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train, data.mean, data.std,
-                                    args.seconds, device=device)
-        result["baseline_images_per_s"] = round(base, 1)
-        result["pipeline_vs_baseline"] = round(result["pipeline_images_per_s"] / base, 3)
+        result["pipeline_vs_baseline"] = round(result["pipeline_images_per_s"] / result["baseline_images_per_s"], 3)
     for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s"):
         if k in result:
             print(f"{k:>24}: {result[k]:>9,.1f}")

@@ -28,7 +28,10 @@ from .data import ImageData
 from .loader import DeviceLoader
 
 __all__ = ["TrainConfig", "EpochStats", "TrainResult", "train", "evaluate", "predict", "resolve_device",
-           "make_optimizer", "with_overrides"]
+           "make_optimizer", "with_overrides", "MIN_STEPS"]
+
+
+MIN_STEPS = 4  # optimizer steps a OneCycle schedule needs: warm-up and annealing of at least one step each
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile: pays off only for long runs
     seed: int = 0
     eval_batch_size: int = 1024
-    eval_every: int = 1  # epochs between evaluations of data's held-out part; 0: only after the last epoch
+    eval_every: int = 1  # epochs between evaluations of data's held-out part; 0: only after the last epoch;
+    # -1: never (the caller evaluates once itself, e.g. the final retrain's single look at the test set)
     checkpoint: str | None = None  # path; written every `checkpoint_every` epochs, resumed from if present
     checkpoint_every: int = 1  # epochs
     progress: bool = False  # tqdm bar per epoch
@@ -155,7 +159,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if total_steps < 4:
+    if total_steps < MIN_STEPS:
         raise ValueError(f"{total_steps} training steps are too few for a OneCycle schedule; "
                          "use more epochs, more images or a smaller batch")
     # OneCycle divides by the warm-up length in steps, which must be at least one step.
@@ -247,15 +251,16 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         val_loss = val_acc = float("nan")
-        if epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0):
+        if cfg.eval_every >= 0 and (epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)):
             val_logits, val_labels, val_loss = predict(model, eval_loader, device, cfg.amp)
             val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
         stats = EpochStats(epoch, float(loss_sum) / seen, int(correct) / seen, val_loss, val_acc,
                            scheduler.get_last_lr()[0], seconds, seen / seconds)
         history.append(stats)
         if cfg.progress:
-            print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}  "
-                  f"val loss {val_loss:.3f} acc {val_acc:.4f}  {stats.images_per_s:,.0f} img/s", flush=True)
+            held_out = f"  val loss {val_loss:.3f} acc {val_acc:.4f}" if math.isfinite(val_acc) else ""
+            print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}"
+                  f"{held_out}  {stats.images_per_s:,.0f} img/s", flush=True)
         if ckpt_path and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             _save_atomic({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
