@@ -12,6 +12,7 @@ import optuna
 from search.settings import SearchSettings
 from search.study import enqueue_presets, make_pruner, open_study
 from space import Genome, analyze
+from train.engine import EpochStats, TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 # 96 training / 32 validation / 64 test images, one epoch of 6 steps: seconds per candidate even for the heaviest nets
@@ -20,41 +21,14 @@ TINY = ["--dataset", "synthetic", "--subset-train", "128", "--subset-test", "64"
         "--final-epochs", "1", "--batch-size", "16", "--max-params", "100000"]
 
 
-@dataclass
-class Stats:
-    epoch: int
-    val_acc: float
-    train_loss: float = 1.0
-    train_acc: float = 0.5
-    val_loss: float = 1.0
-    lr: float = 0.1
-    seconds: float = 0.01
-    images_per_s: float = 1000.0
+def Stats(epoch: int, val_acc: float) -> EpochStats:
+    """The engine's per-epoch record, with made-up training figures."""
+    return EpochStats(epoch, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=val_acc, lr=0.1, seconds=0.01,
+                      images_per_s=1000.0)
 
 
-@dataclass
-class FakeResult:
-    status: str
-    history: list[Stats]
-    message: str = ""
-    device: str = "cpu"
-    model: object = None
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history)
-
-    @property
-    def val_acc(self) -> float:
-        return self.history[-1].val_acc if self.history else float("nan")
-
-    @property
-    def train_seconds(self) -> float:
-        return sum(h.seconds for h in self.history)
-
-    @property
-    def images_per_s(self) -> float:
-        return 1000.0
+def FakeResult(status: str, history: list[EpochStats], message: str = "") -> TrainResult:
+    return TrainResult(status, history, model=None, message=message, device="cpu")
 
 
 def fake_accuracy(genome: Genome) -> float:
