@@ -190,7 +190,9 @@ def _wait_for_training(study_name: str, db, proc, after: set[int], timeout: floa
 
 def test_interrupted_and_killed_runs_resume_to_exactly_n_trained(tmp_path):
     db, out = tmp_path / "s.db", tmp_path / "out"
-    cmd = [sys.executable, "-m", "search.run", *TINY, "--trials", "2", "--no-final", "--storage", str(db),
+    # 4 epochs per trial rather than 1: a trial must still be training when the signal arrives.
+    tiny = [("4" if prev == "--trial-epochs" else arg) for prev, arg in zip([None, *TINY], TINY)]
+    cmd = [sys.executable, "-m", "search.run", *tiny, "--trials", "2", "--no-final", "--storage", str(db),
            "--out", str(out), "--json"]
     # 1. Ctrl-C in the middle of a trial: exit 130, no traceback, the trial failed as interrupted.
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
