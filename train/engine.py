@@ -188,6 +188,8 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     cfg, device = config, resolve_device(config.device)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN time its algorithms once and keep the fastest
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     model = _as_model(genome_or_model).to(device)
     if cfg.channels_last:
