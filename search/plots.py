@@ -32,6 +32,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, **legend) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(**legend)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None) -> Path:
     """Validation accuracy against parameters: completed trials, the Pareto front, pruned ones faint."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -48,12 +57,7 @@ def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None) 
         ax.scatter(best.params, best.val_acc, marker="*", s=220, c="tab:red", zorder=5, label="winner")
     if max_params:
         ax.axvline(max_params, c="k", ls=":", lw=1, label=f"budget {max_params:,}")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("accuracy vs parameters")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "parameters", "validation accuracy", "accuracy vs parameters", fontsize=8, loc="lower right")
 
 
 def plot_history(board: pd.DataFrame, path: Path) -> Path:
@@ -65,12 +69,7 @@ def plot_history(board: pd.DataFrame, path: Path) -> Path:
     ax.scatter(done.number, done.val_acc, s=20, c="tab:blue", label="completed")
     if len(done):
         ax.step(done.number, done.val_acc.cummax(), where="post", c="tab:red", label="best so far")
-    ax.set_xlabel("trial number (rejected candidates included)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("optimisation history")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "trial number (rejected candidates included)", "validation accuracy", "optimisation history", fontsize=8, loc="lower right")
 
 
 def thirds(rejected: Sequence[bool]) -> tuple[float, float] | None:
@@ -95,12 +94,7 @@ def plot_rejected(rejected: Sequence[bool], path: Path, baseline: float | None =
         ax.plot(x, moving, c="tab:red", label=f"last {w} candidates")
         ax.plot(x, np.cumsum(r) / x, c="0.4", ls="--", label="all so far")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("candidate proposed by the sampler")
-    ax.set_ylabel("fraction rejected")
-    ax.set_title("infeasible candidates (rules broken, never trained)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "candidate proposed by the sampler", "fraction rejected", "infeasible candidates (rules broken, never trained)", fontsize=8)
 
 
 def plot_final(history: list[dict], path: Path) -> Path:
