@@ -101,3 +101,12 @@ def test_train_run_bad_input_gives_one_line_and_exit_2(args, text):
     r = run("train.run", *args)
     assert r.returncode == 2
     assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_reports_pipeline_and_model_only_throughput():
+    r = run("train.bench", "seed003_net", "--dataset", "synthetic", "--seconds", "0.3", "--repeats", "1",
+            "--batch-size", "64", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["images_per_s"] == d["pipeline_images_per_s"] > 0 and d["model_only_images_per_s"] > 0
+    assert d["pipeline_vs_model_only"] == pytest.approx(d["images_per_s"] / d["model_only_images_per_s"], rel=1e-2)
