@@ -22,16 +22,16 @@ from space import analyze
 from space.export import export_code
 from train.augment import AugmentConfig
 from train.data import ImageData
-from train.engine import TrainConfig, predict, resolve_device, train
-from train.loader import DeviceLoader
+from train.engine import TrainConfig, predict_images, resolve_device, train
 
 from .settings import SearchError, SearchSettings
 from .trials import best_trial, genome_of
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "retrain_best", "load_final", "write_json"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "retrain_best", "load_final", "write_json"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
+FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -104,10 +104,9 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     if result.status != "completed":
         raise SearchError(f"final retrain of trial {trial.number} {result.status}: {result.message}")
     dev = resolve_device(result.device)
-    model = result.model.to(dev)
+    model = result.model
     # The one look at the test set: predictions give the accuracy and the per-class report.
-    loader = DeviceLoader(data.x_test, data.y_test, data.mean, data.std, 1024, dev, train=False)
-    logits, labels, loss = predict(model, loader, dev, config.amp)
+    logits, labels, loss = predict_images(model, data.x_test, data.y_test, data.mean, data.std, dev, amp=config.amp)
     pred = logits.argmax(1)
     test_acc = float((pred == labels).float().mean())
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

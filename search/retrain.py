@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     study, url = open_existing(args)
 
     from .data import load_full
-    from .final import retrain_best
+    from .final import FINAL_FILES, retrain_best
     from .report import write_report
     from .study import stored_settings
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                      download=not args.no_download)
     final = retrain_best(study, settings, data, out, epochs, args.device, args.progress)
     paths = write_report(study, out, url)
-    for key in ("best_model.py", "best_model.pt", "best_genome.json", "final.json"):
+    for key in FINAL_FILES:
         paths[key] = out / key
     for key, path in paths.items():
         print(f"{key}: {path}")

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     url = resolve_url(args.storage, name)
 
     from .data import check_steps, load_full, search_split
-    from .final import retrain_best
+    from .final import FINAL_FILES, retrain_best
     from .liveness import requeue
     from .report import RUN_PREFIX, write_report
     from .runner import Search, SearchStopped, make_train_fn
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; test accuracy {final['test_acc']:.4f} after {final_epochs} epochs ({final_seconds:.0f} s)"
              if final else ""))
     if final:
-        for key in ("best_model.py", "best_model.pt", "best_genome.json", "final.json"):
+        for key in FINAL_FILES:
             paths[key] = out / key
     for key, path in paths.items():
         print(f"{key}: {path}")

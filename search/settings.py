@@ -36,8 +36,9 @@ DEFAULTS: dict[str, DatasetDefaults] = {
 
 
 def base_lr(batch_size: int) -> float:
-    """OneCycle peak learning rate: 0.2 at batch 256 (train.engine's default), scaled linearly."""
-    return 0.2 * batch_size / 256
+    """OneCycle peak learning rate: train.engine's default at its default batch, scaled linearly."""
+    from train.engine import TrainConfig
+    return TrainConfig.lr * batch_size / TrainConfig.batch_size
 
 
 def parse_val_size(text: str) -> int | float:

@@ -27,7 +27,7 @@ from .augment import AugmentConfig
 from .data import ImageData
 from .loader import DeviceLoader
 
-__all__ = ["TrainConfig", "EpochStats", "TrainResult", "train", "evaluate", "predict", "resolve_device",
+__all__ = ["TrainConfig", "EpochStats", "TrainResult", "train", "evaluate", "predict", "predict_images", "resolve_device",
            "make_optimizer", "with_overrides", "MIN_STEPS"]
 
 
@@ -141,12 +141,18 @@ def predict(model: nn.Module, loader: DeviceLoader, device: torch.device, amp: b
     return logits.cpu(), labels.cpu(), float(F.cross_entropy(logits, labels))
 
 
+def predict_images(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device | str = "cpu",
+                   batch_size: int = 1024, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(logits on the CPU, labels, mean cross-entropy loss) of a model on uint8 HWC images, in order."""
+    device = torch.device(device)
+    loader = DeviceLoader(x, y, mean, std, batch_size, device, train=False, augment=None)
+    return predict(model.to(device), loader, device, amp)
+
+
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device | str = "cpu",
              batch_size: int = 1024, amp: bool = True) -> tuple[float, float]:
     """(loss, accuracy) of a model on uint8 HWC images: a small pure function."""
-    device = torch.device(device)
-    loader = DeviceLoader(x, y, mean, std, batch_size, device, train=False, augment=None)
-    logits, labels, loss = predict(model, loader, device, amp)
+    logits, labels, loss = predict_images(model, x, y, mean, std, device, batch_size, amp)
     return loss, float((logits.argmax(1) == labels).float().mean())
 
 

@@ -12,7 +12,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -22,8 +22,7 @@ from space.genome import GenomeError
 from space.spec import fail, run_cli
 
 from .data import DATASETS, DataError, load_dataset
-from .engine import TrainConfig, TrainResult, predict, resolve_device, train, with_overrides
-from .loader import DeviceLoader
+from .engine import TrainConfig, TrainResult, predict_images, resolve_device, train, with_overrides
 from .report import classification_summary, confusion_text
 
 __all__ = ["main", "write_outputs"]
@@ -31,9 +30,7 @@ __all__ = ["main", "write_outputs"]
 
 def write_outputs(out: Path, result: TrainResult, data, extra: dict) -> dict:
     """Test metrics, history and weights of a finished run under `out`; returns the metrics dict."""
-    device = torch.device(result.device)
-    loader = DeviceLoader(data.x_test, data.y_test, data.mean, data.std, 1024, device, train=False)
-    logits, labels, loss = predict(result.model.to(device), loader, device)
+    logits, labels, loss = predict_images(result.model, data.x_test, data.y_test, data.mean, data.std, result.device)
     pred = logits.argmax(1).numpy()
     text, per_class, cm = classification_summary(labels.numpy(), pred, data.classes)
     metrics = {**extra, "status": result.status, "message": result.message, "epochs": result.epochs,
@@ -75,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subset:
         data = data.subset(args.subset, None, seed=args.seed)
     if genome.num_classes != data.num_classes:
-        genome = type(genome)(genome.blocks, genome.head, data.num_classes, genome.in_channels)
+        genome = replace(genome, num_classes=data.num_classes)
     out = Path(args.out)
     device = resolve_device(args.device)
     config = with_overrides(TrainConfig(epochs=args.epochs, device=str(device), seed=args.seed, eval_every=0,
