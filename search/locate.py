@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 
 from .settings import SearchError
-from .storage import _JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_storage, open_storage, redact, resolve_url
+from .storage import _JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_storage, local_file, open_storage, redact, resolve_url
 
 __all__ = ["Found", "storage_files", "search_studies", "locate"]
 
@@ -97,7 +97,7 @@ def locate(storage: str | None, study_name: str | None, folder: Path = RESULTS) 
                                      f"(others: {', '.join(names[:-1])}; choose with --study-name)")
     if study_name:
         url = default_storage(study_name, folder)
-        if Path(url[len("sqlite:///"):]).is_file():
+        if local_file(url).is_file():
             return Found(url, study_name)
     pairs = []  # (url, name) over the storages in folder, most recently written storage first
     for u in storage_files(folder):

@@ -32,7 +32,7 @@ from train.files import removed_on_error
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
-from .storage import dashboard_command, open_storage, redact, resolve_url
+from .storage import dashboard_command, local_file, open_storage, redact, resolve_url
 
 __all__ = ["main", "machine_info"]
 
@@ -55,14 +55,6 @@ def _lines(path: str) -> list[str]:
         return Path(path).read_text().splitlines()
     except OSError:
         return []
-
-
-def _storage_file(url: str) -> Path | None:
-    """The local file behind a SQLite or journal URL (None for a database server or :memory:)."""
-    if url.startswith("journal:"):
-        return Path(url[len("journal:"):])
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-    return Path(path) if path and path != ":memory:" else None
 
 
 def _sigterm(signum, frame):  # a scheduler's SIGTERM: stop like Ctrl-C, leaving a resumable study
@@ -126,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The storage is opened first (a typo in it should not wait for a download), but if the data or the
     # settings then fail, a storage file (or folder) this run created is removed again: no empty study.
-    file = _storage_file(url)
+    file = local_file(url)
     with removed_on_error(*([file] if file else [])):
         storage = open_storage(url, stale_callback=requeue)
         label = redact(url)  # what is printed and stored: never a password
