@@ -1,11 +1,13 @@
 """`python -m search.export --storage URL --study-name NAME [--trial N] -o FILE.py`: any trial as PyTorch code.
 
 Without --trial it exports the winner (highest validation accuracy among completed trials; ties go to
-fewer parameters). The file needs only torch (space.export.export_code); the final retrain writes the
+fewer parameters). A trial the search rejected (it breaks a rule: too many parameters, too small a
+receptive field, no DSC or no dilated conv) is refused unless --force is given. The file needs only torch (space.export.export_code); the final retrain writes the
 same code as best_model.py next to best_model.pt, plus the input normalisation it was trained with.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import optuna
@@ -20,8 +22,9 @@ from .trials import best_trial, genome_of, kind
 __all__ = ["trial_genome", "main"]
 
 
-def trial_genome(study: optuna.Study, number: int | None) -> tuple[int, Genome]:
-    """(trial number, genome) of trial `number`, or of the best trial when None."""
+def trial_genome(study: optuna.Study, number: int | None, force: bool = False) -> tuple[int, Genome]:
+    """(trial number, genome) of trial `number`, or of the best trial when None; a rejected trial only with
+    `force`."""
     trials = study.get_trials(deepcopy=False)
     if number is None:
         best = best_trial(trials)
@@ -33,6 +36,10 @@ def trial_genome(study: optuna.Study, number: int | None) -> tuple[int, Genome]:
         raise SearchError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
     if "genome" not in match[0].user_attrs:
         raise SearchError(f"trial {number} ({kind(match[0])}) has no genome recorded")
+    reason = match[0].user_attrs.get("rejected")
+    if reason and not force:
+        raise SearchError(f"trial {number} was rejected by the search, it breaks the rules: {reason}; "
+                          "add --force to export it anyway")
     return number, genome_of(match[0])
 
 
@@ -41,13 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     add_study_args(p)
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
     p.add_argument("-o", "--output", required=True, help="the .py file to write")
+    p.add_argument("--force", action="store_true", help="export a trial the search rejected (it breaks the rules)")
     args = p.parse_args(argv)
     study, _ = open_existing(args)
-    number, genome = trial_genome(study, args.trial)
+    number, genome = trial_genome(study, args.trial, args.force)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(export_code(genome))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
+    reason = study.trials[number].user_attrs.get("rejected") if args.trial is not None else None
+    if reason:
+        print(f"warning: trial {number} breaks the rules ({reason}); exported because of --force", file=sys.stderr)
     return 0
 
 

@@ -29,16 +29,23 @@ RUN_PREFIX = "run:"  # study user attrs "run:<start>:<host>:<pid>" describe each
 
 
 def _md_table(df: pd.DataFrame) -> str:
-    def cell(v) -> str:
+    """A markdown table; one format per column: accuracies 4 decimals, other fractional numbers 1 decimal
+    (seconds), whole numbers with thousands separators."""
+    def cell(v, column: str) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
             return ""
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+        if isinstance(v, (float, np.floating)):
+            if "acc" in column:
+                return f"{v:.4f}"
+            return f"{v:,.0f}" if column in integral else f"{v:,.1f}"
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return f"{v:,}"
         return str(v).replace("|", "\\|")
+    # Counts stored as floats (a column with gaps) are whole in every row: print them without decimals.
+    integral = {c for c in df.columns if pd.api.types.is_float_dtype(df[c])
+                and df[c].dropna().map(float.is_integer).all() and "seconds" not in c}
     rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
-    rows += [" | ".join(cell(v) for v in r) for r in df.itertuples(index=False)]
+    rows += [" | ".join(cell(v, c) for v, c in zip(r, df.columns)) for r in df.itertuples(index=False)]
     return "\n".join(f"| {r} |" for r in rows)
 
 

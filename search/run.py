@@ -27,10 +27,12 @@ from pathlib import Path
 
 import optuna
 
+from train.files import removed_on_error
+
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
-from .storage import dashboard_command, open_storage, redact, resolve_url
+from .storage import dashboard_command, local_file, open_storage, redact, resolve_url
 
 __all__ = ["main", "machine_info"]
 
@@ -65,7 +67,7 @@ def build_parser():
     p.add_argument("--dataset", default="cifar10", help="cifar10 (default), digits (offline) or synthetic (tests)")
     p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/ (downloaded there if absent)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
-    add_study_args(p, study_default=None)
+    add_study_args(p, reading=False)
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="validation split, sampler and training seed")
@@ -114,14 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import Search, SearchStopped, make_train_fn
     from .study import enqueue_presets, open_study
 
-    storage = open_storage(url, stale_callback=requeue)
-    label = redact(url)  # what is printed and stored: never a password
-    full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
-                     download=not args.no_download)
-    split = search_split(full, settings)
-    if not args.no_final:
-        check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")
-    study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs), label)
+    # The storage is opened first (a typo in it should not wait for a download), but if the data or the
+    # settings then fail, a storage file (or folder) this run created is removed again: no empty study.
+    file = local_file(url)
+    with removed_on_error(*([file] if file else [])):
+        storage = open_storage(url, stale_callback=requeue)
+        label = redact(url)  # what is printed and stored: never a password
+        full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
+                         download=not args.no_download)
+        split = search_split(full, settings)
+        if not args.no_final:
+            check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")
+        study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs), label)
     out = Path(args.out) if args.out else Path("results") / name
     presets = enqueue_presets(study, full.num_classes)
     info = machine_info(args.device)

@@ -26,7 +26,7 @@ from optuna.storages import BaseStorage
 from .settings import SearchError
 
 __all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "default_storage", "resolve_url", "open_storage",
-           "dashboard_command", "is_rdb", "redact"]
+           "dashboard_command", "is_rdb", "redact", "local_file"]
 
 HEARTBEAT_INTERVAL = 60  # seconds between the heartbeats of a running trial
 GRACE_PERIOD = 300  # seconds without a heartbeat after which a RUNNING trial's worker counts as dead
@@ -95,6 +95,14 @@ def open_storage(url: str, create: bool = True,
     except Exception as e:  # sqlalchemy.exc.ArgumentError, OperationalError (unreachable), a non-database file
         message = _one_line(e).replace(url, redact(url))  # drivers may quote the URL, password and all
         raise SearchError(f"cannot open storage {redact(url)}: {message}") from None
+
+
+def local_file(url: str) -> Path | None:
+    """The local file behind a SQLite or journal URL (None for a database server or :memory:)."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    return Path(path) if path and path != ":memory:" else None
 
 
 def dashboard_command(url: str) -> str:

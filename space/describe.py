@@ -1,12 +1,11 @@
 """`python -m space.describe SPEC [--json]`: the per-layer table, totals and rule violations of a genome."""
 from __future__ import annotations
 
-import argparse
 import json
 
 from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Analysis, analyze, check
 from .genome import Genome
-from .spec import load_spec, run_cli
+from .spec import CliParser, load_spec, run_cli
 
 __all__ = ["describe", "table", "main"]
 
@@ -45,7 +44,7 @@ def describe(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m space.describe", description=__doc__.split(":", 1)[1].strip())
+    p = CliParser(prog="python -m space.describe", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS)

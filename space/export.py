@@ -6,16 +6,15 @@ field and parameters, so `Net().load_state_dict(build(genome).state_dict(), stri
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 from pathlib import Path
 
 from typing import Sequence
 
 from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze, check
-from .genome import Genome
+from .genome import Genome, GenomeError
 from .layers import Classifier, ConvBN, SepConvBN, module_calls
-from .spec import load_spec, run_cli
+from .spec import CliParser, load_spec, run_cli
 
 __all__ = ["export_code", "main"]
 
@@ -84,12 +83,17 @@ def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequen
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m space.export", description="Write a genome as standalone PyTorch code.")
+    p = CliParser(prog="python -m space.export", description="Write a genome as standalone PyTorch code.")
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("-o", "--output", required=True, help="the .py file to write")
     args = p.parse_args(argv)
     genome = load_spec(args.spec)
-    Path(args.output).write_text(export_code(genome))
+    out = Path(args.output)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(export_code(genome))
+    except OSError as e:
+        raise GenomeError(f"cannot write {out}: {e.strerror}") from None
     print(f"wrote {args.output}")
     return 0
 

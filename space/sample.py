@@ -4,13 +4,12 @@ Feasible and infeasible alike (filter with `space.describe --json`); the same se
 """
 from __future__ import annotations
 
-import argparse
 import random
 from typing import Iterator
 
 from .genome import Genome
 from .searchspace import RandomTrial, suggest_genome
-from .spec import fail, run_cli
+from .spec import CliParser, fail, run_cli
 
 __all__ = ["sample_genomes", "main"]
 
@@ -22,7 +21,7 @@ def sample_genomes(n: int, seed: int = 0, num_classes: int = 10) -> Iterator[Gen
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m space.sample", description=__doc__.split(":", 1)[1].strip())
+    p = CliParser(prog="python -m space.sample", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("--n", type=int, default=10, help="how many genomes")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -1,6 +1,8 @@
-"""SPEC arguments of the command-line tools: a preset name, a genome JSON file, or inline JSON."""
+"""SPEC arguments of the command-line tools (a preset name, a genome JSON file, or inline JSON), and what
+every command shares: a parser whose mistakes are one `error:` line, and the exit codes."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -8,7 +10,7 @@ from typing import Callable, NoReturn
 from .genome import Genome, GenomeError
 from .presets import PRESETS, get_preset
 
-__all__ = ["load_spec", "fail", "run_cli"]
+__all__ = ["load_spec", "fail", "run_cli", "HelpFormatter", "CliParser"]
 
 
 def load_spec(spec: str) -> Genome:
@@ -44,3 +46,24 @@ def run_cli(main: Callable[[], int | None], errors: tuple[type[BaseException], .
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the description as written and every option's default (unless its help already
+    names one, or there is none: None, or False for a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CliParser(argparse.ArgumentParser):
+    """An argparse parser whose mistakes end in one `error: ...` line and exit code 2 (not usage + message)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)

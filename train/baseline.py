@@ -6,7 +6,6 @@ in the same run as the project's pipeline.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -53,10 +52,11 @@ def seed_loop_throughput(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: n
 
 def main(argv: list[str] | None = None) -> int:
     from space import build, load_spec
+    from space.spec import CliParser
     from .data import load_dataset
     from .engine import resolve_device
 
-    p = argparse.ArgumentParser(prog="python -m train.baseline", description="Throughput of the seed-style loop.")
+    p = CliParser(prog="python -m train.baseline", description="Throughput of the seed-style loop.")
     p.add_argument("spec")
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default="data")

@@ -6,15 +6,17 @@ Three figures from one run, on the same model and device:
   model_only  forward, backward and step on one pre-loaded, pre-normalised batch: the ceiling
   baseline    (--baseline) the seed-style loop of train.baseline: albumentations per image in 2 workers,
               NCHW float32, batch 128, plain SGD
-Each is measured --repeats times, interleaved, and the median reported.
+Each is measured --repeats times, interleaved, and the median reported. It says up front about how long
+that takes (--repeats x (3.25 + 1 with --baseline) x --seconds, plus loading) and prints a line to stderr
+after each measurement.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -62,21 +64,24 @@ def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.devi
 
 def main(argv: list[str] | None = None) -> int:
     from space import build, load_spec
+    from space.spec import CliParser, fail
     from .baseline import seed_loop_throughput
     from .data import load_dataset
 
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0].split(":", 1)[1])
+    p = CliParser(prog="python -m train.bench", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--dataset", default="cifar10", help="cifar10, digits or synthetic")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each measurement, seconds")
     p.add_argument("--baseline", action="store_true", help="also measure the seed-style loop")
     p.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each figure (median)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
+    if args.seconds <= 0 or args.repeats < 1 or args.batch_size < 1:
+        fail("--seconds, --repeats and --batch-size must be positive")
     genome = load_spec(args.spec)
     data = load_dataset(args.dataset, args.data_dir)
     device = resolve_device(args.device)
@@ -91,18 +96,35 @@ def main(argv: list[str] | None = None) -> int:
     # Measurements interleave (model-only, pipeline, baseline, model-only, ...) so that a slow spell of a
     # shared machine hits all of them alike; each figure is the median over the repeats.
     runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": []}
+    # Seconds per repeat: model-only warms up for a quarter of --seconds then measures; the pipeline trains
+    # two epochs of about --seconds each; the baseline measures --seconds after a short warm-up.
+    per_repeat = args.seconds * (1.25 + 2 + (1 if args.baseline else 0))
+    total = args.repeats * (3 if args.baseline else 2)
+    print(f"{args.repeats} x {'model_only, pipeline, baseline' if args.baseline else 'model_only, pipeline'} "
+          f"on {device}, {args.seconds:g} s each: about {args.repeats * per_repeat / 60:.1f} min", file=sys.stderr,
+          flush=True)
+    t_start = time.perf_counter()
+
+    def progress(key: str) -> None:
+        done = sum(len(v) for v in runs.values())
+        print(f"[{done}/{total}] {key}: {runs[key][-1]:,.1f} images/s ({time.perf_counter() - t_start:.0f} s of about "
+              f"{args.repeats * per_repeat:.0f} s)", file=sys.stderr, flush=True)
+
     sliced = None
     for _ in range(args.repeats):
         runs["model_only"].append(model_only_throughput(build(genome, seed=0), cfg, device, args.seconds,
                                                         num_classes=data.num_classes))
+        progress("model_only")
         if sliced is None:  # two epochs over a slice sized to last about --seconds each; the second is timed
             n = min(len(data.y_train), max(4 * args.batch_size, int(runs["model_only"][0] * args.seconds)))
             sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
         run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2}), sliced)
         runs["pipeline"].append(run.history[-1].images_per_s)
+        progress("pipeline")
         if args.baseline:
             runs["baseline"].append(seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
                                                          data.mean, data.std, args.seconds, device=device))
+            progress("baseline")
     for key, values in runs.items():
         if values:
             result[f"{key}_images_per_s"] = round(statistics.median(values), 1)

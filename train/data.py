@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import removed_on_error
+
 __all__ = ["DataError", "ImageData", "DATASETS", "CIFAR10_URL", "CIFAR10_MD5", "load_dataset", "load_cifar10",
            "load_digits32", "make_synthetic", "train_val_split", "write_cifar_batches"]
 
@@ -206,7 +208,9 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> ImageData:
             if not download:
                 raise DataError(f"CIFAR-10 not found: put {_FOLDER}/ or {_ARCHIVE} into {data_dir} "
                                 "(or allow the download)")
-            _download(data_dir)
+            # A failed download leaves no folder behind that was not there before.
+            with removed_on_error(data_dir):
+                _download(data_dir)
         _extract(archive, data_dir)
     meta = _read_pickle(folder / "batches.meta")
     try:

@@ -27,11 +27,15 @@ from .augment import AugmentConfig
 from .data import ImageData
 from .loader import DeviceLoader
 
-__all__ = ["TrainConfig", "EpochStats", "TrainResult", "train", "evaluate", "predict", "predict_images", "resolve_device",
+__all__ = ["TrainError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate", "predict", "predict_images", "resolve_device",
            "make_optimizer", "with_overrides", "MIN_STEPS"]
 
 
 MIN_STEPS = 4  # optimizer steps a OneCycle schedule needs: warm-up and annealing of at least one step each
+
+
+class TrainError(ValueError):
+    """A run that cannot start as asked: too few steps, or a checkpoint of another run in its place."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +61,14 @@ class TrainConfig:
     checkpoint: str | None = None  # path; written every `checkpoint_every` epochs, resumed from if present
     checkpoint_every: int = 1  # epochs
     progress: bool = False  # tqdm bar per epoch
+    held_out: str = "val"  # what the progress lines call data's held-out part ("test" when it is the test set)
     nan_check_every: int = 25  # steps between non-finite-loss checks (each one syncs the device)
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the result (not device, progress or checkpoint place)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "checkpoint", "compile",
                                                                    "checkpoint_every", "eval_batch_size", "eval_every",
-                                                                   "nan_check_every")}
+                                                                   "nan_check_every", "held_out")}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -86,6 +91,7 @@ class TrainResult:
     model: nn.Module
     message: str = ""
     device: str = ""
+    resumed_epochs: int = 0  # epochs taken from a checkpoint rather than trained in this call
 
     @property
     def epochs(self) -> int:
@@ -166,7 +172,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if total_steps < MIN_STEPS:
-        raise ValueError(f"{total_steps} training steps are too few for a OneCycle schedule; "
+        raise TrainError(f"{total_steps} training steps are too few for a OneCycle schedule; "
                          "use more epochs, more images or a smaller batch")
     # OneCycle divides by the warm-up length in steps, which must be at least one step.
     pct_start = min(max(cfg.pct_start, 2.0 / total_steps), 0.5)
@@ -214,7 +220,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     if ckpt_path and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state.get("identity") != identity:
-            raise ValueError(f"checkpoint {ckpt_path} belongs to another model, config or dataset; "
+            raise TrainError(f"checkpoint {ckpt_path} belongs to another model, config or dataset; "
                              "delete it or choose another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -266,7 +272,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
                            scheduler.get_last_lr()[0], seconds, seen / seconds)
         history.append(stats)
         if cfg.progress:
-            held_out = f"  val loss {val_loss:.3f} acc {val_acc:.4f}" if math.isfinite(val_acc) else ""
+            held_out = f"  {cfg.held_out} loss {val_loss:.3f} acc {val_acc:.4f}" if math.isfinite(val_acc) else ""
             print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}"
                   f"{held_out}  {stats.images_per_s:,.0f} img/s", flush=True)
         if ckpt_path and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
@@ -279,7 +285,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
             break
     if cfg.channels_last:
         model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(status, history, model, message, str(device))
+    return TrainResult(status, history, model, message, str(device), resumed_epochs=start_epoch - 1)
 
 
 def with_overrides(config: TrainConfig, **changes) -> TrainConfig:

@@ -1,0 +1,136 @@
+"""Every command in README.md works as written: each `python -m` line parses with its command's real
+argument parser (a renamed flag fails here), cheap ones run for real at a small size, and the "First ten
+minutes" path runs top to bottom in a fresh folder. New README commands are picked up automatically; a
+command of a new kind must be added to SHELL_PREFIXES (and exercised somewhere CI runs)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.search_helpers import ROOT
+
+README = (ROOT / "README.md").read_text()
+# Commands that are not `python -m`: set-up (run by ./setup.sh, which .ci/run runs), or tools outside the project.
+SHELL_PREFIXES = ("./setup.sh ", "bash .ci/run", "python3 -m venv .venv", "pip install ", "export NO_ALBUMENTATIONS",
+                  "optuna-dashboard ", "head ")
+# Appended to commands run for real (argparse: the last value of a flag wins): small and fast.
+# search.run: 100k parameters leave seed003_net as the one preset to train (the others take minutes on a CPU).
+SMALL = {"search.run": ["--trials", "1", "--max-params", "100000", "--trial-epochs", "1", "--final-epochs", "1",
+                        "--subset-train", "200", "--subset-test", "64", "--batch-size", "32"],
+         "train.run": ["--epochs", "1", "--subset", "256"]}
+
+
+def blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def commands(text: str) -> list[str]:
+    """The command lines of the bash blocks, without comments."""
+    lines = []
+    for block in blocks(text, "bash"):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def section(title: str) -> str:
+    start = README.index(f"## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end > 0 else None]
+
+
+def python_m(line: str) -> tuple[str, list[str]] | None:
+    """(module, argv) of a `python -m MODULE ...` line (any output redirection dropped), else None."""
+    words = shlex.split(line.split(" > ")[0])
+    if words[:2] != ["python", "-m"]:
+        return None
+    return words[2], words[3:]
+
+
+class Parsed(Exception):
+    pass
+
+
+def parse_only(module: str, argv: list[str], monkeypatch) -> argparse.Namespace:
+    """Run the command's main(argv) only as far as its parser: the real flags, types and choices."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_and_stop(self, args=None, namespace=None):
+        raise Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_and_stop)
+    with pytest.raises(Parsed) as got:
+        importlib.import_module(module).main(argv)
+    return got.value.args[0]
+
+
+def test_every_readme_command_is_of_a_known_kind():
+    unknown = [c for c in commands(README) if python_m(c) is None and not c.startswith(SHELL_PREFIXES)]
+    assert not unknown, f"README commands nothing checks: {unknown}"
+    assert len([c for c in commands(README) if python_m(c)]) >= 15
+
+
+@pytest.mark.parametrize("line", [c for c in commands(README) if python_m(c)])
+def test_readme_command_parses_with_the_real_parser(line, monkeypatch, capsys):
+    module, argv = python_m(line)
+    if module == "pytest":
+        return  # pytest's own parser; CI runs exactly this line
+    try:
+        args = parse_only(module, argv, monkeypatch)
+    except SystemExit:
+        pytest.fail(f"{line!r}: {capsys.readouterr().err.strip()}")
+    assert isinstance(args, argparse.Namespace)
+
+
+def run_line(line: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    parsed = python_m(line)
+    if parsed and parsed[0] in SMALL:
+        line = line.split(" > ")[0] + " " + shlex.join(SMALL[parsed[0]])
+    line = re.sub(r"^python ", shlex.quote(sys.executable) + " ", line)
+    return subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def small_env() -> dict:
+    return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_cheap_readme_commands_run_for_real(tmp_path):
+    cheap = [c for c in commands(README) if python_m(c) and python_m(c)[0].startswith("space.")
+             or "--dataset digits" in c and python_m(c) and python_m(c)[0] == "train.run"]
+    assert len(cheap) >= 5
+    for line in cheap:
+        r = run_line(line, tmp_path, small_env())
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (line, r.stderr)
+    assert (tmp_path / "seed001.py").is_file() and (tmp_path / "my_genome.json").is_file()
+    assert (tmp_path / "results" / "train" / "seed003_net-digits" / "metrics.json").is_file()
+
+
+def test_first_ten_minutes_runs_top_to_bottom_as_written(tmp_path):
+    text = section("First ten minutes")
+    env = small_env()
+    ran = []
+    for line in commands(text):
+        if line.startswith(("python3 -m venv", "pip install", "export ")):
+            continue  # the environment: ./setup.sh does these steps, and CI runs it
+        r = run_line(line, tmp_path, env)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (line, r.stdout[-2000:], r.stderr[-2000:])
+        ran.append(line)
+        if line.startswith("python -m search.report"):
+            assert "using study digits-nas" in r.stderr  # found without --study-name, and said so
+    assert [python_m(c)[0] for c in ran if python_m(c)] == ["search.run", "search.report", "search.export"]
+    assert "# Architecture search: study `digits-nas`" in (tmp_path / "results/digits-nas/report.md").read_text()
+    assert "class Net" in (tmp_path / "best.py").read_text()
+    (code,) = blocks(text, "python")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"tensor\(\[\d\]\)", r.stdout.strip()), r.stdout

@@ -1,0 +1,36 @@
+"""Leaving nothing behind: a command that fails on its inputs removes the files and folders it created."""
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["first_missing", "removed_on_error"]
+
+
+def first_missing(path: str | Path) -> Path | None:
+    """The outermost folder (or the file itself) of `path` that does not exist yet; None if it all exists."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    missing = path
+    while not missing.parent.exists():
+        missing = missing.parent
+    return missing
+
+
+@contextmanager
+def removed_on_error(*paths: str | Path) -> Iterator[None]:
+    """Run the block; if it raises (an error, Ctrl-C), remove whatever of `paths` it created (a file, or the
+    outermost new folder with all in it), then re-raise. What existed before is never touched."""
+    fresh = [m for m in map(first_missing, paths) if m is not None]
+    try:
+        yield
+    except BaseException:
+        for m in fresh:
+            if m.is_dir():
+                shutil.rmtree(m, ignore_errors=True)
+            elif m.exists():
+                m.unlink(missing_ok=True)
+        raise
