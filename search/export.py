@@ -2,8 +2,9 @@
 
 Without --trial it exports the winner (highest validation accuracy among completed trials; ties go to
 fewer parameters; in a multi-objective study, among the members of the Pareto front). Any other trial,
-e.g. another front member (the `pareto` column of leaderboard.csv), by --trial N. The file needs only torch (space.export.export_code); the final retrain writes the
-same code as best_model.py next to best_model.pt, plus the input normalisation it was trained with.
+e.g. another front member (the `pareto` column of leaderboard.csv), by --trial N. The file needs only
+torch (space.export.export_code); the final retrain writes the same code as best_model.py next to
+best_model.pt, plus the input normalisation it was trained with.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     budget_of = {"params": settings.max_params, "macs": settings.max_macs} if settings else {}
     paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png", budget_of.get(cost), cost)
     paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
-    baseline = random_rejection_rate(settings.max_params, settings.min_rf, max_macs=settings.max_macs) if settings else None
+    baseline = (random_rejection_rate(settings.max_params, settings.min_rf, max_macs=settings.max_macs)
+                if settings else None)
     paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png", baseline)
     final = load_final(out)
     if final and final.get("study") != study.study_name:
@@ -137,7 +138,8 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     if settings:
         md += [f"Settings: dataset {settings.dataset}, objectives {settings.objectives}, "
                f"<= {settings.max_params:,} parameters, "
-               + (f"<= {settings.max_macs:,} MACs per image, " if settings.max_macs else "") + f"RF >= {settings.min_rf}, "
+               + (f"<= {settings.max_macs:,} MACs per image, " if settings.max_macs else "")
+               + f"RF >= {settings.min_rf}, "
                f"{settings.trial_epochs} epochs per trial, validation split {settings.val_size}, "
                f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
                f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}.", ""]

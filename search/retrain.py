@@ -2,8 +2,8 @@
 
 Retrains the study's best trial (validation accuracy; ties: fewer parameters; in a multi-objective study
 the most accurate member of the Pareto front), or trial N (e.g. another member of the front: see the
-`pareto` column of leaderboard.csv), from scratch on all training images, tests it once, writes best_model.{py,pt}, best_genome.json, final.json and the report. For studies
-searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
+`pareto` column of leaderboard.csv), from scratch on all training images, tests it once, writes
+best_model.{py,pt}, best_genome.json, final.json and the report. For studies searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
 again after a crash and it continues from <out>/final_checkpoint.pt.
 """
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Creating, resuming and checking a study: its settings, sampler, pruner and warm-start presets.
 
-The study maximises validation accuracy; with --objectives accuracy,params (or ,macs) it also minimises the
-cost, a multi-objective study with the same sampler (multi-objective TPE; see make_sampler). Its user attrs hold the `SearchSettings` it was created with
-(a resume with other settings is refused) and a flag saying the seed presets were enqueued, so that a
-resumed study never enqueues them again.
+The study maximises validation accuracy; with --objectives accuracy,params (or ,macs) it also minimises
+that cost, a multi-objective study with the same sampler (see make_sampler). Its user attrs hold the
+`SearchSettings` it was created with (a resume with other settings is refused) and a flag saying the
+seed presets were enqueued, so that a resumed study never enqueues them again.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def make_sampler(seed: int, salt: int = 0) -> optuna.samplers.TPESampler:
 
     The same sampler serves multi-objective studies: Optuna's TPESampler splits good from bad trials by
     non-domination rank there (MOTPE), and reads trial.set_constraint as in the single-objective case. It
-    is chosen over NSGA-II because a search trains ~100 candidates, and NSGA-II's genetic operators need
-    several generations of a 50-trial population before they beat random sampling, while TPE models the
-    history from its 10th trial on; it also keeps one code path (constant liar, seeding) for both cases.
+    is chosen over NSGA-II because a search trains ~100 candidates: NSGA-II's first generation (its default
+    population, 50 trials) is random sampling and it improves only over several generations, while TPE
+    models the history from its 10th trial on; it also keeps one code path (constant liar, seeding).
 
     `salt` (e.g. the number of trials already in the study) gives a resumed or additional worker its own
     random stream, so it does not replay the candidates of the first run; a fresh study stays reproducible.

@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(genome))
     print(f"total: {d['params']:,} parameters, {d['macs'] / 1e6:.2f} M MACs per image, RF {d['rf']}, "
           f"final map {d['final_size']}x{d['final_size']}")
-    print(f"peak activations: {d['peak_activations']:,} elements per image ({d['peak_activations'] * 4 / 1024:,.0f} KiB "
-          "at fp32; the largest input + output of one op)")
+    peak = d["peak_activations"]
+    print(f"peak activations: {peak:,} elements per image ({peak * 4 / 1024:,.0f} KiB at fp32; the largest input + "
+          "output of one op)")
     print("violations: " + ("; ".join(d["violations"]) if d["violations"] else "none (feasible)"))
     return 0
 
