@@ -7,6 +7,7 @@ infeasible but which way feasibility lies:
     rf        (min_rf - rf) / min_rf               (0.1: the receptive field is 10 % short)
     dsc       1 if the net has no depthwise-separable conv, else 0
     dilation  1 if the net has no dilated conv, else 0
+    macs      MACs / max_macs - 1                  (only with --max-macs; MACs per image)
 """
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ from .settings import SearchError
 __all__ = ["constraint_values", "check_satisfiable", "random_rejection_rate"]
 
 
-def constraint_values(genome: Genome, max_params: int, min_rf: int) -> dict[str, float]:
+def constraint_values(genome: Genome, max_params: int, min_rf: int, max_macs: int | None = None) -> dict[str, float]:
     a = analyze(genome)
-    return {
+    values = {
         "params": a.params / max_params - 1.0,
         "rf": (min_rf - a.rf) / min_rf,
         "dsc": 0.0 if any(l.separable for l in genome.layers) else 1.0,
         "dilation": 0.0 if any(l.dilated for l in genome.layers) else 1.0,
     }
+    if max_macs is not None:  # the same keys for every trial of a study: max_macs is one of its settings
+        values["macs"] = a.macs / max_macs - 1.0
+    return values
 
 
 class _NarrowTrial(RandomTrial):
@@ -41,35 +45,44 @@ class _NarrowTrial(RandomTrial):
 
 
 def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probes: int = 3000,
-                      seed: int = 0) -> None:
+                      seed: int = 0, max_macs: int | None = None) -> None:
     """SearchError, before any training, if no probed genome meets the constraints.
 
     Half the probes are uniform, half use the narrowest widths (fewest parameters for a given depth, RF
-    and ops), so a budget that only the smallest nets meet is still found. Fast: analysis is analytic.
+    and ops; also the fewest MACs), so a budget that only the smallest nets meet is still found. Fast:
+    analysis is analytic.
     """
-    if max_params < 1 or min_rf < 1:
-        raise SearchError(f"--max-params and --min-rf must be positive, got {max_params} and {min_rf}")
+    if max_params < 1 or min_rf < 1 or (max_macs is not None and max_macs < 1):
+        raise SearchError(f"--max-params, --min-rf and --max-macs must be positive, got {max_params}, {min_rf} "
+                          f"and {max_macs}")
     rng = random.Random(seed)
     fewest, widest_rf = None, 0  # fewest params among nets meeting the RF and op rules; largest RF in budget
+    fewest_macs = None  # fewest MACs per image among nets meeting the RF and op rules
     for i in range(probes):
         trial = RandomTrial(rng) if i % 2 else _NarrowTrial(rng)
         genome = suggest_genome(trial, num_classes=num_classes)
-        if not check(genome, max_params, min_rf):
+        if not check(genome, max_params, min_rf, max_macs):
             return
         a = analyze(genome)
         ops_ok = any(l.separable for l in genome.layers) and any(l.dilated for l in genome.layers)
         if ops_ok and a.rf >= min_rf:
             fewest = a.params if fewest is None else min(fewest, a.params)
+            fewest_macs = a.macs if fewest_macs is None else min(fewest_macs, a.macs)
         if ops_ok and a.params <= max_params:
             widest_rf = max(widest_rf, a.rf)
     found = (f"the fewest parameters with RF >= {min_rf} is {fewest:,}" if fewest is not None
              else f"none reaches RF {min_rf}")
-    raise SearchError(f"no genome of the search space meets --max-params {max_params:,} and --min-rf {min_rf} "
+    if max_macs is not None and fewest_macs is not None:
+        found += f", the fewest MACs {fewest_macs:,}"
+    macs = f", --max-macs {max_macs:,}" if max_macs is not None else ""
+    raise SearchError(f"no genome of the search space meets --max-params {max_params:,}{macs} and --min-rf {min_rf} "
                       f"({probes} genomes probed: {found}; the largest RF within {max_params:,} parameters "
                       f"is {widest_rf or 'none'}); relax the constraints")
 
 
-def random_rejection_rate(max_params: int, min_rf: int, probes: int = 2000, seed: int = 0) -> float:
+def random_rejection_rate(max_params: int, min_rf: int, probes: int = 2000, seed: int = 0,
+                          max_macs: int | None = None) -> float:
     """The fraction of uniformly drawn genomes that break the rules: the baseline TPE should beat."""
     rng = random.Random(seed)
-    return sum(bool(check(suggest_genome(RandomTrial(rng)), max_params, min_rf)) for _ in range(probes)) / probes
+    return sum(bool(check(suggest_genome(RandomTrial(rng)), max_params, min_rf, max_macs))
+               for _ in range(probes)) / probes

@@ -1,9 +1,12 @@
 """`python -m search.export --storage URL --study-name NAME [--trial N] -o FILE.py`: any trial as PyTorch code.
 
 Without --trial it exports the winner (highest validation accuracy among completed trials; ties go to
-fewer parameters). A trial the search rejected (it breaks a rule: too many parameters, too small a
-receptive field, no DSC or no dilated conv) is refused unless --force is given. The file needs only torch (space.export.export_code); the final retrain writes the
-same code as best_model.py next to best_model.pt, plus the input normalisation it was trained with.
+fewer parameters; in a multi-objective study, among the members of the Pareto front). Any other trial,
+e.g. another front member (the `pareto` column of leaderboard.csv), by --trial N. The file needs only
+torch (space.export.export_code); the final retrain writes the same code as best_model.py next to
+best_model.pt, plus the input normalisation it was trained with. A trial the search rejected (it breaks a
+rule: too many parameters or MACs, too small a receptive field, no DSC or no dilated conv) is refused unless
+--force is given.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The final retrain: the winner, trained from scratch on every training image, tested once.
 
-Selection is over validation accuracy only (search.trials.best_trial). The retrain uses no validation
+Selection is over validation accuracy only (search.trials.best_trial; in a multi-objective study the most
+accurate member of the Pareto front), unless a trial is named (search.retrain --trial N, e.g. another
+member of the front). The retrain uses no validation
 split (nothing is selected during it), checkpoints every epoch to <out>/final_checkpoint.pt so that a
 crashed or interrupted retrain resumes, and evaluates the test set after its last epoch, once.
 It writes best_model.pt (state_dict, CPU tensors), best_model.py (standalone code + input normalisation),
@@ -25,9 +27,9 @@ from train.data import ImageData
 from train.engine import TrainConfig, predict_images, resolve_device, train
 
 from .settings import SearchError, SearchSettings
-from .trials import best_trial, genome_of
+from .trials import best_trial, genome_of, kind, val_acc
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "retrain_best", "load_final", "write_json"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "trial_to_retrain", "retrain_best", "load_final", "write_json"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
@@ -69,12 +71,32 @@ def _claim_checkpoint(out: Path, owner: dict, log: Callable[[str], None]) -> Pat
     return ckpt
 
 
-def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
-                 device: str = "auto", progress: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Retrain the study's best trial on data's training part, test on its test part; returns final.json."""
-    trial = best_trial(study.get_trials(deepcopy=False))
+def trial_to_retrain(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
+    """Trial `number`, which must have been trained (completed, pruned, or a duplicate of such), or the
+    best trial when None."""
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        trial = best_trial(trials)
+        if trial is None:
+            raise SearchError(f"study {study.study_name!r} has no completed trained trial to retrain")
+        return trial
+    trial = next((t for t in trials if t.number == number), None)
     if trial is None:
-        raise SearchError(f"study {study.study_name!r} has no completed trained trial to retrain")
+        raise SearchError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
+    k = kind(trial)
+    if k not in ("completed", "pruned", "duplicate") or val_acc(trial) is None:
+        why = f": {trial.user_attrs['rejected']}" if k == "rejected" else ""
+        raise SearchError(f"trial {number} is {k}{why}; only a trained trial (completed, pruned, or a duplicate "
+                          "of one) can be retrained")
+    return trial
+
+
+def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
+                 device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
+                 trial_number: int | None = None) -> dict:
+    """Retrain the study's best trial (or trial `trial_number`) on data's training part, test on its test
+    part; returns final.json."""
+    trial = trial_to_retrain(study, trial_number)
     genome = genome_of(trial)
     if genome.num_classes != data.num_classes:
         raise SearchError(f"trial {trial.number} has {genome.num_classes} classes but {data.name} has "
@@ -95,7 +117,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))
     a = analyze(genome)
     log(f"final retrain of trial {trial.number} ({genome.summary()}; {a.params:,} params, val acc "
-        f"{trial.value:.4f}) for {epochs} epochs on {len(data.y_train):,} images")
+        f"{val_acc(trial):.4f}) for {epochs} epochs on {len(data.y_train):,} images")
     t0 = time.time()
     try:  # eval_every=-1: train() never evaluates, so the test set is looked at exactly once, below
         result = train(genome, config, data)
@@ -116,7 +138,8 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     record = {
         "study": study.study_name, "trial": trial.number, "preset": trial.user_attrs.get("preset"),
         "summary": genome.summary(), "genome": genome.to_json(), "params": a.params, "macs": a.macs, "rf": a.rf,
-        "val_acc": trial.value, "train_acc": result.history[-1].train_acc, "test_acc": test_acc, "test_loss": loss, "n_train": int(len(data.y_train)),
+        "peak_act": a.peak_activations,
+        "val_acc": val_acc(trial), "train_acc": result.history[-1].train_acc, "test_acc": test_acc, "test_loss": loss, "n_train": int(len(data.y_train)),
         "n_test": int(len(data.y_test)), "epochs": epochs, "status": result.status,
         "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
         "wall_seconds": round(time.time() - t0, 2), "device": result.device,

@@ -11,18 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .objectives import COSTS, pareto_front  # noqa: E402
+
 __all__ = ["pareto_front", "plot_pareto", "plot_history", "plot_rejected", "plot_final", "thirds"]
-
-
-def pareto_front(params: Sequence[float], acc: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats on both fewer parameters and higher accuracy, by params."""
-    order = sorted(range(len(params)), key=lambda i: (params[i], -acc[i]))
-    front, best = [], -np.inf
-    for i in order:
-        if acc[i] > best:
-            front.append(i)
-            best = acc[i]
-    return front
 
 
 def _save(fig, path: Path) -> Path:
@@ -41,23 +32,24 @@ def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, **legend)
     return _save(fig, path)
 
 
-def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None) -> Path:
-    """Validation accuracy against parameters: completed trials, the Pareto front, pruned ones faint."""
+def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None, cost: str = "params") -> Path:
+    """Validation accuracy against a cost column of the leaderboard ('params' or 'macs'; `max_params` is the
+    budget of that cost): completed trials, the Pareto front (the board's `pareto` column), pruned ones faint."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    board = board.assign(params=board.params.astype(float), val_acc=board.val_acc.astype(float))
+    board = board.assign(x=board[cost].astype(float), val_acc=board.val_acc.astype(float))
     done = board[board.state == "completed"]
     pruned = board[(board.state == "pruned") & board.val_acc.notna()]
-    ax.scatter(pruned.params, pruned.val_acc, s=14, c="0.75", label="pruned (accuracy when stopped)")
-    ax.scatter(done.params, done.val_acc, s=22, c="tab:blue", label="completed")
+    ax.scatter(pruned.x, pruned.val_acc, s=14, c="0.75", label="pruned (accuracy when stopped)")
+    ax.scatter(done.x, done.val_acc, s=22, c="tab:blue", label="completed")
     if len(done):
-        p, a = done.params.to_numpy(float), done.val_acc.to_numpy(float)
-        front = pareto_front(p, a)
-        ax.step(p[front], a[front], where="post", c="tab:orange", lw=1.5, label="Pareto front")
+        front = done[done.pareto].sort_values("x")
+        ax.step(front.x, front.val_acc, where="post", c="tab:orange", lw=1.5, marker="o", ms=3, label="Pareto front")
         best = done[done.best]
-        ax.scatter(best.params, best.val_acc, marker="*", s=220, c="tab:red", zorder=5, label="winner")
+        ax.scatter(best.x, best.val_acc, marker="*", s=220, c="tab:red", zorder=5, label="winner")
     if max_params:
         ax.axvline(max_params, c="k", ls=":", lw=1, label=f"budget {max_params:,}")
-    return _finish(fig, ax, path, "parameters", "validation accuracy", "accuracy vs parameters", fontsize=8, loc="lower right")
+    return _finish(fig, ax, path, COSTS[cost], "validation accuracy", f"accuracy vs {COSTS[cost]}", fontsize=8,
+                   loc="lower right")
 
 
 def plot_history(board: pd.DataFrame, path: Path) -> Path:

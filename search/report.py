@@ -19,6 +19,7 @@ from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
 from .constraints import random_rejection_rate
 from .final import load_final
+from .objectives import COSTS, cost_name
 from .storage import dashboard_command
 from .study import stored_settings
 from .trials import count, leaderboard, rejected_fraction
@@ -78,10 +79,12 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     board.to_csv(paths["leaderboard"], index=False)
     c = count(trials)
     rejected = rejected_fraction(trials)
-    paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png",
-                                             settings.max_params if settings else None)
+    cost = (cost_name(settings.objectives) if settings else None) or "params"  # the front's cost axis
+    budget_of = {"params": settings.max_params, "macs": settings.max_macs} if settings else {}
+    paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png", budget_of.get(cost), cost)
     paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
-    baseline = random_rejection_rate(settings.max_params, settings.min_rf) if settings else None
+    baseline = (random_rejection_rate(settings.max_params, settings.min_rf, max_macs=settings.max_macs)
+                if settings else None)
     paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png", baseline)
     final = load_final(out)
     if final and final.get("study") != study.study_name:
@@ -102,8 +105,11 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
                f"after retraining from scratch for {final['epochs']} epochs on all {final['n_train']:,} training images",
                f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
+               *([f"* retrained by request (`search.retrain --trial {final['trial']}`); the default winner is trial "
+                  f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"] else []),
                f"* {final['params']:,} parameters, {final['macs'] / 1e6:.2f} M MACs per image, receptive field "
-               f"{final['rf']} px",
+               f"{final['rf']} px" + (f", peak activations {final['peak_act']:,} elements per image"
+                                       if "peak_act" in final else ""),
                "", "```", table(g), "```", ""]
         report_text, cm_text = _per_class(final)
         md += ["### Per-class report (test set)", "", "```", report_text.rstrip(), "```", "",
@@ -137,14 +143,25 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                + (f"uniform random sampling: {baseline:.0%}; " if baseline is not None else "")
                + "TPE learns the infeasible region from the constraints).", ""]
     if settings:
-        md += [f"Settings: dataset {settings.dataset}, <= {settings.max_params:,} parameters, RF >= {settings.min_rf}, "
+        md += [f"Settings: dataset {settings.dataset}, objectives {settings.objectives}, "
+               f"<= {settings.max_params:,} parameters, "
+               + (f"<= {settings.max_macs:,} MACs per image, " if settings.max_macs else "")
+               + f"RF >= {settings.min_rf}, "
                f"{settings.trial_epochs} epochs per trial, validation split {settings.val_size}, "
                f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
                f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}.", ""]
-    md += ["![accuracy vs parameters](plots/pareto.png)", "", "![optimisation history](plots/history.png)", "",
+    front = board[board.pareto].sort_values(cost)[["number", "val_acc", "params", "macs", "peak_act", "rf", "summary"]]
+    md += ["### Pareto front", "",
+           f"Completed, feasible trials that no other beats on both validation accuracy and {COSTS[cost]} "
+           + ("(the study's objectives). " if settings and cost_name(settings.objectives) else
+              "(descriptive: this study optimises accuracy alone). ")
+           + "Any of them can be exported or retrained with `--trial N`; peak activations are elements per "
+             "image (x4: bytes at fp32).", "",
+           _md_table(front) if len(front) else "none yet", "",
+           f"![accuracy vs {COSTS[cost]}](plots/pareto.png)", "", "![optimisation history](plots/history.png)", "",
            "![rejected fraction](plots/rejected.png)", "", "### Top 10", ""]
-    top = board[board.state == "completed"].head(10)[["rank", "number", "val_acc", "params", "macs", "rf", "epochs",
-                                                       "train_seconds", "summary", "preset"]]
+    top = board[board.state == "completed"].head(10)[["rank", "number", "val_acc", "params", "macs", "peak_act", "rf",
+                                                       "epochs", "train_seconds", "summary", "preset"]]
     md += [_md_table(top) if len(top) else "none yet", "", "All trials: `leaderboard.csv`.", ""]
 
     md += ["## Evidence", ""]

@@ -1,8 +1,9 @@
-"""`python -m search.retrain [--storage URL] --study-name NAME [--final-epochs E] [--out DIR]`: the final step alone.
+"""`python -m search.retrain [--storage URL] --study-name NAME [--trial N] [--final-epochs E] [--out DIR]`: the final step alone.
 
-Retrains the study's best trial (validation accuracy; ties: fewer parameters) from scratch on all training
-images, tests it once, writes best_model.{py,pt}, best_genome.json, final.json and the report. For studies
-searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
+Retrains the study's best trial (validation accuracy; ties: fewer parameters; in a multi-objective study
+the most accurate member of the Pareto front), or trial N (e.g. another member of the front: see the
+`pareto` column of leaderboard.csv), from scratch on all training images, tests it once, writes
+best_model.{py,pt}, best_genome.json, final.json and the report. For studies searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
 again after a crash and it continues from <out>/final_checkpoint.pt.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m search.retrain", __doc__)
     add_study_args(p)
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
     p.add_argument("--final-epochs", type=int, default=None, help="epochs (default: the dataset's, e.g. 60 for cifar10)")
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
     p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/")
@@ -33,17 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     study, url = open_existing(args)
 
     from .data import load_full
-    from .final import FINAL_FILES, retrain_best
+    from .final import FINAL_FILES, retrain_best, trial_to_retrain
     from .report import write_report
     from .study import stored_settings
 
     settings = stored_settings(study)
+    trial_to_retrain(study, args.trial)  # a bad --trial fails before the data is loaded
     epochs = args.final_epochs or DEFAULTS[settings.dataset].final_epochs
     out = Path(args.out) if args.out else Path("results") / study.study_name
     # The same training images the search split (a --subset-train of the search carries over).
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
-    final = retrain_best(study, settings, data, out, epochs, args.device, args.progress)
+    final = retrain_best(study, settings, data, out, epochs, args.device, args.progress, trial_number=args.trial)
     paths = write_report(study, out, url)
     for key in FINAL_FILES:
         paths[key] = out / key

@@ -1,10 +1,12 @@
 """`python -m search.run --trials N [--dataset cifar10|digits|synthetic]`: search, retrain the winner, report.
 
 Creates or resumes an Optuna study (default sqlite:///results/<study>.db), warm-started with the seed
-presets. Candidates that break the rules (--max-params, --min-rf, a DSC and a dilated conv) are recorded
-and never trained; N counts trained candidates. Each one trains --trial-epochs on a train/validation
+presets. Candidates that break the rules (--max-params, --min-rf, --max-macs, a DSC and a dilated conv) are
+recorded and never trained; N counts trained candidates. Each one trains --trial-epochs on a train/validation
 split of the training images, and the pruner stops weak ones. Then the best (by validation accuracy) is
 retrained on all training images for --final-epochs and tested once; outputs go to --out.
+--objectives accuracy,params (or accuracy,macs) makes it a multi-objective search (no pruning); its
+winner is the most accurate member of the Pareto front.
 
 Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, a few CPU minutes:
     python -m search.run --dataset digits --trials 12
@@ -31,6 +33,7 @@ from train.files import removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
+from .objectives import cost_name, parse_objectives
 from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
 from .storage import dashboard_command, local_file, open_storage, redact, resolve_url
 
@@ -74,10 +77,15 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, help="images per step (cifar10 256, digits 64)")
     p.add_argument("--max-params", type=int, default=200_000, help="parameter budget (default 200,000)")
     p.add_argument("--min-rf", type=int, default=44, help="smallest receptive field, pixels (default 44)")
+    p.add_argument("--max-macs", type=int, default=None, help="multiply-accumulates per image (default: no limit)")
+    p.add_argument("--objectives", default="accuracy",
+                   help="accuracy (default), accuracy,params or accuracy,macs: maximise accuracy and minimise the "
+                        "cost (multi-objective, not pruned)")
     p.add_argument("--trial-epochs", type=int, default=None, help="epochs per candidate (cifar10 8, digits 4)")
     p.add_argument("--final-epochs", type=int, default=None, help="epochs of the final retrain (cifar10 60, digits 15)")
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")
-    p.add_argument("--pruner", default="median", help="median (default), hyperband or none")
+    p.add_argument("--pruner", default=None, help="median (default), hyperband or none (the only choice, and the "
+                                                   "default, with two objectives)")
     p.add_argument("--val-size", default=None, help="validation images (5000) or fraction (0.2) of the training set")
     p.add_argument("--subset-train", type=int, default=None, help="use only this many training images (quick runs)")
     p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
@@ -92,20 +100,28 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dataset not in DEFAULTS:
         raise SearchError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
+    objectives = parse_objectives(args.objectives)
+    multi = cost_name(objectives) is not None
+    if args.pruner is None:
+        args.pruner = "none" if multi else "median"
     if args.pruner not in PRUNERS:
         raise SearchError(f"unknown pruner {args.pruner!r}; choose one of: {', '.join(PRUNERS)}")
+    if multi and args.pruner != "none":
+        raise SearchError(f"--pruner {args.pruner} cannot prune --objectives {objectives}: Optuna does not prune "
+                          "multi-objective studies; leave --pruner out")
     d = DEFAULTS[args.dataset]
-    for flag in ("trials", "trial_epochs", "final_epochs", "batch_size", "max_params", "min_rf", "subset_train",
-                 "subset_test"):
+    for flag in ("trials", "trial_epochs", "final_epochs", "batch_size", "max_params", "min_rf", "max_macs",
+                 "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
     batch = args.batch_size or d.batch_size
     settings = SearchSettings(
         dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf,
         trial_epochs=args.trial_epochs or d.trial_epochs,
         val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
-        subset_train=args.subset_train, batch_size=batch, lr=base_lr(batch), augment=d.augment)
+        subset_train=args.subset_train, batch_size=batch, lr=base_lr(batch), augment=d.augment,
+        max_macs=args.max_macs, objectives=objectives)
     final_epochs = args.final_epochs or d.final_epochs
-    check_satisfiable(settings.max_params, settings.min_rf)  # before any data or training
+    check_satisfiable(settings.max_params, settings.min_rf, max_macs=settings.max_macs)  # before any data or training
     name = args.study_name or f"{args.dataset}-nas"
     url = resolve_url(args.storage, name)
 
@@ -139,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images; "
           f"{settings.trial_epochs} epochs per trial on {info['device']}"
           + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
+          + (f" (objectives {objectives}: multi-objective studies cannot be pruned)" if multi else "")
           + (f"; enqueued presets {', '.join(presets)}" if presets else ""))
     print(f"watch it: {dashboard_command(label)}", flush=True)
 
@@ -173,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         final_seconds = time.time() - t1
     paths = write_report(study, out, label)
-    from .trials import best_trial
+    from .trials import best_trial, val_acc
 
     best = best_trial(study.get_trials(deepcopy=False))
+    best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
-          f"{best.value if best else float('nan'):.4f}"
+          f"{best_acc if best else float('nan'):.4f}"
           + (f"; test accuracy {final['test_acc']:.4f} after {final_epochs} epochs ({final_seconds:.0f} s)"
              if final else ""))
     if final:
@@ -188,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"study": name, "storage": label, "dataset": args.dataset, "trials": args.trials,
                           **counts.as_dict(), "epochs_without_pruning": counts.trained * settings.trial_epochs,
-                          "best_trial": best.number if best else None, "best_val_acc": best.value if best else None,
+                          "best_trial": best.number if best else None, "best_val_acc": best_acc,
                           "test_acc": final["test_acc"] if final else None, "search_seconds": round(search_seconds, 1),
                           "final_seconds": round(final_seconds, 1), "out": str(out),
                           "paths": {k: str(v) for k, v in paths.items()}}))

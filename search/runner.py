@@ -5,6 +5,8 @@
         -> trained before? copy its result as "duplicate": not retrained, not counted
         -> train briefly, reporting validation accuracy per epoch to the pruner
         -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
+In a multi-objective study (search.objectives) every value told is [accuracy, cost]: a rejected candidate
+is COMPLETE(0, its analytic cost), and nothing is reported per epoch (Optuna cannot prune such studies).
 until the study holds N trained (completed or pruned) trials, counting those of earlier runs and of
 other workers. The training itself is injected (`train_fn`), so tests can drive the loop without torch.
 """
@@ -21,6 +23,7 @@ from space import Genome, analyze, check, suggest_genome
 
 from .constraints import constraint_values
 from .liveness import Heartbeat, fail_trial, reap_dead_trials, worker_identity
+from .objectives import objective_values
 from .settings import SearchSettings
 from .trials import Counts, count, kind
 
@@ -129,25 +132,28 @@ class Search:
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
         genome = Genome.from_json(carried) if carried else suggested
         a = analyze(genome)
-        for key, value in constraint_values(genome, s.max_params, s.min_rf).items():
+        for key, value in constraint_values(genome, s.max_params, s.min_rf, s.max_macs).items():
             trial.set_constraint(key, value)
         for key, value in {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params,
-                           "macs": a.macs, "rf": a.rf}.items():
+                           "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations}.items():
             trial.set_user_attr(key, value)
         tag = f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else ""
-        violations = check(genome, s.max_params, s.min_rf)
+        violations = check(genome, s.max_params, s.min_rf, s.max_macs)
         if violations:
             reason = "; ".join(violations)
             trial.set_user_attr("rejected", reason)
-            self.study.tell(trial, REJECTED_VALUE)
+            self.study.tell(trial, objective_values(REJECTED_VALUE, a, s.objectives))
             self.log(f"trial {n:>4}  rejected  {reason}{tag}")
             return "rejected", reason
         dup = self._duplicate_of(trial, genome.to_json())
         if dup is not None:
             return dup
         trial.set_user_attr("phase", "training")
+        multi_objective = len(self.study.directions) > 1
 
         def on_epoch(stats) -> bool:
+            if multi_objective:  # Trial.report / should_prune raise in multi-objective studies
+                return False
             trial.report(float(stats.val_acc), int(stats.epoch))
             # Never prune after the last epoch: the trial has finished and is complete.
             return int(stats.epoch) < s.trial_epochs and trial.should_prune()
@@ -176,10 +182,11 @@ class Search:
         if pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
-            self.study.tell(trial, float(result.val_acc))
+            self.study.tell(trial, objective_values(result.val_acc, a, s.objectives))
         outcome = "pruned" if pruned else "completed"
         c = self.counts()
-        self.log(f"trial {n:>4}  {outcome:<9} val {result.val_acc:.4f}  {a.params:>9,} params  RF {a.rf:>3}  "
+        self.log(f"trial {n:>4}  {outcome:<9} val {result.val_acc:.4f}  {a.params:>9,} params  "
+                 f"{a.macs / 1e6:6.1f} M MACs  {a.peak_activations / 1e3:5.0f} k peak act  RF {a.rf:>3}  "
                  f"{result.epochs} ep  {result.train_seconds:6.1f} s  ({c.trained}/{self.n_trials} trained){tag}")
         return outcome, ""
 
@@ -194,7 +201,7 @@ class Search:
                 self.study.tell(trial, state=TrialState.FAIL)  # another worker is training it right now
             elif k == "completed":
                 trial.set_user_attr("duplicate_of", t.number)
-                self.study.tell(trial, float(t.value))
+                self.study.tell(trial, t.values)
             elif k == "pruned":
                 trial.set_user_attr("duplicate_of", t.number)
                 for step, value in sorted(t.intermediate_values.items()):

@@ -6,7 +6,7 @@ or schedules would make TPE's model and the leaderboard meaningless.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 __all__ = ["SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size", "base_lr"]
@@ -66,6 +66,9 @@ class SearchSettings:
     batch_size: int
     lr: float
     augment: bool
+    # Added later, with defaults, so that studies created before them still load (and match the defaults).
+    max_macs: int | None = None  # multiply-accumulates per image (None: no limit)
+    objectives: str = "accuracy"  # or "accuracy,params" / "accuracy,macs" (search.objectives)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,11 +76,11 @@ class SearchSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSettings:
         names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
+        missing = names - d.keys() - {f.name for f in fields(cls) if f.default is not MISSING}
         if missing:
             raise SearchError(f"the study's stored settings lack {', '.join(sorted(missing))}; "
                               "it was not created by search.run")
-        return cls(**{k: d[k] for k in names})
+        return cls(**{k: d[k] for k in names if k in d})
 
     def differences(self, stored: SearchSettings) -> list[str]:
         """'name: stored -> requested' for every setting that differs."""

@@ -1,7 +1,8 @@
 """Reading a study's trials: what became of each candidate, the counts, the winner, the leaderboard.
 
 Every candidate the sampler proposes is one Optuna trial, and ends as one of these kinds:
-    completed  trained for all --trial-epochs (COMPLETE); value = final validation accuracy
+    completed  trained for all --trial-epochs (COMPLETE); value = final validation accuracy (in a
+               multi-objective study: values = [accuracy, cost], see search.objectives)
     pruned     trained, stopped early by the pruner (PRUNED); value = last validation accuracy
     rejected   broke a rule, never trained (COMPLETE with placeholder value 0 and constraints > 0,
                so TPE learns the infeasible region; Optuna's best_trial ignores it)
@@ -21,8 +22,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from space import Genome
 
-__all__ = ["KINDS", "kind", "Counts", "count", "best_trial", "genome_of", "is_enqueued", "rejected_fraction",
-           "leaderboard"]
+from .objectives import pareto_front
+
+__all__ = ["KINDS", "kind", "Counts", "count", "best_trial", "pareto_trials", "val_acc", "genome_of", "is_enqueued",
+           "rejected_fraction", "leaderboard"]
 
 KINDS = ("completed", "pruned", "rejected", "duplicate", "failed", "running", "waiting")
 
@@ -83,14 +86,35 @@ def genome_of(t: FrozenTrial) -> Genome:
     return Genome.from_json(t.user_attrs["genome"])
 
 
+def val_acc(t: FrozenTrial) -> float | None:
+    """The validation accuracy a trial was told with (the first objective), None if it has none."""
+    return float(t.values[0]) if t.values else None
+
+
+def _feasible_completed(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if kind(t) == "completed" and t.values and all(v <= 0 for v in t.constraints.values())]
+
+
+def pareto_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The Pareto front (search.objectives) of the trained, completed, feasible trials, by cost: in a
+    multi-objective study over its [accuracy, cost] values, otherwise over accuracy and parameters."""
+    done = _feasible_completed(trials)
+    cost = [float(t.values[1]) if len(t.values) > 1 else float(t.user_attrs.get("n_params", 0)) for t in done]
+    return [done[i] for i in pareto_front(cost, [val_acc(t) for t in done])]
+
+
 def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     """Highest validation accuracy among trained, feasible, COMPLETE trials; ties: fewer parameters, then
-    the earlier trial. Pruned trials are out: their accuracy after fewer epochs is not comparable."""
-    done = [t for t in trials if kind(t) == "completed" and t.value is not None
-            and all(v <= 0 for v in t.constraints.values())]
+    the earlier trial. Pruned trials are out: their accuracy after fewer epochs is not comparable.
+    In a multi-objective study the winner is chosen the same way among the members of the Pareto front,
+    so that it is one (an equally accurate trial with a lower cost beats one with fewer parameters)."""
+    trials = list(trials)
+    done = _feasible_completed(trials)
+    if done and len(done[0].values) > 1:
+        done = pareto_trials(done)
     if not done:
         return None
-    return max(done, key=lambda t: (t.value, -int(t.user_attrs.get("n_params", 0)), -t.number))
+    return max(done, key=lambda t: (val_acc(t), -int(t.user_attrs.get("n_params", 0)), -t.number))
 
 
 def is_enqueued(t: FrozenTrial) -> bool:
@@ -106,15 +130,17 @@ def rejected_fraction(trials: Iterable[FrozenTrial]) -> list[bool]:
 
 def _val_acc(t: FrozenTrial) -> float | None:
     k = kind(t)
-    if k in ("completed", "pruned", "duplicate") and t.value is not None:
-        return float(t.value)
+    if k in ("completed", "pruned", "duplicate") and t.values:
+        return val_acc(t)
     return None
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, rejected."""
+    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, rejected.
+    `pareto`: on the study's Pareto front (pareto_trials); `peak_act`: peak activations, elements per image."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
+    front = {t.number for t in pareto_trials(trials)}
     rows = []
     for t in trials:
         a, k = t.user_attrs, kind(t)
@@ -122,18 +148,18 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                     if t.datetime_complete and t.datetime_start else None)
         rows.append({
             "number": t.number, "state": k, "val_acc": _val_acc(t), "params": a.get("n_params"),
-            "macs": a.get("macs"), "rf": a.get("rf"), "epochs": a.get("epochs"),
+            "macs": a.get("macs"), "peak_act": a.get("peak_act"), "rf": a.get("rf"), "epochs": a.get("epochs"),
             "train_seconds": a.get("train_seconds"), "images_per_s": a.get("images_per_s"),
             "wall_seconds": duration, "device": a.get("device"), "summary": a.get("summary"),
             "preset": a.get("preset"), "rejected_reason": a.get("rejected"),
             "failed_reason": a.get("failed_reason") if k == "failed" else None,
             "duplicate_of": a.get("duplicate_of"), "retry_of": a.get("retry_of"),
-            "best": best is not None and t.number == best.number,
+            "best": best is not None and t.number == best.number, "pareto": t.number in front,
         })
-    df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "rf", "epochs", "train_seconds",
-                                     "images_per_s", "wall_seconds", "device", "summary", "preset",
-                                     "rejected_reason", "failed_reason", "duplicate_of", "retry_of", "best"])
-    for col in ("params", "macs", "rf", "epochs", "duplicate_of", "retry_of"):  # ints, blank where unknown
+    df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "peak_act", "rf", "epochs",
+                                     "train_seconds", "images_per_s", "wall_seconds", "device", "summary", "preset",
+                                     "rejected_reason", "failed_reason", "duplicate_of", "retry_of", "best", "pareto"])
+    for col in ("params", "macs", "peak_act", "rf", "epochs", "duplicate_of", "retry_of"):  # ints, blank if unknown
         df[col] = df[col].astype("Int64")
     order = {k: i for i, k in enumerate(("completed", "pruned", "duplicate", "running", "waiting", "failed",
                                          "rejected"))}

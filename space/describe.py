@@ -35,6 +35,7 @@ def describe(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int =
         "macs": a.macs,
         "rf": a.rf,
         "final_size": a.final_size,
+        "peak_activations": a.peak_activations,  # elements per image; x4 for bytes at fp32
         "violations": check(genome, max_params, min_rf),
         "layers": [{"name": i.name, "op": i.layer.op, "cin": i.cin, "cout": i.layer.out, "stride": i.layer.stride,
                     "dilation": i.layer.dilation, "size": i.size, "rf": i.rf, "jump": i.jump, "params": i.params,
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(genome))
     print(f"total: {d['params']:,} parameters, {d['macs'] / 1e6:.2f} M MACs per image, RF {d['rf']}, "
           f"final map {d['final_size']}x{d['final_size']}")
+    peak = d["peak_activations"]
+    print(f"peak activations: {peak:,} elements per image ({peak * 4 / 1024:,.0f} KiB at fp32; the largest input + "
+          "output of one op)")
     print("violations: " + ("; ".join(d["violations"]) if d["violations"] else "none (feasible)"))
     return 0
 

@@ -76,3 +76,35 @@ def test_rf_recurrence_on_a_hand_computed_net():
     # 3, then +2*1 = 5 (jump 2), then +2*2*2 = 13, then 1x1 adds nothing
     assert [i.rf for i in analyze(g).layers] == [3, 5, 13, 13]
     assert [i.jump for i in analyze(g).layers] == [1, 2, 2, 2]
+
+
+def measured_peak_activations(genome) -> int:
+    """Max over the leaf modules of a forward pass of input + output elements, each tensor storage once
+    (an in-place ReLU's input is its output; eval-mode Dropout and Identity pass their input through)."""
+    model = build(genome).eval()
+    peaks = []
+
+    def hook(module, inputs, output):
+        storages = {t.untyped_storage().data_ptr(): t.numel() for t in (*inputs, output) if torch.is_tensor(t)}
+        peaks.append(sum(storages.values()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(torch.zeros(1, genome.in_channels, 32, 32))
+    for h in handles:
+        h.remove()
+    return max(peaks)
+
+
+@settings(max_examples=60, deadline=None)
+@given(genomes)
+def test_analytic_peak_activations_match_forward_hooks(genome):
+    assert analyze(genome).peak_activations == measured_peak_activations(genome)
+
+
+def test_peak_activations_of_a_hand_computed_net():
+    from space import Genome, Layer
+    g = Genome([[Layer("conv3", 16)], [Layer("dsc3", 8, stride=2)], [Layer("conv3", 8, dilation=2)],
+                [Layer("conv1", 8)]])
+    # c1: conv 3x32x32 in + 16x32x32 out = 19,456; its BatchNorm 2 x 16,384 = 32,768 is the peak
+    assert analyze(g).peak_activations == 2 * 16 * 32 * 32

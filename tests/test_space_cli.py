@@ -33,6 +33,7 @@ def test_sample_is_reproducible_and_each_line_is_a_spec(tmp_path):
     d = json.loads(run("space.describe", str(spec), "--json").stdout)
     g = Genome.from_json(a[0])
     assert d["params"] == analyze(g).params and d["violations"] == check(g)
+    assert d["peak_activations"] == analyze(g).peak_activations
 
 
 def test_export_writes_loadable_code(tmp_path):
