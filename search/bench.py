@@ -6,7 +6,9 @@ the wall time of the whole search plus the final retrain from it.
 
 Measurement: --genomes feasible genomes drawn from the search space (space.sample, the default rules:
 200,000 parameters, RF 44), trained by train.engine.train (the real pipeline: uint8 data on the device,
-batched augmentation, channels_last, bf16 on CUDA) on synthetic 32x32 images at the dataset's batch size.
+batched augmentation, channels_last, bf16 on CUDA) on synthetic 32x32 images at the dataset's batch size
+(on CPU at batch 32 by default, so that a measurement fits in seconds: CPU images/s hardly depend on the
+batch, see results/benchmarks/cpu_seed003_net.md).
 Each job first trains every genome for one short epoch (warm-up: allocator, kernel selection), waits for
 the others at a barrier, then trains every genome (rotated, so jobs do not all train the same one at once)
 for --seconds / --genomes seconds each. A job's rate = its images / its training seconds; the aggregate is
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", default=None, help="job counts to measure, e.g. 1,2,4 (default: powers of 2 up to the "
                    "CPU cores on CPU, up to 8 on CUDA)")
     p.add_argument("--genomes", type=int, default=None, help="sampled genomes each job trains (CPU 2, CUDA 4)")
-    p.add_argument("--seconds", type=float, default=None, help="measured seconds per job count (CPU 6, CUDA 20)")
+    p.add_argument("--seconds", type=float, default=None, help="measured seconds per job count (CPU 4, CUDA 20)")
+    p.add_argument("--batch-size", type=int, default=None, help="measured batch (CUDA: the dataset's, CPU: 32)")
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (CPU 1, CUDA 20: one host sync per epoch)")
     p.add_argument("--trials", type=int, default=100, help="trained trials to project (default 100)")
     p.add_argument("--pruned-fraction", type=float, default=PRUNED_FRACTION,
@@ -160,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SearchError(f"--dataset must be cifar10 or digits, got {args.dataset!r}")
     if not 0 <= args.pruned_fraction <= 1:
         raise SearchError(f"--pruned-fraction must lie in [0, 1], got {args.pruned_fraction}")
-    for flag in ("genomes", "seconds", "steps", "trials"):
+    for flag in ("genomes", "seconds", "steps", "trials", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
-            raise SearchError(f"--{flag} must be positive, got {value}")
+            raise SearchError(f"--{flag.replace('_', '-')} must be positive, got {value}")
 
     import torch
     from train.engine import resolve_device
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = _job_counts(args.jobs, dev.type)
     d = DEFAULTS[args.dataset]
     genomes = sample_typical(args.genomes or (4 if cuda else 2), seed=args.seed)
-    seconds, steps = args.seconds or (20.0 if cuda else 6.0), args.steps or (20 if cuda else 1)
+    seconds, steps = args.seconds or (20.0 if cuda else 4.0), args.steps or (20 if cuda else 1)
+    batch = args.batch_size or (d.batch_size if cuda else 32)
     if args.dataset in DATASET_SIZES:
         n_train, n_test = DATASET_SIZES[args.dataset]
     else:
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         n_train, n_test = len(data.y_train), len(data.y_test)
     rows = []
     for jobs in counts:
-        rows.append(measure(genomes, jobs, str(dev), d.batch_size, steps, seconds, d.augment))
+        rows.append(measure(genomes, jobs, str(dev), batch, steps, seconds, d.augment))
     single = rows[0]["images_per_s"] if counts[0] == 1 else rows[0]["per_job_images_per_s"]
     for row in rows:
         row["speedup"] = round(row["images_per_s"] / rows[0]["images_per_s"], 2)
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
         platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "dataset": args.dataset,
-        "batch_size": d.batch_size, "lr": base_lr(d.batch_size), "trials": args.trials,
+        "batch_size": d.batch_size, "lr": base_lr(d.batch_size), "measured_batch_size": batch, "trials": args.trials,
         "trial_epochs": d.trial_epochs, "final_epochs": d.final_epochs, "train_images_total": n_train,
         "test_images": n_test, "seconds_per_measurement": seconds, "steps_per_epoch": steps,
         "assumptions": {"pruned_fraction": args.pruned_fraction, "pruned_trial_epochs": d.trial_epochs // 2 + 1,
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "genomes": [{"summary": g.summary(), "params": analyze(g).params, "macs": analyze(g).macs} for g in genomes],
         "rows": rows, "best_jobs": best["jobs"],
     }
-    print(f"{args.dataset} on {result['device']} ({result['device_name']}), batch {d.batch_size}; "
+    print(f"{args.dataset} on {result['device']} ({result['device_name']}), measured at batch {batch}; "
           f"{len(genomes)} sampled genomes, {seconds:g} s per job count")
     print(f"projection: --trials {args.trials} x {d.trial_epochs} epochs ({args.pruned_fraction:.0%} pruned after "
           f"{d.trial_epochs // 2 + 1}) on {rows[0]['train_images']:,} + {rows[0]['val_images']:,} validation "

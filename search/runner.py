@@ -6,7 +6,8 @@
         -> train briefly, reporting validation accuracy per epoch to the pruner
         -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
 until the study holds N trained (completed or pruned) trials, counting those of earlier runs and of
-other workers. The training itself is injected (`train_fn`), so tests can drive the loop without torch.
+other workers; the decision to train is taken under a lock the workers of a node share, so that they
+never train more than N together. The training itself is injected (`train_fn`), so tests can drive the loop without torch.
 """
 from __future__ import annotations
 

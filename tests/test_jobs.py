@@ -180,7 +180,7 @@ def test_jobs_with_an_explicit_sqlite_storage_is_refused(tmp_path):
 
 def test_bench_measures_job_counts_and_projects_the_run(tmp_path):
     r = cli(tmp_path, "search.bench", "--device", "cpu", "--dataset", "digits", "--jobs", "1,2", "--genomes", "1",
-            "--seconds", "1", "--trials", "10", "--json", timeout=120)
+            "--seconds", "0.5", "--batch-size", "8", "--trials", "10", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["device"] == "cpu" and out["trials"] == 10 and len(out["genomes"]) == 1
