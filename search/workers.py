@@ -116,10 +116,12 @@ def run_workers(argv: list[str], jobs: int, threads: int, log=print) -> tuple[li
     SIGTERM and waited out; further signals meanwhile are ignored, so that no worker is left behind.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "search.run", *worker_argv(argv, k)], env=env,
-                              process_group=0) for k in range(jobs)]
+    procs: list[subprocess.Popen] = []
     interrupted = False
     try:
+        for k in range(jobs):  # inside the try: a Ctrl-C while starting them still stops those started
+            procs.append(subprocess.Popen([sys.executable, "-m", "search.run", *worker_argv(argv, k)], env=env,
+                                          process_group=0))
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)
     except KeyboardInterrupt:
