@@ -8,10 +8,12 @@ Modules, one concept each:
     constraints  the rules as Optuna constraints; a satisfiability probe before any training
     study        create / resume a study, its sampler, pruner and warm-start presets
     runner       the ask/tell loop (reject, deduplicate, train, prune, count)
+    workers      --jobs N: worker processes on one node, the lock that keeps the count exact, --jobs auto
     trials       reading trials: kinds, counts, the winner, the leaderboard
     final        retrain the winner on all training images, test once, write the model files
     plots, report  report.md, leaderboard.csv and the PNG plots
     run, retrain, export, report   the commands (python -m search.<name>)
+    bench        aggregate images/s of 1, 2, 4, ... jobs and the projected time of a 100-trial run
 """
 import warnings
 

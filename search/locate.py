@@ -2,7 +2,7 @@
 
     --storage and --study-name   exactly that study
     --storage only               the only search study in that storage, or the most recently created one
-    --study-name only            results/<name>.db, else the storage file in results/ holding that study
+    --study-name only            results/<name>.journal or results/<name>.db, else the storage file in results/ holding that study
     neither                      the only search study in the storage files of results/, or the one in the
                                  most recently written file (newest study within it)
 The choice is said on stderr, with the others and how to pick one; when nothing fits, SearchError lists
@@ -19,7 +19,8 @@ from pathlib import Path
 import optuna
 
 from .settings import SearchError
-from .storage import _JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_storage, local_file, open_storage, redact, resolve_url
+from .storage import (_JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_journal, default_storage, local_file, open_storage,
+                      redact, resolve_url)
 
 __all__ = ["Found", "storage_files", "search_studies", "locate"]
 
@@ -95,10 +96,10 @@ def locate(storage: str | None, study_name: str | None, folder: Path = RESULTS) 
             return Found(url, names[0], f"study {names[0]} (the only one in {redact(url)})")
         return Found(url, names[-1], f"study {names[-1]}, the newest of {len(names)} in {redact(url)} "
                                      f"(others: {', '.join(names[:-1])}; choose with --study-name)")
-    if study_name:
-        url = default_storage(study_name, folder)
-        if local_file(url).is_file():
-            return Found(url, study_name)
+    if study_name:  # the journal first: search.run --jobs N moved the study there (storage.resolve_url)
+        for url in (default_journal(study_name, folder), default_storage(study_name, folder)):
+            if local_file(url).is_file():
+                return Found(url, study_name)
     pairs = []  # (url, name) over the storages in folder, most recently written storage first
     for u in storage_files(folder):
         try:

@@ -10,6 +10,9 @@ winner is the most accurate member of the Pareto front.
 
 Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, a few CPU minutes:
     python -m search.run --dataset digits --trials 12
+Several trials at once on one node (--jobs N worker processes sharing the device; the study then lives in
+the journal file results/<study>.journal, which every command finds by itself):
+    python -m search.run --trials 100 --jobs 4
 Several workers on one study (each process, any node that reaches the storage):
     python -m search.run --storage journal:results/shared.log --study-name big --trials 200 --no-final
     python -m search.retrain --storage journal:results/shared.log --study-name big
@@ -17,6 +20,7 @@ Inspect it: optuna-dashboard sqlite:///results/cifar10-nas.db
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -35,7 +39,8 @@ from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .objectives import cost_name, parse_objectives
 from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
-from .storage import dashboard_command, local_file, open_storage, redact, resolve_url
+from .storage import (dashboard_command, default_journal, is_sqlite, local_file, migrate_to_journal,
+                      open_storage, redact, resolve_url)
 
 __all__ = ["main", "machine_info"]
 
@@ -64,6 +69,12 @@ def _sigterm(signum, frame):  # a scheduler's SIGTERM: stop like Ctrl-C, leaving
     raise KeyboardInterrupt
 
 
+def _stop_once(signum, frame):  # a worker: one SIGTERM/SIGINT stops it; more must not cut its cleanup short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def build_parser():
     p = make_parser("python -m search.run", __doc__)
     p.add_argument("--trials", type=int, default=100, help="trained candidates the study should hold (default 100)")
@@ -89,6 +100,10 @@ def build_parser():
     p.add_argument("--val-size", default=None, help="validation images (5000) or fraction (0.2) of the training set")
     p.add_argument("--subset-train", type=int, default=None, help="use only this many training images (quick runs)")
     p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
+    p.add_argument("--jobs", default="1", help="worker processes training trials at once on this node, sharing "
+                   "the device, or auto (1 on CPU; on CUDA from free GPU memory, see search.workers); N > 1 "
+                   "keeps the study in results/<study>.journal (default 1)")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by --jobs for its workers
     p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines in the final retrain")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     return p
@@ -96,7 +111,12 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    worker = args.worker is not None
+    if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
+        signal.signal(signal.SIGTERM, _stop_once)
+        signal.signal(signal.SIGINT, _stop_once)
     from .study import PRUNERS, make_pruner  # after argument errors: importing optuna's samplers takes a moment
+    from .workers import auto_jobs, parse_jobs
 
     if args.dataset not in DEFAULTS:
         raise SearchError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
@@ -123,7 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     final_epochs = args.final_epochs or d.final_epochs
     check_satisfiable(settings.max_params, settings.min_rf, max_macs=settings.max_macs)  # before any data or training
     name = args.study_name or f"{args.dataset}-nas"
+    jobs = parse_jobs(args.jobs)
+    if jobs == "auto":
+        jobs = auto_jobs(args.device)
     url = resolve_url(args.storage, name)
+    migrated = False
+    if jobs > 1 and is_sqlite(url):
+        if args.storage:
+            raise SearchError(f"--jobs {jobs} needs a storage several processes can write, and SQLite takes one "
+                              "writer: leave --storage out (a journal file results/<study>.journal is used), or "
+                              "give FILE.journal or a database server")
+        journal = default_journal(name)
+        migrated = migrate_to_journal(url, journal, name)  # a study begun with --jobs 1 moves to the journal
+        url = journal
 
     from .data import check_steps, load_full, search_split
     from .final import FINAL_FILES, retrain_best
@@ -131,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from .report import RUN_PREFIX, write_report
     from .runner import Search, SearchStopped, make_train_fn
     from .study import enqueue_presets, open_study
+    from .workers import SlotLock, cpu_threads, run_workers
 
     # The storage is opened first (a typo in it should not wait for a download), but if the data or the
     # settings then fail, a storage file (or folder) this run created is removed again: no empty study.
@@ -143,37 +176,72 @@ def main(argv: list[str] | None = None) -> int:
         split = search_split(full, settings)
         if not args.no_final:
             check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")
-        study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs), label)
+        study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs), label,
+                                    stream=args.worker or 0)
     out = Path(args.out) if args.out else Path("results") / name
+    lock = SlotLock(f"{url}\n{name}")
+    if worker:
+        search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
+                        log=lambda line: print(f"[w{args.worker}] {line}", flush=True), lock=lock)
+        try:
+            search.run()
+        except KeyboardInterrupt:
+            return 130  # the parent says what happened, once
+        except SearchStopped as e:
+            print(f"error: [w{args.worker}] {e}", file=sys.stderr)
+            return 1
+        return 0
     presets = enqueue_presets(study, full.num_classes)
     info = machine_info(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run_key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"
     command = shlex.join([os.path.basename(sys.executable), "-m", "search.run", *(sys.argv[1:] if argv is None else argv)])
     study.set_user_attr(run_key, {**info, "started": started, "command": command})
-    print(f"study {name} ({'new' if created else 'resumed'}) in {label}; outputs in {out}/")
+    print(f"study {name} ({'new' if created else 'resumed'}) in {label}; outputs in {out}/"
+          + (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else ""))
     print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images; "
           f"{settings.trial_epochs} epochs per trial on {info['device']}"
           + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
           + (f" (objectives {objectives}: multi-objective studies cannot be pruned)" if multi else "")
-          + (f"; enqueued presets {', '.join(presets)}" if presets else ""))
+          + (f"; enqueued presets {', '.join(presets)}" if presets else "")
+          + (f"; {jobs} workers at once" if jobs > 1 else ""))
     print(f"watch it: {dashboard_command(label)}", flush=True)
 
     signal.signal(signal.SIGTERM, _sigterm)
     search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
-                    log=lambda line: print(line, flush=True))
+                    log=lambda line: print(line, flush=True), lock=lock)
     t0 = time.time()
-    try:
-        counts = search.run()
-    except KeyboardInterrupt:
-        c = search.counts()
-        where = f"trial {search.interrupted} marked failed and queued again; " if search.interrupted is not None else ""
-        print(f"interrupted: {where}{c.line()} of {args.trials} wanted; run the same command to resume",
-              file=sys.stderr)
-        return 130
-    except SearchStopped as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if jobs > 1:
+        raw = sys.argv[1:] if argv is None else list(argv)
+        codes, interrupted = run_workers([*raw, *([] if args.storage else ["--storage", url])], jobs,
+                                         cpu_threads(jobs))
+        counts = search.counts()
+        if interrupted:
+            stopped = [t.number for t in study.get_trials(deepcopy=False)
+                       if t.user_attrs.get("failed_reason") == "interrupted" and t.datetime_complete
+                       and t.datetime_complete.timestamp() >= t0]
+            where = (f"trial{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} marked failed and "
+                     "queued again; " if stopped else "")
+            print(f"interrupted: {where}{counts.line()} of {args.trials} wanted; run the same command to resume",
+                  file=sys.stderr)
+            return 130
+        if counts.trained < args.trials:
+            print(f"error: the workers stopped (exit status {', '.join(map(str, codes))}) with {counts.line()} of "
+                  f"{args.trials} wanted; fix the cause, then run the same command to resume", file=sys.stderr)
+            return 1
+    else:
+        try:
+            counts = search.run()
+        except KeyboardInterrupt:
+            c = search.counts()
+            where = (f"trial {search.interrupted} marked failed and queued again; "
+                     if search.interrupted is not None else "")
+            print(f"interrupted: {where}{c.line()} of {args.trials} wanted; run the same command to resume",
+                  file=sys.stderr)
+            return 130
+        except SearchStopped as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     search_seconds = time.time() - t0
     study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
     print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "

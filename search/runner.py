@@ -8,18 +8,20 @@
 In a multi-objective study (search.objectives) every value told is [accuracy, cost]: a rejected candidate
 is COMPLETE(0, its analytic cost), and nothing is reported per epoch (Optuna cannot prune such studies).
 until the study holds N trained (completed or pruned) trials, counting those of earlier runs and of
-other workers. The training itself is injected (`train_fn`), so tests can drive the loop without torch.
+other workers; the decision to train is taken under a lock the workers of a node share, so that they
+never train more than N together. The training itself is injected (`train_fn`), so tests can drive the loop without torch.
 """
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
-from space import Genome, analyze, check, suggest_genome
+from space import Analysis, Genome, analyze, check, suggest_genome
 
 from .constraints import constraint_values
 from .liveness import Heartbeat, fail_trial, reap_dead_trials, worker_identity
@@ -30,6 +32,15 @@ from .trials import Counts, count, kind
 __all__ = ["REJECTED_VALUE", "SearchStopped", "TrainFn", "Search", "make_train_fn"]
 
 REJECTED_VALUE = 0.0  # placeholder accuracy of a rejected trial; TPE ranks it by its constraints instead
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A feasible, new genome reserved for training."""
+
+    genome: Genome
+    analysis: Analysis  # its exact params, MACs, RF, peak activations
+    tag: str  # "  [preset]" or ""
 
 
 class SearchStopped(RuntimeError):
@@ -78,7 +89,9 @@ class Search:
     log: Callable[[str], None] = print
     max_failures_in_row: int = 5  # training failures in a row before giving up
     max_skips_in_row: int = 2000  # rejected or duplicate candidates in a row before giving up
-    poll_seconds: float = 10.0  # wait between checks while other workers finish the last trials
+    poll_seconds: float = 2.0  # wait between checks while other workers finish the last trials
+    # Held while deciding to train a candidate; shared by all workers of a study (search.workers.SlotLock).
+    lock: AbstractContextManager = field(default_factory=nullcontext)
     interrupted: int | None = field(default=None, init=False)  # the trial a Ctrl-C / SIGTERM stopped
 
     def counts(self) -> Counts:
@@ -97,6 +110,9 @@ class Search:
                 time.sleep(self.poll_seconds)
                 continue
             outcome, detail = self.step()
+            if outcome == "full":  # another worker took the last slot meanwhile
+                time.sleep(self.poll_seconds)
+                continue
             # Failures in a row among the candidates that reached training (rejections in between do not
             # reset the count); skips in a row among all candidates.
             if outcome in ("completed", "pruned"):
@@ -112,20 +128,35 @@ class Search:
                                     "leave too little room: relax --max-params / --min-rf")
 
     def step(self) -> tuple[str, str]:
-        """One candidate, start to end: (kind, detail)."""
-        trial = self.study.ask()
+        """One candidate, start to end: (kind, detail); ("full", "") if no training slot was free.
+
+        Deciding to train happens under `lock`: count the trained and training trials, ask, check the
+        candidate, mark it training. Workers holding the same lock can therefore never start more training
+        runs than --trials leaves (check-then-act without it: two workers each see one free slot).
+        """
+        trial = None
         try:
-            return self._evaluate(trial)
+            with self.lock:
+                c = self.counts()
+                if c.trained + c.running >= self.n_trials:
+                    return "full", ""
+                trial = self.study.ask()
+                prepared = self._prepare(trial)
+            if isinstance(prepared, tuple):
+                return prepared
+            return self._train(trial, prepared)
         except BaseException as e:  # Ctrl-C, SIGTERM, a storage error: leave nothing RUNNING behind
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            if frozen.state == TrialState.RUNNING:
-                why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
-                fail_trial(self.study, frozen, why, retry=True)
-                if isinstance(e, KeyboardInterrupt):
-                    self.interrupted = trial.number
+            if trial is not None:
+                frozen = self.study._storage.get_trial(trial._trial_id)
+                if frozen.state == TrialState.RUNNING:
+                    why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
+                    fail_trial(self.study, frozen, why, retry=True)
+                    if isinstance(e, KeyboardInterrupt):
+                        self.interrupted = trial.number
             raise
 
-    def _evaluate(self, trial: optuna.Trial) -> tuple[str, str]:
+    def _prepare(self, trial: optuna.Trial) -> tuple[str, str] | _Candidate:
+        """Record the candidate; reject or deduplicate it (an outcome), or reserve it for training."""
         s, n = self.settings, trial.number
         trial.set_user_attr("worker", worker_identity())
         suggested = suggest_genome(trial, num_classes=self.num_classes)
@@ -148,7 +179,11 @@ class Search:
         dup = self._duplicate_of(trial, genome.to_json())
         if dup is not None:
             return dup
-        trial.set_user_attr("phase", "training")
+        trial.set_user_attr("phase", "training")  # from now on it holds a slot (trials.count: running)
+        return _Candidate(genome, a, tag)
+
+    def _train(self, trial: optuna.Trial, cand: _Candidate) -> tuple[str, str]:
+        s, n, tag, a = self.settings, trial.number, cand.tag, cand.analysis
         multi_objective = len(self.study.directions) > 1
 
         def on_epoch(stats) -> bool:
@@ -161,7 +196,7 @@ class Search:
         t0 = time.time()
         try:
             with Heartbeat(self.study, trial._trial_id):
-                result = self.train_fn(genome, on_epoch)
+                result = self.train_fn(cand.genome, on_epoch)
         except Exception as e:  # CUDA out of memory, a bad genome for this input size...: next candidate
             reason = _first_line(e)
             trial.set_user_attr("failed_reason", reason)

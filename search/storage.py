@@ -1,6 +1,7 @@
 """Where a study lives: `--storage` parsed into an Optuna storage.
 
-    (none)                          sqlite:///results/<study>.db, one process at a time
+    (none)                          results/<study>.journal if that file exists (what `search.run --jobs N`
+                                    creates), else sqlite:///results/<study>.db, one process at a time
     results/x.db, x.sqlite, x.sqlite3  the same, for another file
     sqlite:///PATH                  any SQLAlchemy URL Optuna accepts; postgresql://user:pw@host/db and
     postgresql://..., mysql://...   mysql+pymysql://... let workers on several nodes share one study
@@ -10,6 +11,10 @@
 Sharing a study between workers: start the same `python -m search.run --storage URL --study-name NAME
 --no-final ...` in every process (TPE's constant liar keeps them apart), then run `python -m
 search.retrain` once. SQLite allows only one writer at a time; use a journal file or a server database.
+
+`search.run --jobs N` (N > 1) without --storage uses the journal file results/<study>.journal, since
+SQLite takes one writer; a study begun in results/<study>.db is copied there first (`migrate_to_journal`;
+the .db is left as it was and no longer used, because every command looks for the journal first).
 
 RDB storages get Optuna's heartbeat (a RUNNING trial whose worker stopped beating for GRACE_PERIOD
 seconds is failed and queued again); the journal file has no heartbeat in Optuna 5, so search.liveness
@@ -25,8 +30,9 @@ from optuna.storages import BaseStorage
 
 from .settings import SearchError
 
-__all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "default_storage", "resolve_url", "open_storage",
-           "dashboard_command", "is_rdb", "redact", "local_file"]
+__all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "default_storage", "default_journal", "resolve_url",
+           "open_storage", "is_sqlite", "migrate_to_journal", "dashboard_command", "is_rdb", "redact",
+           "local_file"]
 
 HEARTBEAT_INTERVAL = 60  # seconds between the heartbeats of a running trial
 GRACE_PERIOD = 300  # seconds without a heartbeat after which a RUNNING trial's worker counts as dead
@@ -40,10 +46,19 @@ def default_storage(study_name: str, results_dir: str | Path = "results") -> str
     return f"sqlite:///{Path(results_dir) / f'{study_name}.db'}"
 
 
+def default_journal(study_name: str, results_dir: str | Path = "results") -> str:
+    """Where a study lives that several local workers (`search.run --jobs N`) write to."""
+    return f"journal:{Path(results_dir) / f'{study_name}.journal'}"
+
+
 def resolve_url(spec: str | None, study_name: str) -> str:
-    """A canonical URL: 'sqlite:///...', another SQLAlchemy URL, or 'journal:PATH'."""
+    """A canonical URL: 'sqlite:///...', another SQLAlchemy URL, or 'journal:PATH'.
+
+    Without a spec: the study's journal file if it exists (a --jobs run made it), else its SQLite file.
+    """
     if not spec:
-        return default_storage(study_name)
+        journal = default_journal(study_name)
+        return journal if Path(journal[len("journal:"):]).is_file() else default_storage(study_name)
     if spec.startswith("journal:"):
         return spec
     scheme = spec.split("://", 1)[0].split("+", 1)[0].lower() if "://" in spec else ""
@@ -103,6 +118,32 @@ def local_file(url: str) -> Path | None:
         return Path(url[len("journal:"):])
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
     return Path(path) if path and path != ":memory:" else None
+
+
+def is_sqlite(url: str) -> bool:
+    return url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite"
+
+
+def migrate_to_journal(sqlite_url: str, journal_url: str, study_name: str) -> bool:
+    """Copy a study from its SQLite file into a new journal file; False if there was nothing to copy.
+
+    Written to a temporary file and renamed, so a crash leaves either no journal or a complete one.
+    Trials keep their state, attrs and worker identity: a trial left RUNNING by a dead process is
+    reaped in the journal as it would have been in SQLite.
+    """
+    path = Path(sqlite_url[len("sqlite:///"):])
+    if not path.is_file():
+        return False
+    source = open_storage(sqlite_url, create=False)
+    if study_name not in {s.study_name for s in optuna.get_all_study_summaries(source)}:
+        return False
+    target = Path(journal_url[len("journal:"):])
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    optuna.copy_study(from_study_name=study_name, from_storage=source, to_study_name=study_name,
+                      to_storage=open_storage(f"journal:{tmp}"))
+    tmp.replace(target)
+    return True
 
 
 def dashboard_command(url: str) -> str:

@@ -67,8 +67,11 @@ def stored_settings(study: optuna.Study) -> SearchSettings | None:
 
 
 def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner: optuna.pruners.BasePruner,
-               storage_label: str = "") -> tuple[optuna.Study, bool]:
-    """(study, created): create it, or resume it if its stored settings equal `settings`."""
+               storage_label: str = "", stream: int = 0) -> tuple[optuna.Study, bool]:
+    """(study, created): create it, or resume it if its stored settings equal `settings`.
+
+    `stream` tells apart workers started at the same moment (search.run --jobs: the worker's index), which
+    would otherwise draw the same sampler stream and propose the same candidates."""
     wanted = directions(settings.objectives)
     try:
         study = optuna.create_study(storage=storage, study_name=name, directions=wanted, pruner=pruner,
@@ -97,7 +100,7 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
                           f"(or delete the storage)")
     # Give each run (a resume, another worker) its own sampler stream; see make_sampler.
     others_running = any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
-    salt = len(study.trials) * 1_000_003 + (os.getpid() if others_running else 0)
+    salt = len(study.trials) * 1_000_003 + (os.getpid() if others_running else 0) + 7919 * stream
     study.sampler = make_sampler(settings.seed, salt=salt)
     return study, created
 
