@@ -30,7 +30,7 @@ import optuna
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
-from .storage import dashboard_command, open_storage, redact, resolve_url
+from .storage import STORAGE_ERRORS, dashboard_command, lost_storage, open_storage, redact, resolve_url
 
 __all__ = ["main", "machine_info"]
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")
     study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs), label)
     out = Path(args.out) if args.out else Path("results") / name
-    presets = enqueue_presets(study, full.num_classes)
+    presets = enqueue_presets(study, full.num_classes) if created else []  # once, by the worker that created it
     info = machine_info(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run_key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     except SearchStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except STORAGE_ERRORS as e:  # e.g. the database server stopped: one line, not a traceback
+        raise lost_storage(label, e) from None
     search_seconds = time.time() - t0
     study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
     print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "

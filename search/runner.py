@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 from space import Genome, analyze, check, suggest_genome
 
 from .constraints import constraint_values
-from .liveness import Heartbeat, fail_trial, reap_dead_trials, worker_identity
+from .liveness import Heartbeat, enqueue_again, fail_trial, reap_dead_trials, worker_identity
 from .settings import SearchSettings
-from .trials import Counts, count, kind
+from .trials import Counts, count, is_enqueued, kind
 
 __all__ = ["REJECTED_VALUE", "SearchStopped", "TrainFn", "Search", "make_train_fn"]
 
@@ -76,6 +76,7 @@ class Search:
     max_failures_in_row: int = 5  # training failures in a row before giving up
     max_skips_in_row: int = 2000  # rejected or duplicate candidates in a row before giving up
     poll_seconds: float = 10.0  # wait between checks while other workers finish the last trials
+    claim_wait_seconds: float = 30.0  # longest wait for an earlier trial's verdict before claiming a place
     interrupted: int | None = field(default=None, init=False)  # the trial a Ctrl-C / SIGTERM stopped
 
     def counts(self) -> Counts:
@@ -114,12 +115,15 @@ class Search:
         try:
             return self._evaluate(trial)
         except BaseException as e:  # Ctrl-C, SIGTERM, a storage error: leave nothing RUNNING behind
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            if frozen.state == TrialState.RUNNING:
-                why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
-                fail_trial(self.study, frozen, why, retry=True)
-                if isinstance(e, KeyboardInterrupt):
-                    self.interrupted = trial.number
+            try:
+                frozen = self.study._storage.get_trial(trial._trial_id)
+                if frozen.state == TrialState.RUNNING:
+                    why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
+                    fail_trial(self.study, frozen, why, retry=True)
+                    if isinstance(e, KeyboardInterrupt):
+                        self.interrupted = trial.number
+            except Exception:  # the storage itself is gone: the next run reaps the trial; report the cause
+                pass
             raise
 
     def _evaluate(self, trial: optuna.Trial) -> tuple[str, str]:
@@ -145,6 +149,16 @@ class Search:
         dup = self._duplicate_of(trial, genome.to_json())
         if dup is not None:
             return dup
+        if self._budget_taken(n):
+            reason = f"not trained: the study already has {self.n_trials} trials trained or in training"
+            trial.set_user_attr("failed_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            if is_enqueued(frozen):  # a preset or a retry: keep it for a later run with a larger --trials
+                enqueue_again(self.study, frozen, {k: frozen.user_attrs[k] for k in ("retry_of", "retries")
+                                                   if k in frozen.user_attrs})
+            self.log(f"trial {n:>4}  skipped   {reason} (another worker claimed the last one){tag}")
+            return "surplus", reason
         trial.set_user_attr("phase", "training")
 
         def on_epoch(stats) -> bool:
@@ -182,6 +196,26 @@ class Search:
         self.log(f"trial {n:>4}  {outcome:<9} val {result.val_acc:.4f}  {a.params:>9,} params  RF {a.rf:>3}  "
                  f"{result.epochs} ep  {result.train_seconds:6.1f} s  ({c.trained}/{self.n_trials} trained){tag}")
         return outcome, ""
+
+    def _budget_taken(self, number: int) -> bool:
+        """Whether the study holds n_trials trained or training trials without trial `number`.
+
+        Workers race for the last places: each checks before it marks its trial as training. An earlier
+        trial (lower number) of another worker that is still being checked may take a place first, so we
+        wait for its verdict; a later one waits for ours. Waiting ends after claim_wait_seconds, for an
+        earlier trial whose worker died before its verdict.
+        """
+        end = time.monotonic() + self.claim_wait_seconds
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            c = count(trials)  # c.running: trials in training (not this one: it is not marked yet)
+            if c.trained + c.running >= self.n_trials:
+                return True
+            checking = sum(t.state == TrialState.RUNNING and t.number < number and t.user_attrs.get("phase") != "training"
+                           for t in trials)
+            if c.trained + c.running + checking < self.n_trials or time.monotonic() > end:
+                return False
+            time.sleep(0.05)  # an earlier trial's check takes a few storage round trips
 
     def _duplicate_of(self, trial: optuna.Trial, genome_json: str) -> tuple[str, str] | None:
         """Copy the result of an earlier trial of the same genome instead of training it again."""
