@@ -3,6 +3,7 @@
     ask -> genome (space.suggest_genome, or the exact genome an enqueued trial carries)
         -> broken rule?  constraints > 0, tell COMPLETE(0) as "rejected": never trained, not counted
         -> trained before? copy its result as "duplicate": not retrained, not counted
+        -> other workers hold the last of the N places? FAIL "not trained" (a preset or retry is queued again)
         -> train briefly, reporting validation accuracy per epoch to the pruner
         -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
 until the study holds N trained (completed or pruned) trials, counting those of earlier runs and of
@@ -211,8 +212,8 @@ class Search:
             c = count(trials)  # c.running: trials in training (not this one: it is not marked yet)
             if c.trained + c.running >= self.n_trials:
                 return True
-            checking = sum(t.state == TrialState.RUNNING and t.number < number and t.user_attrs.get("phase") != "training"
-                           for t in trials)
+            checking = sum(t.state == TrialState.RUNNING and t.number < number
+                           and t.user_attrs.get("phase") != "training" for t in trials)
             if c.trained + c.running + checking < self.n_trials or time.monotonic() > end:
                 return False
             time.sleep(0.05)  # an earlier trial's check takes a few storage round trips
