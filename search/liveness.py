@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_rdb
 
-__all__ = ["MAX_RETRIES", "worker_identity", "process_alive", "Heartbeat", "requeue", "reap_dead_trials",
-           "fail_trial"]
+__all__ = ["MAX_RETRIES", "worker_identity", "process_alive", "Heartbeat", "requeue", "enqueue_again",
+           "reap_dead_trials", "fail_trial"]
 
 MAX_RETRIES = 2  # times one candidate is queued again after its worker died or was interrupted
 
@@ -114,11 +114,15 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> int | None:
     retries = int(attrs.get("retries", 0))
     if retries >= MAX_RETRIES:
         return None
-    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-    keep = {k: attrs[k] for k in ("preset", "genome") if k in attrs}
-    study.enqueue_trial(params, user_attrs={**keep, "retry_of": attrs.get("retry_of", trial.number),
-                                            "retries": retries + 1})
+    enqueue_again(study, trial, {"retry_of": attrs.get("retry_of", trial.number), "retries": retries + 1})
     return retries + 1
+
+
+def enqueue_again(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
+    """Enqueue the same candidate (params, exact genome, preset name) with these retry attrs."""
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    keep = {k: trial.user_attrs[k] for k in ("preset", "genome") if k in trial.user_attrs}
+    study.enqueue_trial(params, user_attrs={**keep, **attrs})
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool = True) -> bool:
@@ -155,7 +159,8 @@ def reap_dead_trials(study: optuna.Study, current: int | None = None) -> list[in
         elif _same_machine(worker, me):
             own = worker.get("pid") == me["pid"] and worker.get("start") == me["start"]
             reason = None if not own and process_alive(worker) else f"worker pid {worker.get('pid')} died"
-        elif not is_rdb(study._storage):
+        elif not is_rdb(study._storage) or t.user_attrs.get("phase") != "training":
+            # Optuna's heartbeat (RDB) starts with training; before that, and in journal files, our own attr.
             last = float(t.user_attrs.get("heartbeat_at", started))
             reason = f"no heartbeat for {now - last:.0f} s" if now - last > GRACE_PERIOD else None
         else:

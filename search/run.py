@@ -39,8 +39,8 @@ from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .objectives import cost_name, parse_objectives
 from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
-from .storage import (dashboard_command, default_journal, is_sqlite, local_file, migrate_to_journal,
-                      open_storage, redact, resolve_url)
+from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file, lost_storage,
+                      migrate_to_journal, open_storage, redact, resolve_url)
 
 __all__ = ["main", "machine_info"]
 
@@ -190,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         except SearchStopped as e:
             print(f"error: [w{args.worker}] {e}", file=sys.stderr)
             return 1
+        except STORAGE_ERRORS as e:  # e.g. the database server stopped: one line, not a traceback
+            raise lost_storage(label, e) from None
         return 0
-    presets = enqueue_presets(study, full.num_classes)
+    presets = enqueue_presets(study, full.num_classes) if created else []  # once, by the process that created it
     info = machine_info(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run_key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         except SearchStopped as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except STORAGE_ERRORS as e:  # e.g. the database server stopped: one line, not a traceback
+            raise lost_storage(label, e) from None
     search_seconds = time.time() - t0
     study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
     print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "

@@ -3,6 +3,7 @@
     ask -> genome (space.suggest_genome, or the exact genome an enqueued trial carries)
         -> broken rule?  constraints > 0, tell COMPLETE(0) as "rejected": never trained, not counted
         -> trained before? copy its result as "duplicate": not retrained, not counted
+        -> other workers hold the last of the N places? FAIL "not trained" (a preset or retry is queued again)
         -> train briefly, reporting validation accuracy per epoch to the pruner
         -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
 In a multi-objective study (search.objectives) every value told is [accuracy, cost]: a rejected candidate
@@ -24,10 +25,10 @@ from optuna.trial import TrialState
 from space import Analysis, Genome, analyze, check, suggest_genome
 
 from .constraints import constraint_values
-from .liveness import Heartbeat, fail_trial, reap_dead_trials, worker_identity
+from .liveness import Heartbeat, enqueue_again, fail_trial, reap_dead_trials, worker_identity
 from .objectives import objective_values
 from .settings import SearchSettings
-from .trials import Counts, count, kind
+from .trials import Counts, count, is_enqueued, kind
 
 __all__ = ["REJECTED_VALUE", "SearchStopped", "TrainFn", "Search", "make_train_fn"]
 
@@ -92,6 +93,7 @@ class Search:
     poll_seconds: float = 2.0  # wait between checks while other workers finish the last trials
     # Held while deciding to train a candidate; shared by all workers of a study (search.workers.SlotLock).
     lock: AbstractContextManager = field(default_factory=nullcontext)
+    claim_wait_seconds: float = 30.0  # longest wait for an earlier trial's verdict before claiming a place
     interrupted: int | None = field(default=None, init=False)  # the trial a Ctrl-C / SIGTERM stopped
 
     def counts(self) -> Counts:
@@ -147,12 +149,15 @@ class Search:
             return self._train(trial, prepared)
         except BaseException as e:  # Ctrl-C, SIGTERM, a storage error: leave nothing RUNNING behind
             if trial is not None:
-                frozen = self.study._storage.get_trial(trial._trial_id)
-                if frozen.state == TrialState.RUNNING:
-                    why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
-                    fail_trial(self.study, frozen, why, retry=True)
-                    if isinstance(e, KeyboardInterrupt):
-                        self.interrupted = trial.number
+                try:
+                    frozen = self.study._storage.get_trial(trial._trial_id)
+                    if frozen.state == TrialState.RUNNING:
+                        why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
+                        fail_trial(self.study, frozen, why, retry=True)
+                        if isinstance(e, KeyboardInterrupt):
+                            self.interrupted = trial.number
+                except Exception:  # the storage itself is gone: the next run reaps the trial; report the cause
+                    pass
             raise
 
     def _prepare(self, trial: optuna.Trial) -> tuple[str, str] | _Candidate:
@@ -179,6 +184,16 @@ class Search:
         dup = self._duplicate_of(trial, genome.to_json())
         if dup is not None:
             return dup
+        if self._budget_taken(n):
+            reason = f"not trained: the study already has {self.n_trials} trials trained or in training"
+            trial.set_user_attr("failed_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            if is_enqueued(frozen):  # a preset or a retry: keep it for a later run with a larger --trials
+                enqueue_again(self.study, frozen, {k: frozen.user_attrs[k] for k in ("retry_of", "retries")
+                                                   if k in frozen.user_attrs})
+            self.log(f"trial {n:>4}  skipped   {reason} (another worker claimed the last one){tag}")
+            return "surplus", reason
         trial.set_user_attr("phase", "training")  # from now on it holds a slot (trials.count: running)
         return _Candidate(genome, a, tag)
 
@@ -224,6 +239,26 @@ class Search:
                  f"{a.macs / 1e6:6.1f} M MACs  {a.peak_activations / 1e3:5.0f} k peak act  RF {a.rf:>3}  "
                  f"{result.epochs} ep  {result.train_seconds:6.1f} s  ({c.trained}/{self.n_trials} trained){tag}")
         return outcome, ""
+
+    def _budget_taken(self, number: int) -> bool:
+        """Whether the study holds n_trials trained or training trials without trial `number`.
+
+        Workers race for the last places: each checks before it marks its trial as training. An earlier
+        trial (lower number) of another worker that is still being checked may take a place first, so we
+        wait for its verdict; a later one waits for ours. Waiting ends after claim_wait_seconds, for an
+        earlier trial whose worker died before its verdict.
+        """
+        end = time.monotonic() + self.claim_wait_seconds
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            c = count(trials)  # c.running: trials in training (not this one: it is not marked yet)
+            if c.trained + c.running >= self.n_trials:
+                return True
+            checking = sum(t.state == TrialState.RUNNING and t.number < number
+                           and t.user_attrs.get("phase") != "training" for t in trials)
+            if c.trained + c.running + checking < self.n_trials or time.monotonic() > end:
+                return False
+            time.sleep(0.05)  # an earlier trial's check takes a few storage round trips
 
     def _duplicate_of(self, trial: optuna.Trial, genome_json: str) -> tuple[str, str] | None:
         """Copy the result of an earlier trial of the same genome instead of training it again."""

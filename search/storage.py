@@ -22,17 +22,20 @@ keeps one in a user attr instead.
 """
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 from typing import Callable
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
 from .settings import SearchError
 
-__all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "default_storage", "default_journal", "resolve_url",
-           "open_storage", "is_sqlite", "migrate_to_journal", "dashboard_command", "is_rdb", "redact",
-           "local_file"]
+__all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "STORAGE_ERRORS", "default_storage", "default_journal",
+           "resolve_url", "open_storage", "is_sqlite", "migrate_to_journal", "dashboard_command", "is_rdb",
+           "redact", "local_file", "lost_storage"]
 
 HEARTBEAT_INTERVAL = 60  # seconds between the heartbeats of a running trial
 GRACE_PERIOD = 300  # seconds without a heartbeat after which a RUNNING trial's worker counts as dead
@@ -40,6 +43,11 @@ GRACE_PERIOD = 300  # seconds without a heartbeat after which a RUNNING trial's 
 _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+# The drivers this project's extras install, by the module SQLAlchemy imports for the URL.
+_DRIVER_EXTRAS = {"psycopg": "postgres"}
+# What a database server that goes away mid-run raises: Optuna wraps failed commits in StorageInternalError,
+# reads raise SQLAlchemy's own errors (OperationalError: connection refused, ...).
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
 def default_storage(study_name: str, results_dir: str | Path = "results") -> str:
@@ -77,7 +85,8 @@ def resolve_url(spec: str | None, study_name: str) -> str:
 
 
 def is_rdb(storage: BaseStorage) -> bool:
-    return isinstance(storage, optuna.storages.RDBStorage)
+    backend = getattr(storage, "_backend", storage)  # a study wraps its RDBStorage in Optuna's _CachedStorage
+    return isinstance(backend, optuna.storages.RDBStorage)
 
 
 def open_storage(url: str, create: bool = True,
@@ -103,10 +112,10 @@ def open_storage(url: str, create: bool = True,
         if path and path != ":memory:":
             _prepare_path(Path(path), create, url)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                                          heartbeat_stale_trial_callback=stale_callback)
-    except ModuleNotFoundError as e:
-        raise SearchError(f"storage {redact(url)} needs the database driver {e.name!r}; pip install it") from None
+        return _rdb_storage(url, stale_callback)
+    except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as a bare ImportError
+        missing = e if isinstance(e, ModuleNotFoundError) else e.__cause__
+        raise SearchError(f"storage {redact(url)} needs {_install_hint(getattr(missing, 'name', None))}") from None
     except Exception as e:  # sqlalchemy.exc.ArgumentError, OperationalError (unreachable), a non-database file
         message = _one_line(e).replace(url, redact(url))  # drivers may quote the URL, password and all
         raise SearchError(f"cannot open storage {redact(url)}: {message}") from None
@@ -144,6 +153,39 @@ def migrate_to_journal(sqlite_url: str, journal_url: str, study_name: str) -> bo
                       to_storage=open_storage(f"journal:{tmp}"))
     tmp.replace(target)
     return True
+
+
+def _rdb_storage(url: str, stale_callback, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """RDBStorage creates its tables in an empty database; workers that start together race to do so, and
+    the losers get IntegrityError / ProgrammingError (PostgreSQL: duplicate key in pg_type). The tables
+    exist by then, so trying again succeeds."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                                              heartbeat_stale_trial_callback=stale_callback)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)  # seconds; jitter so racers part
+    raise AssertionError("unreachable")
+
+
+def _install_hint(module: str | None) -> str:
+    if module is None:
+        return "a database driver that is not installed"
+    package = module.split(".")[0]
+    extra = _DRIVER_EXTRAS.get(package)
+    if extra:
+        return (f"the database driver {package!r}, which the {extra!r} extra installs: pip install -e \".[{extra}]\" "
+                "in the tinynas folder")
+    return f"the database driver {package!r}: pip install {package}"
+
+
+def lost_storage(label: str, e: BaseException) -> SearchError:
+    """The one-line error for a storage that failed mid-run (one of STORAGE_ERRORS), e.g. a server stopped."""
+    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    return SearchError(f"lost the storage {label}: {_one_line(cause)}; finished trials are kept there: run the "
+                       "same command again once it is reachable")
 
 
 def dashboard_command(url: str) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import socket
+import time
+import zlib
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
 
 from space import PRESETS, params_from_genome
 
@@ -70,14 +72,19 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
                storage_label: str = "", stream: int = 0) -> tuple[optuna.Study, bool]:
     """(study, created): create it, or resume it if its stored settings equal `settings`.
 
-    `stream` tells apart workers started at the same moment (search.run --jobs: the worker's index), which
-    would otherwise draw the same sampler stream and propose the same candidates."""
+    `created` is True in exactly one of several workers that start on a new study at the same moment: the
+    storage creates a study name once and refuses the others (DuplicatedStudyError), who load it instead.
+    `stream` tells apart workers started at the same moment on one node (search.run --jobs: the worker's
+    index), which would otherwise draw the same sampler stream and propose the same candidates.
+    """
     wanted = directions(settings.objectives)
     try:
         study = optuna.create_study(storage=storage, study_name=name, directions=wanted, pruner=pruner,
-                                    sampler=make_sampler(settings.seed), load_if_exists=True)
-    except ValueError as e:  # e.g. an existing study with other directions
-        raise SearchError(f"study {name!r}: {e}") from None
+                                    sampler=make_sampler(settings.seed))
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=make_sampler(settings.seed))
+        created = False
     if [d.name.lower() for d in study.directions] != wanted:
         stored = stored_settings(study)
         if stored is not None and stored.objectives != settings.objectives:
@@ -86,8 +93,7 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
                               "--study-name NEW")
         raise SearchError(f"study {name!r} in {storage_label} has directions "
                           f"{', '.join(d.name.lower() for d in study.directions)}; it was not created by search.run")
-    stored = stored_settings(study)
-    created = stored is None
+    stored = stored_settings(study) if created else _wait_for_settings(study)
     if stored is None:
         if study.trials:
             raise SearchError(f"study {name!r} in {storage_label} has trials but no search settings; "
@@ -98,11 +104,22 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
         raise SearchError(f"study {name!r} in {storage_label} was created with other settings ({diff}); "
                           f"resume it with its settings, or start a new one with --study-name NEW "
                           f"(or delete the storage)")
-    # Give each run (a resume, another worker) its own sampler stream; see make_sampler.
-    others_running = any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
-    salt = len(study.trials) * 1_000_003 + (os.getpid() if others_running else 0) + 7919 * stream
+    # Give each run (a resume, another worker) its own sampler stream; see make_sampler. Workers that start
+    # together see the same trials, so only the creator's stream may be a function of the trials alone;
+    # `stream` (search.run --jobs: the worker's index) parts workers of one node even on one pid.
+    salt = (len(study.trials) * 1_000_003 + 7919 * stream
+            + (0 if created else os.getpid() + zlib.crc32(socket.gethostname().encode())))
     study.sampler = make_sampler(settings.seed, salt=salt)
     return study, created
+
+
+def _wait_for_settings(study: optuna.Study, seconds: float = 10.0) -> SearchSettings | None:
+    """The settings of a study another worker has just created, once it has stored them (None if it never
+    does: it died, or the study is not search.run's)."""
+    end = time.monotonic() + seconds
+    while (stored := stored_settings(study)) is None and not study.trials and time.monotonic() < end:
+        time.sleep(0.1)  # the creator stores them right after creating the study
+    return stored
 
 
 def load_study(storage: BaseStorage, name: str, storage_label: str = "") -> optuna.Study:

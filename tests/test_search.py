@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -243,3 +244,31 @@ def test_journal_storage_runs_the_search_and_reaps_silent_workers(tmp_path):
     fresh.set_user_attr("heartbeat_at", __import__("time").time())
     assert reap_dead_trials(study) == [trial.number]
     assert "no heartbeat" in study.get_trials()[trial.number].user_attrs["failed_reason"]
+
+
+def test_a_candidate_is_not_trained_when_other_workers_hold_the_last_places_and_a_preset_is_kept():
+    s = settings()
+    study, fake = memory_study(s), FakeTrain()
+    other = study.ask()  # another worker popped the first preset and trains it: the only place of --trials 1
+    other.set_user_attr("phase", "training")
+    outcome, reason = search(study, s, fake, 1, claim_wait_seconds=0.0).step()
+    assert outcome == "surplus" and "not trained" in reason and fake.calls == []
+    trials = study.get_trials()
+    skipped = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(skipped) == 1 and skipped[0].user_attrs["failed_reason"] == reason
+    # The preset it had popped is queued again, as it was, for a later run with a larger --trials.
+    waiting = [t.user_attrs.get("preset") for t in trials if t.state == TrialState.WAITING]
+    assert skipped[0].user_attrs["preset"] in waiting and "retries" not in skipped[0].user_attrs
+
+
+def test_a_later_candidate_waits_for_an_earlier_one_still_being_checked():
+    s = settings()
+    study, fake = memory_study(s, presets=False), FakeTrain()
+    earlier, later = study.ask(), study.ask()  # two workers; neither has decided to train yet
+    runner = search(study, s, fake, 1, claim_wait_seconds=0.3)
+    assert runner._budget_taken(earlier.number) is False  # nothing before it: it takes the place at once
+    t0 = time.monotonic()
+    assert runner._budget_taken(later.number) is False  # waited for the earlier verdict, then went ahead
+    assert time.monotonic() - t0 >= 0.3
+    earlier.set_user_attr("phase", "training")  # the earlier one took the last place
+    assert runner._budget_taken(later.number) is True

@@ -1,0 +1,195 @@
+"""Several search.run workers on one study in a real PostgreSQL server (a throwaway one on 127.0.0.1, see
+tests/postgres.py), on the offline digits data with tiny epochs.
+
+Outside CI these tests skip, with the reason, where no server can be started; with CI=true they fail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import run as run_cmd
+from search.liveness import reap_dead_trials, requeue
+from search.storage import open_storage
+from search.trials import kind
+from tests.postgres import Server, make_template, unavailable
+from tests.search_helpers import ROOT
+from tests.test_search_cli import call, one_error_line
+
+STUDY = "digits-nas"
+# 96 training / 24 validation images of digits, batches of 16, one epoch: 6 steps, about a second a candidate.
+# 100k parameters: seed003_net (84k) trains, the other two presets and many sampled candidates are rejected.
+DIGITS = ["--dataset", "digits", "--subset-train", "120", "--subset-test", "40", "--batch-size", "16",
+          "--trial-epochs", "1", "--max-params", "100000", "--pruner", "none", "--no-final", "--study-name", STUDY,
+          "--json"]
+WAIT = 420  # seconds a worker may take at most (generous: the 2-core CI machine also runs other tests)
+
+
+@pytest.fixture(scope="session")
+def pg_template():
+    try:
+        import psycopg  # noqa: F401  (the driver SQLAlchemy uses for postgresql:// URLs)
+    except ImportError:
+        unavailable('the driver psycopg is not installed: pip install -e ".[postgres]"')
+    try:
+        root = make_template()
+    except RuntimeError as e:
+        unavailable(str(e))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(pg_template):
+    try:
+        server = Server(pg_template)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        unavailable(f"the server did not start: {e}")
+    yield server
+    server.remove()
+
+
+def worker(url: str, *args: str) -> subprocess.Popen:
+    # One thread each: two workers share the machine's cores instead of fighting over them.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "search.run", *DIGITS, "--storage", url, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(p: subprocess.Popen) -> tuple[str, str]:
+    out, err = p.communicate(timeout=WAIT)
+    assert p.returncode == 0, err
+    return out, err
+
+
+def trials_of(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=STUDY, storage=url).get_trials()
+
+
+def trained(trials) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials if kind(t) in ("completed", "pruned")]
+
+
+def wait_for(condition, procs: list[subprocess.Popen], url: str, what: str):
+    """Poll the study until condition(trials) returns something truthy; fail if a worker exits first."""
+    end = time.time() + WAIT
+    while time.time() < end:
+        for p in procs:
+            assert p.poll() is None, p.communicate()
+        try:
+            found = condition(trials_of(url))
+        except KeyError:  # the study does not exist yet
+            found = None
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def test_two_workers_share_one_study_train_exactly_n_and_record_each_rejection_once(postgres, tmp_path):
+    procs = [worker(postgres.url, "--trials", "4", "--out", str(tmp_path / f"w{i}")) for i in range(2)]
+    outs = [finish(p)[0] for p in procs]
+    for out in outs:  # both see the whole study's count, not their own
+        assert json.loads(out.strip().splitlines()[-1])["trained"] == 4
+    # One worker created the study (and enqueued the presets), the other joined it.
+    assert sorted(f"study {STUDY} ({'new' if '(new)' in o else 'resumed'})" in o for o in outs) == [True, True]
+    assert sum(f"study {STUDY} (new)" in o for o in outs) == 1
+    trials = trials_of(postgres.url)
+    assert len(trained(trials)) == 4
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    presets = [t.user_attrs["preset"] for t in trials if "preset" in t.user_attrs]
+    assert sorted(presets) == ["seed001", "seed003_dilated", "seed003_net"]  # each once, not once per worker
+    rejected = [t.user_attrs["genome"] for t in trials if kind(t) == "rejected"]
+    assert len(rejected) >= 2 and len(set(rejected)) == len(rejected)  # no candidate rejected twice
+    genomes = [t.user_attrs["genome"] for t in trained(trials)]
+    assert len(set(genomes)) == 4  # no candidate trained twice
+
+
+def test_a_killed_worker_is_restarted_and_its_trial_failed_and_retried(postgres, tmp_path):
+    # 3 epochs per trial (the later flag wins): the kill must land while a trial trains.
+    args = ["--trials", "4", "--trial-epochs", "3", "--out", str(tmp_path / "o")]
+    victim, other = worker(postgres.url, *args), worker(postgres.url, *args)
+
+    def victim_training_after_first_trained(trials):
+        if not trained(trials):
+            return None
+        return next((t.number for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("phase") ==
+                     "training" and t.user_attrs.get("worker", {}).get("pid") == victim.pid), None)
+
+    killed = wait_for(victim_training_after_first_trained, [victim, other], postgres.url,
+                      "the first worker trains a trial after the study's first trained one")
+    victim.kill()  # SIGKILL: nothing can be cleaned up
+    victim.communicate()
+    restarted = worker(postgres.url, *args)
+    finish(restarted)
+    finish(other)
+    trials = trials_of(postgres.url)
+    by_number = {t.number: t for t in trials}
+    assert len(trained(trials)) == 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert by_number[killed].state == TrialState.FAIL
+    assert f"worker pid {victim.pid} died" in by_number[killed].user_attrs["failed_reason"]
+    origin = by_number[killed].user_attrs.get("retry_of", killed)
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == origin]
+    assert retried and all(t.user_attrs["genome"] == by_number[killed].user_attrs["genome"] for t in retried)
+    assert any(kind(t) in ("completed", "pruned") for t in retried)  # the candidate was trained in the end
+
+
+def test_server_stopped_mid_run_one_error_line_and_finished_trials_remain(postgres, tmp_path):
+    args = ["--trials", "30", "--out", str(tmp_path / "o")]  # more than it gets to train before the stop
+    p = worker(postgres.url, *args)
+    wait_for(lambda trials: len(trained(trials)) >= 2, [p], postgres.url, "two trials are trained")
+    postgres.stop()
+    _, err = p.communicate(timeout=WAIT)
+    assert p.returncode == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "lost the storage" in lines[0] and "Traceback" not in err, err
+    assert "run the same command again" in lines[0]
+    postgres.start()
+    before = {t.number: t.value for t in trained(trials_of(postgres.url))}
+    assert len(before) >= 2
+    # The same command resumes: the trial the worker held when the server went away is failed, not stuck.
+    n = len(before) + 1
+    out, _ = finish(worker(postgres.url, "--trials", str(n), "--out", str(tmp_path / "o")))
+    assert json.loads(out.strip().splitlines()[-1])["trained"] == n
+    trials = trials_of(postgres.url)
+    assert {t.number: t.value for t in trained(trials) if t.number in before} == before
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_worker_on_another_machine_that_stopped_beating_is_failed_and_requeued(postgres):
+    from search.study import make_pruner, open_study
+    from tests.search_helpers import settings
+
+    storage = open_storage(postgres.url, stale_callback=requeue)
+    storage.grace_period = 1  # seconds, instead of minutes
+    s = settings()
+    study, created = open_study(storage, STUDY, s, make_pruner("none", s.trial_epochs))
+    assert created
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": "elsewhere", "boot": "x", "pid": 1, "start": "1"})
+    trial.set_user_attr("genome", "{}")
+    trial.set_user_attr("phase", "training")
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2)
+    reap_dead_trials(study)
+    trials = study.get_trials()
+    assert trials[trial.number].state == TrialState.FAIL
+    assert [t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.WAITING] == [trial.number]
+
+
+def test_missing_postgres_driver_names_the_extra(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what import finds where the driver is not installed
+    argv = [*DIGITS, "--storage", "postgresql://nas:s3cret@127.0.0.1:1/nas", "--out", str(tmp_path)]
+    code, _, err = call(run_cmd.main, argv, capsys)
+    assert code == 2
+    one_error_line(err, "needs the database driver 'psycopg'")
+    assert 'pip install -e ".[postgres]"' in err and "s3cret" not in err
