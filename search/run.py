@@ -39,8 +39,8 @@ from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .objectives import cost_name, parse_objectives
 from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
-from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file, lost_storage,
-                      migrate_to_journal, open_storage, redact, resolve_url)
+from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
+                      lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 
 __all__ = ["main", "machine_info"]
 
