@@ -20,7 +20,8 @@ from tests.search_helpers import ROOT
 README = (ROOT / "README.md").read_text()
 # Commands that are not `python -m`: set-up (run by ./setup.sh, which .ci/run runs), or tools outside the project.
 SHELL_PREFIXES = ("./setup.sh ", "bash .ci/run", "python3 -m venv .venv", "pip install ", "export NO_ALBUMENTATIONS",
-                  "optuna-dashboard ", "head ")
+                  "optuna-dashboard ", "head ",
+                  "createdb ")  # PostgreSQL's own client; tests/postgres.py creates the test database the same way
 # Appended to commands run for real (argparse: the last value of a flag wins): small and fast.
 # search.run: 100k parameters leave seed003_net as the one preset to train (the others take minutes on a CPU).
 SMALL = {"search.run": ["--trials", "1", "--max-params", "100000", "--trial-epochs", "1", "--final-epochs", "1",

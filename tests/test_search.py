@@ -249,9 +249,13 @@ def test_journal_storage_runs_the_search_and_reaps_silent_workers(tmp_path):
 def test_a_candidate_is_not_trained_when_other_workers_hold_the_last_places_and_a_preset_is_kept():
     s = settings()
     study, fake = memory_study(s), FakeTrain()
-    other = study.ask()  # another worker popped the first preset and trains it: the only place of --trials 1
+    runner = search(study, s, fake, 1, claim_wait_seconds=0.0)
+    # Ours pops the first preset; another worker (on another node: no shared lock) pops the next one and
+    # claims the only place of --trials 1 before ours is checked. (step() would see the full study first.)
+    ours = study.ask()
+    other = study.ask()
     other.set_user_attr("phase", "training")
-    outcome, reason = search(study, s, fake, 1, claim_wait_seconds=0.0).step()
+    outcome, reason = runner._prepare(ours)
     assert outcome == "surplus" and "not trained" in reason and fake.calls == []
     trials = study.get_trials()
     skipped = [t for t in trials if t.state == TrialState.FAIL]
