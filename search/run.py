@@ -29,7 +29,7 @@ import optuna
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
-from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
+from .settings import DEFAULTS, SearchError, SearchSettings, parse_val_size
 from .storage import dashboard_command, open_storage, redact, resolve_url
 
 __all__ = ["main", "machine_info"]
@@ -69,7 +69,7 @@ def build_parser():
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="validation split, sampler and training seed")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (cifar10 256, digits 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: train.defaults, per dataset)")
     p.add_argument("--max-params", type=int, default=200_000, help="parameter budget (default 200,000)")
     p.add_argument("--min-rf", type=int, default=44, help="smallest receptive field, pixels (default 44)")
     p.add_argument("--trial-epochs", type=int, default=None, help="epochs per candidate (cifar10 8, digits 4)")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf,
         trial_epochs=args.trial_epochs or d.trial_epochs,
         val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
-        subset_train=args.subset_train, batch_size=batch, lr=base_lr(batch), augment=d.augment)
+        subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment)
     final_epochs = args.final_epochs or d.final_epochs
     check_satisfiable(settings.max_params, settings.min_rf)  # before any data or training
     name = args.study_name or f"{args.dataset}-nas"
