@@ -44,8 +44,8 @@ MIN_STEPS = 4  # optimizer steps a OneCycle schedule needs: warm-up and annealin
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 256  # images per step
-    lr: float = 0.2  # OneCycle peak learning rate (0.1 at batch 128 in the seeds, scaled linearly)
+    batch_size: int = 128  # images per step (train.defaults sets it per dataset)
+    lr: float = 0.1  # OneCycle peak learning rate at that batch (the seeds' value)
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 5e-4  # L2 on all parameters, per step
     label_smoothing: float = 0.1  # probability mass spread over the other classes
@@ -55,8 +55,8 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     # Multiplier of the shift-scale-rotate and cutout probabilities at the last epoch; it moves linearly from
     # 1 at the first epoch (flip always keeps its probability). 1.0: the same augmentation every epoch.
-    augment_end: float = 1.0
-    ema_decay: float = 0.0  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
+    augment_end: float = 0.0
+    ema_decay: float = 0.99  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
     tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
     device: str = "auto"  # "auto" picks cuda > mps > cpu
     channels_last: bool = True  # NHWC activations: ~2x faster convs on CPU and tensor cores on GPU
