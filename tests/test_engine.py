@@ -264,3 +264,12 @@ def test_train_run_saves_the_weights_it_evaluated(tmp_path):
     data = load_dataset("synthetic", None)
     _, acc = evaluate(model, data.x_test, data.y_test, data.mean, data.std)
     assert acc == pytest.approx(m["test_acc"], abs=1e-6)
+
+
+def test_seed_style_loop_reports_validation_and_test_accuracy():
+    r = run("train.baseline", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--val-size", "64",
+            "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["epochs"] == 1 and d["val_size"] == 64
+    assert 0 <= d["val_acc"] <= 1 and 0 <= d["test_acc"] <= 1 and d["train_seconds"] > 0

@@ -22,6 +22,17 @@ from .loader import make_dataloader
 __all__ = ["seed_loop_throughput", "train_seed_style", "main"]
 
 
+def _seed_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, xb: torch.Tensor,
+               yb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One step of the seeds' loop: copy the batch over, forward, backward, SGD step; returns the loss."""
+    xb, yb = xb.to(device), yb.to(device)
+    optimizer.zero_grad()
+    loss = criterion(model(xb), yb)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def seed_loop_throughput(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray,
                          seconds: float = 20.0, batch_size: int = 128, workers: int = 2,
                          device: torch.device | str = "cpu", warmup_batches: int = 5) -> float:
@@ -35,11 +46,7 @@ def seed_loop_throughput(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: n
     seen, start, step = 0, None, 0
     while True:
         for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(xb), yb)
-            loss.backward()
-            optimizer.step()
+            _seed_step(model, optimizer, criterion, xb, yb, device)
             step += 1
             if step == warmup_batches:
                 if device.type == "cuda":
@@ -74,11 +81,7 @@ def train_seed_style(model: nn.Module, data, epochs: int, batch_size: int = 128,
         model.train()
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
         for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(xb), yb)
-            loss.backward()
-            optimizer.step()
+            loss = _seed_step(model, optimizer, criterion, xb, yb, device)
             scheduler.step()
             loss_sum += float(loss) * len(yb)  # the seeds' loop synced every step; so does this reference
             seen += len(yb)
