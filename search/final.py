@@ -24,7 +24,7 @@ from space import analyze
 from space.export import export_code
 from train.augment import AugmentConfig
 from train.data import ImageData
-from train.engine import TrainConfig, predict_images, resolve_device, train
+from train.engine import TrainConfig, predict_images, resolve_device, train, tta_accuracy
 
 from .settings import SearchError, SearchSettings
 from .trials import best_trial, genome_of, kind, val_acc
@@ -131,15 +131,17 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     logits, labels, loss = predict_images(model, data.x_test, data.y_test, data.mean, data.std, dev, amp=config.amp)
     pred = logits.argmax(1)
     test_acc = float((pred == labels).float().mean())
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    flipped, _, _ = predict_images(model, data.x_test, data.y_test, data.mean, data.std, dev, amp=config.amp, flip=True)
+    test_acc_tta = tta_accuracy(logits, flipped, labels)  # reported beside test_acc, never instead of it
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # the EMA weights, if any
     torch.save(state, out / "best_model.pt")
     (out / "best_model.py").write_text(export_code(genome, data.mean, data.std, settings.max_params, settings.min_rf))
     (out / "best_genome.json").write_text(genome.to_json() + "\n")
     record = {
         "study": study.study_name, "trial": trial.number, "preset": trial.user_attrs.get("preset"),
         "summary": genome.summary(), "genome": genome.to_json(), "params": a.params, "macs": a.macs, "rf": a.rf,
-        "peak_act": a.peak_activations,
-        "val_acc": val_acc(trial), "train_acc": result.history[-1].train_acc, "test_acc": test_acc, "test_loss": loss, "n_train": int(len(data.y_train)),
+        "peak_act": a.peak_activations, "val_acc": val_acc(trial), "train_acc": result.history[-1].train_acc,
+        "test_acc": test_acc, "test_acc_tta": test_acc_tta, "test_loss": loss, "n_train": int(len(data.y_train)),
         "n_test": int(len(data.y_test)), "epochs": epochs, "status": result.status,
         "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
         "wall_seconds": round(time.time() - t0, 2), "device": result.device,
@@ -150,5 +152,5 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "y_true": labels.tolist(), "y_pred": pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     write_json(out / FINAL_JSON, record)
-    log(f"test accuracy {test_acc:.4f} ({len(data.y_test):,} images, evaluated once)")
+    log(f"test accuracy {test_acc:.4f} (flip-TTA {test_acc_tta:.4f}; {len(data.y_test):,} images, evaluated once)")
     return record

@@ -38,7 +38,7 @@ from train.files import removed_on_error
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .objectives import cost_name, parse_objectives
-from .settings import DEFAULTS, SearchError, SearchSettings, base_lr, parse_val_size
+from .settings import DEFAULTS, SearchError, SearchSettings, parse_val_size
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 
@@ -85,7 +85,7 @@ def build_parser():
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="validation split, sampler and training seed")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (cifar10 256, digits 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: train.defaults, per dataset)")
     p.add_argument("--max-params", type=int, default=200_000, help="parameter budget (default 200,000)")
     p.add_argument("--min-rf", type=int, default=44, help="smallest receptive field, pixels (default 44)")
     p.add_argument("--max-macs", type=int, default=None, help="multiply-accumulates per image (default: no limit)")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf,
         trial_epochs=args.trial_epochs or d.trial_epochs,
         val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
-        subset_train=args.subset_train, batch_size=batch, lr=base_lr(batch), augment=d.augment,
+        subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
         max_macs=args.max_macs, objectives=objectives)
     final_epochs = args.final_epochs or d.final_epochs
     check_satisfiable(settings.max_params, settings.min_rf, max_macs=settings.max_macs)  # before any data or training

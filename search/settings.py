@@ -1,4 +1,4 @@
-"""What makes the trials of one study comparable, and the per-dataset defaults of the search.
+"""What makes the trials of one study comparable (the per-dataset defaults live in train.defaults).
 
 A study's `SearchSettings` are stored in its user attrs when it is created. A later run (a resume, or
 another worker) with different settings is refused: mixing accuracies measured on different data, budgets
@@ -9,36 +9,13 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size", "base_lr"]
+from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
+
+__all__ = ["SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
 
 
 class SearchError(Exception):
     """Bad input to a search command; the message is one line (the CLI prints it and exits with 2)."""
-
-
-@dataclass(frozen=True)
-class DatasetDefaults:
-    trial_epochs: int  # brief training of each candidate
-    final_epochs: int  # retrain of the winner
-    batch_size: int  # images per step
-    val_size: int | float  # held-out images (int) or fraction (float) of the training images
-    augment: bool  # the flip / shift-scale-rotate / cutout recipe; off where it does not fit the data
-
-
-DEFAULTS: dict[str, DatasetDefaults] = {
-    # 8 epochs of OneCycle separate the seeds' ranking; 60 is what the seeds trained for.
-    "cifar10": DatasetDefaults(trial_epochs=8, final_epochs=60, batch_size=256, val_size=5000, augment=True),
-    # 1,347 training images of 8x8 digits blown up to 32x32: flips would turn a 2 into something else.
-    "digits": DatasetDefaults(trial_epochs=4, final_epochs=15, batch_size=64, val_size=0.2, augment=False),
-    # The tests' toy set: a handful of steps is all it needs.
-    "synthetic": DatasetDefaults(trial_epochs=2, final_epochs=3, batch_size=32, val_size=0.25, augment=False),
-}
-
-
-def base_lr(batch_size: int) -> float:
-    """OneCycle peak learning rate: train.engine's default at its default batch, scaled linearly."""
-    from train.engine import TrainConfig
-    return TrainConfig.lr * batch_size / TrainConfig.batch_size
 
 
 def parse_val_size(text: str) -> int | float:

@@ -38,7 +38,7 @@ def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequen
         f"Constraints: {'; '.join(violations) if violations else f'all met (<= {max_params:,} parameters, RF >= {min_rf}, DSC, dilation)'}",
         "",
         "    model = Net()",
-        "    model.load_state_dict(torch.load('best_model.pt', map_location='cpu'))",
+        "    model.load_state_dict(torch.load('best_model.pt', map_location='cpu', weights_only=True))",
         '"""',
         "import torch",
         "import torch.nn as nn",

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from space import Genome, Head, Layer
+from train.augment import AugmentConfig
 from train.data import load_digits32, make_synthetic, write_cifar_batches
-from train.engine import TrainConfig, evaluate, train
+from train.defaults import DEFAULTS
+from train.engine import (CheckpointError, TrainConfig, WeightEMA, augment_for_epoch, evaluate, load_weights,
+                          predict_images, train, tta_accuracy)
 
 TINY = Genome([[Layer("conv3", 16)], [Layer("dsc3", 24, stride=2)], [Layer("dsc3", 32, stride=2)],
                [Layer("dsc3", 32, dilation=2)]], Head(dropout=0.1))
@@ -110,3 +113,163 @@ def test_bench_reports_pipeline_and_model_only_throughput():
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["images_per_s"] == d["pipeline_images_per_s"] > 0 and d["model_only_images_per_s"] > 0
     assert d["pipeline_vs_model_only"] == pytest.approx(d["images_per_s"] / d["model_only_images_per_s"], rel=1e-2)
+
+
+def test_ema_weights_are_what_is_evaluated_and_returned():
+    data = make_synthetic(256, 64)
+    raw = train(TINY, cfg(epochs=2, ema_decay=0.0), data)
+    ema = train(TINY, cfg(epochs=2, ema_decay=0.9), data)
+    a, b = raw.model.state_dict(), ema.model.state_dict()
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    assert type(ema.model) is type(raw.model)  # a plain module of the same architecture
+    _, acc = evaluate(ema.model, data.x_test, data.y_test, data.mean, data.std)
+    assert acc == pytest.approx(ema.val_acc, abs=1e-6)
+
+
+def test_weight_ema_moves_each_tensor_by_one_minus_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.5)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for t in list(model.parameters()) + [model[1].running_mean]:
+            t.add_(1.0)
+    ema.update()  # first update: decay min(0.5, 2 / 11) = 2/11
+    after, d = ema.model.state_dict(), 2.0 / 11.0
+    for k in ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean"):
+        torch.testing.assert_close(after[k], before[k] + (1 - d) * 1.0)
+
+
+def test_flip_tta_accuracy_is_reported_beside_the_plain_one():
+    data = make_synthetic(256, 64)
+    with_tta = train(TINY, cfg(epochs=2), data)
+    without = train(TINY, cfg(epochs=2, tta=False), data)
+    assert all(np.isfinite([h.val_acc, h.val_acc_tta]).all() for h in with_tta.history)
+    assert [h.val_acc for h in with_tta.history] == [h.val_acc for h in without.history]  # the plain figure stays
+    assert all(np.isnan(h.val_acc_tta) for h in without.history)
+    logits, labels, _ = predict_images(with_tta.model, data.x_test, data.y_test, data.mean, data.std)
+    flipped, _, _ = predict_images(with_tta.model, data.x_test, data.y_test, data.mean, data.std, flip=True)
+    assert with_tta.history[-1].val_acc_tta == pytest.approx(tta_accuracy(logits, flipped, labels), abs=1e-6)
+
+
+def test_augment_schedule_lowers_affine_and_cutout_linearly_and_keeps_flip():
+    c = cfg(epochs=5, augment_end=0.0)
+    first, middle, last = (augment_for_epoch(c, e) for e in (1, 3, 5))
+    assert first == c.augment
+    assert (middle.affine_p, middle.cutout_p) == pytest.approx((0.25, 0.25))
+    assert (last.affine_p, last.cutout_p, last.flip_p) == (0.0, 0.0, 0.5)
+    assert augment_for_epoch(cfg(augment_end=1.0), 3) == AugmentConfig()
+    assert augment_for_epoch(cfg(augment=None, augment_end=0.0), 3) is None
+
+
+def test_checkpoint_resume_with_ema_and_augment_schedule_matches_an_uninterrupted_run(tmp_path):
+    data = make_synthetic(256, 64)
+    c = dict(ema_decay=0.9, augment_end=0.0)
+    full = train(TINY, cfg(checkpoint=str(tmp_path / "a.pt"), **c), data)
+    train(TINY, cfg(checkpoint=str(tmp_path / "b.pt"), **c), data, on_epoch=lambda s: s.epoch == 2)
+    resumed = train(TINY, cfg(checkpoint=str(tmp_path / "b.pt"), **c), data)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_a_garbage_checkpoint_is_refused_with_a_clear_error(tmp_path, content):
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        train(TINY, cfg(epochs=1, checkpoint=str(ckpt)), make_synthetic(256, 64))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unexecuted(tmp_path, capsys):
+    torch.save({"identity": _Evil()}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError):
+        load_weights(tmp_path / "c.pt")
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_train_run_garbage_checkpoint_gives_one_line_and_exit_2(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoint.pt").write_text("garbage")
+    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "out"),
+            "--quiet", "--device", "cpu")
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "checkpoint" in errors[0] and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == errors[0]
+
+
+def test_train_run_takes_its_defaults_from_the_dataset_table_and_flags_override_them(tmp_path):
+    d = DEFAULTS["synthetic"]
+    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "a"),
+            "--quiet", "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    config = json.loads(r.stdout.strip().splitlines()[-1])["config"]
+    assert (config["batch_size"], config["lr"], config["augment"]) == (d.batch_size, d.lr, None)
+    assert config["ema_decay"] == TrainConfig.ema_decay and config["augment_end"] == TrainConfig.augment_end
+    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "b"),
+            "--quiet", "--json", "--device", "cpu", "--batch-size", str(2 * d.batch_size), "--augment",
+            "--ema-decay", "0", "--augment-end", "0.5", "--label-smoothing", "0")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    c = m["config"]
+    assert (c["batch_size"], c["lr"]) == (2 * d.batch_size, pytest.approx(2 * d.lr))  # lr scales with the batch
+    assert c["augment"] is not None and (c["ema_decay"], c["augment_end"], c["label_smoothing"]) == (0, 0.5, 0)
+    assert 0 <= m["test_acc"] <= 1 and 0 <= m["test_acc_tta"] <= 1
+
+
+def test_train_run_val_size_reports_validation_beside_test(tmp_path):
+    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "2", "--val-size", "64", "--lr", "0.01",
+            "--out", str(tmp_path / "o"), "--quiet", "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m["config"]["lr"] == 0.01 and m["val_size"] == 64
+    assert 0 <= m["val_acc"] <= 1 and 0 <= m["val_acc_tta"] <= 1 and 0 <= m["test_acc"] <= 1
+    history = (tmp_path / "o" / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_acc_tta" in history[0]
+
+
+def test_search_and_train_run_share_one_defaults_table():
+    import search.settings
+    import train.defaults
+    assert search.settings.DEFAULTS is train.defaults.DEFAULTS
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_importing_train_sets_no_albumentations_update_unless_the_user_did(preset, expected):
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    if preset is not None:
+        env["NO_ALBUMENTATIONS_UPDATE"] = preset
+    r = subprocess.run([sys.executable, "-c", "import os, train; print(os.environ['NO_ALBUMENTATIONS_UPDATE'])"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
+
+
+def test_train_run_saves_the_weights_it_evaluated(tmp_path):
+    from space import build, get_preset
+    from train.data import load_dataset
+    out = tmp_path / "o"
+    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "2", "--ema-decay", "0.9", "--out",
+            str(out), "--quiet", "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    model = build(get_preset("seed003_net"))
+    model.load_state_dict(load_weights(out / "model.pt"))  # a plain state_dict of the plain module
+    data = load_dataset("synthetic", None)
+    _, acc = evaluate(model, data.x_test, data.y_test, data.mean, data.std)
+    assert acc == pytest.approx(m["test_acc"], abs=1e-6)
+
+
+def test_seed_style_loop_reports_validation_and_test_accuracy():
+    r = run("train.baseline", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--val-size", "64",
+            "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["epochs"] == 1 and d["val_size"] == 64
+    assert 0 <= d["val_acc"] <= 1 and 0 <= d["test_acc"] <= 1 and d["train_seconds"] > 0

@@ -276,3 +276,35 @@ def test_a_later_candidate_waits_for_an_earlier_one_still_being_checked():
     assert time.monotonic() - t0 >= 0.3
     earlier.set_user_attr("phase", "training")  # the earlier one took the last place
     assert runner._budget_taken(later.number) is True
+
+
+def test_an_interrupted_final_retrain_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    import search.final as final
+    from train.data import make_synthetic
+
+    s = settings(max_params=100_000)
+    study = memory_study(s)
+    search(study, s, FakeTrain(epochs=3), 1).run()  # one trained trial: seed003_net
+    data = make_synthetic(64, 32)
+    real_train = final.train
+
+    def crash_after_epoch_2(genome, config, data, on_epoch=None):
+        def stop(stats):
+            if stats.epoch == 2:  # the checkpoint of epoch 2 is on disk by now
+                raise KeyboardInterrupt
+        return real_train(genome, config, data, on_epoch=stop)
+
+    monkeypatch.setattr(final, "train", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        final.retrain_best(study, s, data, tmp_path, epochs=3, device="cpu", log=quiet)
+    import torch
+    first_two = torch.load(tmp_path / final.CHECKPOINT, weights_only=True)["history"]
+    assert [h["epoch"] for h in first_two] == [1, 2]
+
+    epochs_trained = []
+    monkeypatch.setattr(final, "train", lambda g, c, d: real_train(g, c, d, on_epoch=lambda st: epochs_trained.append(st.epoch)))
+    record = final.retrain_best(study, s, data, tmp_path, epochs=3, device="cpu", log=quiet)
+    assert epochs_trained == [3]  # epochs 1 and 2 came from the checkpoint
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+    assert [h["seconds"] for h in record["history"][:2]] == [h["seconds"] for h in first_two]
+    assert 0 <= record["test_acc"] <= 1 and 0 <= record["test_acc_tta"] <= 1

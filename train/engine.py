@@ -3,12 +3,18 @@
 Used by the search (brief runs scored on a validation split, stopped early through `on_epoch`) and by
 the final retrain (long runs, checkpointed and resumable). It knows nothing about Optuna.
 
-Recipe (the seeds found OneCycle essential): SGD with Nesterov momentum, OneCycleLR stepped per batch,
-weight decay, label smoothing. On CUDA: bf16 autocast, channels_last, non-blocking copies, optional
-torch.compile. Data stays uint8 until the on-device augmentation (train.loader.DeviceLoader).
+Recipe (the seeds found OneCycle essential): SGD with Nesterov momentum, OneCycleLR stepped per batch
+(its warm-up is the first `pct_start` of the steps), weight decay except on BN and bias parameters, label
+smoothing, an exponential moving average (EMA) of the weights that is what gets evaluated and returned,
+and an augmentation schedule that lowers the shift-scale-rotate and cutout probabilities linearly over
+the run. Flip test-time augmentation is an evaluation option reported beside the plain accuracy. The
+defaults were chosen on a validation split (results/benchmarks/recipe_cpu.md). On CUDA: bf16 autocast,
+channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until the on-device
+augmentation (train.loader.DeviceLoader).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -27,8 +33,9 @@ from .augment import AugmentConfig
 from .data import ImageData
 from .loader import DeviceLoader
 
-__all__ = ["TrainError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate", "predict", "predict_images", "resolve_device",
-           "make_optimizer", "with_overrides", "MIN_STEPS"]
+__all__ = ["TrainError", "CheckpointError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate",
+           "predict", "predict_images", "resolve_device", "make_optimizer", "with_overrides", "MIN_STEPS",
+           "WeightEMA", "augment_for_epoch", "tta_accuracy", "load_weights"]
 
 
 MIN_STEPS = 4  # optimizer steps a OneCycle schedule needs: warm-up and annealing of at least one step each
@@ -41,8 +48,8 @@ class TrainError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 256  # images per step
-    lr: float = 0.2  # OneCycle peak learning rate (0.1 at batch 128 in the seeds, scaled linearly)
+    batch_size: int = 128  # images per step (train.defaults sets it per dataset)
+    lr: float = 0.1  # OneCycle peak learning rate at that batch (the seeds' value)
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 5e-4  # L2 on all parameters, per step
     label_smoothing: float = 0.1  # probability mass spread over the other classes
@@ -50,6 +57,11 @@ class TrainConfig:
     div_factor: float = 10.0  # initial lr = lr / div_factor
     final_div_factor: float = 100.0  # final lr = initial lr / final_div_factor
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+    # Multiplier of the shift-scale-rotate and cutout probabilities at the last epoch; it moves linearly from
+    # 1 at the first epoch (flip always keeps its probability). 1.0: the same augmentation every epoch.
+    augment_end: float = 0.0
+    ema_decay: float = 0.99  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
+    tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
     device: str = "auto"  # "auto" picks cuda > mps > cpu
     channels_last: bool = True  # NHWC activations: ~2x faster convs on CPU and tensor cores on GPU
     amp: bool = True  # bf16 autocast, on CUDA only
@@ -69,7 +81,7 @@ class TrainConfig:
         """Hash of the settings that change the result (not device, progress or checkpoint place)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "checkpoint", "compile",
                                                                    "checkpoint_every", "eval_batch_size", "eval_every",
-                                                                   "nan_check_every", "held_out")}
+                                                                   "nan_check_every", "held_out", "tta")}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -83,6 +95,7 @@ class EpochStats:
     lr: float  # at the end of the epoch
     seconds: float  # training time of the epoch, evaluation excluded
     images_per_s: float  # training throughput
+    val_acc_tta: float = float("nan")  # flip-TTA accuracy on the held-out part (NaN: not evaluated)
 
 
 @dataclass
@@ -134,13 +147,33 @@ def _identity(genome_or_model) -> str:
     return g.to_json() if hasattr(g, "to_json") else type(g).__name__
 
 
+class CheckpointError(TrainError):
+    """A checkpoint or weights file that is not what it claims, or belongs to another run; one-line message."""
+
+
+def load_weights(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
+    """torch.load with weights_only=True (no code in the file is run); anything else is a CheckpointError."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike: the file is not a tensor checkpoint
+        # torch's own message runs over many lines of advice about weights_only; the exception type suffices
+        raise CheckpointError(f"{path} is not a readable checkpoint or weights file ({type(e).__name__}; only "
+                              "tensors and plain containers are loaded); delete it or choose another --out") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint or state_dict")
+    return state
+
+
 @torch.no_grad()
-def predict(model: nn.Module, loader: DeviceLoader, device: torch.device, amp: bool = True
+def predict(model: nn.Module, loader: DeviceLoader, device: torch.device, amp: bool = True, flip: bool = False
             ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(logits on the CPU, labels, mean cross-entropy loss) over a non-augmenting loader."""
+    """(logits on the CPU, labels, mean cross-entropy loss) over a non-augmenting loader.
+    flip=True predicts the horizontally mirrored images (the second half of flip-TTA)."""
     model.eval()
     outs, ys = [], []
     for x, y in loader:
+        if flip:
+            x = x.flip(3)
         with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
             outs.append(model(x).float())
         ys.append(y)
@@ -149,11 +182,64 @@ def predict(model: nn.Module, loader: DeviceLoader, device: torch.device, amp: b
 
 
 def predict_images(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device | str = "cpu",
-                   batch_size: int = 1024, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:
+                   batch_size: int = 1024, amp: bool = True, flip: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(logits on the CPU, labels, mean cross-entropy loss) of a model on uint8 HWC images, in order."""
     device = torch.device(device)
     loader = DeviceLoader(x, y, mean, std, batch_size, device, train=False, augment=None)
-    return predict(model.to(device), loader, device, amp)
+    return predict(model.to(device), loader, device, amp, flip)
+
+
+def tta_accuracy(logits: torch.Tensor, flipped_logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Flip-TTA accuracy: the class of the mean logits of each image and its mirror image."""
+    return float(((logits + flipped_logits).argmax(1) == labels).float().mean())
+
+
+def augment_for_epoch(cfg: TrainConfig, epoch: int) -> AugmentConfig | None:
+    """The augmentation of a 1-based epoch: shift-scale-rotate and cutout probabilities scaled by a factor
+    moving linearly from 1 (first epoch) to cfg.augment_end (last epoch); flip is never scheduled."""
+    if cfg.augment is None or cfg.augment_end == 1.0:
+        return cfg.augment
+    t = (epoch - 1) / (cfg.epochs - 1) if cfg.epochs > 1 else 0.0
+    factor = 1.0 + (cfg.augment_end - 1.0) * t
+    return replace(cfg.augment, affine_p=cfg.augment.affine_p * factor, cutout_p=cfg.augment.cutout_p * factor)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's parameters and float buffers (BN statistics), updated per step
+    on the device with foreach ops (no host sync). Its decay ramps up as min(decay, (1 + n) / (10 + n)) after
+    n updates, so that the random initial weights are forgotten quickly."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._pairs = self._tensors(model)
+
+    def _tensors(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple]]:
+        src = dict(model.named_parameters()) | dict(model.named_buffers())
+        dst = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        floats = [k for k in dst if dst[k].is_floating_point()]
+        others = [(dst[k], src[k]) for k in dst if not dst[k].is_floating_point()]  # e.g. num_batches_tracked
+        return [dst[k] for k in floats], [src[k] for k in floats], others
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        ema, live, others = self._pairs
+        torch._foreach_lerp_(ema, [t.detach() for t in live], 1.0 - decay)
+        for d, s in others:
+            d.copy_(s)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device | str = "cpu",
@@ -194,6 +280,9 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
           on_epoch: Callable[[EpochStats], bool | None] | None = None) -> TrainResult:
     """Train on data's training part, evaluating on its held-out part after every epoch.
 
+    With `config.ema_decay` > 0 the EMA of the weights is what is evaluated and returned in `result.model`
+    (a plain nn.Module of the same architecture).
+
     `on_epoch(stats)` returning True stops the run (status "stopped"): the search's pruning hook.
     With `config.checkpoint` set, a run interrupted after epoch k resumes at epoch k + 1 and ends
     with the same weights as an uninterrupted run (same seed, same device), within float tolerance.
@@ -213,17 +302,21 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     eval_loader = DeviceLoader(data.x_test, data.y_test, mean, std, cfg.eval_batch_size, device, train=False,
                                augment=None)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(train_loader))
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    eval_model = ema.model if ema is not None else model
     history: list[EpochStats] = []
     start_epoch = 1
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
     identity = {"model": _identity(genome_or_model), "config": cfg.fingerprint(), "data": data.name,
                 "n_train": len(data.y_train)}
     if ckpt_path and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_weights(ckpt_path, map_location=device)
         if state.get("identity") != identity:
-            raise TrainError(f"checkpoint {ckpt_path} belongs to another model, config or dataset; "
-                             "delete it or choose another --out")
+            raise CheckpointError(f"checkpoint {ckpt_path} belongs to another model, config or dataset; "
+                                  "delete it or choose another --out")
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochStats(**h) for h in state["history"]]
@@ -237,6 +330,8 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     status, message = "completed", ""
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
+        if cfg.augment_end != 1.0:
+            train_loader.set_augment(augment_for_epoch(cfg, epoch))
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -254,6 +349,8 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update()
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -265,25 +362,31 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        val_loss = val_acc = float("nan")
+        val_loss = val_acc = val_acc_tta = float("nan")
         if cfg.eval_every >= 0 and (epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)):
-            val_logits, val_labels, val_loss = predict(model, eval_loader, device, cfg.amp)
+            val_logits, val_labels, val_loss = predict(eval_model, eval_loader, device, cfg.amp)
             val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+            if cfg.tta:
+                flipped, _, _ = predict(eval_model, eval_loader, device, cfg.amp, flip=True)
+                val_acc_tta = tta_accuracy(val_logits, flipped, val_labels)
         stats = EpochStats(epoch, float(loss_sum) / seen, int(correct) / seen, val_loss, val_acc,
-                           scheduler.get_last_lr()[0], seconds, seen / seconds)
+                           scheduler.get_last_lr()[0], seconds, seen / seconds, val_acc_tta)
         history.append(stats)
         if cfg.progress:
             held_out = f"  {cfg.held_out} loss {val_loss:.3f} acc {val_acc:.4f}" if math.isfinite(val_acc) else ""
+            held_out += f" (flip-TTA {val_acc_tta:.4f})" if math.isfinite(val_acc_tta) else ""
             print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}"
                   f"{held_out}  {stats.images_per_s:,.0f} img/s", flush=True)
         if ckpt_path and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             _save_atomic({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
+                          "ema": ema.state_dict() if ema is not None else None,
                           "rng_cpu": torch.get_rng_state(),
                           "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}, ckpt_path)
         if on_epoch is not None and on_epoch(stats):
             status, message = "stopped", f"stopped by the caller after epoch {epoch}"
             break
+    model = eval_model  # the EMA weights, when there is an EMA, are the result
     if cfg.channels_last:
         model = model.to(memory_format=torch.contiguous_format)
     return TrainResult(status, history, model, message, str(device), resumed_epochs=start_epoch - 1)

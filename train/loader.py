@@ -67,6 +67,12 @@ class DeviceLoader:
         """Make the next iteration run epoch `epoch` (its order and augmentations are fixed by seed and epoch)."""
         self.epoch = epoch
 
+    def set_augment(self, augment: AugmentConfig | None) -> None:
+        """Augment the next epochs with these probabilities and ranges (an augmentation schedule)."""
+        if self.train:
+            self.augment = BatchAugment(self.mean.cpu().numpy(), self.std.cpu().numpy(), augment) \
+                if augment is not None else None
+
     def _generator(self, device: torch.device, stream: int) -> torch.Generator:
         # One seed per (seed, epoch, stream), spread out so that neighbouring seeds do not overlap epochs.
         g = torch.Generator(device=device)

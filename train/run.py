@@ -1,13 +1,18 @@
 """`python -m train.run SPEC --dataset {cifar10,digits} --epochs E`: train one architecture, report test accuracy.
 
-Trains on the full training set (no validation split: nothing is selected here) and evaluates the test
-set once, after the last epoch. Under --out it writes metrics.json, history.csv, report.txt (per-class
-report and confusion matrix), model.pt (state_dict) and checkpoint.pt; the same command after a crash or
-Ctrl-C resumes from the checkpoint, and the same command after a finished run reuses it (it says so).
-The default --out is results/train/<spec>-<dataset>/, so runs of different nets never share a checkpoint.
+Batch size, learning rate, epochs and augmentation default to the dataset's row of train.defaults; flags
+override them. Trains on the full training set and evaluates the test set once, after the last epoch
+(plain accuracy, and flip-TTA accuracy beside it). `--val-size N` holds N training images out instead and
+also reports validation accuracy after every epoch: that is how recipes are compared without looking at
+the test set. Under --out it writes metrics.json, history.csv, report.txt (per-class report and confusion
+matrix), model.pt (state_dict; the EMA weights when the recipe keeps an EMA) and checkpoint.pt; the same
+command after a crash or Ctrl-C resumes from the checkpoint, and the same command after a finished run
+reuses it (it says so). The default --out is results/train/<spec>-<dataset>/, so runs of different nets
+never share a checkpoint.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -22,8 +27,10 @@ from space import analyze, load_spec
 from space.genome import GenomeError
 from space.spec import CliParser, fail, run_cli
 
-from .data import DATASETS, DataError, load_dataset
-from .engine import TrainConfig, TrainError, TrainResult, predict_images, resolve_device, train, with_overrides
+from .data import DATASETS, DataError, load_dataset, train_val_split
+from .defaults import DEFAULTS
+from .engine import (TrainConfig, TrainError, TrainResult, predict_images, resolve_device, train, tta_accuracy,
+                     with_overrides)
 from .report import classification_summary, confusion_text
 
 __all__ = ["main", "write_outputs", "default_out"]
@@ -39,12 +46,16 @@ def default_out(spec: str, dataset: str) -> Path:
 
 
 def write_outputs(out: Path, result: TrainResult, data, extra: dict) -> dict:
-    """Test metrics, history and weights of a finished run under `out`; returns the metrics dict."""
+    """Test metrics, history and weights of a finished run under `out`; returns the metrics dict.
+    test_acc is the plain figure; test_acc_tta (flip-TTA) is reported beside it, never instead."""
     logits, labels, loss = predict_images(result.model, data.x_test, data.y_test, data.mean, data.std, result.device)
+    flipped, _, _ = predict_images(result.model, data.x_test, data.y_test, data.mean, data.std, result.device,
+                                   flip=True)
     pred = logits.argmax(1).numpy()
     text, per_class, cm = classification_summary(labels.numpy(), pred, data.classes)
     metrics = {**extra, "status": result.status, "message": result.message, "epochs": result.epochs,
-               "test_acc": float((pred == labels.numpy()).mean()), "test_loss": loss,
+               "test_acc": float((pred == labels.numpy()).mean()), "test_acc_tta": tta_accuracy(logits, flipped, labels),
+               "test_loss": loss,
                "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
                "device": result.device, "per_class": per_class, "confusion_matrix": cm.tolist()}
     out.mkdir(parents=True, exist_ok=True)
@@ -64,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/ (downloaded there if absent)")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="OneCycle peak learning rate")
+    p.add_argument("--epochs", type=int, help="default: the dataset's final_epochs in train.defaults")
+    p.add_argument("--batch-size", type=int, help="default: per dataset, train.defaults")
+    p.add_argument("--lr", type=float, help="OneCycle peak learning rate (default: per dataset, scaled with the batch)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="flip/shift-scale-rotate/cutout "
+                   "(default: per dataset)")
+    p.add_argument("--augment-end", type=float, help="shift-scale-rotate and cutout probability multiplier at "
+                   f"the last epoch, linear from 1 (default {TrainConfig.augment_end})")
+    p.add_argument("--ema-decay", type=float, help=f"per-step weight EMA decay, 0: none (default {TrainConfig.ema_decay})")
+    p.add_argument("--label-smoothing", type=float, help=f"default {TrainConfig.label_smoothing}")
+    p.add_argument("--val-size", type=int, help="hold out this many training images and report validation "
+                   "accuracy every epoch (for choosing a recipe; the test set is still evaluated once, at the end)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (long GPU runs)")
@@ -75,28 +94,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
-    if args.epochs < 1:
-        fail(f"--epochs must be a positive integer, got {args.epochs}")
+    if args.dataset not in DEFAULTS:
+        fail(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
+    d = DEFAULTS[args.dataset]
+    epochs = d.final_epochs if args.epochs is None else args.epochs
+    if epochs < 1:
+        fail(f"--epochs must be a positive integer, got {epochs}")
     genome = load_spec(args.spec)
     data = load_dataset(args.dataset, args.data_dir)
     if args.subset:
         data = data.subset(args.subset, None, seed=args.seed)
+    test_data = data
+    if args.val_size:  # train on the rest; report validation accuracy per epoch (the test set stays unseen)
+        data = train_val_split(data, args.val_size, seed=args.seed)
+        # the test set once at the end, normalised with the statistics of the images trained on
+        test_data = replace(data, name=test_data.name, x_test=test_data.x_test, y_test=test_data.y_test)
     if genome.num_classes != data.num_classes:
         genome = replace(genome, num_classes=data.num_classes)
     out = Path(args.out) if args.out else default_out(args.spec, data.name)
     device = resolve_device(args.device)
-    config = with_overrides(TrainConfig(epochs=args.epochs, device=str(device), seed=args.seed, eval_every=0,
+    batch = args.batch_size or d.batch_size
+    augment = d.augment if args.augment is None else args.augment
+    config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=str(device),
+                                        seed=args.seed, eval_every=1 if args.val_size else 0,
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
-                                        compile=args.compile, held_out="test"),
-                            batch_size=args.batch_size, lr=args.lr)
+                                        compile=args.compile, held_out="val" if args.val_size else "test"),
+                            lr=args.lr, augment_end=args.augment_end, ema_decay=args.ema_decay,
+                            label_smoothing=args.label_smoothing)
+    if not augment:
+        config = replace(config, augment=None)
     a = analyze(genome)
     print(f"{genome.summary()}\n{a.params:,} parameters, RF {a.rf}; {data.name}: {len(data.y_train):,} train / "
-          f"{len(data.y_test):,} test images; device {device}; {args.epochs} epochs; outputs in {out}/", file=sys.stderr)
+          f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {epochs} epochs, "
+          f"batch {config.batch_size}, lr {config.lr:g}; outputs in {out}/", file=sys.stderr)
     t0 = time.perf_counter()
     result = train(genome, config, data)
     if result.status == "diverged":
         fail(f"training diverged: {result.message}; try a lower --lr", code=1)
-    metrics = write_outputs(out, result, data, {"spec": args.spec, "genome": genome.to_dict(), "params": a.params,
+    held_out = {"val_size": args.val_size, "val_acc": result.val_acc, "val_acc_tta": result.history[-1].val_acc_tta} \
+        if args.val_size else {}
+    metrics = write_outputs(out, result, test_data, {**held_out, "spec": args.spec, "genome": genome.to_dict(), "params": a.params,
                                                 "rf": a.rf, "dataset": data.name, "config": asdict(config),
                                                 "wall_seconds": round(time.perf_counter() - t0, 1)})
     if result.resumed_epochs >= result.epochs:
@@ -104,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
               "delete it or give another --out to train again")
     elif result.resumed_epochs:
         print(f"resumed from {out}/checkpoint.pt after epoch {result.resumed_epochs}")
-    print(f"test accuracy {metrics['test_acc']:.4f} after {result.epochs} epochs "
+    if args.val_size:
+        print(f"validation accuracy {metrics['val_acc']:.4f} (flip-TTA {metrics['val_acc_tta']:.4f})")
+    print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {result.epochs} epochs "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}))

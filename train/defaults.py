@@ -1,0 +1,44 @@
+"""Per-dataset training defaults, in one table: `train.run`, the search's trials and its final retrain use it.
+
+Command-line flags override single entries (`--batch-size`, `--lr`, `--trial-epochs`, ...). A batch given
+without an lr gets the table's lr scaled linearly with the batch (`DatasetDefaults.lr_for`).
+The recipe itself (optimizer, schedule, EMA, augmentation schedule, TTA) is `train.engine.TrainConfig`;
+how it was chosen, on a validation split, is in results/benchmarks/recipe_cpu.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DatasetDefaults", "DEFAULTS", "defaults_for"]
+
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    batch_size: int  # images per step
+    lr: float  # OneCycle peak learning rate at that batch
+    trial_epochs: int  # brief training of each search candidate
+    final_epochs: int  # the final retrain of the winner (and a sensible train.run length)
+    val_size: int | float  # held-out images (int) or fraction (float) of the training images
+    augment: bool  # flip / shift-scale-rotate / cutout; off where it does not fit the data
+
+    def lr_for(self, batch_size: int) -> float:
+        """Peak learning rate for another batch size: the table's lr scaled linearly."""
+        return self.lr * batch_size / self.batch_size
+
+
+DEFAULTS: dict[str, DatasetDefaults] = {
+    # 50,000 images: batch 128 gives 390 steps an epoch; chosen on the 45k/5k validation split
+    # (results/benchmarks/recipe_cpu.md). 8 trial epochs separate the seeds' ranking; 60 is the seeds' schedule.
+    "cifar10": DatasetDefaults(batch_size=128, lr=0.1, trial_epochs=8, final_epochs=60, val_size=5000, augment=True),
+    # 1,347 training images of 8x8 digits blown up to 32x32: batch 64 still gives 21 steps an epoch (batch 256
+    # gave 5 and 0.82 test after 8 epochs); flips would turn a 2 into something else, so no augmentation.
+    "digits": DatasetDefaults(batch_size=64, lr=0.05, trial_epochs=4, final_epochs=15, val_size=0.2, augment=False),
+    # The tests' toy set: a handful of steps is all it needs.
+    "synthetic": DatasetDefaults(batch_size=32, lr=0.025, trial_epochs=2, final_epochs=3, val_size=0.25,
+                                 augment=False),
+}
+
+
+def defaults_for(dataset: str) -> DatasetDefaults:
+    """The dataset's row; KeyError for an unknown name (callers check DATASETS first)."""
+    return DEFAULTS[dataset]
