@@ -6,6 +6,9 @@ image of the convs and the classifier (BatchNorm, ReLU and pooling are not count
 
 Receptive field (RF) and jump follow the usual recurrence along one axis, in input pixels:
     rf_out = rf_in + (k - 1) * dilation * jump_in,    jump_out = jump_in * stride.
+A residual block's output sums two paths with the same jump (the shortcut strides as the block does), so
+its RF is the larger of the two: the body's, or the block input's (a 1x1 shortcut adds nothing). All
+kernels are odd and centred, so both footprints share a centre and the union is the larger one.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from functools import lru_cache
 
 from .genome import Genome, Layer
 
-__all__ = ["LayerInfo", "Analysis", "analyze", "check", "layer_params", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
+__all__ = ["LayerInfo", "ShortcutInfo", "Analysis", "analyze", "check", "layer_params", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
 
 DEFAULT_MAX_PARAMS = 200_000
 DEFAULT_MIN_RF = 44  # input pixels
@@ -33,19 +36,33 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class ShortcutInfo:
+    name: str  # e.g. "c2.skip", the built module's submodule name
+    kind: str  # "identity" or "projection" (1x1 conv + BN)
+    cin: int
+    cout: int
+    stride: int  # the block's total stride
+    size: int  # output height = width, pixels
+    rf: int  # receptive field of the block output over both paths, input pixels
+    params: int
+    macs: int  # per image; the add itself is not counted
+
+
+@dataclass(frozen=True)
 class Analysis:
     layers: tuple[LayerInfo, ...]
     head_params: int
     head_macs: int
     input_size: int
+    shortcuts: tuple[ShortcutInfo, ...] = ()  # one per residual block, in block order
 
     @property
     def params(self) -> int:
-        return sum(l.params for l in self.layers) + self.head_params
+        return sum(l.params for l in self.layers) + sum(s.params for s in self.shortcuts) + self.head_params
 
     @property
     def macs(self) -> int:
-        return sum(l.macs for l in self.layers) + self.head_macs
+        return sum(l.macs for l in self.layers) + sum(s.macs for s in self.shortcuts) + self.head_macs
 
     @property
     def rf(self) -> int:
@@ -70,18 +87,34 @@ def _layer_macs(layer: Layer, cin: int, size: int) -> int:
     return size * size * per_pixel
 
 
+def shortcut_params(cin: int, cout: int) -> int:
+    """A 1x1 projection: bias-free conv and BN."""
+    return cin * cout + 2 * cout
+
+
 @lru_cache(maxsize=65536)
 def analyze(genome: Genome, input_size: int = 32) -> Analysis:
-    rows = []
+    rows, shortcuts = [], []
     cin, size, rf, jump = genome.in_channels, input_size, 1, 1
-    for name, layer in genome.named_layers():
-        size = -(-size // layer.stride)  # "same" padding: ceil(size / stride)
-        rf += (layer.kernel - 1) * layer.dilation * jump
-        jump *= layer.stride
-        rows.append(LayerInfo(name, layer, cin, size, rf, jump, layer_params(layer, cin), _layer_macs(layer, cin, size)))
-        cin = layer.out
+    for b, block in enumerate(genome.blocks):
+        block_cin, block_rf = cin, rf
+        for i, layer in enumerate(block):
+            size = -(-size // layer.stride)  # "same" padding: ceil(size / stride)
+            rf += (layer.kernel - 1) * layer.dilation * jump
+            jump *= layer.stride
+            if i == len(block) - 1 and genome.residual[b]:
+                rf = max(rf, block_rf)  # the shortcut path: a 1x1 conv (or nothing) with the same stride
+            rows.append(LayerInfo(f"c{b + 1}.{i}", layer, cin, size, rf, jump, layer_params(layer, cin),
+                                  _layer_macs(layer, cin, size)))
+            cin = layer.out
+        kind = genome.shortcut(b)
+        if kind is not None:
+            # a 1x1 stride-s conv without padding gives ceil(size / s), the same size as the body
+            p, m = (shortcut_params(block_cin, cin), size * size * block_cin * cin) if kind == "projection" else (0, 0)
+            shortcuts.append(ShortcutInfo(f"c{b + 1}.skip", kind, block_cin, cin, genome.block_stride(b), size, rf,
+                                          p, m))
     head_params = cin * genome.num_classes + (genome.num_classes if genome.head.bias else 0)
-    return Analysis(tuple(rows), head_params, cin * genome.num_classes, input_size)
+    return Analysis(tuple(rows), head_params, cin * genome.num_classes, input_size, tuple(shortcuts))
 
 
 def check(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF) -> list[str]:
