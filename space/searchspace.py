@@ -17,7 +17,7 @@ Twenty-six named parameters, none conditional, so TPE models each one on every t
     budget         the parameter count to fill, in percent of max_params (65..100)
     dropout        before the classifier
 
-Construction, in order (`construct`):
+Construction, in order (in suggest_genome):
     1. the shape from the parameters above;
     2. rules the shape can meet whatever the widths: if no block is separable, C4's 3x3 layers become
        DSC; then, while the RF is below min_rf, the dilation of the 3x3 layers with the largest jump steps
@@ -37,7 +37,7 @@ from typing import Any, Protocol, Sequence
 from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze
 from .genome import Genome, Head, Layer
 
-__all__ = ["suggest_genome", "construct", "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES",
+__all__ = ["suggest_genome", "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES",
            "DILATIONS", "DOWNS", "DROPOUTS", "BUDGET_PERCENT", "MAX_WIDTH"]
 
 # Per block (low, high) relative width, in units of 8 channels at multiplier 1: wider deeper, as in every
@@ -117,8 +117,8 @@ def _meet_rules(shape: _Shape, min_rf: int) -> _Shape:
             return current
         # Body layers (neither the stem nor a transition, whose stride or dilation encodes down{k}) whose
         # dilation can still grow, as (jump, block, index): a step where the jump is largest adds the most RF.
-        raisable = [(info.jump, b, i) for info in a.layers
-                    for b, i in [tuple(int(x) - d for x, d in zip(info.name[1:].split("."), (1, 0)))]
+        positions = [(b, i) for b, block in enumerate(layers) for i in range(len(block))]  # as in a.layers
+        raisable = [(info.jump, b, i) for info, (b, i) in zip(a.layers, positions)
                     if not layers[b][i][3] and (b, i) != (0, 0) and layers[b][i][2] < RAISED_DILATIONS[-1]]
         if not raisable:
             return current
@@ -158,16 +158,12 @@ def _fill(shape: _Shape, target: int) -> list[int]:
     return widths
 
 
-def construct(shape: _Shape, budget: float, max_params: int, min_rf: int) -> Genome:
-    shape = _meet_rules(shape, min_rf)
-    return shape.genome(_fill(shape, int(budget * max_params)))
-
-
 def suggest_genome(trial: TrialLike, num_classes: int = 10, max_params: int = DEFAULT_MAX_PARAMS,
                    min_rf: int = DEFAULT_MIN_RF) -> Genome:
     """The genome of the trial's shape, built to fill its budget fraction of max_params with RF >= min_rf."""
     shape, budget = _sample_shape(trial, num_classes)
-    return construct(shape, budget, max_params, min_rf)
+    shape = _meet_rules(shape, min_rf)
+    return shape.genome(_fill(shape, int(budget * max_params)))
 
 
 def _nearest(value: float, choices: Sequence) -> Any:

@@ -9,7 +9,8 @@ Groups, each of feasible genomes (default rules) in the order a seeded uniform s
 Every genome is trained with the same short budget (train.engine.train, its default recipe) on a
 stratified subset of the CIFAR-10 training images and scored on a validation split held out of those
 training images; the test set is never read. Results go to a JSON-lines file, one line per genome, and a
-rerun skips the genomes already there (so a killed run resumes). `--summary` prints the table.
+rerun skips the genomes already there (so a killed run resumes). `--summary` prints the table; `--stats N`
+the feasibility and budget use of N uniform samples of both samplers.
 """
 from __future__ import annotations
 
@@ -66,6 +67,22 @@ def groups(n: int, seed: int) -> dict[str, list[Genome]]:
     return {**new, "old": old}
 
 
+def sampler_stats(n: int, seed: int) -> str:
+    """Feasibility, budget use and residual share of n uniform samples of each sampler (default rules)."""
+    out = []
+    for name, suggest in (("new", suggest_genome), ("old", old_suggest_genome)):
+        rng = random.Random(seed)
+        gs = [suggest(RandomTrial(rng)) for _ in range(n)]
+        feas = [g for g in gs if not check(g)]
+        out.append(f"{name}: n={n} feasible={len(feas) / n:.4f} "
+                   f"median_params_feasible={statistics.median(analyze(g).params for g in feas):,.0f} "
+                   f"residual_share={sum(any(g.residual) for g in feas) / len(feas):.4f} "
+                   f"median_macs_feasible={statistics.median(analyze(g).macs for g in feas):,.0f} "
+                   f"over_budget={sum(analyze(g).params > 200_000 for g in gs) / n:.4f} "
+                   f"rf_short={sum(analyze(g).rf < 44 for g in gs) / n:.4f}")
+    return "\n".join(out)
+
+
 def summary(rows: list[dict]) -> str:
     out = ["| group | n | val acc mean ± std | best | median params | median MACs | median s |",
            "|---|---:|---:|---:|---:|---:|---:|"]
@@ -96,8 +113,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--only", help="comma-separated groups to run (default: all)")
     p.add_argument("--limit", type=int, help="train at most this many genomes in this run")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--summary", action="store_true", help="print the table of --out and exit")
+    p.add_argument("--stats", type=int, metavar="N", help="print the samplers' figures over N samples (seed --seed) "
+                   "and exit")
     args = p.parse_args()
+    if args.stats:
+        print(sampler_stats(args.stats, args.seed))
+        return
     out = Path(args.out)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     if args.summary:
@@ -107,7 +130,7 @@ def main() -> None:
     data = load_dataset("cifar10", args.data_dir, download=False).subset(args.train + args.val, None, seed=0)
     split = train_val_split(data, args.val, seed=0)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.2 * args.batch_size / 256,
-                         device="cpu", seed=0, eval_every=0)
+                         device=args.device, seed=0, eval_every=0)
     todo = [(name, g) for name, gs in groups(args.n, args.seed).items()
             if not args.only or name in args.only.split(",") for g in gs]
     # interleave the groups, so a run cut short still compares them on equal terms
