@@ -34,23 +34,14 @@ def constraint_values(genome: Genome, max_params: int, min_rf: int, max_macs: in
     return values
 
 
-class _NarrowTrial(RandomTrial):
-    """Uniform like RandomTrial, except that every width sits at its minimum: the cheapest corner."""
-
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
-        if name.endswith("_width"):
-            self.params[name] = low
-            return low
-        return super().suggest_int(name, low, high, step)
-
-
-def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probes: int = 3000,
+def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probes: int = 500,
                       seed: int = 0, max_macs: int | None = None) -> None:
     """SearchError, before any training, if no probed genome meets the constraints.
 
-    Half the probes are uniform, half use the narrowest widths (fewest parameters for a given depth, RF
-    and ops; also the fewest MACs), so a budget that only the smallest nets meet is still found. Fast:
-    analysis is analytic.
+    The probes are uniform samples of the space, whose construction fills each one's budget fraction of
+    max_params (a shape too large even at the narrowest widths comes out at those widths, so the fewest
+    parameters are probed too) and raises dilations to reach min_rf. `max_macs` (per image) is checked as
+    drawn: the construction fills the parameter budget, not a MACs one. Fast: analysis is analytic.
     """
     if max_params < 1 or min_rf < 1 or (max_macs is not None and max_macs < 1):
         raise SearchError(f"--max-params, --min-rf and --max-macs must be positive, got {max_params}, {min_rf} "
@@ -58,9 +49,8 @@ def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probe
     rng = random.Random(seed)
     fewest, widest_rf = None, 0  # fewest params among nets meeting the RF and op rules; largest RF in budget
     fewest_macs = None  # fewest MACs per image among nets meeting the RF and op rules
-    for i in range(probes):
-        trial = RandomTrial(rng) if i % 2 else _NarrowTrial(rng)
-        genome = suggest_genome(trial, num_classes=num_classes)
+    for _ in range(probes):
+        genome = suggest_genome(RandomTrial(rng), num_classes=num_classes, max_params=max_params, min_rf=min_rf)
         if not check(genome, max_params, min_rf, max_macs):
             return
         a = analyze(genome)
@@ -80,9 +70,10 @@ def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probe
                       f"is {widest_rf or 'none'}); relax the constraints")
 
 
-def random_rejection_rate(max_params: int, min_rf: int, probes: int = 2000, seed: int = 0,
+def random_rejection_rate(max_params: int, min_rf: int, probes: int = 500, seed: int = 0,
                           max_macs: int | None = None) -> float:
     """The fraction of uniformly drawn genomes that break the rules: the baseline TPE should beat."""
     rng = random.Random(seed)
-    return sum(bool(check(suggest_genome(RandomTrial(rng)), max_params, min_rf, max_macs))
+    return sum(bool(check(suggest_genome(RandomTrial(rng), max_params=max_params, min_rf=min_rf), max_params,
+                          min_rf, max_macs))
                for _ in range(probes)) / probes

@@ -164,7 +164,7 @@ class Search:
         """Record the candidate; reject or deduplicate it (an outcome), or reserve it for training."""
         s, n = self.settings, trial.number
         trial.set_user_attr("worker", worker_identity())
-        suggested = suggest_genome(trial, num_classes=self.num_classes)
+        suggested = suggest_genome(trial, num_classes=self.num_classes, max_params=s.max_params, min_rf=s.min_rf)
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
         genome = Genome.from_json(carried) if carried else suggested
         a = analyze(genome)

@@ -9,9 +9,15 @@ is that of a layer-by-layer executor that frees a tensor as soon as the next op 
 figure microcontroller deployment tools call peak SRAM: the maximum over the ops of the forward pass
 (each conv, BatchNorm, ReLU, pooling, the classifier) of the elements of the op's input plus its output.
 In-place ops (the ReLUs) count their one tensor once. Weights and kernels' scratch space are not included.
+A residual block keeps its input alive until the add, so every op of its body also counts that tensor
+(except the first, which reads it); then the shortcut runs after the body: a projection's conv holds
+input + body output + its output, its BN body output + two tensors; the add body output + shortcut output.
 
 Receptive field (RF) and jump follow the usual recurrence along one axis, in input pixels:
     rf_out = rf_in + (k - 1) * dilation * jump_in,    jump_out = jump_in * stride.
+A residual block's output sums two paths with the same jump (the shortcut strides as the block does), so
+its RF is the larger of the two: the body's, or the block input's (a 1x1 shortcut adds nothing). All
+kernels are odd and centred, so both footprints share a centre and the union is the larger one.
 """
 from __future__ import annotations
 
@@ -20,8 +26,8 @@ from functools import lru_cache
 
 from .genome import Genome, Layer
 
-__all__ = ["LayerInfo", "Analysis", "analyze", "check", "layer_params", "layer_peak_activations", "DEFAULT_MAX_PARAMS",
-           "DEFAULT_MIN_RF"]
+__all__ = ["LayerInfo", "ShortcutInfo", "Analysis", "analyze", "check", "layer_params", "layer_peak_activations",
+           "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
 
 DEFAULT_MAX_PARAMS = 200_000
 DEFAULT_MIN_RF = 44  # input pixels
@@ -40,20 +46,34 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class ShortcutInfo:
+    name: str  # e.g. "c2.skip", the built module's submodule name
+    kind: str  # "identity" or "projection" (1x1 conv + BN)
+    cin: int
+    cout: int
+    stride: int  # the block's total stride
+    size: int  # output height = width, pixels
+    rf: int  # receptive field of the block output over both paths, input pixels
+    params: int
+    macs: int  # per image; the add itself is not counted
+
+
+@dataclass(frozen=True)
 class Analysis:
     layers: tuple[LayerInfo, ...]
     head_params: int
     head_macs: int
     input_size: int
     peak_activations: int  # elements per image (x4: bytes at fp32), see the module docstring
+    shortcuts: tuple[ShortcutInfo, ...] = ()  # one per residual block, in block order
 
     @property
     def params(self) -> int:
-        return sum(l.params for l in self.layers) + self.head_params
+        return sum(l.params for l in self.layers) + sum(s.params for s in self.shortcuts) + self.head_params
 
     @property
     def macs(self) -> int:
-        return sum(l.macs for l in self.layers) + self.head_macs
+        return sum(l.macs for l in self.layers) + sum(s.macs for s in self.shortcuts) + self.head_macs
 
     @property
     def rf(self) -> int:
@@ -78,40 +98,76 @@ def _layer_macs(layer: Layer, cin: int, size: int) -> int:
     return size * size * per_pixel
 
 
-def layer_peak_activations(layer: Layer, cin: int, size_in: int, size: int) -> int:
-    """Largest input + output of one op inside a layer, elements per image (see the module docstring)."""
+def layer_peak_activations(layer: Layer, cin: int, size_in: int, size: int, held: int = 0,
+                           reads_held: bool = False) -> int:
+    """Largest input + output of one op inside a layer, elements per image (see the module docstring).
+
+    `held`: elements kept alive meanwhile by a residual block for its shortcut (the block input), added to
+    every op except the first one when that op reads the held tensor itself (`reads_held`)."""
     a_in, mid, out = cin * size_in * size_in, cin * size * size, layer.out * size * size
+    first = a_in + (mid if layer.separable else out)  # depthwise in -> mid, or the conv in -> out
     ops = [2 * out]  # BatchNorm: out -> new out (ReLU is in place: one tensor)
     if layer.separable:
-        ops += [a_in + mid, mid + out]  # depthwise in -> mid, pointwise mid -> out
+        ops.append(mid + out)  # pointwise mid -> out
         if layer.dw_post:
             ops.append(2 * mid)  # BatchNorm between the two parts
-    else:
-        ops.append(a_in + out)
-    return max(ops)
+    return max(first + (0 if reads_held else held), max(ops) + held)
 
 
-def _peak_activations(rows: list[LayerInfo], input_size: int, num_classes: int) -> int:
-    sizes_in = [input_size] + [r.size for r in rows[:-1]]
-    body = max(layer_peak_activations(r.layer, r.cin, s_in, r.size) for r, s_in in zip(rows, sizes_in))
+def _peak_activations(rows: list[LayerInfo], shortcuts: dict[int, ShortcutInfo], input_size: int,
+                      num_classes: int) -> int:
+    peak, size_in = 0, input_size
+    for b in range(4):
+        block = [r for r in rows if r.name.startswith(f"c{b + 1}.")]
+        sc = shortcuts.get(b)
+        x = block[0].cin * size_in * size_in  # the block input: what its shortcut reads at the end
+        for i, r in enumerate(block):
+            held = x if sc is not None else 0
+            peak = max(peak, layer_peak_activations(r.layer, r.cin, size_in, r.size, held, reads_held=i == 0))
+            size_in = r.size
+        if sc is not None:
+            body = block[-1].layer.out * size_in * size_in
+            if sc.kind == "projection":  # body first, then conv(x) -> p (x is freed), BN(p) -> p', body + p'
+                p_out = sc.cout * sc.size * sc.size
+                peak = max(peak, x + body + p_out, body + 2 * p_out)
+            else:  # identity: body + x, in place
+                peak = max(peak, body + x)
     c, s = rows[-1].layer.out, rows[-1].size
     # the head: global average pooling (c x s^2 -> c), then the classifier (c -> num_classes)
-    return max(body, c * s * s + c, c + num_classes)
+    return max(peak, c * s * s + c, c + num_classes)
+
+
+def shortcut_params(cin: int, cout: int) -> int:
+    """A 1x1 projection: bias-free conv and BN."""
+    return cin * cout + 2 * cout
 
 
 @lru_cache(maxsize=65536)
 def analyze(genome: Genome, input_size: int = 32) -> Analysis:
-    rows = []
+    rows, shortcuts = [], []
     cin, size, rf, jump = genome.in_channels, input_size, 1, 1
-    for name, layer in genome.named_layers():
-        size = -(-size // layer.stride)  # "same" padding: ceil(size / stride)
-        rf += (layer.kernel - 1) * layer.dilation * jump
-        jump *= layer.stride
-        rows.append(LayerInfo(name, layer, cin, size, rf, jump, layer_params(layer, cin), _layer_macs(layer, cin, size)))
-        cin = layer.out
+    for b, block in enumerate(genome.blocks):
+        block_cin, block_rf = cin, rf
+        for i, layer in enumerate(block):
+            size = -(-size // layer.stride)  # "same" padding: ceil(size / stride)
+            rf += (layer.kernel - 1) * layer.dilation * jump
+            jump *= layer.stride
+            if i == len(block) - 1 and genome.residual[b]:
+                rf = max(rf, block_rf)  # the shortcut path: a 1x1 conv (or nothing) with the same stride
+            rows.append(LayerInfo(f"c{b + 1}.{i}", layer, cin, size, rf, jump, layer_params(layer, cin),
+                                  _layer_macs(layer, cin, size)))
+            cin = layer.out
+        kind = genome.shortcut(b)
+        if kind is not None:
+            # a 1x1 stride-s conv without padding gives ceil(size / s), the same size as the body
+            p, m = (shortcut_params(block_cin, cin), size * size * block_cin * cin) if kind == "projection" else (0, 0)
+            shortcuts.append(ShortcutInfo(f"c{b + 1}.skip", kind, block_cin, cin, genome.block_stride(b), size, rf,
+                                          p, m))
     head_params = cin * genome.num_classes + (genome.num_classes if genome.head.bias else 0)
+    shortcuts = tuple(shortcuts)
+    by_block = {int(sc.name[1]) - 1: sc for sc in shortcuts}
     return Analysis(tuple(rows), head_params, cin * genome.num_classes, input_size,
-                    peak_activations=_peak_activations(rows, input_size, genome.num_classes))
+                    _peak_activations(rows, by_block, input_size, genome.num_classes), shortcuts)
 
 
 def check(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF,

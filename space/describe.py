@@ -14,10 +14,16 @@ def table(genome: Genome, a: Analysis | None = None) -> str:
     """The per-layer table as fixed-width text (also used in reports)."""
     a = a or analyze(genome)
     rows = [("layer", "op", "in->out", "k", "s", "d", "size", "RF", "jump", "params", "MACs")]
-    for i in a.layers:
+    skips = {s.name.split(".")[0]: s for s in a.shortcuts}
+    for n, i in enumerate(a.layers):
         l = i.layer
         rows.append((i.name, l.op, f"{i.cin}->{l.out}", l.kernel, l.stride, l.dilation, f"{i.size}x{i.size}",
                      i.rf, i.jump, f"{i.params:,}", f"{i.macs:,}"))
+        block = i.name.split(".")[0]
+        s = skips.get(block)
+        if s is not None and (n + 1 == len(a.layers) or a.layers[n + 1].name.split(".")[0] != block):
+            rows.append((s.name, f"+{s.kind}", f"{s.cin}->{s.cout}", 1 if s.kind == "projection" else "",
+                         s.stride, "", f"{s.size}x{s.size}", s.rf, i.jump, f"{s.params:,}", f"{s.macs:,}"))
     rows.append(("head", f"gap+{genome.head.kind}", f"{genome.out_channels}->{genome.num_classes}", "", "", "", "1x1",
                  "", "", f"{a.head_params:,}", f"{a.head_macs:,}"))
     widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
@@ -40,6 +46,8 @@ def describe(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int =
         "layers": [{"name": i.name, "op": i.layer.op, "cin": i.cin, "cout": i.layer.out, "stride": i.layer.stride,
                     "dilation": i.layer.dilation, "size": i.size, "rf": i.rf, "jump": i.jump, "params": i.params,
                     "macs": i.macs} for i in a.layers],
+        "shortcuts": [{"name": s.name, "kind": s.kind, "cin": s.cin, "cout": s.cout, "stride": s.stride, "size": s.size,
+                       "rf": s.rf, "params": s.params, "macs": s.macs} for s in a.shortcuts],
         "genome": genome.to_dict(),
     }
 

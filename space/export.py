@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze, check
 from .genome import Genome, GenomeError
-from .layers import Classifier, ConvBN, SepConvBN, module_calls
+from .layers import Classifier, ConvBN, Projection, Residual, SepConvBN, module_calls
 from .spec import CliParser, load_spec, run_cli
 
 __all__ = ["export_code", "main"]
@@ -51,16 +51,21 @@ def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequen
                   f"MEAN = {tuple(round(float(m), 6) for m in mean)}",
                   f"STD = {tuple(round(float(s), 6) for s in std)}"]
     lines += [""]
-    for cls in (ConvBN, SepConvBN, Classifier):
+    residual = any(skip is not None for _, skip in blocks)
+    for cls in (ConvBN, SepConvBN, *((Projection, Residual) if residual else ()), Classifier):
         lines += ["", inspect.getsource(cls).rstrip(), ""]
     lines += ["", "class Net(nn.Module):", "    def __init__(self):", "        super().__init__()"]
-    infos = iter(a.layers)
-    for b, calls in enumerate(blocks, 1):
-        lines.append(f"        self.c{b} = nn.Sequential(")
+    infos, shortcuts = iter(a.layers), iter(a.shortcuts)
+    for b, (calls, skip) in enumerate(blocks, 1):
+        lines.append(f"        self.c{b} = {'nn.Sequential' if skip is None else 'Residual'}(")
         for call in calls:
             info = next(infos)
             lines.append(f"            {_call(*call)},  # {info.name}: out {info.size}x{info.size}x{info.layer.out}, "
                          f"RF {info.rf}, jump {info.jump}, params {info.params:,}")
+        if skip is not None:
+            s = next(shortcuts)
+            lines.append(f"            skip={_call(*skip)},  # {s.name}: {s.kind}, out {s.size}x{s.size}x{s.cout}, "
+                         f"params {s.params:,}; block output = layers + skip, RF {s.rf}")
         lines.append("        )")
     lines += [
         f"        self.head = {_call(*head)}  # GAP -> classifier, params {a.head_params:,}",

@@ -5,6 +5,10 @@ field, the nn.Module, the exported code) is derived from it, so it is the single
 
 Every conv uses "same" padding (dilation * (k - 1) / 2), so a stride-1 layer keeps the resolution and
 a stride-2 layer halves it (rounding up). There is no pooling except the global average pool of the head.
+
+A block may be residual (`Genome.residual[b]`): its output is body(x) + shortcut(x), where the shortcut is
+the identity when the block keeps channels and resolution, else a 1x1 projection conv (stride = the
+block's total stride) followed by BatchNorm. No activation follows the add.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["OPS", "POSTS", "HEADS", "Op", "Layer", "Head", "Genome", "GenomeError"]
+__all__ = ["OPS", "POSTS", "HEADS", "NO_RESIDUAL", "Op", "Layer", "Head", "Genome", "GenomeError"]
 
 
 class GenomeError(ValueError):
@@ -35,6 +39,7 @@ OPS: dict[str, Op] = {
 POSTS = ("bn_relu", "relu_bn")
 # Classifier after global average pooling: nn.Linear or a 1x1 nn.Conv2d (same parameters).
 HEADS = ("linear", "conv1x1")
+NO_RESIDUAL = (False, False, False, False)
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class Genome:
     head: Head = field(default_factory=Head)
     num_classes: int = 10
     in_channels: int = 3
+    residual: tuple[bool, ...] = NO_RESIDUAL  # per block C1..C4: a shortcut around the block, added to its output
 
     def __post_init__(self) -> None:
         # Accept lists for convenience but store tuples, so the genome stays hashable.
@@ -110,6 +116,13 @@ class Genome:
         object.__setattr__(self, "blocks", blocks)
         if len(blocks) != 4:
             raise GenomeError(f"a genome has exactly 4 blocks (C1..C4), got {len(blocks)}")
+        try:
+            residual = tuple(self.residual)
+        except TypeError:
+            residual = ()
+        if len(residual) != 4 or not all(isinstance(r, bool) for r in residual):
+            raise GenomeError(f"residual is 4 booleans (one per block C1..C4), got {self.residual!r}")
+        object.__setattr__(self, "residual", residual)
         for i, block in enumerate(blocks, 1):
             if not block:
                 raise GenomeError(f"block C{i} is empty")
@@ -131,9 +144,28 @@ class Genome:
     def out_channels(self) -> int:
         return self.blocks[-1][-1].out
 
+    def block_inputs(self) -> list[int]:
+        """Input channels of each block C1..C4."""
+        return [self.in_channels] + [block[-1].out for block in self.blocks[:-1]]
+
+    def block_stride(self, b: int) -> int:
+        """Total stride of block b (0-based): the product of its layers' strides."""
+        stride = 1
+        for layer in self.blocks[b]:
+            stride *= layer.stride
+        return stride
+
+    def shortcut(self, b: int) -> str | None:
+        """Block b's (0-based) shortcut: None (plain block), "identity" or "projection"."""
+        if not self.residual[b]:
+            return None
+        same = self.block_inputs()[b] == self.blocks[b][-1].out and self.block_stride(b) == 1
+        return "identity" if same else "projection"
+
     def summary(self) -> str:
         """One line, e.g. 'C1[conv3x24 conv3x32/s2] C2[...] ... O[linear]'."""
-        parts = [f"C{b}[{' '.join(l.short() for l in block)}]" for b, block in enumerate(self.blocks, 1)]
+        parts = [f"C{b}[{' '.join(l.short() for l in block)}{' +skip' if r else ''}]"
+                 for b, (block, r) in enumerate(zip(self.blocks, self.residual), 1)]
         head = self.head.kind + (f" drop{self.head.dropout:g}" if self.head.dropout else "")
         return " ".join(parts) + f" O[{head}]"
 
@@ -145,12 +177,15 @@ class Genome:
             d = asdict(layer)
             return {k: v for k, v in d.items() if k in ("op", "out") or v != defaults[k]}
 
-        return {
+        d = {
             "blocks": [[layer_dict(l) for l in block] for block in self.blocks],
             "head": asdict(self.head),
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
         }
+        if self.residual != NO_RESIDUAL:  # left out at its default: older genomes' JSON stays the same
+            d["residual"] = list(self.residual)
+        return d
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -159,14 +194,14 @@ class Genome:
     def from_dict(cls, d: Any) -> "Genome":
         if not isinstance(d, dict) or "blocks" not in d:
             raise GenomeError("a genome is a JSON object with a 'blocks' list of 4 layer lists")
-        unknown = set(d) - {"blocks", "head", "num_classes", "in_channels"}
+        unknown = set(d) - {"blocks", "head", "num_classes", "in_channels", "residual"}
         if unknown:
             raise GenomeError(f"unknown genome keys: {', '.join(sorted(unknown))}")
         try:
             blocks = [[Layer(**layer) for layer in block] for block in d["blocks"]]
             head = Head(**d.get("head", {}))
             return cls(blocks=blocks, head=head, num_classes=int(d.get("num_classes", 10)),
-                       in_channels=int(d.get("in_channels", 3)))
+                       in_channels=int(d.get("in_channels", 3)), residual=d.get("residual", NO_RESIDUAL))
         except TypeError as e:  # wrong keys or non-iterables inside blocks/head
             raise GenomeError(f"malformed genome: {e}") from None
 

@@ -2,16 +2,21 @@
 
 The module classes below import only torch and are copied verbatim into exported code (space.export),
 so a built model and its exported twin have identical submodule names and state_dict keys.
-`module_calls` is the one description both renderers use: per block, the constructor calls.
+`module_calls` is the one description both renderers use: per block, the constructor calls of its layers and,
+for a residual block, of its shortcut. A plain block is an nn.Sequential, a residual one a `Residual` whose
+layers keep the Sequential's names ("0", "1", ...) next to "skip".
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from .genome import Genome
 
-__all__ = ["ConvBN", "SepConvBN", "Classifier", "GenomeNet", "build", "module_calls"]
+__all__ = ["ConvBN", "SepConvBN", "Projection", "Residual", "Classifier", "GenomeNet", "build", "module_calls",
+           "BlockCalls"]
 
 
 class ConvBN(nn.Module):
@@ -49,6 +54,35 @@ class SepConvBN(nn.Module):
         return self.act(self.bn(x)) if self.bn_first else self.bn(self.act(x))
 
 
+class Projection(nn.Module):
+    """The shortcut of a residual block that changes channels or resolution: 1 x 1 conv (no bias), BatchNorm."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class Residual(nn.Module):
+    """The layers in sequence (named "0", "1", ... as in nn.Sequential), plus `skip` applied to the input."""
+
+    def __init__(self, *layers: nn.Module, skip: nn.Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+        self.n = len(layers)
+        self.skip = skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for i in range(self.n):
+            y = self._modules[str(i)](y)
+        return y + self.skip(x)
+
+
 class Classifier(nn.Module):
     """Global average pooling, dropout, then a Linear or 1 x 1 conv classifier."""
 
@@ -64,11 +98,15 @@ class Classifier(nn.Module):
         return self.fc(x.flatten(1)) if self.kind == "linear" else self.fc(x).flatten(1)
 
 
-def module_calls(genome: Genome) -> tuple[list[list[tuple[str, tuple, dict]]], tuple[str, tuple, dict]]:
-    """(blocks, head): per block a list of (class name, args, kwargs), and the head's call."""
+Call = tuple[str, tuple, dict]  # (class name, args, kwargs)
+BlockCalls = tuple[list[Call], Optional[Call]]  # the layers' calls; the shortcut's call, None for a plain block
+
+
+def module_calls(genome: Genome) -> tuple[list[BlockCalls], Call]:
+    """(blocks, head): per block its layers' calls and its shortcut's call (None: plain block), the head's call."""
     blocks, cin = [], genome.in_channels
-    for block in genome.blocks:
-        calls = []
+    for b, block in enumerate(genome.blocks):
+        block_cin, calls = cin, []
         for layer in block:
             kwargs = {"k": layer.kernel, "stride": layer.stride, "dilation": layer.dilation, "post": layer.post}
             if layer.separable:
@@ -76,13 +114,25 @@ def module_calls(genome: Genome) -> tuple[list[list[tuple[str, tuple, dict]]], t
             else:
                 calls.append(("ConvBN", (cin, layer.out), kwargs))
             cin = layer.out
-        blocks.append(calls)
+        kind = genome.shortcut(b)
+        skip = (None if kind is None else ("nn.Identity", (), {}) if kind == "identity"
+                else ("Projection", (block_cin, cin), {"stride": genome.block_stride(b)}))
+        blocks.append((calls, skip))
     h = genome.head
     head = ("Classifier", (cin, genome.num_classes), {"kind": h.kind, "bias": h.bias, "dropout": h.dropout})
     return blocks, head
 
 
-_CLASSES = {"ConvBN": ConvBN, "SepConvBN": SepConvBN, "Classifier": Classifier}
+_CLASSES = {"ConvBN": ConvBN, "SepConvBN": SepConvBN, "Projection": Projection, "Classifier": Classifier,
+            "nn.Identity": nn.Identity}
+
+
+def _block(calls: list[Call], skip: Call | None) -> nn.Module:
+    layers = [_CLASSES[n](*a, **kw) for n, a, kw in calls]
+    if skip is None:
+        return nn.Sequential(*layers)
+    n, a, kw = skip
+    return Residual(*layers, skip=_CLASSES[n](*a, **kw))
 
 
 class GenomeNet(nn.Module):
@@ -90,8 +140,7 @@ class GenomeNet(nn.Module):
         super().__init__()
         self.genome = genome
         blocks, (name, args, kwargs) = module_calls(genome)
-        self.c1, self.c2, self.c3, self.c4 = (nn.Sequential(*(_CLASSES[n](*a, **kw) for n, a, kw in calls))
-                                              for calls in blocks)
+        self.c1, self.c2, self.c3, self.c4 = (_block(calls, skip) for calls, skip in blocks)
         self.head = _CLASSES[name](*args, **kwargs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,34 +1,57 @@
 """The search space: the one place that calls `trial.suggest_*`.
 
-Twenty named parameters, none conditional, so TPE models each one on every trial:
-    c{b}_width     output channels of every layer of block b (a range per block, step 8; ordinal for TPE)
+A trial samples the *shape* of a net; its widths are then derived so that the net fills a sampled fraction
+of the parameter budget, and its dilations so that the receptive field reaches the minimum: most
+candidates are feasible by construction, and the analytic check (space.check) stays the final gate.
+
+Twenty-six named parameters, none conditional, so TPE models each one on every trial:
+    c{b}_rel       relative width of block b (an integer on a per-block range; ordinal for TPE); every layer
+                   of the block has width ~ multiplier * c{b}_rel, the multiplier solved for the budget
     c{b}_depth     layers in block b (1..3); C1's first layer is always a 3x3 conv stem
     c{b}_op        "conv3" or "dsc3" for the block's 3x3 layers (depthwise-separable placement)
-    c{b}_dilation  dilation of the block's non-transition 3x3 layers (1, 2 or 4)
+    c{b}_dilation  dilation of the block's non-transition 3x3 layers (1, 2 or 4), raised if the RF needs it
+    c{b}_skip      whether block b is residual, if `residual` is "on"
     down{k}        how C1..C3 end (k = 1..3): "stride" (stride-2 last layer), "dilate" (stride 1,
                    dilation 2: grows the RF, keeps resolution) or "none" (an ordinary layer)
+    residual       "on" or "off": whether the c{b}_skip apply (so about half the nets have a residual add)
+    budget         the parameter count to fill, in percent of max_params (65..100)
     dropout        before the classifier
+
+Construction, in order (in suggest_genome):
+    1. the shape from the parameters above;
+    2. rules the shape can meet whatever the widths: if no block is separable, C4's 3x3 layers become
+       DSC; then, while the RF is below min_rf, the dilation of the 3x3 layers with the largest jump steps
+       up (1 -> 2 -> 4 -> 8), which also ensures a dilated conv; dilation costs no parameters;
+    3. widths: multiples of 8 of multiplier * c{b}_rel * 8 channels (at least 8), the multiplier the
+       largest whose exact analytic parameter count stays <= budget (bisection; the count grows with the
+       multiplier), then each block in turn widened by 8 while the count still fits.
 `trial` is anything with Optuna's suggest_int / suggest_categorical: an optuna.Trial, or `RandomTrial`
 for sampling without a study (space.sample, tests).
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, Protocol, Sequence
 
+from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze
 from .genome import Genome, Head, Layer
 
-__all__ = ["suggest_genome", "params_from_genome", "RandomTrial", "TrialLike", "WIDTH_RANGES", "DILATIONS",
-           "DOWNS", "DROPOUTS"]
+__all__ = ["suggest_genome", "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES",
+           "DILATIONS", "DOWNS", "DROPOUTS", "BUDGET_PERCENT", "MAX_WIDTH"]
 
-# Per block (low, high, step) in channels: wider deeper, as in every seed; a 3x3 conv at 256 -> 256 alone
-# would spend 590k parameters, so the ranges keep most of the space near the 200k budget.
-WIDTH_RANGES = ((16, 64, 8), (16, 128, 8), (32, 192, 8), (32, 256, 8))
+# Per block (low, high) relative width, in units of 8 channels at multiplier 1: wider deeper, as in every
+# seed; only the ratios matter, since the multiplier is solved for the budget.
+REL_RANGES = ((2, 8), (2, 16), (4, 24), (4, 32))
 DEPTH_RANGE = (1, 3)
 BLOCK_OPS = ("conv3", "dsc3")
 DILATIONS = (1, 2, 4)
+RAISED_DILATIONS = (1, 2, 4, 8)  # the construction may go one step beyond the sampled ones to reach min_rf
 DOWNS = ("stride", "dilate", "none")
+RESIDUAL = ("off", "on")
 DROPOUTS = (0.0, 0.05, 0.1)
+BUDGET_PERCENT = (65, 100, 1)  # low, high, step: percent of max_params (median 82.5)
+MAX_WIDTH = 512  # channels: caps the multiplier for shapes that cannot fill the budget
 
 
 class TrialLike(Protocol):
@@ -36,50 +59,139 @@ class TrialLike(Protocol):
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
 
 
-def suggest_genome(trial: TrialLike, num_classes: int = 10) -> Genome:
-    blocks = []
-    for b, (lo, hi, step) in enumerate(WIDTH_RANGES, 1):
-        width = trial.suggest_int(f"c{b}_width", lo, hi, step=step)
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """Everything but the widths: per block its layers as (op, stride, dilation, is_transition)."""
+    rel: tuple[int, ...]
+    layers: tuple[tuple[tuple[str, int, int, bool], ...], ...]
+    residual: tuple[bool, ...]
+    dropout: float
+    num_classes: int
+
+    def genome(self, widths: Sequence[int]) -> Genome:
+        blocks = [[Layer(op, w, stride=s, dilation=d) for op, s, d, _ in block]
+                  for block, w in zip(self.layers, widths)]
+        return Genome(blocks=blocks, head=Head("linear", bias=True, dropout=self.dropout),
+                      num_classes=self.num_classes, residual=self.residual)
+
+
+def _sample_shape(trial: TrialLike, num_classes: int) -> tuple[_Shape, float]:
+    rel, blocks = [], []
+    for b, (lo, hi) in enumerate(REL_RANGES, 1):
+        rel.append(trial.suggest_int(f"c{b}_rel", lo, hi))
         depth = trial.suggest_int(f"c{b}_depth", *DEPTH_RANGE)
         op = trial.suggest_categorical(f"c{b}_op", BLOCK_OPS)
         dilation = trial.suggest_categorical(f"c{b}_dilation", DILATIONS)
-        layers = [Layer(op, width, dilation=dilation) for _ in range(depth)]
+        layers = [[op, 1, dilation, False] for _ in range(depth)]
         if b == 1:  # a separable conv on 3 input channels is nearly free and useless: the stem is plain
-            layers[0] = Layer("conv3", width)
+            layers[0] = ["conv3", 1, 1, False]
         blocks.append(layers)
     for k in range(1, 4):
         down = trial.suggest_categorical(f"down{k}", DOWNS)
         last = blocks[k - 1][-1]
         if down == "stride":
-            blocks[k - 1][-1] = Layer(last.op, last.out, stride=2)
+            last[1:] = [2, 1, True]
         elif down == "dilate":
-            blocks[k - 1][-1] = Layer(last.op, last.out, dilation=2)
+            last[1:] = [1, 2, True]
+    skips = [trial.suggest_categorical(f"c{b}_skip", (False, True)) for b in range(1, 5)]
+    on = trial.suggest_categorical("residual", RESIDUAL) == "on"
+    lo, hi, step = BUDGET_PERCENT
+    budget = trial.suggest_int("budget", lo, hi, step=step) / 100
     dropout = trial.suggest_categorical("dropout", DROPOUTS)
-    return Genome(blocks=blocks, head=Head("linear", bias=True, dropout=dropout), num_classes=num_classes)
+    shape = _Shape(tuple(rel), tuple(tuple(tuple(l) for l in block) for block in blocks),
+                   tuple(on and s for s in skips), dropout, num_classes)
+    return shape, budget
+
+
+def _meet_rules(shape: _Shape, min_rf: int) -> _Shape:
+    """Step 2: a separable conv, a dilated conv and RF >= min_rf, where dilations can give them."""
+    layers = [[list(layer) for layer in block] for block in shape.layers]
+    if not any(op == "dsc3" for block in layers for op, *_ in block):
+        for layer in layers[3]:  # C4 has no transition layer: all its layers are 3x3 body layers
+            layer[0] = "dsc3"
+    while True:
+        current = dataclasses.replace(shape, layers=tuple(tuple(tuple(l) for l in block) for block in layers))
+        g = current.genome([8] * 4)  # RF and dilations do not depend on the widths
+        a = analyze(g)
+        if a.rf >= min_rf and any(l.dilated for l in g.layers):
+            return current
+        # Body layers (neither the stem nor a transition, whose stride or dilation encodes down{k}) whose
+        # dilation can still grow, as (jump, block, index): a step where the jump is largest adds the most RF.
+        positions = [(b, i) for b, block in enumerate(layers) for i in range(len(block))]  # as in a.layers
+        raisable = [(info.jump, b, i) for info, (b, i) in zip(a.layers, positions)
+                    if not layers[b][i][3] and (b, i) != (0, 0) and layers[b][i][2] < RAISED_DILATIONS[-1]]
+        if not raisable:
+            return current
+        _, b, i = max(raisable)  # ties: the deepest block
+        step_to = next(d for d in RAISED_DILATIONS if d > layers[b][i][2])
+        for j, layer in enumerate(layers[b]):  # the block's body keeps one dilation, as sampled
+            if not layer[3] and (b, j) != (0, 0):
+                layer[2] = max(layer[2], step_to)
+
+
+def _widths(shape: _Shape, multiplier: float) -> list[int]:
+    return [min(MAX_WIDTH, max(8, 8 * round(multiplier * r))) for r in shape.rel]
+
+
+def _fill(shape: _Shape, target: int) -> list[int]:
+    """Step 3: the widths (multiples of 8) whose parameter count comes closest to `target` from below."""
+    memo: dict[tuple[int, ...], int] = {}
+
+    def fits(widths: list[int]) -> bool:
+        key = tuple(widths)
+        if key not in memo:
+            memo[key] = analyze(shape.genome(widths)).params
+        return memo[key] <= target
+
+    lo, hi = 0.0, MAX_WIDTH / 8 / min(shape.rel)
+    if not fits(_widths(shape, lo)):
+        return _widths(shape, lo)  # even the narrowest net is over: the check will reject it
+    # the widths are monotone step functions of the multiplier: once lo and hi give the same, so does all
+    # between; else stop when the interval is far below any width step (lo and hi straddle one breakpoint)
+    while _widths(shape, lo) != _widths(shape, hi) and hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(_widths(shape, mid)) else (lo, mid)
+    widths = _widths(shape, lo)
+    for b in range(4):  # the rounding leaves up to a step of every block unspent: take what still fits
+        while widths[b] + 8 <= MAX_WIDTH and fits(widths[:b] + [widths[b] + 8] + widths[b + 1:]):
+            widths[b] += 8
+    return widths
+
+
+def suggest_genome(trial: TrialLike, num_classes: int = 10, max_params: int = DEFAULT_MAX_PARAMS,
+                   min_rf: int = DEFAULT_MIN_RF) -> Genome:
+    """The genome of the trial's shape, built to fill its budget fraction of max_params with RF >= min_rf."""
+    shape, budget = _sample_shape(trial, num_classes)
+    shape = _meet_rules(shape, min_rf)
+    return shape.genome(_fill(shape, int(budget * max_params)))
 
 
 def _nearest(value: float, choices: Sequence) -> Any:
     return min(choices, key=lambda c: (abs(c - value), c))
 
 
-def params_from_genome(genome: Genome) -> dict[str, Any]:
+def params_from_genome(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS) -> dict[str, Any]:
     """The point of the space nearest to any genome (e.g. a seed preset), for warm-starting TPE.
 
-    Exact for genomes that suggest_genome produced; an approximation for hand-designed ones, whose
-    per-layer widths and 1x1 layers the space does not express.
+    An approximation: the space expresses neither per-layer widths nor 1x1 layers, and the construction
+    may raise dilations and re-derive widths. Enqueued trials carry their exact genome besides.
     """
     params: dict[str, Any] = {}
     for b, block in enumerate(genome.blocks, 1):
-        lo, hi, step = WIDTH_RANGES[b - 1]
+        lo, hi = REL_RANGES[b - 1]
         body = block[:-1] if b < 4 else block  # the transition layer encodes down{b}
         threes = [l for l in block if l.kernel == 3][1 if b == 1 else 0:] or [l for l in block if l.kernel == 3]
-        params[f"c{b}_width"] = min(hi, max(lo, round(block[-1].out / step) * step))
+        params[f"c{b}_rel"] = min(hi, max(lo, round(block[-1].out / 8)))
         params[f"c{b}_depth"] = min(DEPTH_RANGE[1], max(DEPTH_RANGE[0], len(block)))
         params[f"c{b}_op"] = "dsc3" if sum(l.separable for l in threes) * 2 > len(threes) else "conv3"
         params[f"c{b}_dilation"] = _nearest(max([l.dilation for l in body] or [1]), DILATIONS)
+        params[f"c{b}_skip"] = genome.residual[b - 1]
     for k in range(1, 4):
         last = genome.blocks[k - 1][-1]
         params[f"down{k}"] = "stride" if last.stride == 2 else "dilate" if last.dilated else "none"
+    params["residual"] = "on" if any(genome.residual) else "off"
+    lo, hi, step = BUDGET_PERCENT
+    params["budget"] = min(hi, max(lo, step * round(100 * analyze(genome).params / max_params / step)))
     params["dropout"] = _nearest(genome.head.dropout, DROPOUTS)
     return params
 

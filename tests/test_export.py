@@ -40,3 +40,21 @@ def test_exported_file_imports_only_torch_and_annotates_layers(tmp_path):
     # runs on its own, in a fresh interpreter that never sees this project
     out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert "84,322 parameters" in out.stdout
+
+
+def test_exported_residual_net_loads_strictly_and_matches(tmp_path):
+    from space import Genome, Layer
+    g = Genome([[Layer("conv3", 16), Layer("conv3", 16)], [Layer("dsc3", 24, stride=2)],
+                [Layer("dsc3", 24, dilation=2), Layer("conv1", 24)], [Layer("conv3", 32, stride=2)]],
+               residual=(True, True, True, True))  # projection, strided projection, identity, strided projection
+    code = export_code(g)
+    assert "Residual(" in code and "skip=Projection(24, 32, stride=2)" in code and "skip=nn.Identity()" in code
+    path = tmp_path / "net.py"
+    path.write_text(code)
+    model, twin = build(g, seed=2).eval(), load_module(path, "exported_residual").Net().eval()
+    twin.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), twin(x))
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert f"{sum(p.numel() for p in model.parameters()):,} parameters" in out.stdout

@@ -33,6 +33,8 @@ def test_genome_is_frozen_and_hashable():
     (lambda: Genome.from_json("[1, 2]"), "a genome is a JSON object"),
     (lambda: Genome.from_json('{"blocks": [[{"op": "conv3"}]]}'), "malformed genome"),
     (lambda: Genome.from_json("{oops"), "invalid JSON"),
+    (lambda: Genome([[Layer("conv3", 8)]] * 4, residual=(True, False)), "residual is 4 booleans"),
+    (lambda: Genome.from_dict({**get_preset("seed001").to_dict(), "residual": 1}), "residual is 4 booleans"),
 ])
 def test_invalid_genomes_fail_loudly_with_one_line(bad, message):
     with pytest.raises(GenomeError, match=message) as e:
@@ -56,3 +58,14 @@ def test_check_reports_each_violation_readably():
 def test_feasible_presets_pass_check():
     for name in ("seed003_net", "seed003_dilated", "seed001"):
         assert check(get_preset(name)) == []
+
+
+def test_residual_is_left_out_of_json_at_its_default_and_round_trips_otherwise():
+    plain = get_preset("seed003_net")
+    assert "residual" not in plain.to_dict() and plain.residual == (False,) * 4
+    # JSON written before residual blocks existed loads unchanged
+    assert Genome.from_json(plain.to_json()) == plain
+    res = Genome(plain.blocks, plain.head, residual=(False, True, False, True))
+    assert json.loads(res.to_json())["residual"] == [False, True, False, True]
+    assert Genome.from_json(res.to_json()) == res and res != plain
+    assert "+skip" in res.summary() and "+skip" not in plain.summary()

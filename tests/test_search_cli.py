@@ -39,7 +39,7 @@ def one_error_line(err: str, text: str) -> None:
     (["--trial-epochs", "0"], "--trial-epochs must be a positive integer"),
     (["--final-epochs", "-1"], "--final-epochs must be a positive integer"),
     (["--trials", "many"], "invalid int value"),
-    (["--max-params", "2000"], "no genome of the search space meets --max-params 2,000"),
+    (["--max-params", "500"], "no genome of the search space meets --max-params 500"),  # widths of 8 fit 2,000
     (["--min-rf", "4000"], "none reaches RF 4000"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--pruner", "sometimes"], "unknown pruner"),

@@ -48,3 +48,19 @@ def test_bad_spec_gives_one_line_and_exit_2(spec, text):
     r = run("space.describe", spec)
     assert r.returncode == 2
     assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_describe_lists_the_shortcuts_of_a_residual_genome():
+    spec = ('{"blocks": [[{"op": "conv3", "out": 16}], [{"op": "dsc3", "out": 24, "stride": 2}], '
+            '[{"op": "dsc3", "out": 24, "dilation": 4}], [{"op": "conv3", "out": 32}]], "residual": [false, true, true, false]}')
+    r = run("space.describe", spec)
+    assert r.returncode == 0 and "c2.skip" in r.stdout and "+projection" in r.stdout and "+identity" in r.stdout
+    d = json.loads(run("space.describe", spec, "--json").stdout)
+    # 464 + 576 + 840 + 6,976 (layers) + 432 (C2's 16 -> 24 projection: 384 + 48) + 330 (head)
+    assert [s["kind"] for s in d["shortcuts"]] == ["projection", "identity"] and d["params"] == 9_618
+
+
+def test_sample_fills_the_given_budget():
+    lines = run("space.sample", "--n", "5", "--seed", "0", "--max-params", "50000").stdout.splitlines()
+    assert len(lines) == 5 and all(analyze(Genome.from_json(l)).params <= 50_000 for l in lines)
+    assert run("space.sample", "--max-params", "0").returncode == 2
