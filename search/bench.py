@@ -30,7 +30,7 @@ import platform
 import time
 
 from .cli import ERRORS, make_parser
-from .settings import DEFAULTS, SearchError, base_lr
+from .settings import DEFAULTS, SearchError
 
 __all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "sample_typical", "measure", "project", "main"]
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
         platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "dataset": args.dataset,
-        "batch_size": d.batch_size, "lr": base_lr(d.batch_size), "measured_batch_size": batch, "trials": args.trials,
+        "batch_size": d.batch_size, "lr": d.lr, "measured_batch_size": batch, "trials": args.trials,
         "trial_epochs": d.trial_epochs, "final_epochs": d.final_epochs, "train_images_total": n_train,
         "test_images": n_test, "seconds_per_measurement": seconds, "steps_per_epoch": steps,
         "assumptions": {"pruned_fraction": args.pruned_fraction, "pruned_trial_epochs": d.trial_epochs // 2 + 1,

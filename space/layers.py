@@ -59,11 +59,15 @@ class Projection(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.stride = stride
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        # A strided 1 x 1 conv is a subsampling then a 1 x 1 conv (ceil(size / stride) pixels either way). Done
+        # as such because torch 2.13's CPU backward of a stride-2 1 x 1 conv on 3-channel channels_last input
+        # corrupts the heap ("double free or corruption"), which a residual C1 hits.
+        return self.bn(self.conv(x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x))
 
 
 class Residual(nn.Module):

@@ -153,3 +153,15 @@ def test_residual_rf_is_the_largest_over_both_paths_and_matches_the_gradient():
     assert a.rf == analyze(_residual((False,) * 4, strides=(1, 2, 1, 2))).rf
     assert [s.rf for s in a.shortcuts] == [a.layers[0].rf, a.layers[2].rf, a.layers[3].rf, a.layers[4].rf]
     assert measured_rf(g, size=2 * (a.rf + a.layers[-1].jump) + 64) == a.rf
+
+
+def test_a_strided_projection_is_a_strided_1x1_conv_and_trains_in_channels_last():
+    from space.layers import Projection
+    torch.manual_seed(0)
+    p = Projection(3, 40, stride=2).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 31, 31).contiguous(memory_format=torch.channels_last)
+    expected = p.bn(torch.nn.functional.conv2d(x.contiguous(), p.conv.weight, stride=2))
+    assert torch.allclose(p(x), expected, atol=1e-5) and p(x).shape[-1] == 16  # ceil(31 / 2)
+    for _ in range(5):  # the native strided kernel's backward corrupted the heap here (torch 2.13, CPU)
+        p(x).sum().backward()
+    assert p.conv.weight.grad is not None and torch.isfinite(p.conv.weight.grad).all()
