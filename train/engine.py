@@ -223,14 +223,16 @@ class WeightEMA:
         dst = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         floats = [k for k in dst if dst[k].is_floating_point()]
         others = [(dst[k], src[k]) for k in dst if not dst[k].is_floating_point()]  # e.g. num_batches_tracked
-        return [dst[k] for k in floats], [src[k] for k in floats], others
+        # Detached once, not per step: a detached tensor shares its parameter's storage, and the optimizer
+        # and load_state_dict update parameters in place, so these views always hold the live values.
+        return [dst[k] for k in floats], [src[k].detach() for k in floats], others
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         ema, live, others = self._pairs
-        torch._foreach_lerp_(ema, [t.detach() for t in live], 1.0 - decay)
+        torch._foreach_lerp_(ema, live, 1.0 - decay)
         for d, s in others:
             d.copy_(s)
 
