@@ -161,6 +161,14 @@ def test_augment_schedule_lowers_affine_and_cutout_linearly_and_keeps_flip():
     assert augment_for_epoch(cfg(augment=None, augment_end=0.0), 3) is None
 
 
+def test_augment_schedule_starts_from_augment_start():
+    c = cfg(epochs=3, augment_start=0.5, augment_end=0.0)
+    first, middle, last = (augment_for_epoch(c, e) for e in (1, 2, 3))
+    assert (first.affine_p, first.cutout_p, first.flip_p) == pytest.approx((0.25, 0.25, 0.5))
+    assert (middle.affine_p, middle.cutout_p) == pytest.approx((0.125, 0.125))
+    assert (last.affine_p, last.cutout_p) == (0.0, 0.0)
+
+
 def test_checkpoint_resume_with_ema_and_augment_schedule_matches_an_uninterrupted_run(tmp_path):
     data = make_synthetic(256, 64)
     c = dict(ema_decay=0.9, augment_end=0.0)

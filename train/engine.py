@@ -57,8 +57,10 @@ class TrainConfig:
     div_factor: float = 10.0  # initial lr = lr / div_factor
     final_div_factor: float = 100.0  # final lr = initial lr / final_div_factor
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    # Multiplier of the shift-scale-rotate and cutout probabilities at the last epoch; it moves linearly from
-    # 1 at the first epoch (flip always keeps its probability). 1.0: the same augmentation every epoch.
+    # Multipliers of the shift-scale-rotate and cutout probabilities at the first and the last epoch; the
+    # multiplier moves linearly between them (flip always keeps its probability). 1.0 and 1.0: the same
+    # augmentation every epoch.
+    augment_start: float = 1.0
     augment_end: float = 0.0
     ema_decay: float = 0.99  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
     tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
@@ -197,11 +199,12 @@ def tta_accuracy(logits: torch.Tensor, flipped_logits: torch.Tensor, labels: tor
 
 def augment_for_epoch(cfg: TrainConfig, epoch: int) -> AugmentConfig | None:
     """The augmentation of a 1-based epoch: shift-scale-rotate and cutout probabilities scaled by a factor
-    moving linearly from 1 (first epoch) to cfg.augment_end (last epoch); flip is never scheduled."""
-    if cfg.augment is None or cfg.augment_end == 1.0:
+    moving linearly from cfg.augment_start (first epoch) to cfg.augment_end (last epoch); flip is never
+    scheduled."""
+    if cfg.augment is None or cfg.augment_start == cfg.augment_end == 1.0:
         return cfg.augment
     t = (epoch - 1) / (cfg.epochs - 1) if cfg.epochs > 1 else 0.0
-    factor = 1.0 + (cfg.augment_end - 1.0) * t
+    factor = cfg.augment_start + (cfg.augment_end - cfg.augment_start) * t
     return replace(cfg.augment, affine_p=cfg.augment.affine_p * factor, cutout_p=cfg.augment.cutout_p * factor)
 
 
@@ -332,7 +335,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     status, message = "completed", ""
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
-        if cfg.augment_end != 1.0:
+        if not cfg.augment_start == cfg.augment_end == 1.0:
             train_loader.set_augment(augment_for_epoch(cfg, epoch))
         model.train()
         loss_sum = torch.zeros((), device=device)

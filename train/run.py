@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, help="OneCycle peak learning rate (default: per dataset, scaled with the batch)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="flip/shift-scale-rotate/cutout "
                    "(default: per dataset)")
-    p.add_argument("--augment-end", type=float, help="shift-scale-rotate and cutout probability multiplier at "
-                   f"the last epoch, linear from 1 (default {TrainConfig.augment_end})")
+    p.add_argument("--augment-start", type=float, help="shift-scale-rotate and cutout probability multiplier at "
+                   f"the first epoch (default {TrainConfig.augment_start})")
+    p.add_argument("--augment-end", type=float, help="the same multiplier at the last epoch, linear in between "
+                   f"(default {TrainConfig.augment_end})")
     p.add_argument("--ema-decay", type=float, help=f"per-step weight EMA decay, 0: none (default {TrainConfig.ema_decay})")
     p.add_argument("--label-smoothing", type=float, help=f"default {TrainConfig.label_smoothing}")
     p.add_argument("--val-size", type=int, help="hold out this many training images and report validation "
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                         seed=args.seed, eval_every=1 if args.val_size else 0,
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
                                         compile=args.compile, held_out="val" if args.val_size else "test"),
-                            lr=args.lr, augment_end=args.augment_end, ema_decay=args.ema_decay,
-                            label_smoothing=args.label_smoothing)
+                            lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
+                            ema_decay=args.ema_decay, label_smoothing=args.label_smoothing)
     if not augment:
         config = replace(config, augment=None)
     a = analyze(genome)
