@@ -6,6 +6,9 @@ Three figures from one run, on the same model and device:
   model_only  forward, backward and step on one pre-loaded, pre-normalised batch: the ceiling
   baseline    (--baseline) the seed-style loop of train.baseline: albumentations per image in 2 workers,
               NCHW float32, batch 128, plain SGD
+  compiled    (--compile) the pipeline with torch.compile (TrainConfig.compile): the second epoch is
+              reported as the rate, the first epoch's extra seconds over the eager pipeline's first epoch
+              as the compilation cost, which a trial pays once per candidate
 Each is measured --repeats times, interleaved, and the median reported. It says up front about how long
 that takes (--repeats x (3.25 + 1 with --baseline) x --seconds, plus loading) and prints a line to stderr
 after each measurement.
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--seconds", type=float, default=20.0, help="length of each measurement, seconds")
     p.add_argument("--baseline", action="store_true", help="also measure the seed-style loop")
+    p.add_argument("--compile", action="store_true", help="also measure the pipeline under torch.compile")
     p.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each figure (median)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -95,13 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         result["gpu"] = torch.cuda.get_device_name(device)
     # Measurements interleave (model-only, pipeline, baseline, model-only, ...) so that a slow spell of a
     # shared machine hits all of them alike; each figure is the median over the repeats.
-    runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": []}
+    runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": [], "compiled": []}
+    first_epoch: dict[str, list[float]] = {"pipeline": [], "compiled": []}  # seconds, warm-up (and compilation)
     # Seconds per repeat: model-only warms up for a quarter of --seconds then measures; the pipeline trains
     # two epochs of about --seconds each; the baseline measures --seconds after a short warm-up.
-    per_repeat = args.seconds * (1.25 + 2 + (1 if args.baseline else 0))
-    total = args.repeats * (3 if args.baseline else 2)
-    print(f"{args.repeats} x {'model_only, pipeline, baseline' if args.baseline else 'model_only, pipeline'} "
-          f"on {device}, {args.seconds:g} s each: about {args.repeats * per_repeat / 60:.1f} min", file=sys.stderr,
+    per_repeat = args.seconds * (1.25 + 2 + (1 if args.baseline else 0) + (2 if args.compile else 0))
+    kinds = ["model_only", "pipeline"] + ["baseline"] * args.baseline + ["compiled"] * args.compile
+    total = args.repeats * len(kinds)
+    print(f"{args.repeats} x {', '.join(kinds)} on {device}, {args.seconds:g} s each: about "
+          f"{args.repeats * per_repeat / 60:.1f} min{' plus compilation' if args.compile else ''}", file=sys.stderr,
           flush=True)
     t_start = time.perf_counter()
 
@@ -120,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
             sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
         run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2}), sliced)
         runs["pipeline"].append(run.history[-1].images_per_s)
+        first_epoch["pipeline"].append(run.history[0].seconds)
         progress("pipeline")
+        if args.compile:
+            run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, "compile": True}), sliced)
+            runs["compiled"].append(run.history[-1].images_per_s)
+            first_epoch["compiled"].append(run.history[0].seconds)
+            progress("compiled")
         if args.baseline:
             runs["baseline"].append(seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
                                                          data.mean, data.std, args.seconds, device=device))
@@ -132,12 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     result["images_per_s"] = result["pipeline_images_per_s"]  # the headline: the whole training pipeline
     result["pipeline_images"] = len(sliced.y_train)
     result["pipeline_vs_model_only"] = round(result["pipeline_images_per_s"] / result["model_only_images_per_s"], 3)
+    if args.compile:
+        result["compiled_vs_pipeline"] = round(result["compiled_images_per_s"] / result["pipeline_images_per_s"], 3)
+        # the first compiled epoch's extra time: mostly compilation (later repeats may hit inductor's cache)
+        result["compile_seconds"] = [round(c - e, 1) for c, e in zip(first_epoch["compiled"], first_epoch["pipeline"])]
     if args.baseline:
         result["pipeline_vs_baseline"] = round(result["pipeline_images_per_s"] / result["baseline_images_per_s"], 3)
-    for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s"):
+    for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s", "compiled_images_per_s"):
         if k in result:
             print(f"{k:>24}: {result[k]:>9,.1f}")
-    for k in ("pipeline_vs_model_only", "pipeline_vs_baseline"):
+    for k in ("pipeline_vs_model_only", "pipeline_vs_baseline", "compiled_vs_pipeline"):
         if k in result:
             print(f"{k:>24}: {result[k]:>9.2f}x")
     if args.json:
