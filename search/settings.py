@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from space import SPACE_VERSION
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 
 __all__ = ["SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
@@ -46,6 +47,9 @@ class SearchSettings:
     # Added later, with defaults, so that studies created before them still load (and match the defaults).
     max_macs: int | None = None  # multiply-accumulates per image (None: no limit)
     objectives: str = "accuracy"  # or "accuracy,params" / "accuracy,macs" (search.objectives)
+    # The search space's version (space.SPACE_VERSION) the study's trials were sampled from. Stored settings
+    # without it predate the field, which came with version 2: they are version 1 (see from_dict).
+    space: int = SPACE_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +61,7 @@ class SearchSettings:
         if missing:
             raise SearchError(f"the study's stored settings lack {', '.join(sorted(missing))}; "
                               "it was not created by search.run")
-        return cls(**{k: d[k] for k in names if k in d})
+        return cls(**{"space": 1, **{k: d[k] for k in names if k in d}})
 
     def differences(self, stored: SearchSettings) -> list[str]:
         """'name: stored -> requested' for every setting that differs."""

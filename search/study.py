@@ -99,6 +99,10 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
             raise SearchError(f"study {name!r} in {storage_label} has trials but no search settings; "
                               "it was not created by search.run: pick another --study-name")
         study.set_user_attr(SETTINGS_KEY, settings.to_dict())
+    elif stored.space != settings.space:
+        raise SearchError(f"study {name!r} in {storage_label} was sampled from search space version {stored.space}, "
+                          f"this is version {settings.space}: its trials cannot guide this sampler, so it is not "
+                          "resumed; start a new one with --study-name NEW (report and export still read it)")
     elif stored != settings:
         diff = "; ".join(settings.differences(stored))
         raise SearchError(f"study {name!r} in {storage_label} was created with other settings ({diff}); "

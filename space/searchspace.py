@@ -37,7 +37,7 @@ from typing import Any, Protocol, Sequence
 from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze
 from .genome import Genome, Head, Layer
 
-__all__ = ["suggest_genome", "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES",
+__all__ = ["SPACE_VERSION", "suggest_genome", "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES",
            "DILATIONS", "DOWNS", "DROPOUTS", "BUDGET_PERCENT", "MAX_WIDTH"]
 
 # Per block (low, high) relative width, in units of 8 channels at multiplier 1: wider deeper, as in every
@@ -50,6 +50,10 @@ RAISED_DILATIONS = (1, 2, 4, 8)  # the construction may go one step beyond the s
 DOWNS = ("stride", "dilate", "none")
 RESIDUAL = ("off", "on")
 DROPOUTS = (0.0, 0.05, 0.1)
+# The parameters above and their meaning. A study stores the version it was created with (search.settings):
+# TPE cannot learn from trials whose parameters mean something else, so a study of another version is not
+# resumed. 1: fixed widths per block, no residual blocks (before the budget-filling construction); 2: this.
+SPACE_VERSION = 2
 BUDGET_PERCENT = (65, 100, 1)  # low, high, step: percent of max_params (median 82.5)
 MAX_WIDTH = 512  # channels: caps the multiplier for shapes that cannot fill the budget
 

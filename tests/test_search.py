@@ -15,7 +15,7 @@ from search.liveness import reap_dead_trials, worker_identity
 from search.runner import Search, SearchStopped
 from search.settings import SearchError
 from search.storage import resolve_url
-from search.study import enqueue_presets, make_pruner, open_study
+from search.study import SETTINGS_KEY, enqueue_presets, make_pruner, open_study, stored_settings
 from search.trials import best_trial, count, genome_of, kind, leaderboard, rejected_fraction
 from space import PRESETS, Genome, check, params_from_genome
 from tests.search_helpers import FakeTrain, memory_study, settings
@@ -196,6 +196,16 @@ def test_settings_of_an_existing_study_are_enforced():
     with pytest.raises(SearchError, match=r"other settings \(seed: 0 -> 1\).*--study-name"):
         open_study(storage, "s", settings(seed=1), make_pruner("none", 3))
     open_study(storage, "s", settings(), make_pruner("median", 3))  # the pruner may change
+
+
+def test_a_study_of_an_older_search_space_is_not_resumed():
+    storage = optuna.storages.InMemoryStorage()
+    study, _ = open_study(storage, "s", settings(), make_pruner("none", 3))
+    old = {k: v for k, v in settings().to_dict().items() if k != "space"}  # as stored before the version field
+    study.set_user_attr(SETTINGS_KEY, old)
+    assert stored_settings(study).space == 1
+    with pytest.raises(SearchError, match=r"search space version 1, this is version 2.*--study-name NEW"):
+        open_study(storage, "s", settings(), make_pruner("none", 3))
 
 
 def test_unsatisfiable_constraints_are_found_before_training():
