@@ -121,7 +121,9 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> int | None:
 def enqueue_again(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
     """Enqueue the same candidate (params, exact genome, preset name) with these retry attrs."""
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-    keep = {k: trial.user_attrs[k] for k in ("preset", "genome") if k in trial.user_attrs}
+    # A --prescreen winner's retry keeps its round's verdict (it is trained without a new round).
+    keep = {k: trial.user_attrs[k] for k in ("preset", "genome", "prescreen_proxy", "prescreen_k", "prescreen_rank",
+                                             "prescreen_score", "prescreen_values") if k in trial.user_attrs}
     study.enqueue_trial(params, user_attrs={**keep, **attrs})
 
 

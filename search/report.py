@@ -38,6 +38,8 @@ def _md_table(df: pd.DataFrame) -> str:
         if isinstance(v, (float, np.floating)):
             if "acc" in column:
                 return f"{v:.4f}"
+            if column == "proxy_score":  # scales from 1 (a vote) to 1e20 (synflow)
+                return f"{v:.4g}"
             return f"{v:,.0f}" if column in integral else f"{v:,.1f}"
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return f"{v:,}"
@@ -131,7 +133,9 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     budget = c.trained * epochs_cap
     md += ["## Search", "", _md_table(pd.DataFrame([{
         "trained": c.trained, "completed": c.completed, "pruned": c.pruned, "rejected (never trained)": c.rejected,
-        "duplicates (not retrained)": c.duplicate, "failed": c.failed,
+        "duplicates (not retrained)": c.duplicate,
+        **({"screened out (never trained)": c.screened} if c.screened or (settings and settings.prescreen > 1) else {}),
+        "failed": c.failed,
         "epochs trained": c.epochs, "epochs without pruning": budget}])), ""]
     if budget:
         md += [f"Pruning saved {1 - c.epochs / budget:.0%} of the epochs: {c.epochs} trained instead of "
@@ -149,7 +153,9 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                + f"RF >= {settings.min_rf}, "
                f"{settings.trial_epochs} epochs per trial, validation split {settings.val_size}, "
                f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
-               f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}.", ""]
+               f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}"
+               + (f", prescreen: each trained trial the best of {settings.prescreen} feasible proposals by "
+                  f"{settings.proxy}" if settings.prescreen > 1 else "") + ".", ""]
     front = board[board.pareto].sort_values(cost)[["number", "val_acc", "params", "macs", "peak_act", "rf", "summary"]]
     md += ["### Pareto front", "",
            f"Completed, feasible trials that no other beats on both validation accuracy and {COSTS[cost]} "
@@ -160,8 +166,11 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
            _md_table(front) if len(front) else "none yet", "",
            f"![accuracy vs {COSTS[cost]}](plots/pareto.png)", "", "![optimisation history](plots/history.png)", "",
            "![rejected fraction](plots/rejected.png)", "", "### Top 10", ""]
+    prescreened = board.proxy_score.notna().any()
     top = board[board.state == "completed"].head(10)[["rank", "number", "val_acc", "params", "macs", "peak_act", "rf",
-                                                       "epochs", "train_seconds", "summary", "preset"]]
+                                                       "epochs", "train_seconds",
+                                                       *(["proxy_score", "proxy_rank"] if prescreened else []),
+                                                       "summary", "preset"]]
     md += [_md_table(top) if len(top) else "none yet", "", "All trials: `leaderboard.csv`.", ""]
 
     md += ["## Evidence", ""]

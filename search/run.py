@@ -6,7 +6,8 @@ recorded and never trained; N counts trained candidates. Each one trains --trial
 split of the training images, and the pruner stops weak ones. Then the best (by validation accuracy) is
 retrained on all training images for --final-epochs and tested once; outputs go to --out.
 --objectives accuracy,params (or accuracy,macs) makes it a multi-objective search (no pruning); its
-winner is the most accurate member of the Pareto front.
+winner is the most accurate member of the Pareto front. --prescreen K trains only the best of every K feasible
+proposals by a zero-cost proxy (--proxy; see search.prescreen); the others are recorded as screened out.
 
 Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, a few CPU minutes:
     python -m search.run --dataset digits --trials 12
@@ -92,6 +93,12 @@ def build_parser():
     p.add_argument("--objectives", default="accuracy",
                    help="accuracy (default), accuracy,params or accuracy,macs: maximise accuracy and minimise the "
                         "cost (multi-objective, not pruned)")
+    p.add_argument("--prescreen", type=int, default=1, metavar="K",
+                   help="train only the best of K feasible proposals by a zero-cost proxy, recording the others as "
+                        "screened out (default 1: off)")
+    p.add_argument("--proxy", default=None,
+                   help="the prescreen's proxy: vote (default: the rank vote of synflow, naswot, grad_norm), "
+                        "synflow, jacov, naswot, grad_norm or params")
     p.add_argument("--trial-epochs", type=int, default=None, help="epochs per candidate (cifar10 8, digits 4)")
     p.add_argument("--final-epochs", type=int, default=None, help="epochs of the final retrain (cifar10 60, digits 15)")
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)
         signal.signal(signal.SIGINT, _stop_once)
+    from .prescreen import parse_prescreen
     from .study import PRUNERS, make_pruner  # after argument errors: importing optuna's samplers takes a moment
     from .workers import auto_jobs, parse_jobs
 
@@ -133,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("trials", "trial_epochs", "final_epochs", "batch_size", "max_params", "min_rf", "max_macs",
                  "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
+    prescreen, proxy = parse_prescreen(args.prescreen, args.proxy)
     batch = args.batch_size or d.batch_size
     settings = SearchSettings(
         dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf,
         trial_epochs=args.trial_epochs or d.trial_epochs,
         val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
         subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
-        max_macs=args.max_macs, objectives=objectives)
+        max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
     final_epochs = args.final_epochs or d.final_epochs
     check_satisfiable(settings.max_params, settings.min_rf, max_macs=settings.max_macs)  # before any data or training
     name = args.study_name or f"{args.dataset}-nas"
@@ -160,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import check_steps, load_full, search_split
     from .final import FINAL_FILES, retrain_best
     from .liveness import requeue
+    from .prescreen import make_prescreen
     from .report import RUN_PREFIX, write_report
     from .runner import Search, SearchStopped, make_train_fn
     from .study import enqueue_presets, open_study
@@ -182,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     lock = SlotLock(f"{url}\n{name}")
     if worker:
         search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
-                        log=lambda line: print(f"[w{args.worker}] {line}", flush=True), lock=lock)
+                        log=lambda line: print(f"[w{args.worker}] {line}", flush=True), lock=lock,
+                        prescreen=make_prescreen(split, settings, args.device))
         try:
             search.run()
         except KeyboardInterrupt:
@@ -205,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{settings.trial_epochs} epochs per trial on {info['device']}"
           + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
           + (f" (objectives {objectives}: multi-objective studies cannot be pruned)" if multi else "")
+          + (f"; prescreen: best of {prescreen} by {proxy}" if prescreen > 1 else "")
           + (f"; enqueued presets {', '.join(presets)}" if presets else "")
           + (f"; {jobs} workers at once" if jobs > 1 else ""))
     print(f"watch it: {dashboard_command(label)}", flush=True)
 
     signal.signal(signal.SIGTERM, _sigterm)
     search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
-                    log=lambda line: print(line, flush=True), lock=lock)
+                    log=lambda line: print(line, flush=True), lock=lock,
+                    prescreen=make_prescreen(split, settings, args.device) if jobs == 1 else None)
     t0 = time.time()
     if jobs > 1:
         raw = sys.argv[1:] if argv is None else list(argv)

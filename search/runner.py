@@ -3,6 +3,8 @@
     ask -> genome (space.suggest_genome, or the exact genome an enqueued trial carries)
         -> broken rule?  constraints > 0, tell COMPLETE(0) as "rejected": never trained, not counted
         -> trained before? copy its result as "duplicate": not retrained, not counted
+        -> --prescreen K (search.prescreen): ask until K feasible proposals, score them by a zero-cost proxy,
+           keep the best, tell the other K - 1 FAIL as "screened" (never trained, not counted)
         -> other workers hold the last of the N places? FAIL "not trained" (a preset or retry is queued again)
         -> train briefly, reporting validation accuracy per epoch to the pruner
         -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
@@ -14,6 +16,7 @@ never train more than N together. The training itself is injected (`train_fn`), 
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -27,8 +30,9 @@ from space import Analysis, Genome, analyze, check, suggest_genome
 from .constraints import constraint_values
 from .liveness import Heartbeat, enqueue_again, fail_trial, reap_dead_trials, worker_identity
 from .objectives import objective_values
+from .prescreen import Prescreen, best_first, scores_of
 from .settings import SearchSettings
-from .trials import Counts, count, is_enqueued, kind
+from .trials import HOLDS_PLACE, Counts, count, is_enqueued, kind
 
 __all__ = ["REJECTED_VALUE", "SearchStopped", "TrainFn", "Search", "make_train_fn"]
 
@@ -75,6 +79,11 @@ def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> Train
     return train_fn
 
 
+def _json_float(value: float) -> float | None:
+    """A user attr value: None for NaN and infinities (not JSON)."""
+    return float(value) if math.isfinite(value) else None
+
+
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
@@ -94,6 +103,7 @@ class Search:
     # Held while deciding to train a candidate; shared by all workers of a study (search.workers.SlotLock).
     lock: AbstractContextManager = field(default_factory=nullcontext)
     claim_wait_seconds: float = 30.0  # longest wait for an earlier trial's verdict before claiming a place
+    prescreen: Prescreen | None = None  # train the best of K feasible proposals by a proxy (None: every one)
     interrupted: int | None = field(default=None, init=False)  # the trial a Ctrl-C / SIGTERM stopped
 
     def counts(self) -> Counts:
@@ -130,38 +140,58 @@ class Search:
                                     "leave too little room: relax --max-params / --min-rf")
 
     def step(self) -> tuple[str, str]:
-        """One candidate, start to end: (kind, detail); ("full", "") if no training slot was free.
+        """One trained candidate, start to end: (kind, detail); ("full", "") if no training slot was free.
 
         Deciding to train happens under `lock`: count the trained and training trials, ask, check the
         candidate, mark it training. Workers holding the same lock can therefore never start more training
-        runs than --trials leaves (check-then-act without it: two workers each see one free slot).
+        runs than --trials leaves (check-then-act without it: two workers each see one free slot). With a
+        prescreen the first feasible proposal reserves the place; the lock is let go while the round's other
+        proposals are asked and scored (seconds), and taken again to hand the place to the winner.
         """
-        trial = None
+        asked: list[optuna.Trial] = []  # this step's trials: none may be left RUNNING if it stops half-way
         try:
             with self.lock:
                 c = self.counts()
                 if c.trained + c.running >= self.n_trials:
                     return "full", ""
                 trial = self.study.ask()
-                prepared = self._prepare(trial)
+                asked.append(trial)
+                proposed = self._propose(trial)
+                if isinstance(proposed, tuple):
+                    return proposed
+                screen = self.prescreen is not None and self.prescreen.k > 1 and not is_enqueued(trial)
+                # A round's first proposal holds the place for the round's winner ("reserved": counted as
+                # running, never queued again), so that workers never screen for places already taken.
+                prepared = self._claim(trial, proposed, "reserved" if screen else "training")
+            if screen and not isinstance(prepared, tuple):
+                trial, prepared = self._screen(trial, proposed, asked)
             if isinstance(prepared, tuple):
                 return prepared
             return self._train(trial, prepared)
         except BaseException as e:  # Ctrl-C, SIGTERM, a storage error: leave nothing RUNNING behind
-            if trial is not None:
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
+            stopped = None  # the trial to name: the one in training, else the first one still open
+            for t in asked:
                 try:
-                    frozen = self.study._storage.get_trial(trial._trial_id)
+                    frozen = self.study._storage.get_trial(t._trial_id)
                     if frozen.state == TrialState.RUNNING:
-                        why = "interrupted" if isinstance(e, KeyboardInterrupt) else _first_line(e)
+                        # Queued again if it was training or a preset (liveness.requeue), not if it was screened.
                         fail_trial(self.study, frozen, why, retry=True)
-                        if isinstance(e, KeyboardInterrupt):
-                            self.interrupted = trial.number
+                        if stopped is None or frozen.user_attrs.get("phase") == "training":
+                            stopped = t.number
                 except Exception:  # the storage itself is gone: the next run reaps the trial; report the cause
                     pass
+            if isinstance(e, KeyboardInterrupt) and stopped is not None:
+                self.interrupted = stopped
             raise
 
     def _prepare(self, trial: optuna.Trial) -> tuple[str, str] | _Candidate:
         """Record the candidate; reject or deduplicate it (an outcome), or reserve it for training."""
+        proposed = self._propose(trial)
+        return proposed if isinstance(proposed, tuple) else self._claim(trial, proposed)
+
+    def _propose(self, trial: optuna.Trial) -> tuple[str, str] | _Candidate:
+        """Record the candidate; reject or deduplicate it (an outcome), or return it as feasible and new."""
         s, n = self.settings, trial.number
         trial.set_user_attr("worker", worker_identity())
         suggested = suggest_genome(trial, num_classes=self.num_classes, max_params=s.max_params, min_rf=s.min_rf)
@@ -184,18 +214,77 @@ class Search:
         dup = self._duplicate_of(trial, genome.to_json())
         if dup is not None:
             return dup
-        if self._budget_taken(n):
-            reason = f"not trained: the study already has {self.n_trials} trials trained or in training"
-            trial.set_user_attr("failed_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            if is_enqueued(frozen):  # a preset or a retry: keep it for a later run with a larger --trials
-                enqueue_again(self.study, frozen, {k: frozen.user_attrs[k] for k in ("retry_of", "retries")
-                                                   if k in frozen.user_attrs})
-            self.log(f"trial {n:>4}  skipped   {reason} (another worker claimed the last one){tag}")
-            return "surplus", reason
-        trial.set_user_attr("phase", "training")  # from now on it holds a slot (trials.count: running)
         return _Candidate(genome, a, tag)
+
+    def _claim(self, trial: optuna.Trial, cand: _Candidate, phase: str = "training") -> tuple[str, str] | _Candidate:
+        """Take a training place for the candidate (phase "training", or "reserved" for a prescreen round), or
+        tell it "not trained" if the others hold them all."""
+        if self._budget_taken(trial.number):
+            reason = f"not trained: the study already has {self.n_trials} trials trained or in training"
+            self._not_trained(trial, reason)
+            self.log(f"trial {trial.number:>4}  skipped   {reason} (another worker claimed the last one){cand.tag}")
+            return "surplus", reason
+        trial.set_user_attr("phase", phase)  # from now on it holds a slot (trials.count: running)
+        return cand
+
+    def _not_trained(self, trial: optuna.Trial, reason: str) -> None:
+        """FAIL a trial that will not be trained; a preset or a retry is queued again, as it was, for later."""
+        trial.set_user_attr("failed_reason", reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if is_enqueued(frozen):
+            enqueue_again(self.study, frozen, {k: frozen.user_attrs[k] for k in ("retry_of", "retries")
+                                               if k in frozen.user_attrs})
+
+    def _screen(self, first: optuna.Trial, cand: _Candidate, asked: list[optuna.Trial]
+                ) -> tuple[optuna.Trial, tuple[str, str] | _Candidate]:
+        """The prescreen round that `first` (holding a reserved place) opens: up to K feasible proposals,
+        scored. Returns the winner and its candidate, now in training, or the winner and its outcome if another
+        worker started training the same genome meanwhile. See search.prescreen."""
+        p = self.prescreen
+        round_ = [(first, cand)]
+        skips = 0
+        while len(round_) < p.k:
+            trial = self.study.ask()
+            asked.append(trial)
+            if is_enqueued(trial):  # another worker queued a retry meanwhile: it is trained on its own, later
+                self._not_trained(trial, "not trained: it came up during another trial's prescreen; queued again")
+                break
+            proposed = self._propose(trial)
+            if isinstance(proposed, tuple):  # rejected or a duplicate, recorded as without a prescreen
+                skips += 1
+                if skips >= self.max_skips_in_row:
+                    raise SearchStopped(f"{skips} candidates in a row were rejected or duplicates; the constraints "
+                                        "leave too little room: relax --max-params / --min-rf")
+                continue
+            skips = 0
+            trial.set_user_attr("phase", "screening")
+            round_.append((trial, proposed))
+        values = p.score([c.genome for _, c in round_])
+        scores = scores_of(values, p.proxy)
+        order = best_first(scores)
+        for rank, i in enumerate(order, 1):
+            trial = round_[i][0]
+            for key, value in {"prescreen_proxy": p.proxy, "prescreen_k": len(round_), "prescreen_rank": rank,
+                               "prescreen_score": _json_float(scores[i]),
+                               "prescreen_values": {k: _json_float(v) for k, v in values[i].items()}}.items():
+                trial.set_user_attr(key, value)
+        winner, wcand = round_[order[0]]
+        with self.lock:
+            claimed = self._duplicate_of(winner, wcand.genome.to_json())  # trained by another worker meanwhile?
+            if claimed is None:
+                # The winner takes the place before `first` lets go of it (told below, if it lost): the count
+                # may briefly show one place too many taken, never one too few.
+                winner.set_user_attr("phase", "training")
+                claimed = wcand
+        for i in order[1:]:
+            trial = round_[i][0]
+            trial.set_user_attr("prescreen_lost_to", winner.number)
+            self.study.tell(trial, state=TrialState.FAIL)  # why FAIL and not PRUNED: search.prescreen
+        losers = ", ".join(f"{round_[i][0].number} ({scores[i]:.4g})" for i in order[1:])
+        self.log(f"trial {winner.number:>4}  chosen    best of {len(round_)} by {p.proxy} ({scores[order[0]]:.4g})"
+                 + (f"; screened out: {losers}" if losers else ""))
+        return winner, claimed
 
     def _train(self, trial: optuna.Trial, cand: _Candidate) -> tuple[str, str]:
         s, n, tag, a = self.settings, trial.number, cand.tag, cand.analysis
@@ -254,8 +343,10 @@ class Search:
             c = count(trials)  # c.running: trials in training (not this one: it is not marked yet)
             if c.trained + c.running >= self.n_trials:
                 return True
+            # Not waited for: trials holding a place (counted in c.running) and a round's other proposals
+            # (phase "screening": the round's place is already reserved).
             checking = sum(t.state == TrialState.RUNNING and t.number < number
-                           and t.user_attrs.get("phase") != "training" for t in trials)
+                           and t.user_attrs.get("phase") not in (*HOLDS_PLACE, "screening") for t in trials)
             if c.trained + c.running + checking < self.n_trials or time.monotonic() > end:
                 return False
             time.sleep(0.05)  # an earlier trial's check takes a few storage round trips

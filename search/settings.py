@@ -32,7 +32,8 @@ def parse_val_size(text: str) -> int | float:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Everything that changes a trial's validation accuracy or feasibility (not the device, not N)."""
+    """Everything that changes a trial's validation accuracy or feasibility, or which candidates are trained
+    (not the device, not N)."""
 
     dataset: str
     max_params: int
@@ -50,6 +51,10 @@ class SearchSettings:
     # The search space's version (space.SPACE_VERSION) the study's trials were sampled from. Stored settings
     # without it predate the field, which came with version 2: they are version 1 (see from_dict).
     space: int = SPACE_VERSION
+    # Which candidates get trained (search.prescreen): each trained trial is the best of `prescreen` feasible
+    # proposals by `proxy`; 1 = off. Stored like the rest, so that a resume screens as the run it continues.
+    prescreen: int = 1
+    proxy: str = "vote"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,8 @@ Every candidate the sampler proposes is one Optuna trial, and ends as one of the
     rejected   broke a rule, never trained (COMPLETE with placeholder value 0 and constraints > 0,
                so TPE learns the infeasible region; Optuna's best_trial ignores it)
     duplicate  the same genome as an earlier trained trial: its result is copied, not retrained
+    screened   feasible, but another proposal of its --prescreen round scored higher on the proxy: never
+               trained (FAIL, with prescreen_lost_to = the winner; see search.prescreen for why FAIL)
     failed     training raised or diverged, or its worker died or was interrupted (FAIL)
     running / waiting  in progress / enqueued
 "Trained" = completed + pruned: what --trials N counts.
@@ -24,10 +26,13 @@ from space import Genome
 
 from .objectives import pareto_front
 
-__all__ = ["KINDS", "kind", "Counts", "count", "best_trial", "pareto_trials", "val_acc", "genome_of", "is_enqueued",
+__all__ = ["KINDS", "HOLDS_PLACE", "kind", "Counts", "count", "best_trial", "pareto_trials", "val_acc", "genome_of", "is_enqueued",
            "rejected_fraction", "leaderboard"]
 
-KINDS = ("completed", "pruned", "rejected", "duplicate", "failed", "running", "waiting")
+KINDS = ("completed", "pruned", "rejected", "duplicate", "screened", "failed", "running", "waiting")
+# The phases (user attr) of a RUNNING trial that holds one of the --trials places: in training, or reserved by
+# the first proposal of a --prescreen round for the round's winner (search.runner).
+HOLDS_PLACE = ("training", "reserved")
 
 
 def kind(t: FrozenTrial) -> str:
@@ -40,6 +45,8 @@ def kind(t: FrozenTrial) -> str:
         return "rejected"
     if "duplicate_of" in a:
         return "duplicate"
+    if "prescreen_lost_to" in a:
+        return "screened"
     if t.state == TrialState.COMPLETE and a.get("trained"):
         return "completed"
     if t.state == TrialState.PRUNED and a.get("trained"):
@@ -53,8 +60,9 @@ class Counts:
     pruned: int = 0
     rejected: int = 0
     duplicate: int = 0
+    screened: int = 0  # proposals a --prescreen round did not choose
     failed: int = 0
-    running: int = 0  # training right now (other workers, or an unreaped dead one)
+    running: int = 0  # holding a place right now (HOLDS_PLACE): other workers, or an unreaped dead one
     waiting: int = 0
     epochs: int = 0  # epochs trained over all trained trials
 
@@ -67,15 +75,16 @@ class Counts:
 
     def line(self) -> str:
         return (f"{self.trained} trained ({self.completed} completed, {self.pruned} pruned), {self.rejected} rejected, "
-                f"{self.duplicate} duplicate, {self.failed} failed")
+                f"{self.duplicate} duplicate, " + (f"{self.screened} screened out, " if self.screened else "")
+                + f"{self.failed} failed")
 
 
 def count(trials: Iterable[FrozenTrial]) -> Counts:
     c = Counts()
     for t in trials:
         k = kind(t)
-        if k == "running" and t.user_attrs.get("phase") != "training":
-            continue  # asked, not (yet) training: it may still be rejected
+        if k == "running" and t.user_attrs.get("phase") not in HOLDS_PLACE:
+            continue  # asked, not (yet) holding a place: it may still be rejected or screened out
         setattr(c, k, getattr(c, k) + 1)
         if k in ("completed", "pruned"):
             c.epochs += int(t.user_attrs.get("epochs", 0))
@@ -136,8 +145,9 @@ def _val_acc(t: FrozenTrial) -> float | None:
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, rejected.
-    `pareto`: on the study's Pareto front (pareto_trials); `peak_act`: peak activations, elements per image."""
+    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, screened, rejected.
+    `pareto`: on the study's Pareto front (pareto_trials); `peak_act`: peak activations, elements per image;
+    `proxy_score`, `proxy_rank` (1 = chosen) and `lost_to`: a --prescreen round's verdict (blank without one)."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
     front = {t.number for t in pareto_trials(trials)}
@@ -154,15 +164,19 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "preset": a.get("preset"), "rejected_reason": a.get("rejected"),
             "failed_reason": a.get("failed_reason") if k == "failed" else None,
             "duplicate_of": a.get("duplicate_of"), "retry_of": a.get("retry_of"),
-            "best": best is not None and t.number == best.number, "pareto": t.number in front,
+            "proxy_score": a.get("prescreen_score"), "proxy_rank": a.get("prescreen_rank"),
+            "lost_to": a.get("prescreen_lost_to"), "best": best is not None and t.number == best.number, "pareto": t.number in front,
         })
     df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "peak_act", "rf", "epochs",
                                      "train_seconds", "images_per_s", "wall_seconds", "device", "summary", "preset",
-                                     "rejected_reason", "failed_reason", "duplicate_of", "retry_of", "best", "pareto"])
-    for col in ("params", "macs", "peak_act", "rf", "epochs", "duplicate_of", "retry_of"):  # ints, blank if unknown
+                                     "rejected_reason", "failed_reason", "duplicate_of", "retry_of", "proxy_score",
+                                     "proxy_rank", "lost_to", "best", "pareto"])
+    df["proxy_score"] = df["proxy_score"].astype(float)  # NaN without a prescreen
+    for col in ("params", "macs", "peak_act", "rf", "epochs", "duplicate_of", "retry_of", "proxy_rank",
+                "lost_to"):  # ints, blank if unknown
         df[col] = df[col].astype("Int64")
     order = {k: i for i, k in enumerate(("completed", "pruned", "duplicate", "running", "waiting", "failed",
-                                         "rejected"))}
+                                         "screened", "rejected"))}
     df["_k"] = df["state"].map(order)
     df["_p"] = df["params"].fillna(0)
     df = df.sort_values(["_k", "val_acc", "_p", "number"], ascending=[True, False, True, True], na_position="last")

@@ -48,6 +48,9 @@ def one_error_line(err: str, text: str) -> None:
     (["--storage", "postgresql://nas:s3cret@127.0.0.1:1/nas"], "storage postgresql://nas:***@127.0.0.1:1/nas"),
     (["--storage", "results/no_suffix"], "cannot tell what storage"),
     (["--subset-train", "40", "--batch-size", "32"], "make 0 optimizer steps"),
+    (["--prescreen", "0"], "--prescreen must be a positive integer (1: off), got 0"),
+    (["--prescreen", "3", "--proxy", "snip"], "unknown --proxy 'snip'; choose one of: vote, synflow, jacov"),
+    (["--proxy", "synflow"], "--proxy synflow needs --prescreen K with K >= 2"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, text, capsys, tmp_path):
     argv = ["--dataset", "synthetic", "--storage", str(tmp_path / "s.db"), "--out", str(tmp_path / "o"), *args]
