@@ -98,6 +98,15 @@ def summary(rows: list[dict]) -> str:
         out.append(f"| {name} | {len(rs)} | {statistics.mean(acc):.4f} ± {std:.4f} | {max(acc):.4f} | "
                    f"{statistics.median(r['params'] for r in rs):,.0f} | {statistics.median(r['macs'] for r in rs):,.0f} | "
                    f"{statistics.median(r['seconds'] for r in rs):.0f} |")
+    # The two comparisons of the issue, with Welch's t-test (unequal variances) on the per-genome accuracies.
+    from scipy import stats
+    for a, b in (("residual", "plain"), ("budget-filling (residual + plain)", "old")):
+        if len(by.get(a, [])) > 1 and len(by.get(b, [])) > 1:
+            xa, xb = [r["val_acc"] for r in by[a]], [r["val_acc"] for r in by[b]]
+            t = stats.ttest_ind(xa, xb, equal_var=False)
+            out.append(f"\n{a} vs {b}: mean {statistics.mean(xa) - statistics.mean(xb):+.4f}, best "
+                       f"{max(xa) - max(xb):+.4f}; Welch t = {t.statistic:.2f}, p = {t.pvalue:.3f} "
+                       f"(n = {len(xa)}, {len(xb)})")
     return "\n".join(out)
 
 
