@@ -102,6 +102,8 @@ def build_parser():
     p.add_argument("--trial-epochs", type=int, default=None, help="epochs per candidate (cifar10 8, digits 4)")
     p.add_argument("--final-epochs", type=int, default=None, help="epochs of the final retrain (cifar10 60, digits 15)")
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")
+    p.add_argument("--no-presets", action="store_true", help="do not start a new study with the seed presets "
+                   "(e.g. to compare samplers on sampled candidates only)")
     p.add_argument("--pruner", default=None, help="median (default), hyperband or none (the only choice, and the "
                                                    "default, with two objectives)")
     p.add_argument("--val-size", default=None, help="validation images (5000) or fraction (0.2) of the training set")
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         except STORAGE_ERRORS as e:  # e.g. the database server stopped: one line, not a traceback
             raise lost_storage(label, e) from None
         return 0
-    presets = enqueue_presets(study, full.num_classes) if created else []  # once, by the process that created it
+    # once, by the process that created the study
+    presets = enqueue_presets(study, full.num_classes) if created and not args.no_presets else []
     info = machine_info(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run_key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"

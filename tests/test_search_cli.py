@@ -228,3 +228,13 @@ def test_interrupted_and_killed_runs_resume_to_exactly_n_trained(tmp_path):
     for n in (interrupted, killed):  # both candidates were queued again and trained in the end
         origin = by_number[n].user_attrs.get("retry_of", n)
         assert any(t.user_attrs.get("retry_of") == origin for t in trained), n
+
+
+def test_no_presets_starts_the_study_with_sampled_candidates_only(capsys, tmp_path):
+    db = tmp_path / "s.db"
+    code, _, err = call(run_cmd.main, [*TINY, "--trials", "1", "--no-final", "--no-presets", "--storage", str(db),
+                                       "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
+    assert study.trials and not any("preset" in t.user_attrs for t in study.trials)
+    assert sum(kind(t) in ("completed", "pruned") for t in study.trials) == 1

@@ -5,8 +5,10 @@
 
 For every seed and every K in {1, --k}: one `python -m search.run` study (--no-final, --pruner none, so every
 trained trial has the full --trial-epochs and the studies differ only in which candidates were trained), named
-ab-k{K}-s{seed} in its own SQLite file under --storage-dir. Both arms of one seed share the seed: the same
-validation split, presets and sampler seed. Then, per study: the best validation accuracy (search.trials.
+ab-k{K}-s{seed} in its own SQLite file under --storage-dir, started without the seed presets (--no-presets: they
+would be the same trials in both arms). Both arms of one seed share the seed: the same validation split and
+sampler seed. `--arm K` runs one arm only (two processes, one per arm, then a last run without --arm for the
+table). Then, per study: the best validation accuracy (search.trials.
 best_trial), the mean of its top 5, the trials trained / screened out / rejected and the search's seconds (which
 include the proxies' cost); per K: mean ± std over the seeds, and per seed the paired difference.
 
@@ -82,6 +84,8 @@ def main() -> None:
     p.add_argument("--trial-epochs", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--extra", default="", help="more search.run flags, one string")
+    p.add_argument("--arm", type=int, help="run only this K's studies, no table (two processes, one per arm, can "
+                   "share the cores; a last run without --arm prints the table)")
     p.add_argument("--storage-dir", default="results/prescreen_ab", help="the studies (not tracked by git)")
     p.add_argument("--out", default="results/benchmarks/prescreen_ab_cpu.json")
     args = p.parse_args()
@@ -91,14 +95,18 @@ def main() -> None:
     storage_dir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = [1, args.k]
+    if args.arm is not None and args.arm not in arms:
+        p.error(f"--arm must be 1 or --k ({args.k})")
     results: dict[str, dict] = {}
     for seed in seeds:  # seed-major: a run cut short still has both arms of its first seeds
-        for k in arms:
+        for k in arms if args.arm is None else [args.arm]:
             name = study_name(k, seed)
             study = load(storage_dir, name)
             if study is None or count(study.get_trials(deepcopy=False)).trained < args.trials:
                 cmd = [sys.executable, "-m", "search.run", "--dataset", args.dataset, "--data-dir", args.data_dir,
-                       "--no-download", "--no-final", "--subset-train", str(args.subset_train), "--trial-epochs",
+                       # --no-presets: the seed presets would be the same trials in both arms and are no
+                       # sampled candidate; the arms differ only in what the sampler's proposals become
+                       "--no-download", "--no-final", "--no-presets", "--subset-train", str(args.subset_train), "--trial-epochs",
                        str(args.trial_epochs), "--pruner", "none", "--trials", str(args.trials), "--seed", str(seed),
                        "--prescreen", str(k), *(["--proxy", args.proxy] if args.proxy and k > 1 else []),
                        "--study-name", name, "--storage", str(storage_dir / f"{name}.db"), "--device", args.device,
@@ -112,6 +120,8 @@ def main() -> None:
             print(f"{name}: best val {results[name]['best_val_acc']}, {results[name]['trained']} trained, "
                   f"{results[name]['screened']} screened out, {results[name]['search_seconds']:.0f} s", flush=True)
 
+    if args.arm is not None:
+        return
     info = machine_info(args.device)
     lines = [f"{args.dataset}, {args.subset_train} training images, {args.trial_epochs} epochs per trial, "
              f"{args.trials} trained trials per study, seeds {args.seeds}, proxy {args.proxy or 'vote'}"
