@@ -97,8 +97,8 @@ def build_parser():
                    help="train only the best of K feasible proposals by a zero-cost proxy, recording the others as "
                         "screened out (default 1: off)")
     p.add_argument("--proxy", default=None,
-                   help="the prescreen's proxy: vote (default: the rank vote of synflow, naswot, grad_norm), "
-                        "synflow, jacov, naswot, grad_norm or params")
+                   help="the prescreen's proxy: grad_norm (default: it ranked trained nets best), synflow, jacov, "
+                        "naswot, params, or vote (the rank vote of synflow, naswot and grad_norm)")
     p.add_argument("--trial-epochs", type=int, default=None, help="epochs per candidate (cifar10 8, digits 4)")
     p.add_argument("--final-epochs", type=int, default=None, help="epochs of the final retrain (cifar10 60, digits 15)")
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")

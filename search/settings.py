@@ -54,7 +54,7 @@ class SearchSettings:
     # Which candidates get trained (search.prescreen): each trained trial is the best of `prescreen` feasible
     # proposals by `proxy`; 1 = off. Stored like the rest, so that a resume screens as the run it continues.
     prescreen: int = 1
-    proxy: str = "vote"
+    proxy: str = "grad_norm"  # search.prescreen.DEFAULT_PROXY (not imported: prescreen imports this module)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

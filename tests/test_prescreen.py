@@ -15,10 +15,10 @@ import pytest
 from optuna.trial import TrialState
 
 from search.liveness import worker_identity
-from search.prescreen import Prescreen, best_first, make_prescreen, parse_prescreen, scores_of
+from search.prescreen import DEFAULT_PROXY, Prescreen, best_first, make_prescreen, parse_prescreen, scores_of
 from search.report import write_report
 from search.runner import Search
-from search.settings import SearchError
+from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, count, kind, leaderboard
 from space import PRESETS, analyze
@@ -212,7 +212,7 @@ def test_the_real_proxies_score_and_choose_on_the_search_data():
 
 
 def test_prescreen_settings_are_validated_and_kept_with_the_study():
-    assert parse_prescreen(1, None) == (1, "vote") and parse_prescreen(4, "synflow") == (4, "synflow")
+    assert parse_prescreen(1, None) == (1, "grad_norm") and parse_prescreen(4, "synflow") == (4, "synflow")
     with pytest.raises(SearchError, match="--prescreen must be a positive integer"):
         parse_prescreen(0, None)
     with pytest.raises(SearchError, match="unknown --proxy 'snip'; choose one of: vote, synflow"):
@@ -254,3 +254,7 @@ def test_jobs_2_with_prescreen_3_trains_exactly_n(tmp_path):
         if kind(t) == "screened":  # lost to a larger net of its round
             winner = next(u for u in trials if u.number == t.user_attrs["prescreen_lost_to"])
             assert t.user_attrs["n_params"] <= winner.user_attrs["n_params"]
+
+
+def test_the_settings_default_proxy_is_the_prescreen_default():
+    assert SearchSettings.proxy == DEFAULT_PROXY == "grad_norm"
