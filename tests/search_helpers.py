@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,3 +82,12 @@ def memory_study(s: SearchSettings | None = None, pruner: str = "none", presets:
 
 def run_module(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def run_threads(workers, timeout: float = 120) -> None:
+    """Run each worker's `run` in its own thread and wait for all (several workers of one process)."""
+    threads = [threading.Thread(target=w.run) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)

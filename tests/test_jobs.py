@@ -20,7 +20,7 @@ from search.storage import default_journal, migrate_to_journal, open_storage, re
 from search.study import stored_settings
 from search.trials import kind
 from search.workers import SlotLock, worker_argv
-from tests.search_helpers import FakeTrain, memory_study, settings
+from tests.search_helpers import FakeTrain, memory_study, run_threads, settings
 
 # digits, tiny: 200 training images (160 train / 40 validation), 1 epoch of 5 steps per trial; at most 100k
 # parameters, so that the slowest preset (seed003_dilated: full resolution throughout) is rejected.
@@ -118,11 +118,7 @@ def test_workers_sharing_the_slot_lock_never_train_more_than_n(monkeypatch):
 
     lock, fake = threading.Lock(), SlowTrain(epochs=2)
     workers = [Search(study, s, 10, fake, 7, log=lambda _: None, poll_seconds=0.01, lock=lock) for _ in range(4)]
-    threads = [threading.Thread(target=w.run) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_threads(workers)
     trials = study.get_trials()
     assert len(trained(trials)) == 7 and len(fake.calls) == 7  # not one training run more
     assert overlapping(trained(trials))

@@ -22,7 +22,7 @@ from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, count, kind, leaderboard
 from space import PRESETS, analyze
-from tests.search_helpers import FakeTrain, memory_study, settings
+from tests.search_helpers import FakeTrain, memory_study, run_threads, settings
 from tests.test_jobs import DIGITS, cli, journal_study
 
 
@@ -183,11 +183,7 @@ def test_workers_sharing_the_slot_lock_train_exactly_n_with_a_prescreen(monkeypa
     s = settings(prescreen=3, proxy="params")
     study, fake, lock = memory_study(s), FakeTrain(epochs=2), threading.Lock()
     workers = [search(study, s, fake, 7, FakeScore(), poll_seconds=0.01, lock=lock) for _ in range(3)]
-    threads = [threading.Thread(target=w.run) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_threads(workers)
     trials = study.get_trials()
     assert count(trials).trained == 7 and len(fake.calls) == 7
     assert not [t for t in trials if t.state == TrialState.RUNNING]
