@@ -1,4 +1,11 @@
 import os
+import signal
 
 # albumentations otherwise asks the network for updates on import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# A test run started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT as
+# ignored, and so would every command a test starts: the Ctrl-C tests would then see their search finish
+# instead of stop. Python's own handler here means the default disposition in every child after exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
