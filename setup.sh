@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up in one command, run from anywhere; both commands are safe to run again.
-#   ./setup.sh quickstart   create .venv if needed, then the offline digits search (a few CPU minutes)
+#   ./setup.sh quickstart   create .venv if needed, then the offline digits search (about 4 minutes on 2 CPU cores)
 #   ./setup.sh test         create .venv if needed, then the test suite (exactly what CI runs)
 #   ./setup.sh env          only create / update .venv
 # Needs python3 >= 3.11 (or PYTHON=/path/to/python3.11). VENV=DIR puts the environment elsewhere (CI uses
@@ -44,7 +44,7 @@ case "${1:-}" in
         echo "environment ready: source $VENV/bin/activate" ;;
     quickstart)
         ensure_env
-        python -m search.run --dataset digits --trials 12
+        python -m search.run --dataset digits --trials 12 --max-macs 40000000
         echo "next: open results/digits-nas/report.md; the winner is results/digits-nas/best_model.py (+ .pt)" ;;
     test)
         ensure_env
