@@ -42,15 +42,12 @@ from train.data import ImageData
 from train.proxies import PROXIES, VOTE, rank_vote
 from train.proxies import score as proxy_values
 
-from .settings import SearchError, SearchSettings
+from .settings import DEFAULT_PROXY, SearchError, SearchSettings
 
 __all__ = ["PROXY_CHOICES", "DEFAULT_PROXY", "PROXY_BATCH", "ScoreFn", "Prescreen", "parse_prescreen", "proxy_names",
            "scores_of", "best_first", "make_prescreen"]
 
 PROXY_CHOICES = ("vote", *PROXIES)  # vote: train.proxies.rank_vote over train.proxies.VOTE
-# The proxy that ranked 40 trained genomes of the space best (Kendall tau 0.34, p = 0.002; the vote 0.05, synflow,
-# jacov and naswot below 0): results/benchmarks/proxies_rank_cpu.md.
-DEFAULT_PROXY = "grad_norm"
 PROXY_BATCH = 64  # images per proxy evaluation: one forward/backward, milliseconds on a GPU
 
 # The raw proxy values {name: value} of every genome of one round, in order.

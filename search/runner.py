@@ -135,9 +135,7 @@ class Search:
             if failures >= self.max_failures_in_row:
                 raise SearchStopped(f"{failures} candidates in a row failed in training (last: {detail}); "
                                     "fix the cause, then run the same command to resume")
-            if skips >= self.max_skips_in_row:
-                raise SearchStopped(f"{skips} candidates in a row were rejected or duplicates; the constraints "
-                                    "leave too little room: relax --max-params / --min-rf")
+            self._check_skips(skips)
 
     def step(self) -> tuple[str, str]:
         """One trained candidate, start to end: (kind, detail); ("full", "") if no training slot was free.
@@ -185,10 +183,11 @@ class Search:
                 self.interrupted = stopped
             raise
 
-    def _prepare(self, trial: optuna.Trial) -> tuple[str, str] | _Candidate:
-        """Record the candidate; reject or deduplicate it (an outcome), or reserve it for training."""
-        proposed = self._propose(trial)
-        return proposed if isinstance(proposed, tuple) else self._claim(trial, proposed)
+    def _check_skips(self, skips: int) -> None:
+        """Give up after max_skips_in_row rejected or duplicate candidates in a row (in rounds or not)."""
+        if skips >= self.max_skips_in_row:
+            raise SearchStopped(f"{skips} candidates in a row were rejected or duplicates; the constraints "
+                                "leave too little room: relax --max-params / --min-rf")
 
     def _propose(self, trial: optuna.Trial) -> tuple[str, str] | _Candidate:
         """Record the candidate; reject or deduplicate it (an outcome), or return it as feasible and new."""
@@ -253,9 +252,7 @@ class Search:
             proposed = self._propose(trial)
             if isinstance(proposed, tuple):  # rejected or a duplicate, recorded as without a prescreen
                 skips += 1
-                if skips >= self.max_skips_in_row:
-                    raise SearchStopped(f"{skips} candidates in a row were rejected or duplicates; the constraints "
-                                        "leave too little room: relax --max-params / --min-rf")
+                self._check_skips(skips)
                 continue
             skips = 0
             trial.set_user_attr("phase", "screening")

@@ -270,7 +270,7 @@ def test_a_candidate_is_not_trained_when_other_workers_hold_the_last_places_and_
     ours = study.ask()
     other = study.ask()
     other.set_user_attr("phase", "training")
-    outcome, reason = runner._prepare(ours)
+    outcome, reason = runner._claim(ours, runner._propose(ours))
     assert outcome == "surplus" and "not trained" in reason and fake.calls == []
     trials = study.get_trials()
     skipped = [t for t in trials if t.state == TrialState.FAIL]
