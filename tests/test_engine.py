@@ -99,6 +99,9 @@ def test_train_run_reports_test_accuracy_and_writes_outputs(tmp_path):
     (["seed003_net", "--dataset", "imagenet", "--epochs", "1"], "imagenet"),
     (["seed003_net", "--dataset", "digits", "--epochs", "0"], "--epochs must be a positive integer"),
     (["no_such_net", "--dataset", "digits", "--epochs", "1"], "neither a preset"),
+    (["seed003_net", "--dataset", "digits", "--warmup", "1"], "--warmup 1 is out of range"),
+    (["seed003_net", "--dataset", "digits", "--weight-decay", "-0.1"], "--weight-decay -0.1 is out of range"),
+    (["seed003_net", "--dataset", "digits", "--lr", "0"], "--lr 0 is out of range"),
 ])
 def test_train_run_bad_input_gives_one_line_and_exit_2(args, text):
     r = run("train.run", *args)
@@ -221,12 +224,14 @@ def test_train_run_takes_its_defaults_from_the_dataset_table_and_flags_override_
     assert config["ema_decay"] == TrainConfig.ema_decay and config["augment_end"] == TrainConfig.augment_end
     r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "b"),
             "--quiet", "--json", "--device", "cpu", "--batch-size", str(2 * d.batch_size), "--augment",
-            "--ema-decay", "0", "--augment-end", "0.5", "--label-smoothing", "0")
+            "--ema-decay", "0", "--augment-end", "0.5", "--label-smoothing", "0", "--weight-decay", "1e-4",
+            "--warmup", "0.1")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     c = m["config"]
     assert (c["batch_size"], c["lr"]) == (2 * d.batch_size, pytest.approx(2 * d.lr))  # lr scales with the batch
     assert c["augment"] is not None and (c["ema_decay"], c["augment_end"], c["label_smoothing"]) == (0, 0.5, 0)
+    assert (c["weight_decay"], c["pct_start"]) == (1e-4, 0.1)
     assert 0 <= m["test_acc"] <= 1 and 0 <= m["test_acc_tta"] <= 1
 
 

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                    f"(default {TrainConfig.augment_end})")
     p.add_argument("--ema-decay", type=float, help=f"per-step weight EMA decay, 0: none (default {TrainConfig.ema_decay})")
     p.add_argument("--label-smoothing", type=float, help=f"default {TrainConfig.label_smoothing}")
+    p.add_argument("--weight-decay", type=float, help=f"L2 on conv and linear weights (default {TrainConfig.weight_decay})")
+    p.add_argument("--warmup", type=float, help="fraction of the steps spent warming the lr up "
+                   f"(default {TrainConfig.pct_start})")
     p.add_argument("--val-size", type=int, help="hold out this many training images and report validation "
                    "accuracy every epoch (for choosing a recipe; the test set is still evaluated once, at the end)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -102,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     epochs = d.final_epochs if args.epochs is None else args.epochs
     if epochs < 1:
         fail(f"--epochs must be a positive integer, got {epochs}")
+    for flag, value, ok in (("--lr", args.lr, lambda v: v > 0), ("--weight-decay", args.weight_decay, lambda v: v >= 0),
+                            ("--warmup", args.warmup, lambda v: 0 < v < 1),
+                            ("--label-smoothing", args.label_smoothing, lambda v: 0 <= v < 1),
+                            ("--ema-decay", args.ema_decay, lambda v: 0 <= v < 1)):
+        if value is not None and not ok(value):
+            fail(f"{flag} {value:g} is out of range")
     genome = load_spec(args.spec)
     data = load_dataset(args.dataset, args.data_dir)
     if args.subset:
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
                                         compile=args.compile, held_out="val" if args.val_size else "test"),
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
-                            ema_decay=args.ema_decay, label_smoothing=args.label_smoothing)
+                            ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
+                            weight_decay=args.weight_decay, pct_start=args.warmup)
     if not augment:
         config = replace(config, augment=None)
     a = analyze(genome)
