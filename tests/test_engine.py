@@ -155,13 +155,22 @@ def test_flip_tta_accuracy_is_reported_beside_the_plain_one():
 
 
 def test_augment_schedule_lowers_affine_and_cutout_linearly_and_keeps_flip():
-    c = cfg(epochs=5, augment_end=0.0)
+    c = cfg(epochs=5, augment_start=1.0, augment_end=0.0)
     first, middle, last = (augment_for_epoch(c, e) for e in (1, 3, 5))
     assert first == c.augment
     assert (middle.affine_p, middle.cutout_p) == pytest.approx((0.25, 0.25))
     assert (last.affine_p, last.cutout_p, last.flip_p) == (0.0, 0.0, 0.5)
-    assert augment_for_epoch(cfg(augment_end=1.0), 3) == AugmentConfig()
+    assert augment_for_epoch(cfg(augment_start=1.0, augment_end=1.0), 3) == AugmentConfig()
     assert augment_for_epoch(cfg(augment=None, augment_end=0.0), 3) is None
+
+
+@pytest.mark.parametrize("epochs, strength", [(5, 0.2), (8, 0.32), (15, 0.6), (25, 1.0), (60, 1.0)])
+def test_augment_strength_grows_with_the_run_length_unless_given(epochs, strength):
+    c = cfg(epochs=epochs, augment_full_epochs=25)
+    assert c.augment_start is None and c.augment_strength() == pytest.approx(strength)
+    first = augment_for_epoch(c, 1)
+    assert (first.affine_p, first.cutout_p, first.flip_p) == pytest.approx((0.5 * strength, 0.5 * strength, 0.5))
+    assert cfg(epochs=epochs, augment_start=0.7).augment_strength() == 0.7  # a given start wins
 
 
 def test_augment_schedule_starts_from_augment_start():

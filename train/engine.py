@@ -7,7 +7,7 @@ Recipe (the seeds found OneCycle essential): SGD with Nesterov momentum, OneCycl
 (its warm-up is the first `pct_start` of the steps), weight decay except on BN and bias parameters, label
 smoothing, an exponential moving average (EMA) of the weights that is what gets evaluated and returned,
 and an augmentation schedule that lowers the shift-scale-rotate and cutout probabilities linearly over
-the run. Flip test-time augmentation is an evaluation option reported beside the plain accuracy. The
+the run, from a strength that grows with the run's length (full from 25 epochs). Flip test-time augmentation is an evaluation option reported beside the plain accuracy. The
 defaults were chosen on a validation split (results/benchmarks/recipe_cpu.md). On CUDA: bf16 autocast,
 channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until the on-device
 augmentation (train.loader.DeviceLoader).
@@ -59,9 +59,12 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     # Multipliers of the shift-scale-rotate and cutout probabilities at the first and the last epoch; the
     # multiplier moves linearly between them (flip always keeps its probability). 1.0 and 1.0: the same
-    # augmentation every epoch.
-    augment_start: float = 1.0
+    # augmentation every epoch. augment_start None: the run's length decides, min(1, epochs /
+    # augment_full_epochs): a short run underfits and the augmentation only slows it (at 5 epochs full strength
+    # cost 3 validation points on CIFAR-10, results/benchmarks/recipe_cpu.md), a long one needs the regulariser.
+    augment_start: float | None = None
     augment_end: float = 0.0
+    augment_full_epochs: int = 25  # runs this long or longer start at full strength
     ema_decay: float = 0.99  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
     tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
     device: str = "auto"  # "auto" picks cuda > mps > cpu
@@ -78,6 +81,12 @@ class TrainConfig:
     held_out: str = "val"  # what the progress lines call data's held-out part ("test" when it is the test set)
     nan_check_every: int = 0  # steps between non-finite-loss checks, each a host sync that drains the GPU's
     # queue; 0: once per epoch only, when the epoch's loss is read anyway (a diverged run wastes <= 1 epoch)
+
+    def augment_strength(self) -> float:
+        """The multiplier at the first epoch: augment_start, or the run-length rule when it is None."""
+        if self.augment_start is not None:
+            return self.augment_start
+        return min(1.0, self.epochs / self.augment_full_epochs)
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the result (not device, progress or checkpoint place)."""
@@ -199,12 +208,13 @@ def tta_accuracy(logits: torch.Tensor, flipped_logits: torch.Tensor, labels: tor
 
 def augment_for_epoch(cfg: TrainConfig, epoch: int) -> AugmentConfig | None:
     """The augmentation of a 1-based epoch: shift-scale-rotate and cutout probabilities scaled by a factor
-    moving linearly from cfg.augment_start (first epoch) to cfg.augment_end (last epoch); flip is never
+    moving linearly from cfg.augment_strength() (first epoch) to cfg.augment_end (last epoch); flip is never
     scheduled."""
-    if cfg.augment is None or cfg.augment_start == cfg.augment_end == 1.0:
+    start = cfg.augment_strength()
+    if cfg.augment is None or start == cfg.augment_end == 1.0:
         return cfg.augment
     t = (epoch - 1) / (cfg.epochs - 1) if cfg.epochs > 1 else 0.0
-    factor = cfg.augment_start + (cfg.augment_end - cfg.augment_start) * t
+    factor = start + (cfg.augment_end - start) * t
     return replace(cfg.augment, affine_p=cfg.augment.affine_p * factor, cutout_p=cfg.augment.cutout_p * factor)
 
 
@@ -335,7 +345,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     status, message = "completed", ""
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
-        if not cfg.augment_start == cfg.augment_end == 1.0:
+        if not cfg.augment_strength() == cfg.augment_end == 1.0:
             train_loader.set_augment(augment_for_epoch(cfg, epoch))
         model.train()
         loss_sum = torch.zeros((), device=device)

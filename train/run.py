@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="flip/shift-scale-rotate/cutout "
                    "(default: per dataset)")
     p.add_argument("--augment-start", type=float, help="shift-scale-rotate and cutout probability multiplier at "
-                   f"the first epoch (default {TrainConfig.augment_start})")
+                   f"the first epoch (default: min(1, epochs / {TrainConfig.augment_full_epochs}))")
     p.add_argument("--augment-end", type=float, help="the same multiplier at the last epoch, linear in between "
                    f"(default {TrainConfig.augment_end})")
     p.add_argument("--ema-decay", type=float, help=f"per-step weight EMA decay, 0: none (default {TrainConfig.ema_decay})")
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value, ok in (("--lr", args.lr, lambda v: v > 0), ("--weight-decay", args.weight_decay, lambda v: v >= 0),
                             ("--warmup", args.warmup, lambda v: 0 < v < 1),
                             ("--label-smoothing", args.label_smoothing, lambda v: 0 <= v < 1),
-                            ("--ema-decay", args.ema_decay, lambda v: 0 <= v < 1)):
+                            ("--ema-decay", args.ema_decay, lambda v: 0 <= v < 1),
+                            ("--augment-start", args.augment_start, lambda v: 0 <= v <= 1),
+                            ("--augment-end", args.augment_end, lambda v: 0 <= v <= 1)):
         if value is not None and not ok(value):
             fail(f"{flag} {value:g} is out of range")
     genome = load_spec(args.spec)
