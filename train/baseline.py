@@ -82,7 +82,7 @@ def train_seed_style(model: nn.Module, data, epochs: int, batch_size: int = 128,
         for xb, yb in loader:
             loss = _seed_step(model, optimizer, criterion, xb, yb, device)
             scheduler.step()
-            loss_sum += float(loss) * len(yb)  # the seeds' loop synced every step; so does this reference
+            loss_sum += float(loss.detach()) * len(yb)  # the seeds' loop synced every step; so does this reference
             seen += len(yb)
         seconds = time.perf_counter() - t0
         _, acc = evaluate(model, data.x_test, data.y_test, data.mean, data.std, device)
