@@ -7,8 +7,9 @@ Recipe (the seeds found OneCycle essential): SGD with Nesterov momentum, OneCycl
 (its warm-up is the first `pct_start` of the steps), weight decay except on BN and bias parameters, label
 smoothing, an exponential moving average (EMA) of the weights that is what gets evaluated and returned,
 and an augmentation schedule that lowers the shift-scale-rotate and cutout probabilities linearly over
-the run, from a strength that grows with the run's length (full from 25 epochs). Flip test-time augmentation is an evaluation option reported beside the plain accuracy. The
-defaults were chosen on a validation split (results/benchmarks/recipe_cpu.md). On CUDA: bf16 autocast,
+the run, from a strength that grows with the run's length (TrainConfig.augment_strength). Flip test-time
+augmentation is an evaluation option reported beside the plain accuracy. The defaults were chosen on a
+validation split (results/benchmarks/recipe_cpu.md). On CUDA: bf16 autocast,
 channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until the on-device
 augmentation (train.loader.DeviceLoader).
 """
@@ -61,7 +62,7 @@ class TrainConfig:
     # multiplier moves linearly between them (flip always keeps its probability). 1.0 and 1.0: the same
     # augmentation every epoch. augment_start None: the run's length decides, min(1, epochs /
     # augment_full_epochs): a short run underfits and the augmentation only slows it (at 5 epochs full strength
-    # cost 3 validation points on CIFAR-10, results/benchmarks/recipe_cpu.md), a long one needs the regulariser.
+    # cost 2.6 validation points on CIFAR-10, results/benchmarks/recipe_cpu.md), a long one needs the regulariser.
     augment_start: float | None = None
     augment_end: float = 0.0
     augment_full_epochs: int = 25  # runs this long or longer start at full strength
@@ -345,8 +346,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     status, message = "completed", ""
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
-        if not cfg.augment_strength() == cfg.augment_end == 1.0:
-            train_loader.set_augment(augment_for_epoch(cfg, epoch))
+        train_loader.set_augment(augment_for_epoch(cfg, epoch))  # the schedule; once per epoch, off the hot path
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)

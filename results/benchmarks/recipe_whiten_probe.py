@@ -8,6 +8,9 @@ shift-scale-rotate and cutout off. Before training, the first conv's filters are
 eigenvectors of the covariance of its input patches (k x k x 3, normalised images, 5,000 training images),
 each scaled by 1 / sqrt(eigenvalue + 0.01), as airbench does for its (frozen) first layer; here the layer
 stays trainable and a BN follows it. Prints the validation accuracy after each epoch.
+
+The run quoted in recipe_cpu.md built the model before seeding, so its other layers' initial weights were
+an unseeded draw; this version seeds first, so its figures differ from that run's (but repeat).
 """
 import json
 import sys
@@ -23,6 +26,7 @@ from train.engine import TrainConfig, train
 
 out, lr = sys.argv[1], float(sys.argv[2])
 data = train_val_split(load_dataset("cifar10", sys.argv[3] if len(sys.argv) > 3 else "/tmp/cifar10"), 5000, seed=0)
+torch.manual_seed(0)  # train() seeds only the genomes it builds itself; this model is built here
 model = build(load_spec("seed003_net"))
 conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 idx = np.random.default_rng(0).choice(len(data.y_train), 5000, replace=False)
