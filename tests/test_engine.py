@@ -11,7 +11,7 @@ from train.augment import AugmentConfig
 from train.data import load_digits32, make_synthetic, write_cifar_batches
 from train.defaults import DEFAULTS
 from train.engine import (CheckpointError, TrainConfig, WeightEMA, augment_for_epoch, evaluate, load_weights,
-                          predict_images, train, tta_accuracy)
+                          make_optimizer, predict_images, train, tta_accuracy)
 
 TINY = Genome([[Layer("conv3", 16)], [Layer("dsc3", 24, stride=2)], [Layer("dsc3", 32, stride=2)],
                [Layer("dsc3", 32, dilation=2)]], Head(dropout=0.1))
@@ -295,3 +295,26 @@ def test_seed_style_loop_reports_validation_and_test_accuracy():
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["epochs"] == 1 and d["val_size"] == 64
     assert 0 <= d["val_acc"] <= 1 and 0 <= d["test_acc"] <= 1 and d["train_seconds"] > 0
+
+
+def test_bias_lr_scale_multiplies_the_peak_lr_of_bn_and_bias_parameters_only():
+    from space import build
+    model = build(TINY)
+    optimizer, scheduler = make_optimizer(model, cfg(lr=0.1, bias_lr_scale=8.0), total_steps=100)
+    weights, biases = optimizer.param_groups
+    assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim <= 1 for p in biases["params"])
+    assert (weights["max_lr"], biases["max_lr"]) == pytest.approx((0.1, 0.8))
+    assert (weights["weight_decay"], biases["weight_decay"]) == (cfg().weight_decay, 0.0)
+    for _ in range(30):  # the whole schedule keeps the ratio
+        optimizer.step()
+        scheduler.step()
+    assert biases["lr"] == pytest.approx(8.0 * weights["lr"])
+
+
+def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
+    # Checkpoints and studies made before bias_lr_scale and alternate_flip existed must still resume:
+    # these are the fingerprints the code computed then.
+    assert TrainConfig().fingerprint() == "d04e7bba5625b1d7"
+    assert TrainConfig(epochs=8, lr=0.2, augment=None).fingerprint() == "0b9871e43e90458f"
+    assert TrainConfig(bias_lr_scale=2.0).fingerprint() != TrainConfig().fingerprint()
+    assert TrainConfig(alternate_flip=True).fingerprint() != TrainConfig().fingerprint()

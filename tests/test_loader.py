@@ -112,3 +112,28 @@ def test_reference_dataloader_workers_do_not_repeat_each_others_augmentations():
     dl = make_dataloader(x, np.zeros(32), MEAN, STD, batch_size=8, train=True, augment=AugmentConfig(), workers=2)
     b0, b1 = [xb for xb, _ in dl][:2]  # batch 0 from worker 0, batch 1 from worker 1
     assert not torch.equal(b0, b1)
+
+
+def test_alternate_flip_shows_every_image_both_ways_over_two_epochs_and_repeats():
+    x, y = indexed_images(64)
+    x[:, 1, :, 2] = 0
+    x[:, 1, 0, 2] = 255  # a marker in the left column: it is in the right one when the image is flipped
+    d = loader(x, y, augment=AugmentConfig(affine_p=0.0, cutout_p=0.0), alternate_flip=True)
+
+    def flipped_by_id(epoch: int) -> dict[int, bool]:
+        d.set_epoch(epoch)
+        out = {}
+        for xb, _ in d:
+            u = to_uint8(xb).astype(np.int64)
+            flipped = u[:, 1, 31, 2] == 255
+            col = np.where(flipped, 31, 0)  # the id pixel moves with the flip
+            rows = np.arange(len(u))
+            out.update(zip((u[rows, 0, col, 0] + 256 * u[rows, 0, col, 1]).tolist(), flipped.tolist()))
+        return out
+
+    e1, e2, e3 = (flipped_by_id(e) for e in (1, 2, 3))
+    common = set(e1) & set(e2)
+    assert len(common) > 20
+    assert all(e1[i] != e2[i] for i in common)  # each image the other way round in the next epoch
+    assert all(e1[i] == e3[i] for i in set(e1) & set(e3))
+    assert 0.25 < np.mean(list(e1.values())) < 0.75  # about half flipped each epoch

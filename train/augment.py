@@ -18,7 +18,7 @@ pixels, so "reflection" padding mirrors about those centres, which is exactly Op
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -186,12 +186,16 @@ class BatchAugment:
         return normalize_batch(out, mean, std) if normalize else out
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                 normalize: bool = True) -> torch.Tensor:
-        """Augment a uint8 NCHW batch with freshly drawn parameters."""
+                 normalize: bool = True, flip: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment a uint8 NCHW batch with freshly drawn parameters; `flip` (bool per image), when given,
+        replaces the drawn flips (an alternating-flip schedule)."""
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a uint8 N x 3 x H x W batch, got {x.dtype} {tuple(x.shape)}")
         if self.cfg is None:
             _, mean, std = self._on(x.device)
             return normalize_batch(x, mean, std) if normalize else x.to(torch.float32)
         n, _, h, w = x.shape
-        return self.apply(x, self.sample(n, h, w, generator, x.device), normalize)
+        params = self.sample(n, h, w, generator, x.device)
+        if flip is not None:
+            params = replace(params, flip=flip)
+        return self.apply(x, params, normalize)

@@ -66,6 +66,12 @@ class TrainConfig:
     augment_start: float | None = None
     augment_end: float = 0.0
     augment_full_epochs: int = 25  # runs this long or longer start at full strength
+    # Multiplier of the peak lr for the BN and bias parameters (the group without weight decay); airbench
+    # trains its biases at a far higher lr than its weights.
+    bias_lr_scale: float = 1.0
+    # Flip each image in alternate epochs (a random half in the first, the other half in the next, ...)
+    # instead of at random every epoch: the same probability per epoch, without the repeats (airbench).
+    alternate_flip: bool = False
     ema_decay: float = 0.99  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
     tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
     device: str = "auto"  # "auto" picks cuda > mps > cpu
@@ -94,7 +100,14 @@ class TrainConfig:
         d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "checkpoint", "compile",
                                                                    "checkpoint_every", "eval_batch_size", "eval_every",
                                                                    "nan_check_every", "held_out", "tta")}
+        for k, default in _LATER_SETTINGS.items():  # settings added later hash as before while at their default
+            if d.get(k) == default:
+                del d[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Settings added after checkpoints and studies existed, with the value that reproduces the runs before them.
+_LATER_SETTINGS = {"bias_lr_scale": 1.0, "alternate_flip": False}
 
 
 @dataclass
@@ -267,7 +280,8 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, device: 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
-    """SGD with Nesterov momentum (no weight decay on BN and bias parameters) and a per-step OneCycle."""
+    """SGD with Nesterov momentum and a per-step OneCycle; BN and bias parameters get no weight decay and
+    cfg.bias_lr_scale times the peak lr."""
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -280,7 +294,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
     # OneCycle divides by the warm-up length in steps, which must be at least one step.
     pct_start = min(max(cfg.pct_start, 2.0 / total_steps), 0.5)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start,
+        optimizer, max_lr=[cfg.lr, cfg.lr * cfg.bias_lr_scale], total_steps=total_steps, pct_start=pct_start,
         div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
     return optimizer, scheduler
 
@@ -314,7 +328,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         model = model.to(memory_format=torch.channels_last)
     mean, std = data.mean, data.std
     train_loader = DeviceLoader(data.x_train, data.y_train, mean, std, cfg.batch_size, device, train=True,
-                                augment=cfg.augment, seed=cfg.seed)
+                                augment=cfg.augment, seed=cfg.seed, alternate_flip=cfg.alternate_flip)
     eval_loader = DeviceLoader(data.x_test, data.y_test, mean, std, cfg.eval_batch_size, device, train=False,
                                augment=None)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(train_loader))

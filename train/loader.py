@@ -29,12 +29,14 @@ class DeviceLoader:
     `augment` (None: none) and drops the last partial batch unless drop_last says otherwise; train=False
     keeps the order and only normalises. Each `iter()` runs the next epoch; `set_epoch(e)` jumps to epoch e.
     keep_on_device=False leaves the images in host memory and copies each batch over (pinned) instead.
+    alternate_flip=True flips a random half of the images (drawn once from the seed) in odd epochs and the
+    other half in even ones, instead of drawing each flip anew: every image is seen both ways in two epochs.
     """
 
     def __init__(self, x_uint8_nhwc: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, mean: np.ndarray,
                  std: np.ndarray, batch_size: int, device: torch.device | str = "cpu", train: bool = True,
                  augment: AugmentConfig | None = None, seed: int = 0, drop_last: bool | None = None,
-                 keep_on_device: bool = True):
+                 keep_on_device: bool = True, alternate_flip: bool = False):
         x = torch.as_tensor(x_uint8_nhwc)
         labels = torch.as_tensor(y, dtype=torch.int64)
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
@@ -55,6 +57,8 @@ class DeviceLoader:
         self.mean = torch.as_tensor(np.asarray(mean, np.float32).reshape(3)).to(self.device)
         self.std = torch.as_tensor(np.asarray(std, np.float32).reshape(3)).to(self.device)
         self.augment = BatchAugment(mean, std, augment) if train and augment is not None else None
+        self.alternate_flip = alternate_flip
+        self._flip_half = None  # the images flipped in odd epochs, drawn on first use
         if len(self) == 0:
             raise ValueError(f"{len(x)} images make no batch of {batch_size} with drop_last=True")
 
@@ -79,6 +83,14 @@ class DeviceLoader:
         g.manual_seed((self.seed * 1_000_003 + self.epoch) * 2 + stream)
         return g
 
+    def _epoch_flips(self, epoch: int) -> torch.Tensor:
+        """Bool per image (on the storage device): flipped in this 1-based epoch under alternate_flip."""
+        if self._flip_half is None:
+            # one draw per seed, whatever the epoch; far from the (seed, epoch) generators' seeds
+            g = torch.Generator().manual_seed(2**62 + self.seed)
+            self._flip_half = (torch.rand(len(self.x), generator=g) < 0.5).to(self.x.device)
+        return self._flip_half if epoch % 2 == 1 else ~self._flip_half
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, storage = len(self.x), self.x.device
         if self.train:
@@ -86,6 +98,7 @@ class DeviceLoader:
         else:
             order = torch.arange(n, device=storage)
         aug_gen = self._generator(self.device, 1) if self.augment is not None else None
+        flips = self._epoch_flips(self.epoch) if self.alternate_flip and self.augment is not None else None
         self.epoch += 1  # the next iter() runs the next epoch, unless set_epoch says otherwise
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
@@ -96,7 +109,8 @@ class DeviceLoader:
                 xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
             xb = xb.permute(0, 3, 1, 2)  # NHWC -> NCHW, a view in channels_last layout
             if self.augment is not None:
-                xb = self.augment(xb, aug_gen)
+                flip = flips[idx].to(self.device, non_blocking=True) if flips is not None else None
+                xb = self.augment(xb, aug_gen, flip=flip)
             else:
                 xb = normalize_batch(xb, self.mean, self.std)
             yield xb.contiguous(memory_format=torch.channels_last), yb

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, help=f"L2 on conv and linear weights (default {TrainConfig.weight_decay})")
     p.add_argument("--warmup", type=float, help="fraction of the steps spent warming the lr up "
                    f"(default {TrainConfig.pct_start})")
+    p.add_argument("--bias-lr-scale", type=float, help="peak lr multiplier of BN and bias parameters "
+                   f"(default {TrainConfig.bias_lr_scale:g})")
+    p.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, help="flip each image in alternate "
+                   f"epochs instead of at random (default {TrainConfig.alternate_flip})")
     p.add_argument("--val-size", type=int, help="hold out this many training images and report validation "
                    "accuracy every epoch (for choosing a recipe; the test set is still evaluated once, at the end)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--epochs must be a positive integer, got {epochs}")
     for flag, value, ok in (("--lr", args.lr, lambda v: v > 0), ("--weight-decay", args.weight_decay, lambda v: v >= 0),
                             ("--warmup", args.warmup, lambda v: 0 < v < 1),
+                            ("--bias-lr-scale", args.bias_lr_scale, lambda v: v > 0),
                             ("--label-smoothing", args.label_smoothing, lambda v: 0 <= v < 1),
                             ("--ema-decay", args.ema_decay, lambda v: 0 <= v < 1),
                             ("--augment-start", args.augment_start, lambda v: 0 <= v <= 1),
@@ -134,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                                         compile=args.compile, held_out="val" if args.val_size else "test"),
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
                             ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
-                            weight_decay=args.weight_decay, pct_start=args.warmup)
+                            weight_decay=args.weight_decay, pct_start=args.warmup,
+                            bias_lr_scale=args.bias_lr_scale, alternate_flip=args.alternate_flip)
     if not augment:
         config = replace(config, augment=None)
     a = analyze(genome)
