@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     from .prescreen import make_prescreen
     from .report import RUN_PREFIX, write_report
     from .runner import Search, SearchStopped, make_train_fn
-    from .study import enqueue_presets, open_study
+    from .study import enqueue_presets, keep_stored_defaults, open_study
     from .workers import SlotLock, cpu_threads, run_workers
 
     # The storage is opened first (a typo in it should not wait for a download), but if the data or the
@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         label = redact(url)  # what is printed and stored: never a password
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
+        # A study begun under older defaults (train.defaults) resumes with the values it was measured with.
+        unflagged = {"lr", "augment"} | {k for k in ("batch_size", "trial_epochs", "val_size")
+                                         if getattr(args, k) is None}
+        settings, kept = keep_stored_defaults(storage, name, settings, unflagged)
         split = search_split(full, settings)
         if not args.no_final:
             check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")
@@ -215,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([os.path.basename(sys.executable), "-m", "search.run", *(sys.argv[1:] if argv is None else argv)])
     study.set_user_attr(run_key, {**info, "started": started, "command": command})
     print(f"study {name} ({'new' if created else 'resumed'}) in {label}; outputs in {out}/"
-          + (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else ""))
+          + (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
+          + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""))
     print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images; "
           f"{settings.trial_epochs} epochs per trial on {info['device']}"
           + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"

@@ -23,7 +23,7 @@ from .objectives import directions
 from .settings import SearchError, SearchSettings
 
 __all__ = ["SETTINGS_KEY", "PRESETS_KEY", "PRUNERS", "make_sampler", "make_pruner", "open_study", "load_study",
-           "stored_settings", "enqueue_presets"]
+           "stored_settings", "enqueue_presets", "keep_stored_defaults"]
 
 SETTINGS_KEY = "settings"
 PRESETS_KEY = "presets_enqueued"
@@ -66,6 +66,29 @@ def make_pruner(name: str, trial_epochs: int) -> optuna.pruners.BasePruner:
 def stored_settings(study: optuna.Study) -> SearchSettings | None:
     d = study.user_attrs.get(SETTINGS_KEY)
     return SearchSettings.from_dict(d) if d is not None else None
+
+
+def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettings, unflagged: set[str]
+                         ) -> tuple[SearchSettings, list[str]]:
+    """(settings, kept): on a resume, the stored value of every setting in `unflagged` that differs.
+
+    `unflagged` names the settings the user did not give, which came from train.defaults. When that table
+    changes (a better lr, say), a study begun under the old one must still resume with the same command:
+    its trials were measured with the old values, so those are kept. Settings the user did give are left as
+    they are; open_study refuses a difference there. `kept` says 'name stored (default now)' for each one.
+    """
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return settings, []
+    d = storage.get_study_user_attrs(study_id).get(SETTINGS_KEY)
+    if d is None:
+        return settings, []
+    stored = SearchSettings.from_dict(d)
+    keep = {f.name: getattr(stored, f.name) for f in dataclasses.fields(settings)
+            if f.name in unflagged and getattr(stored, f.name) != getattr(settings, f.name)}
+    kept = [f"{k} {v!r} (default now {getattr(settings, k)!r})" for k, v in keep.items()]
+    return dataclasses.replace(settings, **keep), kept
 
 
 def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner: optuna.pruners.BasePruner,

@@ -107,6 +107,27 @@ def test_existing_study_with_other_settings_is_refused(capsys, tmp_path):
     assert "--study-name NEW" in err
 
 
+def test_a_study_begun_under_older_defaults_resumes_with_its_own_values(capsys, tmp_path):
+    # What TINY creates, except for an lr and a validation split TINY does not give: as if train.defaults had
+    # changed since the study was begun. The same command must resume it, measuring as it did.
+    db = tmp_path / "s.db"
+    begun = SearchSettings(dataset="synthetic", max_params=100_000, min_rf=44, trial_epochs=1, val_size=0.125, seed=0,
+                           subset_train=128, batch_size=16, lr=0.05, augment=False)
+    open_study(optuna.storages.RDBStorage(f"sqlite:///{db}"), "synthetic-nas", begun, make_pruner("none", 1))
+    code, out, err = call(run_cmd.main, [*TINY, "--trials", "1", "--no-final", "--no-presets", "--storage", str(db),
+                                         "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert "kept the settings it was begun with: val_size 0.125 (default now 0.25), lr 0.05 (default now 0.0125)" in out
+    assert "112 training / 16 validation images" in out  # 0.125 of 128 held out, not 0.25
+    study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
+    assert SearchSettings.from_dict(study.user_attrs["settings"]) == begun
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 1
+    # a setting the user gives is never replaced: a flagged difference is still refused
+    code, _, err = call(run_cmd.main, [*TINY, "--val-size", "0.25", "--storage", str(db), "--out", str(tmp_path)], capsys)
+    assert code == 2
+    one_error_line(err, "(val_size: 0.125 -> 0.25)")
+
+
 def test_bad_input_through_the_real_entry_point(tmp_path):
     r = run_module("search.run", "--trials", "0", "--storage", str(tmp_path / "s.db"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --trials must be a positive integer, got 0"]
