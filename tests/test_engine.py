@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -318,3 +319,18 @@ def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
     assert TrainConfig(epochs=8, lr=0.2, augment=None).fingerprint() == "0b9871e43e90458f"
     assert TrainConfig(bias_lr_scale=2.0).fingerprint() != TrainConfig().fingerprint()
     assert TrainConfig(alternate_flip=True).fingerprint() != TrainConfig().fingerprint()
+
+
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_anneal_sets_the_shape_of_the_lr_warm_up_and_decay(anneal):
+    model = torch.nn.Linear(3, 3)
+    optimizer, scheduler = make_optimizer(model, cfg(lr=1.0, pct_start=0.5, div_factor=10.0, final_div_factor=1.0,
+                                                     anneal=anneal), total_steps=10)
+    lrs = []  # up over 4 steps, down over 5
+    for _ in range(9):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    assert max(lrs) == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
+    quarter = lrs[0]  # a quarter of the way up: 0.325 on a straight line, 0.232 on a cosine
+    assert quarter == pytest.approx(0.325 if anneal == "linear" else 0.1 + 0.9 * (1 - math.cos(math.pi / 4)) / 2)

@@ -57,6 +57,7 @@ class TrainConfig:
     pct_start: float = 0.25  # fraction of the steps spent warming up
     div_factor: float = 10.0  # initial lr = lr / div_factor
     final_div_factor: float = 100.0  # final lr = initial lr / final_div_factor
+    anneal: str = "cos"  # shape of both OneCycle phases: "cos" or "linear"
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     # Multipliers of the shift-scale-rotate and cutout probabilities at the first and the last epoch; the
     # multiplier moves linearly between them (flip always keeps its probability). 1.0 and 1.0: the same
@@ -107,7 +108,7 @@ class TrainConfig:
 
 
 # Settings added after checkpoints and studies existed, with the value that reproduces the runs before them.
-_LATER_SETTINGS = {"bias_lr_scale": 1.0, "alternate_flip": False}
+_LATER_SETTINGS = {"bias_lr_scale": 1.0, "alternate_flip": False, "anneal": "cos"}
 
 
 @dataclass
@@ -295,7 +296,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
     pct_start = min(max(cfg.pct_start, 2.0 / total_steps), 0.5)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[cfg.lr, cfg.lr * cfg.bias_lr_scale], total_steps=total_steps, pct_start=pct_start,
-        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, anneal_strategy=cfg.anneal)
     return optimizer, scheduler
 
 

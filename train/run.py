@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"(default {TrainConfig.pct_start})")
     p.add_argument("--bias-lr-scale", type=float, help="peak lr multiplier of BN and bias parameters "
                    f"(default {TrainConfig.bias_lr_scale:g})")
+    p.add_argument("--anneal", choices=("cos", "linear"), help="shape of the lr warm-up and decay "
+                   f"(default {TrainConfig.anneal})")
     p.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, help="flip each image in alternate "
                    f"epochs instead of at random (default {TrainConfig.alternate_flip})")
     p.add_argument("--val-size", type=int, help="hold out this many training images and report validation "
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
                             ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
                             weight_decay=args.weight_decay, pct_start=args.warmup,
-                            bias_lr_scale=args.bias_lr_scale, alternate_flip=args.alternate_flip)
+                            bias_lr_scale=args.bias_lr_scale, alternate_flip=args.alternate_flip,
+                            anneal=args.anneal)
     if not augment:
         config = replace(config, augment=None)
     a = analyze(genome)
