@@ -110,8 +110,8 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
             f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
         return done
     config = TrainConfig(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr,
-                         augment=AugmentConfig() if settings.augment else None, device=device, seed=settings.seed,
-                         eval_every=-1, progress=progress)
+                         bias_lr_scale=settings.bias_lr_scale, augment=AugmentConfig() if settings.augment else None,
+                         device=device, seed=settings.seed, eval_every=-1, progress=progress)
     owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
              "config": config.fingerprint(), "n_train": int(len(data.y_train))}
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))

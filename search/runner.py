@@ -64,8 +64,8 @@ def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> Train
     from train.engine import TrainConfig, train
 
     config = TrainConfig(epochs=settings.trial_epochs, batch_size=settings.batch_size, lr=settings.lr,
-                         augment=AugmentConfig() if settings.augment else None, device=device, seed=settings.seed,
-                         eval_every=1, checkpoint=None)
+                         bias_lr_scale=settings.bias_lr_scale, augment=AugmentConfig() if settings.augment else None,
+                         device=device, seed=settings.seed, eval_every=1, checkpoint=None)
 
     def train_fn(genome: Genome, on_epoch: Callable[[object], bool]):
         try:

@@ -11,6 +11,7 @@ from typing import Any
 
 from space import SPACE_VERSION
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
+from train.engine import TrainConfig
 
 __all__ = ["DEFAULT_PROXY", "SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
 
@@ -61,6 +62,9 @@ class SearchSettings:
     # proposals by `proxy`; 1 = off. Stored like the rest, so that a resume screens as the run it continues.
     prescreen: int = 1
     proxy: str = DEFAULT_PROXY
+    # Peak lr multiplier of BN and bias parameters (train.engine.TrainConfig.bias_lr_scale). Stored settings
+    # without it predate it: their trials trained at 1.0 (see from_dict).
+    bias_lr_scale: float = TrainConfig.bias_lr_scale
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +76,7 @@ class SearchSettings:
         if missing:
             raise SearchError(f"the study's stored settings lack {', '.join(sorted(missing))}; "
                               "it was not created by search.run")
-        return cls(**{"space": 1, **{k: d[k] for k in names if k in d}})
+        return cls(**{"space": 1, "bias_lr_scale": 1.0, **{k: d[k] for k in names if k in d}})
 
     def differences(self, stored: SearchSettings) -> list[str]:
         """'name: stored -> requested' for every setting that differs."""

@@ -141,6 +141,20 @@ def test_settings_stored_before_max_macs_and_objectives_existed_still_load():
         SearchSettings.from_dict({k: v for k, v in old.items() if k != "seed"})
 
 
+def test_settings_stored_before_bias_lr_scale_existed_load_as_their_trials_trained():
+    old = {k: v for k, v in settings(bias_lr_scale=3.0).to_dict().items() if k != "bias_lr_scale"}
+    assert SearchSettings.from_dict(old) == settings(bias_lr_scale=1.0)  # the recipe before the setting
+
+
+def test_trials_train_with_the_studys_bias_lr_scale(monkeypatch):
+    import train.engine
+    from search.runner import make_train_fn
+    seen = []
+    monkeypatch.setattr(train.engine, "train", lambda genome, config, data, on_epoch=None: seen.append(config))
+    make_train_fn(None, settings(bias_lr_scale=2.5), "cpu")(PRESETS["seed003_net"], lambda s: False)
+    assert seen[0].bias_lr_scale == 2.5 and seen[0].lr == settings().lr
+
+
 def test_unsatisfiable_macs_budget_is_found_before_training():
     check_satisfiable(200_000, 44, max_macs=5_000_000)
     with pytest.raises(SearchError, match=r"--max-macs 10,000 .*the fewest MACs [\d,]+"):
