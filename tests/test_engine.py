@@ -315,10 +315,12 @@ def test_bias_lr_scale_multiplies_the_peak_lr_of_bn_and_bias_parameters_only():
 def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
     # Checkpoints and studies made before bias_lr_scale and alternate_flip existed must still resume:
     # these are the fingerprints the code computed then.
-    assert TrainConfig().fingerprint() == "d04e7bba5625b1d7"
-    assert TrainConfig(epochs=8, lr=0.2, augment=None).fingerprint() == "0b9871e43e90458f"
-    assert TrainConfig(bias_lr_scale=2.0).fingerprint() != TrainConfig().fingerprint()
-    assert TrainConfig(alternate_flip=True).fingerprint() != TrainConfig().fingerprint()
+    before = dict(bias_lr_scale=1.0)  # the recipe as it was: every later setting at the value it had then
+    assert TrainConfig(**before).fingerprint() == "d04e7bba5625b1d7"
+    assert TrainConfig(epochs=8, lr=0.2, augment=None, **before).fingerprint() == "0b9871e43e90458f"
+    assert TrainConfig(bias_lr_scale=2.0).fingerprint() != TrainConfig(**before).fingerprint()
+    assert TrainConfig(alternate_flip=True, **before).fingerprint() != TrainConfig(**before).fingerprint()
+    assert TrainConfig(anneal="linear", **before).fingerprint() != TrainConfig(**before).fingerprint()
 
 
 @pytest.mark.parametrize("anneal", ["cos", "linear"])
