@@ -57,7 +57,7 @@ class TrainConfig:
     pct_start: float = 0.25  # fraction of the steps spent warming up
     div_factor: float = 10.0  # initial lr = lr / div_factor
     final_div_factor: float = 100.0  # final lr = initial lr / final_div_factor
-    anneal: str = "cos"  # shape of both OneCycle phases: "cos" or "linear"
+    anneal: str = "cos"  # shape of both OneCycle phases: "cos" or "linear" (no better at 5 epochs, recipe_cpu.md)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     # Multipliers of the shift-scale-rotate and cutout probabilities at the first and the last epoch; the
     # multiplier moves linearly between them (flip always keeps its probability). 1.0 and 1.0: the same
@@ -68,11 +68,12 @@ class TrainConfig:
     augment_end: float = 0.0
     augment_full_epochs: int = 25  # runs this long or longer start at full strength
     # Multiplier of the peak lr for the BN and bias parameters (the group without weight decay); airbench
-    # trains its biases at a far higher lr than its weights. 4 beat 1 by 0.7 and 0.3 validation points on two
-    # seeds at 5 epochs, and 16 lost 1.7 (CIFAR-10, results/benchmarks/recipe_cpu.md).
+    # trains its biases at a far higher lr than its weights. Against 1 on CIFAR-10: +0.7, +0.3 and -0.2
+    # validation points on three seeds at 5 epochs, +0.7 at 15; 16 lost 1.7 (results/benchmarks/recipe_cpu.md).
     bias_lr_scale: float = 4.0
     # Flip each image in alternate epochs (a random half in the first, the other half in the next, ...)
-    # instead of at random every epoch: the same probability per epoch, without the repeats (airbench).
+    # instead of at random every epoch: the same probability per epoch, without the repeats (airbench). Off:
+    # it did not help at 5 epochs on CIFAR-10 (recipe_cpu.md).
     alternate_flip: bool = False
     ema_decay: float = 0.99  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
     tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
