@@ -22,9 +22,8 @@ import torch
 
 from space import analyze
 from space.export import export_code
-from train.augment import AugmentConfig
 from train.data import ImageData
-from train.engine import TrainConfig, predict_images, resolve_device, train, tta_accuracy
+from train.engine import predict_images, resolve_device, train, tta_accuracy
 
 from .settings import SearchError, SearchSettings
 from .trials import best_trial, genome_of, kind, val_acc
@@ -109,9 +108,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         log(f"trial {trial.number} was already retrained for {epochs} epochs: test accuracy "
             f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
         return done
-    config = TrainConfig(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr,
-                         bias_lr_scale=settings.bias_lr_scale, augment=AugmentConfig() if settings.augment else None,
-                         device=device, seed=settings.seed, eval_every=-1, progress=progress)
+    config = settings.train_config(epochs, device, eval_every=-1, progress=progress)
     owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
              "config": config.fingerprint(), "n_train": int(len(data.y_train))}
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))

@@ -60,12 +60,9 @@ class TrainFn(Protocol):
 
 def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> TrainFn:
     """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch."""
-    from train.augment import AugmentConfig
-    from train.engine import TrainConfig, train
+    from train.engine import train
 
-    config = TrainConfig(epochs=settings.trial_epochs, batch_size=settings.batch_size, lr=settings.lr,
-                         bias_lr_scale=settings.bias_lr_scale, augment=AugmentConfig() if settings.augment else None,
-                         device=device, seed=settings.seed, eval_every=1, checkpoint=None)
+    config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None)
 
     def train_fn(genome: Genome, on_epoch: Callable[[object], bool]):
         try:

@@ -11,6 +11,7 @@ from typing import Any
 
 from space import SPACE_VERSION
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
+from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
 __all__ = ["DEFAULT_PROXY", "SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
@@ -76,9 +77,23 @@ class SearchSettings:
         if missing:
             raise SearchError(f"the study's stored settings lack {', '.join(sorted(missing))}; "
                               "it was not created by search.run")
-        return cls(**{"space": 1, "bias_lr_scale": 1.0, **{k: d[k] for k in names if k in d}})
+        return cls(**{**_BEFORE_FIELD, **{k: d[k] for k in names if k in d}})
+
+    def differing(self, stored: SearchSettings) -> list[str]:
+        """The names of the settings that differ from `stored`, in field order."""
+        return [f.name for f in fields(self) if getattr(stored, f.name) != getattr(self, f.name)]
 
     def differences(self, stored: SearchSettings) -> list[str]:
         """'name: stored -> requested' for every setting that differs."""
-        return [f"{f.name}: {getattr(stored, f.name)!r} -> {getattr(self, f.name)!r}" for f in fields(self)
-                if getattr(stored, f.name) != getattr(self, f.name)]
+        return [f"{k}: {getattr(stored, k)!r} -> {getattr(self, k)!r}" for k in self.differing(stored)]
+
+    def train_config(self, epochs: int, device: str, **changes: Any) -> TrainConfig:
+        """The recipe the study's trials (and its final retrain) train with, for `epochs` epochs: every
+        setting that shapes training comes from here, so the two cannot drift apart."""
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, bias_lr_scale=self.bias_lr_scale,
+                           augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed,
+                           **changes)
+
+
+# What a setting added later was for the studies stored before it (a missing key means this, not the default).
+_BEFORE_FIELD: dict[str, Any] = {"space": 1, "bias_lr_scale": 1.0}

@@ -63,9 +63,13 @@ def make_pruner(name: str, trial_epochs: int) -> optuna.pruners.BasePruner:
     raise SearchError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")
 
 
-def stored_settings(study: optuna.Study) -> SearchSettings | None:
-    d = study.user_attrs.get(SETTINGS_KEY)
+def _settings_in(user_attrs: dict) -> SearchSettings | None:
+    d = user_attrs.get(SETTINGS_KEY)
     return SearchSettings.from_dict(d) if d is not None else None
+
+
+def stored_settings(study: optuna.Study) -> SearchSettings | None:
+    return _settings_in(study.user_attrs)
 
 
 def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettings, unflagged: set[str]
@@ -81,14 +85,12 @@ def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettin
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return settings, []
-    d = storage.get_study_user_attrs(study_id).get(SETTINGS_KEY)
-    if d is None:
+    stored = _settings_in(storage.get_study_user_attrs(study_id))
+    if stored is None:
         return settings, []
-    stored = SearchSettings.from_dict(d)
-    keep = {f.name: getattr(stored, f.name) for f in dataclasses.fields(settings)
-            if f.name in unflagged and getattr(stored, f.name) != getattr(settings, f.name)}
-    kept = [f"{k} {v!r} (default now {getattr(settings, k)!r})" for k, v in keep.items()]
-    return dataclasses.replace(settings, **keep), kept
+    keep = [k for k in settings.differing(stored) if k in unflagged]
+    kept = [f"{k} {getattr(stored, k)!r} (default now {getattr(settings, k)!r})" for k in keep]
+    return dataclasses.replace(settings, **{k: getattr(stored, k) for k in keep}), kept
 
 
 def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner: optuna.pruners.BasePruner,

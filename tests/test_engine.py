@@ -313,7 +313,7 @@ def test_bias_lr_scale_multiplies_the_peak_lr_of_bn_and_bias_parameters_only():
 
 
 def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
-    # Checkpoints and studies made before bias_lr_scale and alternate_flip existed must still resume:
+    # Checkpoints and studies made before bias_lr_scale, alternate_flip and anneal existed must still resume:
     # these are the fingerprints the code computed then.
     before = dict(bias_lr_scale=1.0)  # the recipe as it was: every later setting at the value it had then
     assert TrainConfig(**before).fingerprint() == "d04e7bba5625b1d7"
