@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
         # A study begun under older defaults (train.defaults) resumes with the values it was measured with.
-        unflagged = {"lr", "augment", "bias_lr_scale"} | {k for k in ("batch_size", "trial_epochs", "val_size")
+        unflagged = {"lr", "augment", "recipe"} | {k for k in ("batch_size", "trial_epochs", "val_size")
                                          if getattr(args, k) is None}
         settings, kept = keep_stored_defaults(storage, name, settings, unflagged)
         split = search_split(full, settings)

@@ -6,7 +6,7 @@ or schedules would make TPE's model and the leaderboard meaningless.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from space import SPACE_VERSION
@@ -63,37 +63,79 @@ class SearchSettings:
     # proposals by `proxy`; 1 = off. Stored like the rest, so that a resume screens as the run it continues.
     prescreen: int = 1
     proxy: str = DEFAULT_PROXY
-    # Peak lr multiplier of BN and bias parameters (train.engine.TrainConfig.bias_lr_scale). Stored settings
-    # without it predate it: their trials trained at 1.0 (see from_dict).
-    bias_lr_scale: float = TrainConfig.bias_lr_scale
+    # The rest of the training recipe: train.engine.TrainConfig.recipe() (optimizer, schedule, EMA, BN/bias lr,
+    # the augmentation schedule and parameters) as sorted (name, value) pairs. Stored so that a study resumed
+    # after those defaults have changed trains its later trials, and its final retrain, as it began. Settings
+    # stored without it predate it (see from_dict).
+    recipe: tuple[tuple[str, Any], ...] = field(default_factory=lambda: _pairs(TrainConfig().recipe()))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "recipe": dict(self.recipe)}
+
+    def with_recipe(self, **changes: Any) -> SearchSettings:
+        """A copy whose recipe has some settings changed (names as in TrainConfig.recipe())."""
+        return replace(self, recipe=_pairs({**dict(self.recipe), **changes}))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSettings:
         names = {f.name for f in fields(cls)}
-        missing = names - d.keys() - {f.name for f in fields(cls) if f.default is not MISSING}
+        optional = {f.name for f in fields(cls) if (f.default, f.default_factory) != (MISSING, MISSING)}
+        missing = names - d.keys() - optional
         if missing:
             raise SearchError(f"the study's stored settings lack {', '.join(sorted(missing))}; "
                               "it was not created by search.run")
-        return cls(**{**_BEFORE_FIELD, **{k: d[k] for k in names if k in d}})
+        before = {**_BEFORE_FIELD, "recipe": _pairs({**_RECIPE_BEFORE_FIELD, "bias_lr_scale": d.get("bias_lr_scale", 1.0)})}
+        given = {k: d[k] for k in names if k in d}
+        if "recipe" in given:
+            try:  # a recipe stored by a later version, with settings this one lacks, must not be half-applied
+                TrainConfig().with_recipe(given["recipe"])
+            except (TypeError, ValueError) as e:
+                raise SearchError(f"the study's stored recipe does not fit this version: {e}") from None
+            given["recipe"] = _pairs(given["recipe"])
+        return cls(**{**before, **given})
 
     def differing(self, stored: SearchSettings) -> list[str]:
         """The names of the settings that differ from `stored`, in field order."""
         return [f.name for f in fields(self) if getattr(stored, f.name) != getattr(self, f.name)]
 
+    def changes(self, stored: SearchSettings, names: list[str] | None = None) -> list[tuple[str, Any, Any]]:
+        """(name, stored value, this value) for every setting that differs, or for those of `names`; the recipe's
+        differ one by one, as 'recipe.NAME'."""
+        out = []
+        for k in self.differing(stored) if names is None else names:
+            if k == "recipe":
+                old, new = dict(stored.recipe), dict(self.recipe)
+                out += [(f"recipe.{r}", old.get(r), new.get(r)) for r in sorted(old.keys() | new.keys())
+                        if old.get(r) != new.get(r)]
+            else:
+                out.append((k, getattr(stored, k), getattr(self, k)))
+        return out
+
     def differences(self, stored: SearchSettings) -> list[str]:
         """'name: stored -> requested' for every setting that differs."""
-        return [f"{k}: {getattr(stored, k)!r} -> {getattr(self, k)!r}" for k in self.differing(stored)]
+        return [f"{k}: {old!r} -> {new!r}" for k, old, new in self.changes(stored)]
 
     def train_config(self, epochs: int, device: str, **changes: Any) -> TrainConfig:
         """The recipe the study's trials (and its final retrain) train with, for `epochs` epochs: every
         setting that shapes training comes from here, so the two cannot drift apart."""
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, bias_lr_scale=self.bias_lr_scale,
-                           augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed,
-                           **changes)
+        config = TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
+                             augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed)
+        return replace(config.with_recipe(dict(self.recipe)), **changes)
+
+
+def _pairs(recipe: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(recipe.items()))
 
 
 # What a setting added later was for the studies stored before it (a missing key means this, not the default).
-_BEFORE_FIELD: dict[str, Any] = {"space": 1, "bias_lr_scale": 1.0}
+_BEFORE_FIELD: dict[str, Any] = {"space": 1}
+# The recipe of the studies stored before `recipe` was (stop 19): TrainConfig's recipe then, written out
+# because the defaults may change later, except bias_lr_scale: that is the study's own stored value (stop 18
+# stored it alone), 1.0 where it is missing too. (Studies begun before stop 17 trained under an older
+# augmentation schedule, which their settings do not record; they resume with this one.)
+_RECIPE_BEFORE_FIELD: dict[str, Any] = {
+    "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1, "pct_start": 0.25, "div_factor": 10.0,
+    "final_div_factor": 100.0, "anneal": "cos", "augment_start": None, "augment_end": 0.0, "augment_full_epochs": 25,
+    "alternate_flip": False, "ema_decay": 0.99,
+    "augment.flip_p": 0.5, "augment.affine_p": 0.5, "augment.shift": 0.1, "augment.scale": 0.1, "augment.rotate": 15.0,
+    "augment.cutout_p": 0.5, "augment.cutout_size": 16}

@@ -89,7 +89,7 @@ def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettin
     if stored is None:
         return settings, []
     keep = [k for k in settings.differing(stored) if k in unflagged]
-    kept = [f"{k} {getattr(stored, k)!r} (default now {getattr(settings, k)!r})" for k in keep]
+    kept = [f"{k} {old!r} (default now {new!r})" for k, old, new in settings.changes(stored, keep)]
     return dataclasses.replace(settings, **{k: getattr(stored, k) for k in keep}), kept
 
 

@@ -323,6 +323,28 @@ def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
     assert TrainConfig(anneal="linear", **before).fingerprint() != TrainConfig(**before).fingerprint()
 
 
+def test_every_setting_is_either_recipe_or_the_runs_own_so_a_new_one_must_choose():
+    # A study stores TrainConfig.recipe(); a setting added later that shapes training but is left out of
+    # RECIPE_FIELDS would silently change resumed studies. The run's own: size, seed, and how it runs.
+    from dataclasses import fields
+    from train.engine import RECIPE_FIELDS
+    runs_own = {"epochs", "batch_size", "lr", "seed", "augment", "tta", "device", "channels_last", "amp", "compile",
+                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "held_out",
+                "nan_check_every"}
+    assert {f.name for f in fields(TrainConfig)} == set(RECIPE_FIELDS) | runs_own
+    assert not set(RECIPE_FIELDS) & runs_own
+
+
+def test_a_recipe_round_trips_and_unknown_names_fail_loudly():
+    tuned = TrainConfig(ema_decay=0.9, augment_start=None, augment=AugmentConfig(rotate=5.0))
+    rebuilt = TrainConfig(epochs=7).with_recipe(tuned.recipe())
+    assert rebuilt.recipe() == tuned.recipe() and rebuilt.augment.rotate == 5.0 and rebuilt.epochs == 7
+    assert json.loads(json.dumps(tuned.recipe())) == tuned.recipe()  # plain JSON, for a study's user attrs
+    assert TrainConfig(augment=None).with_recipe(tuned.recipe()).augment is None
+    with pytest.raises(ValueError, match="unknown recipe settings: augment.hue, lookahead"):
+        TrainConfig().with_recipe({**tuned.recipe(), "lookahead": 5, "augment.hue": 0.1})
+
+
 @pytest.mark.parametrize("anneal", ["cos", "linear"])
 def test_anneal_sets_the_shape_of_the_lr_warm_up_and_decay(anneal):
     model = torch.nn.Linear(3, 3)

@@ -1,7 +1,9 @@
 """--max-macs, --objectives and the Pareto front, through ask/tell with a fake training function."""
 from __future__ import annotations
 
+import functools
 import json
+import re
 
 import optuna
 import pytest
@@ -18,6 +20,7 @@ from search.trials import best_trial, genome_of, kind, leaderboard, pareto_trial
 from space import PRESETS, Genome, analyze, check
 from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, memory_study, settings
 from tests.test_search_cli import call, one_error_line
+from train.engine import TrainConfig
 
 
 def quiet(_line: str) -> None:
@@ -141,18 +144,50 @@ def test_settings_stored_before_max_macs_and_objectives_existed_still_load():
         SearchSettings.from_dict({k: v for k, v in old.items() if k != "seed"})
 
 
-def test_settings_stored_before_bias_lr_scale_existed_load_as_their_trials_trained():
-    old = {k: v for k, v in settings(bias_lr_scale=3.0).to_dict().items() if k != "bias_lr_scale"}
-    assert SearchSettings.from_dict(old) == settings(bias_lr_scale=1.0)  # the recipe before the setting
+def test_settings_stored_before_the_recipe_existed_load_as_their_trials_trained():
+    from search.settings import _RECIPE_BEFORE_FIELD
+    stop18 = {k: v for k, v in settings().to_dict().items() if k != "recipe"}
+    stop18["bias_lr_scale"] = 3.0  # stop 18 stored this one recipe setting on its own
+    loaded = SearchSettings.from_dict(stop18)
+    assert dict(loaded.recipe) == {**_RECIPE_BEFORE_FIELD, "bias_lr_scale": 3.0}
+    assert dict(loaded.recipe).keys() == TrainConfig().recipe().keys()  # a whole recipe, nothing left to defaults
+    assert loaded.train_config(3, "cpu").bias_lr_scale == 3.0 and loaded.lr == settings().lr
+    older = {k: v for k, v in stop18.items() if k != "bias_lr_scale"}
+    assert dict(SearchSettings.from_dict(older).recipe)["bias_lr_scale"] == 1.0  # before that setting existed
 
 
-def test_trials_train_with_the_studys_bias_lr_scale(monkeypatch):
+def test_a_stored_recipe_survives_the_json_round_trip_and_later_default_changes(monkeypatch):
+    s = settings().with_recipe(ema_decay=0.9, augment_start=None, **{"augment.cutout_size": 8})
+    stored = json.loads(json.dumps(s.to_dict()))
+    assert stored["recipe"]["ema_decay"] == 0.9 and stored["recipe"]["augment.cutout_size"] == 8
+    import search.settings
+    monkeypatch.setattr(search.settings, "TrainConfig", functools.partial(TrainConfig, ema_decay=0.5))
+    assert dict(settings().recipe)["ema_decay"] == 0.5  # as if the default had changed since
+    assert SearchSettings.from_dict(stored) == s and s.train_config(3, "cpu").ema_decay == 0.9
+    newer = {**stored, "recipe": {**stored["recipe"], "lookahead": 5}}  # stored by a later version
+    with pytest.raises(SearchError, match="stored recipe does not fit this version: unknown recipe settings: lookahead"):
+        SearchSettings.from_dict(newer)
+
+
+def test_trials_and_the_final_retrain_train_with_the_studys_recipe(monkeypatch):
     import train.engine
     from search.runner import make_train_fn
     seen = []
     monkeypatch.setattr(train.engine, "train", lambda genome, config, data, on_epoch=None: seen.append(config))
-    make_train_fn(None, settings(bias_lr_scale=2.5), "cpu")(PRESETS["seed003_net"], lambda s: False)
-    assert seen[0].bias_lr_scale == 2.5 and seen[0].lr == settings().lr
+    s = settings(augment=True).with_recipe(bias_lr_scale=2.5, label_smoothing=0.0, **{"augment.rotate": 5.0})
+    make_train_fn(None, s, "cpu")(PRESETS["seed003_net"], lambda s: False)
+    assert seen[0].bias_lr_scale == 2.5 and seen[0].label_smoothing == 0.0 and seen[0].augment.rotate == 5.0
+    assert seen[0].lr == s.lr and seen[0].epochs == s.trial_epochs
+    final = s.train_config(60, "cpu", eval_every=-1)  # what search.final builds
+    assert final.recipe() == seen[0].recipe() and final.epochs == 60
+    assert settings().with_recipe(label_smoothing=0.0).train_config(3, "cpu").augment is None  # augment=False stays off
+
+
+def test_a_resume_with_another_recipe_names_each_changed_setting():
+    storage = optuna.storages.InMemoryStorage()
+    open_study(storage, "s", settings().with_recipe(ema_decay=0.9), make_pruner("none", 3))
+    with pytest.raises(SearchError, match=re.escape(f"(recipe.ema_decay: 0.9 -> {TrainConfig().ema_decay!r})")):
+        open_study(storage, "s", settings(), make_pruner("none", 3))
 
 
 def test_unsatisfiable_macs_budget_is_found_before_training():

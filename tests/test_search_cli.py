@@ -113,13 +113,14 @@ def test_a_study_begun_under_older_defaults_resumes_with_its_own_values(capsys, 
     # changed since the study was begun. The same command must resume it, measuring as it did.
     db = tmp_path / "s.db"
     begun = SearchSettings(dataset="synthetic", max_params=100_000, min_rf=44, trial_epochs=1, val_size=0.125, seed=0,
-                           subset_train=128, batch_size=16, lr=0.05, augment=False, bias_lr_scale=2.5)
+                           subset_train=128, batch_size=16, lr=0.05, augment=False
+                           ).with_recipe(bias_lr_scale=2.5)
     open_study(optuna.storages.RDBStorage(f"sqlite:///{db}"), "synthetic-nas", begun, make_pruner("none", 1))
     code, out, err = call(run_cmd.main, [*TINY, "--trials", "1", "--no-final", "--no-presets", "--storage", str(db),
                                          "--out", str(tmp_path / "o")], capsys)
     assert code == 0, err
     assert ("kept the settings it was begun with: val_size 0.125 (default now 0.25), lr 0.05 (default now 0.0125), "
-            f"bias_lr_scale 2.5 (default now {TrainConfig.bias_lr_scale!r})") in out
+            f"recipe.bias_lr_scale 2.5 (default now {TrainConfig.bias_lr_scale!r})") in out
     assert "112 training / 16 validation images" in out  # 0.125 of 128 held out, not 0.25
     study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
     assert SearchSettings.from_dict(study.user_attrs["settings"]) == begun

@@ -21,9 +21,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from .loader import DeviceLoader
 
 __all__ = ["TrainError", "CheckpointError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate",
            "predict", "predict_images", "resolve_device", "make_optimizer", "with_overrides", "MIN_STEPS",
-           "WeightEMA", "augment_for_epoch", "tta_accuracy", "load_weights"]
+           "WeightEMA", "augment_for_epoch", "tta_accuracy", "load_weights", "RECIPE_FIELDS"]
 
 
 MIN_STEPS = 4  # optimizer steps a OneCycle schedule needs: warm-up and annealing of at least one step each
@@ -107,6 +107,33 @@ class TrainConfig:
             if d.get(k) == default:
                 del d[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def recipe(self) -> dict[str, Any]:
+        """How this config trains, apart from the run's length, batch, peak lr and seed: the RECIPE_FIELDS by
+        name and, with augmentation on, the AugmentConfig's fields as 'augment.NAME'. Plain JSON values."""
+        d: dict[str, Any] = {k: getattr(self, k) for k in RECIPE_FIELDS}
+        if self.augment is not None:
+            d.update({f"augment.{k}": v for k, v in asdict(self.augment).items()})
+        return d
+
+    def with_recipe(self, recipe: dict[str, Any]) -> TrainConfig:
+        """A copy trained by `recipe` (as from .recipe()); the augmentation stays off if it is off here.
+        Unknown names raise ValueError: a recipe stored by a later version must not be half-applied."""
+        unknown = recipe.keys() - set(RECIPE_FIELDS) - {f"augment.{f.name}" for f in fields(AugmentConfig)}
+        if unknown:
+            raise ValueError(f"unknown recipe settings: {', '.join(sorted(unknown))}")
+        augment = {k.removeprefix("augment."): v for k, v in recipe.items() if k.startswith("augment.")}
+        config = replace(self, **{k: v for k, v in recipe.items() if not k.startswith("augment.")})
+        if config.augment is not None and augment:
+            config = replace(config, augment=replace(config.augment, **augment))
+        return config
+
+
+# The settings of TrainConfig that make its recipe (what a study stores so that its later trials and its final
+# retrain train as its first ones did, search.settings); the rest is the run's size and seed, or how it runs.
+RECIPE_FIELDS = ("momentum", "weight_decay", "label_smoothing", "pct_start", "div_factor", "final_div_factor",
+                 "anneal", "augment_start", "augment_end", "augment_full_epochs", "bias_lr_scale", "alternate_flip",
+                 "ema_decay")
 
 
 # Settings added after checkpoints and studies existed, with the value that reproduces the runs before them.
