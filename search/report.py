@@ -155,7 +155,9 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
                f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}"
                + (f", prescreen: each trained trial the best of {settings.prescreen} feasible proposals by "
-                  f"{settings.proxy}" if settings.prescreen > 1 else "") + ".", ""]
+                  f"{settings.proxy}" if settings.prescreen > 1 else "") + ".", "",
+               "Training recipe, stored with the study (its trials and its final retrain train with it; "
+               "`train.engine.TrainConfig`): " + ", ".join(f"{k} {v}" for k, v in settings.recipe) + ".", ""]
     front = board[board.pareto].sort_values(cost)[["number", "val_acc", "params", "macs", "peak_act", "rf", "summary"]]
     md += ["### Pareto front", "",
            f"Completed, feasible trials that no other beats on both validation accuracy and {COSTS[cost]} "

@@ -172,7 +172,8 @@ def test_search_end_to_end_and_the_exported_winner_reproduces_its_test_accuracy(
     final = json.loads((out / "final.json").read_text())
     report = (out / "report.md").read_text()
     for text in ("## Winner", f"test accuracy {final['test_acc']:.4f}", "Per-class report", "Confusion matrix",
-                 "c1.0", "rejected", "epochs without pruning", "## Evidence", "search.run"):
+                 "c1.0", "rejected", "epochs without pruning", "## Evidence", "search.run",
+                 "Training recipe, stored with the study", f"ema_decay {TrainConfig().ema_decay}"):
         assert text in report, text
     study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
     assert sum(kind(t) in ("completed", "pruned") for t in study.trials) == 2
