@@ -315,7 +315,8 @@ def test_bias_lr_scale_multiplies_the_peak_lr_of_bn_and_bias_parameters_only():
 def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
     # Checkpoints and studies made before bias_lr_scale, alternate_flip and anneal existed must still resume:
     # these are the fingerprints the code computed then.
-    before = dict(bias_lr_scale=1.0)  # the recipe as it was: every later setting at the value it had then
+    before = dict(bias_lr_scale=1.0, augment_full_epochs=25)  # the recipe as it was: every later setting and
+    # changed default at the value it had then
     assert TrainConfig(**before).fingerprint() == "d04e7bba5625b1d7"
     assert TrainConfig(epochs=8, lr=0.2, augment=None, **before).fingerprint() == "0b9871e43e90458f"
     assert TrainConfig(bias_lr_scale=2.0).fingerprint() != TrainConfig(**before).fingerprint()
