@@ -1,10 +1,13 @@
-"""Issue 10's GPU checks in one call, for the first session that is lent a GPU (about 7 minutes on an H100).
+"""Issue 10's GPU checks in one call, for the first session that is lent a GPU (never yet run on one: parts 2
+and 3 are limited to 200 s and 300 s, part 1 is two one-epoch runs of at most 20,000 images; 6-7 minutes in
+all is an estimate from those sizes, not a measurement).
 
     bash ../shared/gpu/stage                                  # here, once: wheels, CIFAR-10, node.sh -> .gpu/
     # device tool, carry [".gpu"], timeout_s 560:
     bash .gpu/node.sh python results/benchmarks/gpu_check.py "$OUT"
 
-What it runs, each part with its own time limit so that one slow part cannot eat the others' minutes:
+What it runs (the benches under their own time limits, so that a slow one cannot eat the other's minutes;
+gpu_check.json is rewritten after each part, so what finished comes back even if the call is cut off):
   1. CUDA correctness of the training path (what CI cannot run):
      - the batched augmentation (train.augment.BatchAugment) on CUDA with a CUDA generator: finite, on the
        device, the same batch for the same seed;
@@ -19,7 +22,7 @@ What it runs, each part with its own time limit so that one slow part cannot eat
 Everything goes to OUT_DIR (the device tool's $OUT): gpu_check.json (all figures, the GPU, torch, date)
 and one log per part. Copy the figures into a results/benchmarks/*.md with this command and the date.
 
-`--device cpu --quick` runs the same plumbing on a CPU with synthetic data in about a minute (how this
+`--device cpu --quick` runs the same plumbing on a CPU with synthetic data (76 s on the 2-core VM) (how this
 script was tested before any GPU was available); its figures mean nothing.
 """
 from __future__ import annotations

@@ -33,7 +33,7 @@ _make_optimizer = engine.make_optimizer
 
 def make_optimizer_with_lookahead(model, cfg, total_steps):
     optimizer, scheduler = _make_optimizer(model, cfg, total_steps)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     slow = [p.detach().clone() for p in params]
     state = {"step": 0}
 
