@@ -1,0 +1,71 @@
+"""Studies written by earlier versions still resume: tests/fixtures/study_6713a61.db holds two small digits
+studies made by commit 6713a61 (one with --max-macs 6000000, so that some candidates were rejected; one with
+--objectives accuracy,params). Each test works on a copy in tmp_path, never on the fixture itself."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import optuna
+import pytest
+
+from search import retrain as retrain_cmd
+from search import run as run_cmd
+from search.trials import kind
+from tests.search_helpers import ROOT
+from tests.test_search_cli import call
+
+FIXTURE = ROOT / "tests" / "fixtures" / "study_6713a61.db"
+# The flags the fixture was made with (besides --trials, --no-final, --storage and --out).
+SINGLE = ["--dataset", "digits", "--study-name", "fixture-6713a61", "--max-macs", "6000000", "--trial-epochs", "1",
+          "--subset-train", "400"]
+MULTI = ["--dataset", "digits", "--study-name", "fixture-6713a61-mo", "--objectives", "accuracy,params",
+         "--trial-epochs", "1", "--subset-train", "400"]
+
+
+@pytest.fixture
+def old_db(tmp_path):
+    db = tmp_path / "old.db"
+    shutil.copyfile(FIXTURE, db)
+    return db
+
+
+def _trials(db, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
+
+
+def test_a_study_written_by_6713a61_resumes_trains_one_more_and_retrains(old_db, tmp_path, capsys):
+    before = _trials(old_db, "fixture-6713a61")
+    assert sum(kind(t) == "rejected" for t in before) > 0  # the fixture holds rejected trials
+    assert sum(kind(t) in ("completed", "pruned") for t in before) == 2
+    code, out, err = call(run_cmd.main, [*SINGLE, "--trials", "3", "--no-final", "--storage", str(old_db),
+                                         "--out", str(tmp_path / "o"), "--json"], capsys)
+    assert code == 0, err
+    assert "resumed" in out and "error" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["trained"] == 3
+    after = _trials(old_db, "fixture-6713a61")
+    assert sum(kind(t) in ("completed", "pruned") for t in after) == 3
+    # Its rejected trials are still read as rejected, with their reasons.
+    assert {t.number for t in before if kind(t) == "rejected"} <= {t.number for t in after if kind(t) == "rejected"}
+    code, out, err = call(retrain_cmd.main, ["--storage", str(old_db), "--study-name", "fixture-6713a61",
+                                             "--final-epochs", "1", "--out", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 0, err
+    final = json.loads(out.strip().splitlines()[-1])
+    assert 0.0 <= final["test_acc"] <= 1.0 and (tmp_path / "r" / "best_model.pt").exists()
+
+
+def test_a_multi_objective_study_written_by_6713a61_resumes(old_db, tmp_path, capsys):
+    code, out, err = call(run_cmd.main, [*MULTI, "--trials", "2", "--no-final", "--storage", str(old_db),
+                                         "--out", str(tmp_path / "o"), "--json"], capsys)
+    assert code == 0, err
+    assert "resumed" in out
+    assert json.loads(out.strip().splitlines()[-1])["trained"] == 2
+
+
+def test_the_old_study_with_other_settings_is_still_refused_in_one_line(old_db, tmp_path, capsys):
+    code, _, err = call(run_cmd.main, [*SINGLE, "--seed", "1", "--trials", "3", "--no-final", "--storage",
+                                       str(old_db), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "seed: 0 -> 1" in lines[0], err
