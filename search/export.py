@@ -13,37 +13,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import optuna
-
 from space.export import export_code
-from space.genome import Genome
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing
-from .settings import SearchError
-from .trials import best_trial, genome_of, kind
+from .lifecycle import rejected_reason
+from .trials import genome_of, pick_trial
 
-__all__ = ["trial_genome", "main"]
-
-
-def trial_genome(study: optuna.Study, number: int | None, force: bool = False) -> tuple[int, Genome]:
-    """(trial number, genome) of trial `number`, or of the best trial when None; a rejected trial only with
-    `force`."""
-    trials = study.get_trials(deepcopy=False)
-    if number is None:
-        best = best_trial(trials)
-        if best is None:
-            raise SearchError(f"study {study.study_name!r} has no completed trained trial yet; give --trial N")
-        return best.number, genome_of(best)
-    match = [t for t in trials if t.number == number]
-    if not match:
-        raise SearchError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
-    if "genome" not in match[0].user_attrs:
-        raise SearchError(f"trial {number} ({kind(match[0])}) has no genome recorded")
-    reason = match[0].user_attrs.get("rejected")
-    if reason and not force:
-        raise SearchError(f"trial {number} was rejected by the search, it breaks the rules: {reason}; "
-                          "add --force to export it anyway")
-    return number, genome_of(match[0])
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="export a trial the search rejected (it breaks the rules)")
     args = p.parse_args(argv)
     study, _ = open_existing(args)
-    number, genome = trial_genome(study, args.trial, args.force)
+    trial = pick_trial(study, args.trial, force=args.force)
+    number, genome = trial.number, genome_of(trial)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(export_code(genome))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
-    reason = study.trials[number].user_attrs.get("rejected") if args.trial is not None else None
+    reason = rejected_reason(trial)
     if reason:
         print(f"warning: trial {number} breaks the rules ({reason}); exported because of --force", file=sys.stderr)
     return 0

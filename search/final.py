@@ -26,9 +26,9 @@ from train.data import ImageData
 from train.engine import predict_images, resolve_device, train, tta_accuracy
 
 from .settings import SearchError, SearchSettings
-from .trials import best_trial, genome_of, kind, val_acc
+from .trials import genome_of, pick_trial, val_acc
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "trial_to_retrain", "retrain_best", "load_final", "write_json"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "retrain_best", "load_final", "write_json"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
@@ -70,32 +70,12 @@ def _claim_checkpoint(out: Path, owner: dict, log: Callable[[str], None]) -> Pat
     return ckpt
 
 
-def trial_to_retrain(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
-    """Trial `number`, which must have been trained (completed, pruned, or a duplicate of such), or the
-    best trial when None."""
-    trials = study.get_trials(deepcopy=False)
-    if number is None:
-        trial = best_trial(trials)
-        if trial is None:
-            raise SearchError(f"study {study.study_name!r} has no completed trained trial to retrain")
-        return trial
-    trial = next((t for t in trials if t.number == number), None)
-    if trial is None:
-        raise SearchError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
-    k = kind(trial)
-    if k not in ("completed", "pruned", "duplicate") or val_acc(trial) is None:
-        why = f": {trial.user_attrs['rejected']}" if k == "rejected" else ""
-        raise SearchError(f"trial {number} is {k}{why}; only a trained trial (completed, pruned, or a duplicate "
-                          "of one) can be retrained")
-    return trial
-
-
 def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
                  device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
                  trial_number: int | None = None) -> dict:
     """Retrain the study's best trial (or trial `trial_number`) on data's training part, test on its test
     part; returns final.json."""
-    trial = trial_to_retrain(study, trial_number)
+    trial = pick_trial(study, trial_number, trained=True)
     genome = genome_of(trial)
     if genome.num_classes != data.num_classes:
         raise SearchError(f"trial {trial.number} has {genome.num_classes} classes but {data.name} has "

@@ -22,7 +22,8 @@ from .final import load_final
 from .objectives import COSTS, cost_name
 from .storage import dashboard_command
 from .study import stored_settings
-from .trials import count, leaderboard, rejected_fraction
+from .lifecycle import count
+from .trials import leaderboard, rejected_fraction
 
 __all__ = ["RUN_PREFIX", "write_report", "main"]
 

@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     study, url = open_existing(args)
 
     from .data import load_full
-    from .final import FINAL_FILES, retrain_best, trial_to_retrain
+    from .final import FINAL_FILES, retrain_best
     from .report import write_report
     from .study import stored_settings
+    from .trials import pick_trial
 
     settings = stored_settings(study)
-    trial_to_retrain(study, args.trial)  # a bad --trial fails before the data is loaded
+    pick_trial(study, args.trial, trained=True)  # a bad --trial fails before the data is loaded
     epochs = args.final_epochs or DEFAULTS[settings.dataset].final_epochs
     out = Path(args.out) if args.out else Path("results") / study.study_name
     # The same training images the search split (a --subset-train of the search carries over).

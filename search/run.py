@@ -39,6 +39,7 @@ from train.files import removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
+from .lifecycle import Counts, count, requeue, stopped_by_interrupt
 from .objectives import cost_name, parse_objectives
 from .settings import DEFAULTS, SearchError, SearchSettings, parse_val_size
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
@@ -125,8 +126,62 @@ def main(argv: list[str] | None = None) -> int:
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)
         signal.signal(signal.SIGINT, _stop_once)
+    settings, final_epochs, jobs = _config(args)
+    name = args.study_name or f"{args.dataset}-nas"
+    url, migrated = _storage_url(args.storage, name, jobs)
+    label = redact(url)  # what is printed and stored: never a password
+    settings, kept, full, split, study, created = _open(args, settings, url, name, final_epochs)
+    out = Path(args.out) if args.out else Path("results") / name
+    say = (lambda line: print(f"[w{args.worker}] {line}", flush=True)) if worker else (lambda line: print(line, flush=True))
+    if not worker:
+        run_key = _announce(args, argv, study, created, settings, full, split, jobs, out, label,
+                            (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
+                            + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""))
+        signal.signal(signal.SIGTERM, _sigterm)
+    from .final import retrain_best
+    from .runner import SearchStopped  # after argument errors: these import torch
+
+    t0 = time.time()
+    try:
+        counts = _search(args, argv, study, settings, full, split, jobs, url, say)
+    except KeyboardInterrupt:
+        if worker:
+            return 130  # the parent says what happened, once
+        stopped = stopped_by_interrupt(study.get_trials(deepcopy=False), t0)
+        where = (f"trial{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} marked failed and queued "
+                 "again; " if stopped else "")
+        print(f"interrupted: {where}{count(study.get_trials(deepcopy=False)).line()} of {args.trials} wanted; run "
+              "the same command to resume", file=sys.stderr)
+        return 130
+    except SearchStopped as e:
+        print(f"error: {'[w%d] ' % args.worker if worker else ''}{e}", file=sys.stderr)
+        return 1
+    except STORAGE_ERRORS as e:  # e.g. the database server stopped: one line, not a traceback
+        raise lost_storage(label, e) from None
+    if worker:
+        return 0
+    search_seconds = time.time() - t0
+    study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
+    print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "
+          f"without pruning; {search_seconds:.0f} s")
+    final, final_seconds = None, 0.0
+    if not args.no_final:
+        t1 = time.time()
+        try:
+            final = retrain_best(study, settings, full, out, final_epochs, args.device, args.progress)
+        except KeyboardInterrupt:
+            print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to "
+                  "resume", file=sys.stderr)
+            return 130
+        final_seconds = time.time() - t1
+    _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds, final_epochs)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int]:
+    """(settings, final epochs, jobs) from the flags and the dataset's defaults; SearchError for a bad one."""
     from .prescreen import parse_prescreen
-    from .study import PRUNERS, make_pruner  # after argument errors: importing optuna's samplers takes a moment
+    from .study import PRUNERS  # after argument errors: importing optuna's samplers takes a moment
     from .workers import auto_jobs, parse_jobs
 
     if args.dataset not in DEFAULTS:
@@ -152,140 +207,105 @@ def main(argv: list[str] | None = None) -> int:
         val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
         subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
         max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
-    final_epochs = args.final_epochs or d.final_epochs
     check_satisfiable(settings.max_params, settings.min_rf, max_macs=settings.max_macs)  # before any data or training
-    name = args.study_name or f"{args.dataset}-nas"
     jobs = parse_jobs(args.jobs)
-    if jobs == "auto":
-        jobs = auto_jobs(args.device)
-    url = resolve_url(args.storage, name)
-    migrated = False
-    if jobs > 1 and is_sqlite(url):
-        if args.storage:
-            raise SearchError(f"--jobs {jobs} needs a storage several processes can write, and SQLite takes one "
-                              "writer: leave --storage out (a journal file results/<study>.journal is used), or "
-                              "give FILE.journal or a database server")
-        journal = default_journal(name)
-        migrated = migrate_to_journal(url, journal, name)  # a study begun with --jobs 1 moves to the journal
-        url = journal
+    return settings, args.final_epochs or d.final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs
 
+
+def _storage_url(storage: str | None, name: str, jobs: int) -> tuple[str, bool]:
+    """(storage URL, whether a study begun with --jobs 1 was moved to the journal file for --jobs N)."""
+    url = resolve_url(storage, name)
+    if jobs == 1 or not is_sqlite(url):
+        return url, False
+    if storage:
+        raise SearchError(f"--jobs {jobs} needs a storage several processes can write, and SQLite takes one "
+                          "writer: leave --storage out (a journal file results/<study>.journal is used), or "
+                          "give FILE.journal or a database server")
+    journal = default_journal(name)
+    return journal, migrate_to_journal(url, journal, name)
+
+
+def _open(args: argparse.Namespace, settings: SearchSettings, url: str, name: str, final_epochs: int):
+    """(settings, kept, full data, search split, study, created): the storage is opened first (a typo in it
+    should not wait for a download), but if the data or the settings then fail, a storage file (or folder)
+    this run created is removed again: no empty study."""
     from .data import check_steps, load_full, search_split
-    from .final import FINAL_FILES, retrain_best
-    from .liveness import requeue
-    from .prescreen import make_prescreen
-    from .report import RUN_PREFIX, write_report
-    from .runner import Search, SearchStopped, make_train_fn
-    from .study import enqueue_presets, keep_stored_defaults, open_study
-    from .workers import SlotLock, cpu_threads, run_workers
+    from .study import keep_stored_defaults, make_pruner, open_study
 
-    # The storage is opened first (a typo in it should not wait for a download), but if the data or the
-    # settings then fail, a storage file (or folder) this run created is removed again: no empty study.
     file = local_file(url)
     with removed_on_error(*([file] if file else [])):
         storage = open_storage(url, stale_callback=requeue)
-        label = redact(url)  # what is printed and stored: never a password
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
         # A study begun under older defaults (train.defaults) resumes with the values it was measured with.
         unflagged = {"lr", "augment", "recipe"} | {k for k in ("batch_size", "trial_epochs", "val_size")
-                                         if getattr(args, k) is None}
+                                                   if getattr(args, k) is None}
         settings, kept = keep_stored_defaults(storage, name, settings, unflagged)
         split = search_split(full, settings)
         if not args.no_final:
             check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")
-        study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs), label,
-                                    stream=args.worker or 0)
-    out = Path(args.out) if args.out else Path("results") / name
-    lock = SlotLock(f"{url}\n{name}")
-    if worker:
-        search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
-                        log=lambda line: print(f"[w{args.worker}] {line}", flush=True), lock=lock,
-                        prescreen=make_prescreen(split, settings, args.device))
-        try:
-            search.run()
-        except KeyboardInterrupt:
-            return 130  # the parent says what happened, once
-        except SearchStopped as e:
-            print(f"error: [w{args.worker}] {e}", file=sys.stderr)
-            return 1
-        except STORAGE_ERRORS as e:  # e.g. the database server stopped: one line, not a traceback
-            raise lost_storage(label, e) from None
-        return 0
-    # once, by the process that created the study
+        study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs),
+                                    redact(url), stream=args.worker or 0)
+    return settings, kept, full, split, study, created
+
+
+def _announce(args, argv, study, created, settings, full, split, jobs, out, label, notes) -> str:
+    """Once per run, by the parent: the seed presets (a new study), the machine, the plan; the run's key."""
+    from .report import RUN_PREFIX
+    from .study import enqueue_presets
+
     presets = enqueue_presets(study, full.num_classes) if created and not args.no_presets else []
     info = machine_info(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run_key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"
     command = shlex.join([os.path.basename(sys.executable), "-m", "search.run", *(sys.argv[1:] if argv is None else argv)])
     study.set_user_attr(run_key, {**info, "started": started, "command": command})
-    print(f"study {name} ({'new' if created else 'resumed'}) in {label}; outputs in {out}/"
-          + (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
-          + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""))
+    print(f"study {study.study_name} ({'new' if created else 'resumed'}) in {label}; outputs in {out}/{notes}")
     print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images; "
           f"{settings.trial_epochs} epochs per trial on {info['device']}"
           + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
-          + (f" (objectives {objectives}: multi-objective studies cannot be pruned)" if multi else "")
-          + (f"; prescreen: best of {prescreen} by {proxy}" if prescreen > 1 else "")
+          + (f" (objectives {settings.objectives}: multi-objective studies cannot be pruned)"
+             if cost_name(settings.objectives) else "")
+          + (f"; prescreen: best of {settings.prescreen} by {settings.proxy}" if settings.prescreen > 1 else "")
           + (f"; enqueued presets {', '.join(presets)}" if presets else "")
           + (f"; {jobs} workers at once" if jobs > 1 else ""))
     print(f"watch it: {dashboard_command(label)}", flush=True)
+    return run_key
 
-    signal.signal(signal.SIGTERM, _sigterm)
-    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
-                    log=lambda line: print(line, flush=True), lock=lock,
-                    prescreen=make_prescreen(split, settings, args.device) if jobs == 1 else None)
-    t0 = time.time()
-    if jobs > 1:
+
+def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
+    """The one search path: this process trains (one process, or a worker), or it starts `jobs` workers
+    that do, and waits. KeyboardInterrupt when stopped; SearchStopped when it, or a worker, gave up."""
+    from .prescreen import make_prescreen
+    from .runner import Search, SearchStopped, make_train_fn
+    from .workers import SlotLock, cpu_threads, run_workers
+
+    if jobs > 1 and args.worker is None:
         raw = sys.argv[1:] if argv is None else list(argv)
         codes, interrupted = run_workers([*raw, *([] if args.storage else ["--storage", url])], jobs,
                                          cpu_threads(jobs))
-        counts = search.counts()
+        counts = count(study.get_trials(deepcopy=False))
         if interrupted:
-            stopped = [t.number for t in study.get_trials(deepcopy=False)
-                       if t.user_attrs.get("failed_reason") == "interrupted" and t.datetime_complete
-                       and t.datetime_complete.timestamp() >= t0]
-            where = (f"trial{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} marked failed and "
-                     "queued again; " if stopped else "")
-            print(f"interrupted: {where}{counts.line()} of {args.trials} wanted; run the same command to resume",
-                  file=sys.stderr)
-            return 130
+            raise KeyboardInterrupt
         if counts.trained < args.trials:
-            print(f"error: the workers stopped (exit status {', '.join(map(str, codes))}) with {counts.line()} of "
-                  f"{args.trials} wanted; fix the cause, then run the same command to resume", file=sys.stderr)
-            return 1
-    else:
-        try:
-            counts = search.run()
-        except KeyboardInterrupt:
-            c = search.counts()
-            where = (f"trial {search.interrupted} marked failed and queued again; "
-                     if search.interrupted is not None else "")
-            print(f"interrupted: {where}{c.line()} of {args.trials} wanted; run the same command to resume",
-                  file=sys.stderr)
-            return 130
-        except SearchStopped as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        except STORAGE_ERRORS as e:  # e.g. the database server stopped: one line, not a traceback
-            raise lost_storage(label, e) from None
-    search_seconds = time.time() - t0
-    study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
-    print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "
-          f"without pruning; {search_seconds:.0f} s")
+            raise SearchStopped(f"the workers stopped (exit status {', '.join(map(str, codes))}) with "
+                                f"{counts.line()} of {args.trials} wanted; fix the cause, then run the same command "
+                                "to resume")
+        return counts
+    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
+                    log=say, lock=SlotLock(f"{url}\n{study.study_name}"),
+                    prescreen=make_prescreen(split, settings, args.device))
+    return search.run()
 
-    final, final_seconds = None, 0.0
-    if not args.no_final:
-        t1 = time.time()
-        try:
-            final = retrain_best(study, settings, full, out, final_epochs, args.device, args.progress)
-        except KeyboardInterrupt:
-            print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to "
-                  "resume", file=sys.stderr)
-            return 130
-        final_seconds = time.time() - t1
-    paths = write_report(study, out, label)
+
+def _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds,
+             final_epochs) -> None:
+    """The report files, the winner, and the --json line."""
+    from .final import FINAL_FILES
+    from .report import write_report
     from .trials import best_trial, val_acc
 
+    paths = write_report(study, out, label)
     best = best_trial(study.get_trials(deepcopy=False))
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
@@ -304,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
                           "test_acc": final["test_acc"] if final else None, "search_seconds": round(search_seconds, 1),
                           "final_seconds": round(final_seconds, 1), "out": str(out),
                           "paths": {k: str(v) for k, v in paths.items()}}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,11 +14,17 @@ from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset tabl
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
-__all__ = ["DEFAULT_PROXY", "SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
+__all__ = ["DEFAULT_PROXY", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
 
 
 class SearchError(Exception):
     """Bad input to a search command; the message is one line (the CLI prints it and exits with 2)."""
+
+
+def one_line(e: BaseException) -> str:
+    """'Type: first line of the message', for a failed_reason or an error line."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def parse_val_size(text: str) -> int | float:

@@ -31,7 +31,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
-from .settings import SearchError
+from .settings import SearchError, one_line
 
 __all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "STORAGE_ERRORS", "default_storage", "default_journal",
            "resolve_url", "open_storage", "is_sqlite", "migrate_to_journal", "dashboard_command", "is_rdb",
@@ -106,7 +106,7 @@ def open_storage(url: str, create: bool = True,
             backend = optuna.storages.journal.JournalFileBackend(str(path))
             return optuna.storages.JournalStorage(backend)
         except Exception as e:  # unreadable or not a journal
-            raise SearchError(f"cannot open journal storage {path}: {_one_line(e)}") from None
+            raise SearchError(f"cannot open journal storage {path}: {one_line(e)}") from None
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
@@ -117,7 +117,7 @@ def open_storage(url: str, create: bool = True,
         missing = e if isinstance(e, ModuleNotFoundError) else e.__cause__
         raise SearchError(f"storage {redact(url)} needs {_install_hint(getattr(missing, 'name', None))}") from None
     except Exception as e:  # sqlalchemy.exc.ArgumentError, OperationalError (unreachable), a non-database file
-        message = _one_line(e).replace(url, redact(url))  # drivers may quote the URL, password and all
+        message = one_line(e).replace(url, redact(url))  # drivers may quote the URL, password and all
         raise SearchError(f"cannot open storage {redact(url)}: {message}") from None
 
 
@@ -184,7 +184,7 @@ def _install_hint(module: str | None) -> str:
 def lost_storage(label: str, e: BaseException) -> SearchError:
     """The one-line error for a storage that failed mid-run (one of STORAGE_ERRORS), e.g. a server stopped."""
     cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
-    return SearchError(f"lost the storage {label}: {_one_line(cause)}; finished trials are kept there: run the "
+    return SearchError(f"lost the storage {label}: {one_line(cause)}; finished trials are kept there: run the "
                        "same command again once it is reachable")
 
 
@@ -219,9 +219,4 @@ def redact(url: str) -> str:
             cred = cred.split(":", 1)[0] + ":***"
         return f"{scheme}://{cred}@{host}"
     return url
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 

@@ -1,95 +1,22 @@
-"""Reading a study's trials: what became of each candidate, the counts, the winner, the leaderboard.
+"""Reading a study's trials: the winner, the Pareto front, the leaderboard, a trial named by the user.
 
-Every candidate the sampler proposes is one Optuna trial, and ends as one of these kinds:
-    completed  trained for all --trial-epochs (COMPLETE); value = final validation accuracy (in a
-               multi-objective study: values = [accuracy, cost], see search.objectives)
-    pruned     trained, stopped early by the pruner (PRUNED); value = last validation accuracy
-    rejected   broke a rule, never trained (COMPLETE with placeholder value 0 and constraints > 0,
-               so TPE learns the infeasible region; Optuna's best_trial ignores it)
-    duplicate  the same genome as an earlier trained trial: its result is copied, not retrained
-    screened   feasible, but another proposal of its --prescreen round scored higher on the proxy: never
-               trained (FAIL, with prescreen_lost_to = the winner; see search.prescreen for why FAIL)
-    failed     training raised or diverged, or its worker died or was interrupted (FAIL)
-    running / waiting  in progress / enqueued
-"Trained" = completed + pruned: what --trials N counts.
+What became of each trial (its Outcome) and the counts are search.lifecycle's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Iterable
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from space import Genome
 
+from .lifecycle import Outcome, classify, is_enqueued, rejected_reason, state_columns
 from .objectives import pareto_front
+from .settings import SearchError
 
-__all__ = ["KINDS", "HOLDS_PLACE", "kind", "Counts", "count", "best_trial", "pareto_trials", "val_acc", "genome_of", "is_enqueued",
-           "rejected_fraction", "leaderboard"]
-
-KINDS = ("completed", "pruned", "rejected", "duplicate", "screened", "failed", "running", "waiting")
-# The phases (user attr) of a RUNNING trial that holds one of the --trials places: in training, or reserved by
-# the first proposal of a --prescreen round for the round's winner (search.runner).
-HOLDS_PLACE = ("training", "reserved")
-
-
-def kind(t: FrozenTrial) -> str:
-    if t.state == TrialState.WAITING:
-        return "waiting"
-    if t.state == TrialState.RUNNING:
-        return "running"
-    a = t.user_attrs
-    if "rejected" in a:
-        return "rejected"
-    if "duplicate_of" in a:
-        return "duplicate"
-    if "prescreen_lost_to" in a:
-        return "screened"
-    if t.state == TrialState.COMPLETE and a.get("trained"):
-        return "completed"
-    if t.state == TrialState.PRUNED and a.get("trained"):
-        return "pruned"
-    return "failed"
-
-
-@dataclass
-class Counts:
-    completed: int = 0
-    pruned: int = 0
-    rejected: int = 0
-    duplicate: int = 0
-    screened: int = 0  # proposals a --prescreen round did not choose
-    failed: int = 0
-    running: int = 0  # holding a place right now (HOLDS_PLACE): other workers, or an unreaped dead one
-    waiting: int = 0
-    epochs: int = 0  # epochs trained over all trained trials
-
-    @property
-    def trained(self) -> int:
-        return self.completed + self.pruned
-
-    def as_dict(self) -> dict[str, int]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "trained": self.trained}
-
-    def line(self) -> str:
-        return (f"{self.trained} trained ({self.completed} completed, {self.pruned} pruned), {self.rejected} rejected, "
-                f"{self.duplicate} duplicate, " + (f"{self.screened} screened out, " if self.screened else "")
-                + f"{self.failed} failed")
-
-
-def count(trials: Iterable[FrozenTrial]) -> Counts:
-    c = Counts()
-    for t in trials:
-        k = kind(t)
-        if k == "running" and t.user_attrs.get("phase") not in HOLDS_PLACE:
-            continue  # asked, not (yet) holding a place: it may still be rejected or screened out
-        setattr(c, k, getattr(c, k) + 1)
-        if k in ("completed", "pruned"):
-            c.epochs += int(t.user_attrs.get("epochs", 0))
-    return c
-
+__all__ = ["best_trial", "pareto_trials", "val_acc", "genome_of", "pick_trial", "rejected_fraction", "leaderboard"]
 
 def genome_of(t: FrozenTrial) -> Genome:
     return Genome.from_json(t.user_attrs["genome"])
@@ -101,7 +28,7 @@ def val_acc(t: FrozenTrial) -> float | None:
 
 
 def _feasible_completed(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if kind(t) == "completed" and t.values and all(v <= 0 for v in t.constraints.values())]
+    return [t for t in trials if classify(t) == Outcome.COMPLETED and t.values and all(v <= 0 for v in t.constraints.values())]
 
 
 def pareto_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
@@ -126,20 +53,45 @@ def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     return max(done, key=lambda t: (val_acc(t), -int(t.user_attrs.get("n_params", 0)), -t.number))
 
 
-def is_enqueued(t: FrozenTrial) -> bool:
-    """A preset or a retry: chosen by us, not by the sampler."""
-    return "preset" in t.user_attrs or "retry_of" in t.user_attrs
-
-
 def rejected_fraction(trials: Iterable[FrozenTrial]) -> list[bool]:
     """For every candidate the sampler proposed, in order: was it rejected?"""
-    return [kind(t) == "rejected" for t in sorted(trials, key=lambda t: t.number)
-            if not is_enqueued(t) and kind(t) not in ("running", "waiting")]
+    return [classify(t) == Outcome.REJECTED for t in sorted(trials, key=lambda t: t.number)
+            if not is_enqueued(t) and classify(t) not in (Outcome.RUNNING, Outcome.WAITING)]
+
+
+_TRAINED_OR_COPIED = (Outcome.COMPLETED, Outcome.PRUNED, Outcome.DUPLICATE)
+
+
+def pick_trial(study: optuna.Study, number: int | None = None, *, trained: bool = False,
+               force: bool = False) -> FrozenTrial:
+    """Trial `number`, or the best trial when None: the one picker of search.retrain (`trained`: it must
+    have been trained, or copy a trained trial's result) and search.export (a rejected trial only with
+    `force`). A SearchError names what is wrong."""
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        best = best_trial(trials)
+        if best is None:
+            raise SearchError(f"study {study.study_name!r} has no completed trained trial "
+                              + ("to retrain" if trained else "yet; give --trial N"))
+        return best
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None:
+        raise SearchError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
+    k, reason = classify(trial), rejected_reason(trial)
+    if trained and (k not in _TRAINED_OR_COPIED or val_acc(trial) is None):
+        why = f": {reason}" if reason else ""
+        raise SearchError(f"trial {number} is {k}{why}; only a trained trial (completed, pruned, or a duplicate "
+                          "of one) can be retrained")
+    if "genome" not in trial.user_attrs:
+        raise SearchError(f"trial {number} ({k}) has no genome recorded")
+    if reason and not force:
+        raise SearchError(f"trial {number} was rejected by the search, it breaks the rules: {reason}; "
+                          "add --force to export it anyway")
+    return trial
 
 
 def _val_acc(t: FrozenTrial) -> float | None:
-    k = kind(t)
-    if k in ("completed", "pruned", "duplicate") and t.values:
+    if classify(t) in _TRAINED_OR_COPIED and t.values:
         return val_acc(t)
     return None
 
@@ -153,19 +105,17 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     front = {t.number for t in pareto_trials(trials)}
     rows = []
     for t in trials:
-        a, k = t.user_attrs, kind(t)
+        a = t.user_attrs
         duration = ((t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None)
         rows.append({
-            "number": t.number, "state": k, "val_acc": _val_acc(t), "params": a.get("n_params"),
+            "number": t.number, "state": classify(t), "val_acc": _val_acc(t), "params": a.get("n_params"),
             "macs": a.get("macs"), "peak_act": a.get("peak_act"), "rf": a.get("rf"), "epochs": a.get("epochs"),
             "train_seconds": a.get("train_seconds"), "images_per_s": a.get("images_per_s"),
             "wall_seconds": duration, "device": a.get("device"), "summary": a.get("summary"),
-            "preset": a.get("preset"), "rejected_reason": a.get("rejected"),
-            "failed_reason": a.get("failed_reason") if k == "failed" else None,
-            "duplicate_of": a.get("duplicate_of"), "retry_of": a.get("retry_of"),
+            "preset": a.get("preset"), **state_columns(t),
             "proxy_score": a.get("prescreen_score"), "proxy_rank": a.get("prescreen_rank"),
-            "lost_to": a.get("prescreen_lost_to"), "best": best is not None and t.number == best.number, "pareto": t.number in front,
+            "best": best is not None and t.number == best.number, "pareto": t.number in front,
         })
     df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "peak_act", "rf", "epochs",
                                      "train_seconds", "images_per_s", "wall_seconds", "device", "summary", "preset",

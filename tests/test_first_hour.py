@@ -13,10 +13,10 @@ from search import export as export_cmd
 from search import report as report_cmd
 from search import run as run_cmd
 from search.cli import ERRORS
+from search.lifecycle import classify
 from search.report import _md_table
 from search.runner import Search
 from search.study import enqueue_presets, make_pruner, open_study
-from search.trials import kind
 from space.genome import GenomeError
 from space.spec import run_cli
 from tests.search_helpers import ROOT, FakeTrain, run_module, settings
@@ -165,7 +165,7 @@ def test_cli_mistakes_are_one_error_line_and_exit_2(args, text):
 def test_export_of_a_rejected_trial_needs_force(tmp_path, capsys):
     db = tmp_path / "s.db"
     study = searched_study(db, "x-nas")
-    rejected = next(t for t in study.trials if kind(t) == "rejected")
+    rejected = next(t for t in study.trials if classify(t) == "rejected")
     argv = ["--storage", str(db), "--study-name", "x-nas", "--trial", str(rejected.number), "-o", str(tmp_path / "r.py")]
     code, _, err = call(export_cmd.main, argv, capsys)
     assert code == 2

@@ -15,10 +15,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.lifecycle import classify
 from search.runner import Search
 from search.storage import default_journal, migrate_to_journal, open_storage, resolve_url
 from search.study import stored_settings
-from search.trials import kind
 from search.workers import SlotLock, worker_argv
 from tests.search_helpers import FakeTrain, memory_study, run_threads, settings
 
@@ -40,7 +40,7 @@ def journal_study(cwd: Path, name: str) -> optuna.Study:
 
 
 def trained(trials) -> list:
-    return [t for t in trials if kind(t) in ("completed", "pruned")]
+    return [t for t in trials if classify(t) in ("completed", "pruned")]
 
 
 def overlapping(trials) -> bool:

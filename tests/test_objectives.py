@@ -12,11 +12,12 @@ from optuna.study import StudyDirection
 from search import retrain as retrain_cmd
 from search import run as run_cmd
 from search.constraints import check_satisfiable, constraint_values
+from search.lifecycle import classify
 from search.objectives import parse_objectives, pareto_front
 from search.runner import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
-from search.trials import best_trial, genome_of, kind, leaderboard, pareto_trials
+from search.trials import best_trial, genome_of, leaderboard, pareto_trials
 from space import PRESETS, Genome, analyze, check
 from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, memory_study, settings
 from tests.test_search_cli import call, one_error_line
@@ -43,7 +44,7 @@ def test_max_macs_rejects_candidates_over_the_budget_without_training_them():
     run_search(study, s, fake, 6)
     trials = study.get_trials()
     over = [t for t in trials if t.user_attrs["macs"] > 10_000_000]
-    assert over and all(kind(t) == "rejected" for t in over)
+    assert over and all(classify(t) == "rejected" for t in over)
     for t in over:
         assert f"{t.user_attrs['macs']:,} MACs > 10,000,000" in t.user_attrs["rejected"]
         assert t.constraints["macs"] == pytest.approx(t.user_attrs["macs"] / 10_000_000 - 1) and t.constraints["macs"] > 0
@@ -77,7 +78,7 @@ def test_multi_objective_study_tells_accuracy_and_the_analytic_cost_and_never_pr
     assert counts.trained == 8 and counts.pruned == 0 and counts.epochs == 8 * 3
     assert fake.finished == fake.calls  # every trained candidate ran all its epochs
     for t in study.get_trials():
-        k = kind(t)
+        k = classify(t)
         assert t.values[1] == t.user_attrs["n_params"]
         if k == "rejected":  # told like a single-objective rejection: placeholder accuracy 0, infeasible
             assert t.state == optuna.trial.TrialState.COMPLETE and t.values[0] == 0.0
@@ -99,7 +100,7 @@ def test_pareto_column_is_exactly_the_non_dominated_feasible_completed_trials():
     s = settings(objectives="accuracy,macs")
     study = memory_study(s)
     run_search(study, s, FakeTrain(epochs=1), 12)
-    done = [t for t in study.get_trials() if kind(t) == "completed"]
+    done = [t for t in study.get_trials() if classify(t) == "completed"]
     expected = {t.number for t in done if not dominated(t, done)}
     board = leaderboard(study)
     assert set(board[board.pareto].number) == expected == {t.number for t in pareto_trials(study.get_trials())}
@@ -229,7 +230,7 @@ def test_retrain_takes_any_trained_trial_and_refuses_a_rejected_one(capsys, tmp_
     study = memory_study(s, storage=optuna.storages.RDBStorage(f"sqlite:///{db}"))
     run_search(study, s, FakeTrain(epochs=1), 3)
     trials = study.get_trials()
-    rejected = next(t for t in trials if kind(t) == "rejected")
+    rejected = next(t for t in trials if classify(t) == "rejected")
     code, _, err = call(retrain_cmd.main, ["--storage", str(db), "--study-name", "test", "--trial",
                                            str(rejected.number), "--out", str(tmp_path / "o")], capsys)
     assert code == 2
@@ -238,7 +239,7 @@ def test_retrain_takes_any_trained_trial_and_refuses_a_rejected_one(capsys, tmp_
     assert code == 2
     one_error_line(err, "has no trial 999")
     # A trained trial that is not the default winner: retrained, and recorded as such.
-    other = next(t for t in trials if kind(t) == "completed" and t.number != best_trial(trials).number)
+    other = next(t for t in trials if classify(t) == "completed" and t.number != best_trial(trials).number)
     data = load_full("synthetic", None, 128, 64, seed=0)
     final = retrain_best(study, s, data, tmp_path / "o", 1, "cpu", log=quiet, trial_number=other.number)
     assert final["trial"] == other.number and final["genome"] == genome_of(other).to_json()

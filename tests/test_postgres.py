@@ -17,9 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search import run as run_cmd
-from search.liveness import reap_dead_trials, requeue
+from search.lifecycle import classify, reap_dead_trials, requeue
 from search.storage import open_storage
-from search.trials import kind
 from tests.postgres import Server, make_template, unavailable
 from tests.search_helpers import ROOT
 from tests.test_search_cli import call, one_error_line
@@ -75,7 +74,7 @@ def trials_of(url: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def trained(trials) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in trials if kind(t) in ("completed", "pruned")]
+    return [t for t in trials if classify(t) in ("completed", "pruned")]
 
 
 def wait_for(condition, procs: list[subprocess.Popen], url: str, what: str):
@@ -107,7 +106,7 @@ def test_two_workers_share_one_study_train_exactly_n_and_record_each_rejection_o
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     presets = [t.user_attrs["preset"] for t in trials if "preset" in t.user_attrs]
     assert sorted(presets) == ["seed001", "seed003_dilated", "seed003_net"]  # each once, not once per worker
-    rejected = [t.user_attrs["genome"] for t in trials if kind(t) == "rejected"]
+    rejected = [t.user_attrs["genome"] for t in trials if classify(t) == "rejected"]
     assert len(rejected) >= 2 and len(set(rejected)) == len(rejected)  # no candidate rejected twice
     genomes = [t.user_attrs["genome"] for t in trained(trials)]
     assert len(set(genomes)) == 4  # no candidate trained twice
@@ -140,7 +139,7 @@ def test_a_killed_worker_is_restarted_and_its_trial_failed_and_retried(postgres,
     origin = by_number[killed].user_attrs.get("retry_of", killed)
     retried = [t for t in trials if t.user_attrs.get("retry_of") == origin]
     assert retried and all(t.user_attrs["genome"] == by_number[killed].user_attrs["genome"] for t in retried)
-    assert any(kind(t) in ("completed", "pruned") for t in retried)  # the candidate was trained in the end
+    assert any(classify(t) in ("completed", "pruned") for t in retried)  # the candidate was trained in the end
 
 
 def test_server_stopped_mid_run_one_error_line_and_finished_trials_remain(postgres, tmp_path):

@@ -14,13 +14,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.lifecycle import classify, count
 from search.liveness import worker_identity
 from search.prescreen import DEFAULT_PROXY, Prescreen, best_first, make_prescreen, parse_prescreen, scores_of
 from search.report import write_report
 from search.runner import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
-from search.trials import best_trial, count, kind, leaderboard
+from search.trials import best_trial, leaderboard
 from space import PRESETS, analyze
 from tests.search_helpers import FakeTrain, memory_study, run_threads, settings
 from tests.test_jobs import DIGITS, cli, journal_study
@@ -58,7 +59,7 @@ def rounds(trials) -> dict[int, list]:
     """Winner number -> the screened trials of its round."""
     out: dict[int, list] = {}
     for t in trials:
-        if kind(t) == "screened":
+        if classify(t) == "screened":
             out.setdefault(t.user_attrs["prescreen_lost_to"], []).append(t)
     return out
 
@@ -73,12 +74,12 @@ def test_each_trained_trial_is_the_best_of_k_proposals_and_the_others_are_never_
     assert counts.screened == sum(map(len, by_winner.values())) == 12 * 2
     assert all(len(r) == 3 for r in score.calls)
     for t in trials:
-        if kind(t) == "screened":
+        if classify(t) == "screened":
             assert t.state == TrialState.FAIL and t.user_attrs["genome"] not in fake.calls
-        if kind(t) == "rejected":  # recorded as without a prescreen, never scored
+        if classify(t) == "rejected":  # recorded as without a prescreen, never scored
             assert "prescreen_rank" not in t.user_attrs and all(t.user_attrs["genome"] not in r for r in score.calls)
     for t in trials:
-        if kind(t) not in ("completed", "pruned"):
+        if classify(t) not in ("completed", "pruned"):
             continue
         a = t.user_attrs
         assert a["prescreen_rank"] == 1 and a["prescreen_k"] == 3 and a["prescreen_proxy"] == "params"
@@ -99,7 +100,7 @@ def test_enqueued_presets_and_retries_are_trained_without_a_prescreen():
     study, fake, score = memory_study(s), FakeTrain(), FakeScore()
     search(study, s, fake, 3, score).run()
     assert score.calls == [] and count(study.get_trials()).screened == 0
-    assert sorted(t.user_attrs["preset"] for t in study.get_trials() if kind(t) == "completed") == sorted(PRESETS)
+    assert sorted(t.user_attrs["preset"] for t in study.get_trials() if classify(t) == "completed") == sorted(PRESETS)
     search(study, s, fake, 4, score).run()  # the fourth is the sampler's: screened
     assert len(score.calls) == 1 and count(study.get_trials()).screened == 2
 
@@ -132,8 +133,8 @@ def test_multi_objective_studies_prescreen_too():
     counts = search(study, s, fake, 4, k=2, proxy="synflow").run()
     trials = study.get_trials()
     assert counts.trained == 4 and counts.screened == 4
-    assert all(t.state == TrialState.FAIL and t.values is None for t in trials if kind(t) == "screened")
-    assert kind(best_trial(trials)) == "completed" and len(leaderboard(study)) == len(trials)
+    assert all(t.state == TrialState.FAIL and t.values is None for t in trials if classify(t) == "screened")
+    assert classify(best_trial(trials)) == "completed" and len(leaderboard(study)) == len(trials)
 
 
 def test_an_interrupted_round_leaves_nothing_running_and_resumes_to_exactly_n():
@@ -187,7 +188,7 @@ def test_workers_sharing_the_slot_lock_train_exactly_n_with_a_prescreen(monkeypa
     trials = study.get_trials()
     assert count(trials).trained == 7 and len(fake.calls) == 7
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert all(kind(t) in ("completed", "pruned", "screened", "rejected", "duplicate", "failed") for t in trials)
+    assert all(classify(t) in ("completed", "pruned", "screened", "rejected", "duplicate", "failed") for t in trials)
 
 
 def test_the_real_proxies_score_and_choose_on_the_search_data():
@@ -242,12 +243,12 @@ def test_jobs_2_with_prescreen_3_trains_exactly_n(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["trained"] == 5 and out["screened"] > 0 and "best of 3 by params" in r.stdout
     trials = journal_study(tmp_path, "ps").get_trials()
-    assert sum(kind(t) in ("completed", "pruned") for t in trials) == 5
+    assert sum(classify(t) in ("completed", "pruned") for t in trials) == 5
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    winners = {t.user_attrs["prescreen_lost_to"] for t in trials if kind(t) == "screened"}
-    assert winners and all(kind(t) in ("completed", "pruned") for t in trials if t.number in winners)
+    winners = {t.user_attrs["prescreen_lost_to"] for t in trials if classify(t) == "screened"}
+    assert winners and all(classify(t) in ("completed", "pruned") for t in trials if t.number in winners)
     for t in trials:
-        if kind(t) == "screened":  # lost to a larger net of its round
+        if classify(t) == "screened":  # lost to a larger net of its round
             winner = next(u for u in trials if u.number == t.user_attrs["prescreen_lost_to"])
             assert t.user_attrs["n_params"] <= winner.user_attrs["n_params"]
 

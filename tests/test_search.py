@@ -11,12 +11,13 @@ import pytest
 from optuna.trial import TrialState
 
 from search.constraints import check_satisfiable, random_rejection_rate
-from search.liveness import reap_dead_trials, worker_identity
-from search.runner import Search, SearchStopped
+from search.lifecycle import Outcome, Phase, claim, classify, count, reap_dead_trials
+from search.liveness import worker_identity
+from search.runner import Search, SearchStopped, _Told
 from search.settings import SearchError
 from search.storage import resolve_url
 from search.study import SETTINGS_KEY, enqueue_presets, make_pruner, open_study, stored_settings
-from search.trials import best_trial, count, genome_of, kind, leaderboard, rejected_fraction
+from search.trials import best_trial, genome_of, leaderboard, rejected_fraction
 from space import PRESETS, Genome, check, params_from_genome
 from tests.search_helpers import FakeTrain, memory_study, settings
 
@@ -34,7 +35,7 @@ def test_rejected_candidate_is_not_trained():
     study, fake = memory_study(s), FakeTrain(epochs=3)
     counts = search(study, s, fake, 8).run()
     trials = study.get_trials()
-    rejected = [t for t in trials if kind(t) == "rejected"]
+    rejected = [t for t in trials if classify(t) == "rejected"]
     assert rejected, "the space is mostly infeasible at 100k parameters: some candidates must be rejected"
     for t in rejected:
         assert t.user_attrs["genome"] not in fake.calls
@@ -44,7 +45,7 @@ def test_rejected_candidate_is_not_trained():
     assert counts.trained == 8 and len(fake.calls) == 8  # rejected ones do not count toward N
     for js in fake.calls:
         assert check(Genome.from_json(js), 100_000, 44) == []
-    assert all(max(t.constraints.values()) <= 0 for t in trials if kind(t) == "completed")
+    assert all(max(t.constraints.values()) <= 0 for t in trials if classify(t) == "completed")
 
 
 def test_trials_n_means_n_trained_and_resuming_adds_only_the_difference():
@@ -60,11 +61,11 @@ def test_pruning_happens_and_pruned_trials_count_as_trained():
     study, fake = memory_study(s, pruner="median"), FakeTrain(epochs=6)
     counts = search(study, s, fake, 20).run()
     assert counts.pruned > 0 and counts.trained == 20
-    pruned = [t for t in study.get_trials() if kind(t) == "pruned"]
+    pruned = [t for t in study.get_trials() if classify(t) == "pruned"]
     assert all(t.user_attrs["epochs"] < 6 for t in pruned)
     assert counts.epochs < 20 * 6  # pruning saved epochs
     best = best_trial(study.get_trials())
-    assert kind(best) == "completed"  # a pruned trial's partial accuracy never wins
+    assert classify(best) == "completed"  # a pruned trial's partial accuracy never wins
 
 
 def test_presets_are_enqueued_once_per_study_and_trained_exactly():
@@ -104,7 +105,7 @@ def test_training_failures_are_recorded_and_the_search_goes_on():
     fake = FakeTrain(fail={oom: RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), nan: "diverge"})
     study = memory_study(s)
     assert search(study, s, fake, 4).run().trained == 4
-    failed = {t.user_attrs["preset"]: t for t in study.get_trials() if kind(t) == "failed"}
+    failed = {t.user_attrs["preset"]: t for t in study.get_trials() if classify(t) == "failed"}
     assert failed["seed003_net"].user_attrs["failed_reason"].startswith("RuntimeError: CUDA out of memory")
     assert "non-finite" in failed["seed001"].user_attrs["failed_reason"]
     assert all(t.state == TrialState.FAIL for t in failed.values())
@@ -132,7 +133,7 @@ def test_interrupted_trial_is_failed_requeued_and_finished_on_resume():
         ("seed001", None), ("seed003_dilated", 1)]
     assert search(study, s, FakeTrain(), 4).run().trained == 4
     retry = next(t for t in study.get_trials() if t.user_attrs.get("retry_of") == 1)
-    assert kind(retry) == "completed" and genome_of(retry) == PRESETS["seed003_dilated"]
+    assert classify(retry) == "completed" and genome_of(retry) == PRESETS["seed003_dilated"]
 
 
 def test_running_trial_of_a_dead_process_is_failed_and_requeued():
@@ -167,7 +168,7 @@ def test_a_genome_trained_before_is_not_trained_again():
     for _ in range(2):
         study.enqueue_trial(params_from_genome(g), user_attrs={"genome": g.to_json()})
     search(study, s, fake, 2).run()
-    dup = [t for t in study.get_trials() if kind(t) == "duplicate"]
+    dup = [t for t in study.get_trials() if classify(t) == "duplicate"]
     assert len(dup) == 1 and dup[0].user_attrs["duplicate_of"] == 0 and dup[0].value == study.get_trials()[0].value
     assert len(fake.calls) == len(set(fake.calls)) == 2
 
@@ -270,11 +271,12 @@ def test_a_candidate_is_not_trained_when_other_workers_hold_the_last_places_and_
     ours = study.ask()
     other = study.ask()
     other.set_user_attr("phase", "training")
-    outcome, reason = runner._claim(ours, runner._propose(ours))
-    assert outcome == "surplus" and "not trained" in reason and fake.calls == []
+    with pytest.raises(_Told) as told:
+        runner._claim(ours, runner._propose(ours), Phase.TRAINING)
+    assert told.value.outcome == Outcome.NO_PLACE and fake.calls == []
     trials = study.get_trials()
     skipped = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(skipped) == 1 and skipped[0].user_attrs["failed_reason"] == reason
+    assert len(skipped) == 1 and skipped[0].user_attrs["failed_reason"].startswith("not trained: the study already")
     # The preset it had popped is queued again, as it was, for a later run with a larger --trials.
     waiting = [t.user_attrs.get("preset") for t in trials if t.state == TrialState.WAITING]
     assert skipped[0].user_attrs["preset"] in waiting and "retries" not in skipped[0].user_attrs
@@ -282,15 +284,20 @@ def test_a_candidate_is_not_trained_when_other_workers_hold_the_last_places_and_
 
 def test_a_later_candidate_waits_for_an_earlier_one_still_being_checked():
     s = settings()
-    study, fake = memory_study(s, presets=False), FakeTrain()
+    study = memory_study(s, presets=False)
     earlier, later = study.ask(), study.ask()  # two workers; neither has decided to train yet
-    runner = search(study, s, fake, 1, claim_wait_seconds=0.3)
-    assert runner._budget_taken(earlier.number) is False  # nothing before it: it takes the place at once
     t0 = time.monotonic()
-    assert runner._budget_taken(later.number) is False  # waited for the earlier verdict, then went ahead
+    assert claim(study, later, 1, Phase.TRAINING, 0.3) is True  # waited for the earlier verdict, then went ahead
     assert time.monotonic() - t0 >= 0.3
-    earlier.set_user_attr("phase", "training")  # the earlier one took the last place
-    assert runner._budget_taken(later.number) is True
+    assert later.user_attrs["phase"] == "training" and count(study.get_trials()).running == 1
+    # Another pair: the earlier takes the only place at once, and the later one then finds it taken.
+    study = memory_study(s, presets=False)
+    earlier, later = study.ask(), study.ask()
+    t0 = time.monotonic()
+    assert claim(study, earlier, 1, Phase.TRAINING, 5.0) is True  # nothing before it
+    assert time.monotonic() - t0 < 2.0
+    assert claim(study, later, 1, Phase.TRAINING, 5.0) is False
+    assert "phase" not in study.get_trials()[later.number].user_attrs
 
 
 def test_an_interrupted_final_retrain_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):

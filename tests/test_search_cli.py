@@ -12,9 +12,9 @@ import pytest
 
 from search import run as run_cmd
 from search.cli import ERRORS
+from search.lifecycle import classify
 from search.settings import SearchSettings
 from search.study import make_pruner, open_study
-from search.trials import kind
 from space.spec import run_cli
 from train.engine import TrainConfig
 from tests.search_helpers import ROOT, TINY, run_module
@@ -176,7 +176,7 @@ def test_search_end_to_end_and_the_exported_winner_reproduces_its_test_accuracy(
                  "Training recipe, stored with the study", f"ema_decay {TrainConfig().ema_decay}"):
         assert text in report, text
     study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
-    assert sum(kind(t) in ("completed", "pruned") for t in study.trials) == 2
+    assert sum(classify(t) in ("completed", "pruned") for t in study.trials) == 2
     assert len((out / "leaderboard.csv").read_text().strip().splitlines()) == len(study.trials) + 1
 
     check = subprocess.run([sys.executable, "-c", REPRODUCE, str(out)], capture_output=True, text=True, cwd=ROOT)
@@ -207,7 +207,7 @@ def _wait_for_training(study_name: str, db, proc, after: set[int], timeout: floa
         except (KeyError, Exception):
             time.sleep(0.1)
             continue
-        done = sum(kind(t) == "completed" for t in trials)
+        done = sum(classify(t) == "completed" for t in trials)
         for t in trials:
             if (t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("phase") == "training"
                     and t.number not in after and done >= 1):
@@ -232,7 +232,7 @@ def test_interrupted_and_killed_runs_resume_to_exactly_n_trained(tmp_path):
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = _wait_for_training("synthetic-nas", db, p, {interrupted})
     study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
-    kept = {t.number for t in study.trials if kind(t) == "completed"}
+    kept = {t.number for t in study.trials if classify(t) == "completed"}
     p.kill()
     p.communicate()
     # 3. The same command finishes the job.
@@ -243,9 +243,9 @@ def test_interrupted_and_killed_runs_resume_to_exactly_n_trained(tmp_path):
     by_number = {t.number: t for t in trials}
     assert by_number[interrupted].user_attrs["failed_reason"] == "interrupted"
     assert "died" in by_number[killed].user_attrs["failed_reason"]
-    assert all(kind(by_number[n]) == "failed" for n in (interrupted, killed))
-    assert {n for n in kept if kind(by_number[n]) == "completed"} == kept  # finished work is kept
-    trained = [t for t in trials if kind(t) in ("completed", "pruned")]
+    assert all(classify(by_number[n]) == "failed" for n in (interrupted, killed))
+    assert {n for n in kept if classify(by_number[n]) == "completed"} == kept  # finished work is kept
+    trained = [t for t in trials if classify(t) in ("completed", "pruned")]
     assert len(trained) == 2
     genomes = [t.user_attrs["genome"] for t in trained]
     assert len(set(genomes)) == 2  # no genome trained twice to completion
@@ -262,4 +262,4 @@ def test_no_presets_starts_the_study_with_sampled_candidates_only(capsys, tmp_pa
     assert code == 0, err
     study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
     assert study.trials and not any("preset" in t.user_attrs for t in study.trials)
-    assert sum(kind(t) in ("completed", "pruned") for t in study.trials) == 1
+    assert sum(classify(t) in ("completed", "pruned") for t in study.trials) == 1

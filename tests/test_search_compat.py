@@ -11,7 +11,7 @@ import pytest
 
 from search import retrain as retrain_cmd
 from search import run as run_cmd
-from search.trials import kind
+from search.lifecycle import classify
 from tests.search_helpers import ROOT
 from tests.test_search_cli import call
 
@@ -36,8 +36,8 @@ def _trials(db, name):
 
 def test_a_study_written_by_6713a61_resumes_trains_one_more_and_retrains(old_db, tmp_path, capsys):
     before = _trials(old_db, "fixture-6713a61")
-    assert sum(kind(t) == "rejected" for t in before) > 0  # the fixture holds rejected trials
-    assert sum(kind(t) in ("completed", "pruned") for t in before) == 2
+    assert sum(classify(t) == "rejected" for t in before) > 0  # the fixture holds rejected trials
+    assert sum(classify(t) in ("completed", "pruned") for t in before) == 2
     code, out, err = call(run_cmd.main, [*SINGLE, "--trials", "3", "--no-final", "--storage", str(old_db),
                                          "--out", str(tmp_path / "o"), "--json"], capsys)
     assert code == 0, err
@@ -45,9 +45,9 @@ def test_a_study_written_by_6713a61_resumes_trains_one_more_and_retrains(old_db,
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["trained"] == 3
     after = _trials(old_db, "fixture-6713a61")
-    assert sum(kind(t) in ("completed", "pruned") for t in after) == 3
+    assert sum(classify(t) in ("completed", "pruned") for t in after) == 3
     # Its rejected trials are still read as rejected, with their reasons.
-    assert {t.number for t in before if kind(t) == "rejected"} <= {t.number for t in after if kind(t) == "rejected"}
+    assert {t.number for t in before if classify(t) == "rejected"} <= {t.number for t in after if classify(t) == "rejected"}
     code, out, err = call(retrain_cmd.main, ["--storage", str(old_db), "--study-name", "fixture-6713a61",
                                              "--final-epochs", "1", "--out", str(tmp_path / "r"), "--json"], capsys)
     assert code == 0, err
