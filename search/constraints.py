@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from space import Genome, analyze, check, suggest_genome
+from space import Genome, Rules, analyze, check, suggest_genome
 from space.searchspace import RandomTrial
 
 from .settings import SearchError
@@ -21,7 +21,8 @@ from .settings import SearchError
 __all__ = ["constraint_values", "check_satisfiable", "random_rejection_rate"]
 
 
-def constraint_values(genome: Genome, max_params: int, min_rf: int, max_macs: int | None = None) -> dict[str, float]:
+def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
+    max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
     a = analyze(genome)
     values = {
         "params": a.params / max_params - 1.0,
@@ -34,8 +35,7 @@ def constraint_values(genome: Genome, max_params: int, min_rf: int, max_macs: in
     return values
 
 
-def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probes: int = 500,
-                      seed: int = 0, max_macs: int | None = None) -> None:
+def check_satisfiable(rules: Rules, num_classes: int = 10, probes: int = 500, seed: int = 0) -> None:
     """SearchError, before any training, if no probed genome meets the constraints.
 
     The probes are uniform samples of the space, whose construction fills each one's budget fraction of
@@ -43,6 +43,7 @@ def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probe
     parameters are probed too) and raises dilations to reach min_rf. `max_macs` (per image) is checked as
     drawn: the construction fills the parameter budget, not a MACs one. Fast: analysis is analytic.
     """
+    max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
     if max_params < 1 or min_rf < 1 or (max_macs is not None and max_macs < 1):
         raise SearchError(f"--max-params, --min-rf and --max-macs must be positive, got {max_params}, {min_rf} "
                           f"and {max_macs}")
@@ -70,9 +71,9 @@ def check_satisfiable(max_params: int, min_rf: int, num_classes: int = 10, probe
                       f"is {widest_rf or 'none'}); relax the constraints")
 
 
-def random_rejection_rate(max_params: int, min_rf: int, probes: int = 500, seed: int = 0,
-                          max_macs: int | None = None) -> float:
+def random_rejection_rate(rules: Rules, probes: int = 500, seed: int = 0) -> float:
     """The fraction of uniformly drawn genomes that break the rules: the baseline TPE should beat."""
+    max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
     rng = random.Random(seed)
     return sum(bool(check(suggest_genome(RandomTrial(rng), max_params=max_params, min_rf=min_rf), max_params,
                           min_rf, max_macs))

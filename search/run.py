@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import optuna
@@ -41,7 +42,7 @@ from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
 from .objectives import cost_name, parse_objectives
-from .settings import DEFAULTS, SearchError, SearchSettings, parse_val_size
+from .settings import DEFAULTS, DatasetDefaults, SearchError, SearchSettings, parse_val_size
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 
@@ -207,7 +208,7 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int]:
         val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
         subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
         max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
-    check_satisfiable(settings.max_params, settings.min_rf, max_macs=settings.max_macs)  # before any data or training
+    check_satisfiable(settings.rules)  # before any data or training
     jobs = parse_jobs(args.jobs)
     return settings, args.final_epochs or d.final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs
 
@@ -237,10 +238,10 @@ def _open(args: argparse.Namespace, settings: SearchSettings, url: str, name: st
         storage = open_storage(url, stale_callback=requeue)
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
-        # A study begun under older defaults (train.defaults) resumes with the values it was measured with.
-        unflagged = {"lr", "augment", "recipe"} | {k for k in ("batch_size", "trial_epochs", "val_size")
-                                                   if getattr(args, k) is None}
-        settings, kept = keep_stored_defaults(storage, name, settings, unflagged)
+        # A study begun under older defaults resumes with the values it was measured with: those of
+        # train.defaults no flag gave, and the recipe (TrainConfig's, never a flag).
+        defaulted = {f.name for f in fields(DatasetDefaults) if getattr(args, f.name, None) is None} | {"recipe"}
+        settings, kept = keep_stored_defaults(storage, name, settings, defaulted)
         split = search_split(full, settings)
         if not args.no_final:
             check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")

@@ -214,7 +214,7 @@ class Search:
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
         genome = Genome.from_json(carried) if carried else suggested
         a = analyze(genome)
-        for key, value in constraint_values(genome, s.max_params, s.min_rf, s.max_macs).items():
+        for key, value in constraint_values(genome, s.rules).items():
             trial.set_constraint(key, value)
         for key, value in {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params,
                            "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations}.items():

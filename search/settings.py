@@ -1,20 +1,23 @@
 """What makes the trials of one study comparable (the per-dataset defaults live in train.defaults).
 
-A study's `SearchSettings` are stored in its user attrs when it is created. A later run (a resume, or
-another worker) with different settings is refused: mixing accuracies measured on different data, budgets
-or schedules would make TPE's model and the leaderboard meaningless.
+A study's `SearchSettings` (its resolved config) are stored in its user attrs when it is created, with the
+layout's version (SCHEMA). A later run (a resume, or another worker) with different settings is refused:
+mixing accuracies measured on different data, budgets or schedules would make TPE's model and the
+leaderboard meaningless. Settings stored by an earlier layout are upgraded by `migrate`, the one place that
+knows the old layouts.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from space import SPACE_VERSION
+from space import SPACE_VERSION, Rules
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
-__all__ = ["DEFAULT_PROXY", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
+__all__ = ["DEFAULT_PROXY", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS", "SearchSettings",
+           "migrate", "parse_val_size"]
 
 
 class SearchError(Exception):
@@ -38,10 +41,10 @@ def parse_val_size(text: str) -> int | float:
     return value
 
 
-# The prescreen's proxy when --proxy is not given: the one that ranked 40 trained genomes of the space best
-# (Kendall tau 0.34, p = 0.002; the vote 0.05; synflow, jacov and naswot below 0): results/benchmarks/
-# proxies_rank_cpu.md. Here, beside the stored default, so that the two cannot differ.
+# The prescreen's proxy when --proxy is not given: the one that ranked trained genomes of the space best
+# (results/benchmarks/proxies_rank_cpu.md). Here, beside the stored default, so that the two cannot differ.
 DEFAULT_PROXY = "grad_norm"
+SCHEMA = 2  # the layout of the stored settings; 1: before the "schema" key (see migrate)
 
 
 @dataclass(frozen=True)
@@ -59,24 +62,24 @@ class SearchSettings:
     batch_size: int
     lr: float
     augment: bool
-    # Added later, with defaults, so that studies created before them still load (and match the defaults).
     max_macs: int | None = None  # multiply-accumulates per image (None: no limit)
     objectives: str = "accuracy"  # or "accuracy,params" / "accuracy,macs" (search.objectives)
-    # The search space's version (space.SPACE_VERSION) the study's trials were sampled from. Stored settings
-    # without it predate the field, which came with version 2: they are version 1 (see from_dict).
-    space: int = SPACE_VERSION
+    space: int = SPACE_VERSION  # the search space's version (space.SPACE_VERSION) the trials were sampled from
     # Which candidates get trained (search.prescreen): each trained trial is the best of `prescreen` feasible
-    # proposals by `proxy`; 1 = off. Stored like the rest, so that a resume screens as the run it continues.
+    # proposals by `proxy`; 1 = off.
     prescreen: int = 1
     proxy: str = DEFAULT_PROXY
-    # The rest of the training recipe: train.engine.TrainConfig.recipe() (optimizer, schedule, EMA, BN/bias lr,
-    # the augmentation schedule and parameters) as sorted (name, value) pairs. Stored so that a study resumed
-    # after those defaults have changed trains its later trials, and its final retrain, as it began. Settings
-    # stored without it predate it (see from_dict).
+    # The rest of the training recipe, train.engine.TrainConfig.recipe() (train.recipe.Recipe and the
+    # augmentation's settings), as sorted (name, value) pairs: a study resumed after those defaults changed
+    # trains its later trials, and its final retrain, as it began.
     recipe: tuple[tuple[str, Any], ...] = field(default_factory=lambda: _pairs(TrainConfig().recipe()))
 
+    @property
+    def rules(self) -> Rules:
+        return Rules(self.max_params, self.min_rf, self.max_macs)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "recipe": dict(self.recipe)}
+        return {**asdict(self), "recipe": dict(self.recipe), "schema": SCHEMA}
 
     def with_recipe(self, **changes: Any) -> SearchSettings:
         """A copy whose recipe has some settings changed (names as in TrainConfig.recipe())."""
@@ -84,21 +87,17 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSettings:
+        d = migrate(d)
         names = {f.name for f in fields(cls)}
-        optional = {f.name for f in fields(cls) if (f.default, f.default_factory) != (MISSING, MISSING)}
-        missing = names - d.keys() - optional
+        missing = names - d.keys()
         if missing:
             raise SearchError(f"the study's stored settings lack {', '.join(sorted(missing))}; "
                               "it was not created by search.run")
-        before = {**_BEFORE_FIELD, "recipe": _pairs({**_RECIPE_BEFORE_FIELD, "bias_lr_scale": d.get("bias_lr_scale", 1.0)})}
-        given = {k: d[k] for k in names if k in d}
-        if "recipe" in given:
-            try:  # a recipe stored by a later version, with settings this one lacks, must not be half-applied
-                TrainConfig().with_recipe(given["recipe"])
-            except (TypeError, ValueError) as e:
-                raise SearchError(f"the study's stored recipe does not fit this version: {e}") from None
-            given["recipe"] = _pairs(given["recipe"])
-        return cls(**{**before, **given})
+        try:  # a recipe stored by a later version, with settings this one lacks, must not be half-applied
+            TrainConfig().with_recipe(d["recipe"])
+        except (TypeError, ValueError) as e:
+            raise SearchError(f"the study's stored recipe does not fit this version: {e}") from None
+        return cls(**{**{k: d[k] for k in names}, "recipe": _pairs(d["recipe"])})
 
     def differing(self, stored: SearchSettings) -> list[str]:
         """The names of the settings that differ from `stored`, in field order."""
@@ -133,13 +132,26 @@ def _pairs(recipe: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(recipe.items()))
 
 
-# What a setting added later was for the studies stored before it (a missing key means this, not the default).
-_BEFORE_FIELD: dict[str, Any] = {"space": 1}
-# The recipe of the studies stored before `recipe` was (stop 19): TrainConfig's recipe then, written out
-# because the defaults may change later, except bias_lr_scale: that is the study's own stored value (stop 18
-# stored it alone), 1.0 where it is missing too. (Studies begun before stop 17 trained under an older
-# augmentation schedule, which their settings do not record; they resume with this one.)
-_RECIPE_BEFORE_FIELD: dict[str, Any] = {
+def migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings of any layout, as SCHEMA's; SearchError (one line) for a layout later than this one.
+
+    Schema 1 (no "schema" key) gained keys over time; a key it lacks means the value from before the key
+    existed: no MACs limit, accuracy alone, search space 1, no prescreen, and the recipe of that time.
+    """
+    version = d.get("schema", 1)
+    if not isinstance(version, int) or version > SCHEMA:
+        raise SearchError(f"the study's settings were stored by a later version of tinynas (layout {version}, "
+                          f"this one reads up to {SCHEMA}): resume it with that version")
+    if version == 1:
+        # The recipe before it was stored: bias_lr_scale was stored on its own, or was 1.0.
+        recipe = {**_SCHEMA1_RECIPE, "bias_lr_scale": d.get("bias_lr_scale", 1.0)}
+        d = {"max_macs": None, "objectives": "accuracy", "space": 1, "prescreen": 1, "proxy": DEFAULT_PROXY,
+             "recipe": recipe, **d, "schema": SCHEMA}
+    return d
+
+
+# The training recipe of the schema-1 studies stored before the recipe was (written out: the defaults change).
+_SCHEMA1_RECIPE: dict[str, Any] = {
     "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1, "pct_start": 0.25, "div_factor": 10.0,
     "final_div_factor": 100.0, "anneal": "cos", "augment_start": None, "augment_end": 0.0, "augment_full_epochs": 25,
     "alternate_flip": False, "ema_decay": 0.99,

@@ -72,11 +72,11 @@ def stored_settings(study: optuna.Study) -> SearchSettings | None:
     return _settings_in(study.user_attrs)
 
 
-def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettings, unflagged: set[str]
+def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettings, defaulted: set[str]
                          ) -> tuple[SearchSettings, list[str]]:
-    """(settings, kept): on a resume, the stored value of every setting in `unflagged` that differs.
+    """(settings, kept): on a resume, the stored value of every setting in `defaulted` that differs.
 
-    `unflagged` names the settings the user did not give, which came from train.defaults. When that table
+    `defaulted` names the settings the user did not give, which came from train.defaults (or TrainConfig). When that table
     changes (a better lr, say), a study begun under the old one must still resume with the same command:
     its trials were measured with the old values, so those are kept. Settings the user did give are left as
     they are; open_study refuses a difference there. `kept` says 'name stored (default now)' for each one.
@@ -88,7 +88,7 @@ def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettin
     stored = _settings_in(storage.get_study_user_attrs(study_id))
     if stored is None:
         return settings, []
-    keep = [k for k in settings.differing(stored) if k in unflagged]
+    keep = [k for k in settings.differing(stored) if k in defaulted]
     kept = [f"{k} {old!r} (default now {new!r})" for k, old, new in settings.changes(stored, keep)]
     return dataclasses.replace(settings, **{k: getattr(stored, k) for k in keep}), kept
 

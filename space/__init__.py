@@ -3,11 +3,12 @@ from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Analysis, LayerInfo, a
 from .genome import OPS, Genome, GenomeError, Head, Layer
 from .layers import GenomeNet, build
 from .presets import PRESETS, get_preset
+from .rules import Rules
 from .searchspace import SPACE_VERSION, RandomTrial, params_from_genome, suggest_genome
 from .spec import load_spec
 
 __all__ = ["Genome", "Layer", "Head", "GenomeError", "OPS", "analyze", "check", "Analysis", "LayerInfo",
-           "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF", "build", "GenomeNet", "PRESETS", "get_preset", "suggest_genome",
+           "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF", "Rules", "build", "GenomeNet", "PRESETS", "get_preset", "suggest_genome",
            "params_from_genome", "RandomTrial", "SPACE_VERSION", "load_spec", "export_code"]
 
 

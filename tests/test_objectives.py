@@ -18,7 +18,7 @@ from search.runner import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, genome_of, leaderboard, pareto_trials
-from space import PRESETS, Genome, analyze, check
+from space import PRESETS, Genome, Rules, analyze, check
 from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, memory_study, settings
 from tests.test_search_cli import call, one_error_line
 from train.engine import TrainConfig
@@ -53,7 +53,7 @@ def test_max_macs_rejects_candidates_over_the_budget_without_training_them():
     for js in fake.calls:
         assert analyze(Genome.from_json(js)).macs <= 10_000_000
     assert {"params", "rf", "dsc", "dilation", "macs"} == set(trials[0].constraints)
-    assert "macs" not in constraint_values(PRESETS["seed001"], 200_000, 44)  # no --max-macs, no constraint
+    assert "macs" not in constraint_values(PRESETS["seed001"], Rules(200_000, 44))  # no --max-macs, no constraint
 
 
 def by_preset(trials):
@@ -138,7 +138,8 @@ def test_objectives_and_max_macs_are_stored_settings_and_a_resume_with_others_is
 
 
 def test_settings_stored_before_max_macs_and_objectives_existed_still_load():
-    old = {k: v for k, v in settings().to_dict().items() if k not in ("max_macs", "objectives")}
+    # As stored then: without those keys, and without the layout's version (schema 1).
+    old = {k: v for k, v in settings().to_dict().items() if k not in ("max_macs", "objectives", "schema")}
     loaded = SearchSettings.from_dict(old)
     assert loaded == settings() and loaded.max_macs is None and loaded.objectives == "accuracy"
     with pytest.raises(SearchError, match="lack seed"):
@@ -146,11 +147,11 @@ def test_settings_stored_before_max_macs_and_objectives_existed_still_load():
 
 
 def test_settings_stored_before_the_recipe_existed_load_as_their_trials_trained():
-    from search.settings import _RECIPE_BEFORE_FIELD
-    stop18 = {k: v for k, v in settings().to_dict().items() if k != "recipe"}
+    from search.settings import _SCHEMA1_RECIPE
+    stop18 = {k: v for k, v in settings().to_dict().items() if k not in ("recipe", "schema")}
     stop18["bias_lr_scale"] = 3.0  # stop 18 stored this one recipe setting on its own
     loaded = SearchSettings.from_dict(stop18)
-    assert dict(loaded.recipe) == {**_RECIPE_BEFORE_FIELD, "bias_lr_scale": 3.0}
+    assert dict(loaded.recipe) == {**_SCHEMA1_RECIPE, "bias_lr_scale": 3.0}
     assert dict(loaded.recipe).keys() == TrainConfig().recipe().keys()  # a whole recipe, nothing left to defaults
     assert loaded.train_config(3, "cpu").bias_lr_scale == 3.0 and loaded.lr == settings().lr
     older = {k: v for k, v in stop18.items() if k != "bias_lr_scale"}
@@ -192,9 +193,9 @@ def test_a_resume_with_another_recipe_names_each_changed_setting():
 
 
 def test_unsatisfiable_macs_budget_is_found_before_training():
-    check_satisfiable(200_000, 44, max_macs=5_000_000)
+    check_satisfiable(Rules(200_000, 44, 5_000_000))
     with pytest.raises(SearchError, match=r"--max-macs 10,000 .*the fewest MACs [\d,]+"):
-        check_satisfiable(200_000, 44, max_macs=10_000)
+        check_satisfiable(Rules(200_000, 44, 10_000))
 
 
 def test_parse_objectives_and_the_front_of_points():

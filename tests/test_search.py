@@ -18,7 +18,7 @@ from search.settings import SearchError
 from search.storage import resolve_url
 from search.study import SETTINGS_KEY, enqueue_presets, make_pruner, open_study, stored_settings
 from search.trials import best_trial, genome_of, leaderboard, rejected_fraction
-from space import PRESETS, Genome, check, params_from_genome
+from space import PRESETS, Genome, Rules, check, params_from_genome
 from tests.search_helpers import FakeTrain, memory_study, settings
 
 
@@ -95,7 +95,7 @@ def test_tpe_learns_to_avoid_the_infeasible_region():
     rejected = rejected_fraction(study.get_trials())
     third = len(rejected) // 3
     first, last = sum(rejected[:third]) / third, sum(rejected[-third:]) / third
-    uniform = random_rejection_rate(s.max_params, s.min_rf, probes=200)
+    uniform = random_rejection_rate(s.rules, probes=200)
     assert uniform > 0.5 and last < first and last < 0.5 * uniform, (uniform, first, last)
 
 
@@ -202,7 +202,7 @@ def test_settings_of_an_existing_study_are_enforced():
 def test_a_study_of_an_older_search_space_is_not_resumed():
     storage = optuna.storages.InMemoryStorage()
     study, _ = open_study(storage, "s", settings(), make_pruner("none", 3))
-    old = {k: v for k, v in settings().to_dict().items() if k != "space"}  # as stored before the version field
+    old = {k: v for k, v in settings().to_dict().items() if k not in ("space", "schema")}  # as stored before the version field
     study.set_user_attr(SETTINGS_KEY, old)
     assert stored_settings(study).space == 1
     with pytest.raises(SearchError, match=r"search space version 1, this is version 2.*--study-name NEW"):
@@ -210,13 +210,13 @@ def test_a_study_of_an_older_search_space_is_not_resumed():
 
 
 def test_unsatisfiable_constraints_are_found_before_training():
-    check_satisfiable(200_000, 44)
-    check_satisfiable(30_000, 44)  # tight but possible: narrow nets
-    check_satisfiable(2_000, 44)  # possible: widths of 8, one DSC layer per block
+    check_satisfiable(Rules(200_000, 44))
+    check_satisfiable(Rules(30_000, 44))  # tight but possible: narrow nets
+    check_satisfiable(Rules(2_000, 44))  # possible: widths of 8, one DSC layer per block
     with pytest.raises(SearchError, match="no genome of the search space"):
-        check_satisfiable(500, 44)
+        check_satisfiable(Rules(500, 44))
     with pytest.raises(SearchError, match="none reaches RF 5000"):
-        check_satisfiable(200_000, 5000)
+        check_satisfiable(Rules(200_000, 5000))
 
 
 @pytest.mark.parametrize("spec, url", [

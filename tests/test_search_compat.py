@@ -69,3 +69,13 @@ def test_the_old_study_with_other_settings_is_still_refused_in_one_line(old_db, 
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "seed: 0 -> 1" in lines[0], err
+
+
+def test_settings_stored_by_a_later_layout_are_refused_in_one_line():
+    from search.settings import SCHEMA, SearchError, migrate
+    from tests.search_helpers import settings
+
+    stored = settings().to_dict()
+    assert stored["schema"] == SCHEMA and migrate(stored) == stored  # today's layout passes unchanged
+    with pytest.raises(SearchError, match=rf"later version of tinynas \(layout {SCHEMA + 1}, this one reads up to "):
+        migrate({**stored, "schema": SCHEMA + 1})

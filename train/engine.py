@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .augment import AugmentConfig
 from .data import ImageData
 from .loader import DeviceLoader
+from .recipe import RECIPE_FIELDS, Recipe, before_values
 
 __all__ = ["TrainError", "CheckpointError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate",
            "predict", "predict_images", "resolve_device", "make_optimizer", "with_overrides", "MIN_STEPS",
@@ -47,38 +48,13 @@ class TrainError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Recipe):
+    """A whole run: its Recipe (train.recipe) plus its size, seed, and how it runs."""
+
     epochs: int = 30
     batch_size: int = 128  # images per step (train.defaults sets it per dataset)
     lr: float = 0.1  # OneCycle peak learning rate at that batch (the seeds' value)
-    momentum: float = 0.9  # Nesterov
-    weight_decay: float = 5e-4  # L2 on all parameters, per step
-    label_smoothing: float = 0.1  # probability mass spread over the other classes
-    pct_start: float = 0.25  # fraction of the steps spent warming up
-    div_factor: float = 10.0  # initial lr = lr / div_factor
-    final_div_factor: float = 100.0  # final lr = initial lr / final_div_factor
-    anneal: str = "cos"  # shape of both OneCycle phases: "cos" or "linear" (no better at 5 epochs, recipe_cpu.md)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    # Multipliers of the shift-scale-rotate and cutout probabilities at the first and the last epoch; the
-    # multiplier moves linearly between them (flip always keeps its probability). 1.0 and 1.0: the same
-    # augmentation every epoch. augment_start None: the run's length decides, min(1, epochs /
-    # augment_full_epochs): a short run underfits and the augmentation only slows it (at 5 epochs full strength
-    # cost 2.6 validation points on CIFAR-10, results/benchmarks/recipe_cpu.md), a long one needs the regulariser.
-    augment_start: float | None = None
-    augment_end: float = 0.0
-    # Runs this long or longer start at full strength. Chosen at the search's 8-epoch trials: 15 against 25 gave
-    # +0.1 and +0.8 validation points on two seeds. It costs at 5 epochs (-1.3, one seed) and is level at 15
-    # (-0.2), so it suits the trials, not the shortest runs (results/benchmarks/recipe_cpu.md).
-    augment_full_epochs: int = 15
-    # Multiplier of the peak lr for the BN and bias parameters (the group without weight decay); airbench
-    # trains its biases at a far higher lr than its weights. Against 1 on CIFAR-10: +0.7, +0.3 and -0.2
-    # validation points on three seeds at 5 epochs, +0.7 at 15; 16 lost 1.7 (results/benchmarks/recipe_cpu.md).
-    bias_lr_scale: float = 4.0
-    # Flip each image in alternate epochs (a random half in the first, the other half in the next, ...)
-    # instead of at random every epoch: the same probability per epoch, without the repeats (airbench). Off:
-    # it did not help at 5 epochs on CIFAR-10 (recipe_cpu.md).
-    alternate_flip: bool = False
-    ema_decay: float = 0.99  # per-step decay of the weight EMA that is evaluated and returned; 0: no EMA
     tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
     device: str = "auto"  # "auto" picks cuda > mps > cpu
     channels_last: bool = True  # NHWC activations: ~2x faster convs on CPU and tensor cores on GPU
@@ -106,7 +82,7 @@ class TrainConfig:
         d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "checkpoint", "compile",
                                                                    "checkpoint_every", "eval_batch_size", "eval_every",
                                                                    "nan_check_every", "held_out", "tta")}
-        for k, default in _LATER_SETTINGS.items():  # settings added later hash as before while at their default
+        for k, default in before_values().items():  # settings added later hash as before while at that value
             if d.get(k) == default:
                 del d[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -130,17 +106,6 @@ class TrainConfig:
         if config.augment is not None and augment:
             config = replace(config, augment=replace(config.augment, **augment))
         return config
-
-
-# The settings of TrainConfig that make its recipe (what a study stores so that its later trials and its final
-# retrain train as its first ones did, search.settings); the rest is the run's size and seed, or how it runs.
-RECIPE_FIELDS = ("momentum", "weight_decay", "label_smoothing", "pct_start", "div_factor", "final_div_factor",
-                 "anneal", "augment_start", "augment_end", "augment_full_epochs", "bias_lr_scale", "alternate_flip",
-                 "ema_decay")
-
-
-# Settings added after checkpoints and studies existed, with the value that reproduces the runs before them.
-_LATER_SETTINGS = {"bias_lr_scale": 1.0, "alternate_flip": False, "anneal": "cos"}
 
 
 @dataclass
