@@ -23,22 +23,18 @@ import torch
 from space import analyze
 from space.export import export_code
 from train.data import ImageData
-from train.engine import predict_images, resolve_device, train, tta_accuracy
+from train.engine import resolve_device, train
+from train.files import write_json
+from train.testset import score_test_set
 
 from .settings import SearchError, SearchSettings
 from .trials import genome_of, pick_trial, val_acc
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "retrain_best", "load_final", "write_json"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "retrain_best", "load_final"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
-
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)  # never a half-written file
 
 
 def _finite(d: dict) -> dict:
@@ -103,14 +99,10 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     if result.status != "completed":
         raise SearchError(f"final retrain of trial {trial.number} {result.status}: {result.message}")
     dev = resolve_device(result.device)
-    model = result.model
     # The one look at the test set: predictions give the accuracy and the per-class report.
-    logits, labels, loss = predict_images(model, data.x_test, data.y_test, data.mean, data.std, dev, amp=config.amp)
-    pred = logits.argmax(1)
-    test_acc = float((pred == labels).float().mean())
-    flipped, _, _ = predict_images(model, data.x_test, data.y_test, data.mean, data.std, dev, amp=config.amp, flip=True)
-    test_acc_tta = tta_accuracy(logits, flipped, labels)  # reported beside test_acc, never instead of it
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # the EMA weights, if any
+    scores = score_test_set(result.model, data, dev, amp=config.amp)
+    test_acc, test_acc_tta = scores.acc, scores.acc_tta
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}  # EMA weights, if any
     torch.save(state, out / "best_model.pt")
     (out / "best_model.py").write_text(export_code(genome, data.mean, data.std, settings.max_params, settings.min_rf))
     (out / "best_genome.json").write_text(genome.to_json() + "\n")
@@ -118,7 +110,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "study": study.study_name, "trial": trial.number, "preset": trial.user_attrs.get("preset"),
         "summary": genome.summary(), "genome": genome.to_json(), "params": a.params, "macs": a.macs, "rf": a.rf,
         "peak_act": a.peak_activations, "val_acc": val_acc(trial), "train_acc": result.history[-1].train_acc,
-        "test_acc": test_acc, "test_acc_tta": test_acc_tta, "test_loss": loss, "n_train": int(len(data.y_train)),
+        "test_acc": test_acc, "test_acc_tta": test_acc_tta, "test_loss": scores.loss, "n_train": int(len(data.y_train)),
         "n_test": int(len(data.y_test)), "epochs": epochs, "status": result.status,
         "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
         "wall_seconds": round(time.time() - t0, 2), "device": result.device,
@@ -126,7 +118,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "seed": settings.seed, "batch_size": settings.batch_size, "lr": settings.lr, "augment": settings.augment,
         "dataset": data.name, "classes": list(data.classes), "mean": [float(m) for m in data.mean],
         "std": [float(s) for s in data.std], "history": [_finite(asdict(h)) for h in result.history],
-        "y_true": labels.tolist(), "y_pred": pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "y_true": scores.labels.tolist(), "y_pred": scores.pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     write_json(out / FINAL_JSON, record)
     log(f"test accuracy {test_acc:.4f} (flip-TTA {test_acc_tta:.4f}; {len(data.y_test):,} images, evaluated once)")

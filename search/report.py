@@ -80,14 +80,12 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     board = leaderboard(study)
     paths = {"leaderboard": out / "leaderboard.csv", "report": out / "report.md"}
     board.to_csv(paths["leaderboard"], index=False)
-    c = count(trials)
     rejected = rejected_fraction(trials)
     cost = (cost_name(settings.objectives) if settings else None) or "params"  # the front's cost axis
     budget_of = {"params": settings.max_params, "macs": settings.max_macs} if settings else {}
     paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png", budget_of.get(cost), cost)
     paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
-    baseline = (random_rejection_rate(settings.rules)
-                if settings else None)
+    baseline = random_rejection_rate(settings.rules) if settings else None
     paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png", baseline)
     final = load_final(out)
     if final and final.get("study") != study.study_name:
@@ -99,6 +97,17 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     if storage_url:
         md += [f"Storage: `{storage_url}` (browse it: `{dashboard_command(storage_url)}`). "
                f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    md += _winner(board, trials, final)
+    md += _search_section(trials, settings, rejected, baseline)
+    md += _front(board, settings, cost)
+    md += _evidence(study, board, trials, settings)
+    paths["report"].write_text("\n".join(md))
+    return paths
+
+
+def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
+    """The retrained winner, or the best trial so far."""
+    md: list[str] = []
     best = board[board.best]
     if final:
         g = Genome.from_json(final["genome"])
@@ -130,6 +139,13 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     else:
         md += ["No completed trial yet.", ""]
 
+    return md
+
+
+def _search_section(trials: list, settings, rejected: list[bool], baseline: float | None) -> list[str]:
+    """What the search did, and with which settings."""
+    md: list[str] = []
+    c = count(trials)
     epochs_cap = settings.trial_epochs if settings else 0
     budget = c.trained * epochs_cap
     md += ["## Search", "", _md_table(pd.DataFrame([{
@@ -159,6 +175,12 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                   f"{settings.proxy}" if settings.prescreen > 1 else "") + ".", "",
                "Training recipe, stored with the study (its trials and its final retrain train with it; "
                "`train.engine.TrainConfig`): " + ", ".join(f"{k} {v}" for k, v in settings.recipe) + ".", ""]
+    return md
+
+
+def _front(board: pd.DataFrame, settings, cost: str) -> list[str]:
+    """The Pareto front, the plots and the top 10."""
+    md: list[str] = []
     front = board[board.pareto].sort_values(cost)[["number", "val_acc", "params", "macs", "peak_act", "rf", "summary"]]
     md += ["### Pareto front", "",
            f"Completed, feasible trials that no other beats on both validation accuracy and {COSTS[cost]} "
@@ -176,6 +198,12 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                                                        "summary", "preset"]]
     md += [_md_table(top) if len(top) else "none yet", "", "All trials: `leaderboard.csv`.", ""]
 
+    return md
+
+
+def _evidence(study: optuna.Study, board: pd.DataFrame, trials: list, settings) -> list[str]:
+    """Time, runs, machines and seeds."""
+    md: list[str] = []
     md += ["## Evidence", ""]
     trained = board[board.state.isin(["completed", "pruned"])]
     md += [f"* Trial training time: {trained.train_seconds.sum():,.1f} s over {len(trained)} trained trials "
@@ -192,8 +220,7 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                f"python {r.get('python', '')}" + (f"; search took {r['seconds']:,.0f} s" if "seconds" in r else "")]
     md += [f"* Seeds: {settings.seed} for the validation split, sampler stream, and every training run" if settings
            else "", ""]
-    paths["report"].write_text("\n".join(md))
-    return paths
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:

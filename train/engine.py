@@ -19,7 +19,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig
 from .data import ImageData
+from .files import write_atomic
 from .loader import DeviceLoader
 from .recipe import RECIPE_FIELDS, Recipe, before_values
 
@@ -298,10 +298,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def train(genome_or_model, config: TrainConfig, data: ImageData,

@@ -1,12 +1,26 @@
-"""Leaving nothing behind: a command that fails on its inputs removes the files and folders it created."""
+"""Files written whole or not at all, and a command that fails on its inputs removing what it created."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["first_missing", "removed_on_error"]
+__all__ = ["first_missing", "removed_on_error", "write_atomic", "write_json"]
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` beside `path`, then rename it over `path`: a crash mid-write never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any, indent: int = 1) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent)))
 
 
 def first_missing(path: str | Path) -> Path | None:

@@ -29,9 +29,10 @@ from space.spec import CliParser, fail, run_cli
 
 from .data import DATASETS, DataError, load_dataset, train_val_split
 from .defaults import DEFAULTS
-from .engine import (TrainConfig, TrainError, TrainResult, predict_images, resolve_device, train, tta_accuracy,
-                     with_overrides)
+from .engine import TrainConfig, TrainError, TrainResult, resolve_device, train, with_overrides
+from .files import write_json
 from .report import classification_summary, confusion_text
+from .testset import score_test_set
 
 __all__ = ["main", "write_outputs", "default_out"]
 
@@ -48,18 +49,14 @@ def default_out(spec: str, dataset: str) -> Path:
 def write_outputs(out: Path, result: TrainResult, data, extra: dict) -> dict:
     """Test metrics, history and weights of a finished run under `out`; returns the metrics dict.
     test_acc is the plain figure; test_acc_tta (flip-TTA) is reported beside it, never instead."""
-    logits, labels, loss = predict_images(result.model, data.x_test, data.y_test, data.mean, data.std, result.device)
-    flipped, _, _ = predict_images(result.model, data.x_test, data.y_test, data.mean, data.std, result.device,
-                                   flip=True)
-    pred = logits.argmax(1).numpy()
-    text, per_class, cm = classification_summary(labels.numpy(), pred, data.classes)
+    scores = score_test_set(result.model, data, result.device)
+    text, per_class, cm = classification_summary(scores.labels.numpy(), scores.pred.numpy(), data.classes)
     metrics = {**extra, "status": result.status, "message": result.message, "epochs": result.epochs,
-               "test_acc": float((pred == labels.numpy()).mean()), "test_acc_tta": tta_accuracy(logits, flipped, labels),
-               "test_loss": loss,
+               "test_acc": scores.acc, "test_acc_tta": scores.acc_tta, "test_loss": scores.loss,
                "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
                "device": result.device, "per_class": per_class, "confusion_matrix": cm.tolist()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics, indent=2)
     (out / "report.txt").write_text(f"{text}\nconfusion matrix (rows: true class)\n{confusion_text(cm, data.classes)}\n")
     with open(out / "history.csv", "w", newline="") as f:
         rows = [asdict(h) for h in result.history]
