@@ -1,7 +1,7 @@
-"""Every command in README.md works as written: each `python -m` line parses with its command's real
-argument parser (a renamed flag fails here), cheap ones run for real at a small size, and the "First ten
-minutes" path runs top to bottom in a fresh folder. New README commands are picked up automatically; a
-command of a new kind must be added to SHELL_PREFIXES (and exercised somewhere CI runs)."""
+"""Every command in README.md and docs/*.md works as written: each `python -m` line parses with its command's
+real argument parser (a renamed flag fails here), cheap ones run for real at a small size, and the "First ten
+minutes" path runs top to bottom in a fresh folder. New commands are picked up automatically, on a new docs
+page too; a command of a new kind must be added to SHELL_PREFIXES (and exercised somewhere CI runs)."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,9 @@ import pytest
 from tests.search_helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
+# Every page the README links to, checked the same way.
+PAGES = {"README.md": README, **{f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}}
+ALL = "\n".join(PAGES.values())
 # Commands that are not `python -m`: set-up (run by ./setup.sh, which .ci/run runs), or tools outside the project.
 SHELL_PREFIXES = ("./setup.sh ", "bash .ci/run", "python3 -m venv .venv", "pip install ", "export NO_ALBUMENTATIONS",
                   "optuna-dashboard ", "head ",
@@ -75,13 +78,25 @@ def parse_only(module: str, argv: list[str], monkeypatch) -> argparse.Namespace:
     return got.value.args[0]
 
 
-def test_every_readme_command_is_of_a_known_kind():
-    unknown = [c for c in commands(README) if python_m(c) is None and not c.startswith(SHELL_PREFIXES)]
-    assert not unknown, f"README commands nothing checks: {unknown}"
-    assert len([c for c in commands(README) if python_m(c)]) >= 15
+def test_the_readme_is_short_and_links_every_docs_page():
+    assert len(README.splitlines()) <= 150
+    assert len(PAGES) >= 6  # the README and docs/ search, workers, space, training, benchmarks
+    for page in PAGES:
+        if page != "README.md":
+            assert f"]({page})" in README, f"{page} is not linked from the README"
 
 
-@pytest.mark.parametrize("line", [c for c in commands(README) if python_m(c)])
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_command_is_of_a_known_kind(page):
+    unknown = [c for c in commands(PAGES[page]) if python_m(c) is None and not c.startswith(SHELL_PREFIXES)]
+    assert not unknown, f"{page} commands nothing checks: {unknown}"
+
+
+def test_the_pages_hold_the_commands():
+    assert len({c for c in commands(ALL) if python_m(c)}) >= 15
+
+
+@pytest.mark.parametrize("line", sorted({c for c in commands(ALL) if python_m(c)}))
 def test_readme_command_parses_with_the_real_parser(line, monkeypatch, capsys):
     module, argv = python_m(line)
     if module == "pytest":
@@ -106,7 +121,7 @@ def small_env() -> dict:
 
 
 def test_cheap_readme_commands_run_for_real(tmp_path):
-    cheap = [c for c in commands(README) if python_m(c) and python_m(c)[0].startswith("space.")
+    cheap = [c for c in dict.fromkeys(commands(ALL)) if python_m(c) and python_m(c)[0].startswith("space.")
              or "--dataset digits" in c and python_m(c) and python_m(c)[0] == "train.run"]
     assert len(cheap) >= 5
     for line in cheap:
