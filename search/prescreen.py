@@ -12,22 +12,11 @@ proposal reserves one of the --trials places for the round's winner (counted as 
 training), so several workers never screen for the same last place.
 
 How the K - 1 losers are recorded: as FAIL, with user attrs prescreen_score, prescreen_rank,
-prescreen_lost_to (the winner's number) and the proxy values, so they are visible (search.trials.kind:
-"screened", a row of the leaderboard) but invisible to TPE. Why not PRUNED (which TPE would read as a bad
-trial) -- read in optuna 5.0, optuna/samplers/_tpe/sampler.py:
-  * `_sample` models `states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING]` (line 580,
-    constant_liar) and splits them into good/bad by gamma(n), `n = sum(trial.state != TrialState.RUNNING
-    ...)` (line 596), gamma(n) = min(ceil(0.1 n), 25). K - 1 PRUNED losers per trained trial would make n
-    about K times larger, so the "good" set would grow K-fold (K = 10: every completed trial is "good") and
-    TPE would stop separating accurate nets from the rest; FAIL trials are not read at all.
-  * A PRUNED trial without reported epochs scores `return 1, 0.0` (line 846), i.e. it is put below every
-    completed trial: TPE would learn the proxy's opinion as if it were a measured accuracy, and feed the
-    proxy's bias back into its own proposals. With FAIL, TPE learns from trained accuracies (and the
-    analytic rejections) only, as without a prescreen, and the proxy acts purely as a filter of them.
-  * The startup phase (`if len(trials) < self._n_startup_trials`, lines 502/518, COMPLETE + PRUNED) would
-    end after about 10 / K trained trials; with FAIL it still ends after 10.
-  * In a multi-objective study FAIL needs no values and no intermediate values, as in a single-objective
-    one (PRUNED would be accepted too, but with the same flaws).
+prescreen_lost_to (the winner's number) and the proxy values, so they are visible (search.lifecycle:
+"screened", a row of the leaderboard) but invisible to TPE. Not PRUNED, which TPE would read as a bad trial:
+K - 1 PRUNED losers per trained trial would swell TPE's "good" set K-fold, teach it the proxy's opinion as
+if it were a measured accuracy, and end its random start-up K times too early. FAIL trials are not read at
+all (the reading of Optuna's TPE source: results/benchmarks/code_notes.md).
 While a round is being gathered its trials are RUNNING: with constant_liar TPE treats them as bad, so the K
 proposals of one round spread out instead of repeating the first one.
 """

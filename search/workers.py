@@ -6,7 +6,7 @@ the study holds --trials trained candidates, and exits. The parent waits, then d
 
   * Exact count: a worker decides to train a candidate only while holding `SlotLock`, an exclusive file
     lock on this machine named after the storage and study, so N workers never start more runs than
-    --trials leaves (see Search.step).
+    --trials leaves (see search.lifecycle.claim).
   * Ctrl-C (SIGINT) or SIGTERM to the parent: the workers run in their own process group, so the parent
     alone gets the terminal's Ctrl-C and passes it on once, as SIGTERM (which silently ends a worker still
     starting up, before it can have a trial). Each worker fails its running trial as "interrupted" (queued
