@@ -25,7 +25,7 @@ from .study import stored_settings
 from .lifecycle import count
 from .trials import leaderboard, rejected_fraction
 
-__all__ = ["RUN_PREFIX", "write_report", "main"]
+__all__ = ["RUN_PREFIX", "write_report", "write_and_list", "main"]
 
 RUN_PREFIX = "run:"  # study user attrs "run:<start>:<host>:<pid>" describe each search.run process
 
@@ -104,6 +104,17 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     paths["report"].write_text("\n".join(md))
     return paths
 
+
+def write_and_list(study: optuna.Study, out: Path, storage_url: str, retrained: bool) -> dict[str, Path]:
+    """write_report, then print the path of each output (with the final retrain's files if `retrained`)."""
+    from .final import FINAL_FILES
+
+    paths = write_report(study, out, storage_url)
+    if retrained:
+        paths.update({key: out / key for key in FINAL_FILES})
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return paths
 
 def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
     """The retrained winner, or the best trial so far."""
@@ -230,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     study, url = open_existing(args)
     out = Path(args.out) if args.out else Path("results") / study.study_name
-    paths = write_report(study, out, url)
-    for name, path in paths.items():
-        print(f"{name}: {path}")
+    write_and_list(study, out, url, retrained=False)
     return 0
 
 

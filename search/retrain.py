@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     study, url = open_existing(args)
 
     from .data import load_full
-    from .final import FINAL_FILES, retrain_best
-    from .report import write_report
+    from .final import retrain_best
+    from .report import write_and_list
     from .study import stored_settings
     from .trials import pick_trial
 
@@ -48,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
     final = retrain_best(study, settings, data, out, epochs, args.device, args.progress, trial_number=args.trial)
-    paths = write_report(study, out, url)
-    for key in FINAL_FILES:
-        paths[key] = out / key
-    for key, path in paths.items():
-        print(f"{key}: {path}")
+    paths = write_and_list(study, out, url, retrained=True)
     if args.json:
         print(json.dumps({"study": study.study_name, "trial": final["trial"], "val_acc": final["val_acc"],
                           "test_acc": final["test_acc"], "epochs": epochs, "out": str(out),

@@ -302,22 +302,16 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
 def _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds,
              final_epochs) -> None:
     """The report files, the winner, and the --json line."""
-    from .final import FINAL_FILES
-    from .report import write_report
+    from .report import write_and_list
     from .trials import best_trial, val_acc
 
-    paths = write_report(study, out, label)
     best = best_trial(study.get_trials(deepcopy=False))
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
           + (f"; test accuracy {final['test_acc']:.4f} after {final_epochs} epochs ({final_seconds:.0f} s)"
              if final else ""))
-    if final:
-        for key in FINAL_FILES:
-            paths[key] = out / key
-    for key, path in paths.items():
-        print(f"{key}: {path}")
+    paths = write_and_list(study, out, label, retrained=final is not None)
     if args.json:
         print(json.dumps({"study": name, "storage": label, "dataset": args.dataset, "trials": args.trials,
                           **counts.as_dict(), "epochs_without_pruning": counts.trained * settings.trial_epochs,
