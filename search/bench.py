@@ -143,7 +143,7 @@ def _job_counts(text: str | None, device_type: str) -> list[int]:
     return [2 ** i for i in range(8) if 2 ** i <= limit]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     p = make_parser("python -m search.bench", __doc__)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--dataset", default="cifar10", help="whose batch size, epochs and sizes to project (cifar10, digits)")
@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"assumed share of trials the pruner stops (default {PRUNED_FRACTION})")
     p.add_argument("--seed", type=int, default=0, help="which genomes are sampled")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.dataset not in DEFAULTS or args.dataset == "synthetic":
         raise SearchError(f"--dataset must be cifar10 or digits, got {args.dataset!r}")
     if not 0 <= args.pruned_fraction <= 1:
@@ -207,20 +211,26 @@ def main(argv: list[str] | None = None) -> int:
         "genomes": [{"summary": g.summary(), "params": analyze(g).params, "macs": analyze(g).macs} for g in genomes],
         "rows": rows, "best_jobs": best["jobs"],
     }
-    print(f"{args.dataset} on {result['device']} ({result['device_name']}), measured at batch {batch}; "
-          f"{len(genomes)} sampled genomes, {seconds:g} s per job count")
+    _print_table(result, args, d)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _print_table(result: dict, args, d) -> None:
+    """The measurements and the projection, one row per job count."""
+    rows, best = result["rows"], next(r for r in result["rows"] if r["jobs"] == result["best_jobs"])
+    print(f"{args.dataset} on {result['device']} ({result['device_name']}), measured at batch "
+          f"{result['measured_batch_size']}; {len(result['genomes'])} sampled genomes, "
+          f"{result['seconds_per_measurement']:g} s per job count")
     print(f"projection: --trials {args.trials} x {d.trial_epochs} epochs ({args.pruned_fraction:.0%} pruned after "
           f"{d.trial_epochs // 2 + 1}) on {rows[0]['train_images']:,} + {rows[0]['val_images']:,} validation "
-          f"images, then {d.final_epochs} epochs on {n_train:,}")
+          f"images, then {d.final_epochs} epochs on {result['train_images_total']:,}")
     print(f"{'jobs':>4}  {'images/s':>10}  {'per job':>9}  {'speedup':>7}  {'search':>9}  {'final':>9}  {'total':>9}")
     for r in rows:
         print(f"{r['jobs']:>4}  {r['images_per_s']:>10,.0f}  {r['per_job_images_per_s']:>9,.0f}  {r['speedup']:>6.2f}x  "
               f"{_hms(r['search_seconds']):>9}  {_hms(r['final_seconds']):>9}  {_hms(r['total_seconds']):>9}")
     print(f"fastest: --jobs {best['jobs']}, about {_hms(best['total_seconds'])} for search + final retrain")
-    if args.json:
-        print(json.dumps(result))
-    return 0
-
 
 def _hms(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
