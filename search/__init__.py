@@ -1,17 +1,26 @@
 """The architecture search: Optuna TPE over space.suggest_genome, pruned brief training, final retrain.
 
+To follow one trial from ask to tell, read two modules: runner (Search.step: ask, propose, claim, train,
+tell) and lifecycle (the trial's state: Phase, Outcome, claim, requeue); space/ and train/ do the rest.
+
 Modules, one concept each:
-    settings     SearchSettings (what makes trials comparable), per-dataset defaults, SearchError
+    settings     SearchSettings (the study's resolved config, stored with a schema version; migrate),
+                 per-dataset defaults, SearchError
+    lifecycle    a trial's state, the only reader and writer of its user-attr keys: Phase, Outcome, classify,
+                 count, claim (the exact --trials count), tell, requeue, reap dead workers' trials
+    runner       the ask/tell loop: Search.step and Search.run
     data         the train/validation split the search sees; the full data of the final retrain
     storage      --storage parsed into an Optuna storage (SQLite, server databases, journal files)
-    liveness     trials of dead workers: heartbeats, host/pid checks, fail and enqueue again
+    liveness     whether a trial's worker is alive: its identity, host/pid checks, the heartbeat
     constraints  the rules as Optuna constraints; a satisfiability probe before any training
+    objectives   accuracy alone, or accuracy and a cost; the Pareto front
+    prescreen    --prescreen K: the best of K proposals by a zero-cost proxy
     study        create / resume a study, its sampler, pruner and warm-start presets
-    runner       the ask/tell loop (reject, deduplicate, train, prune, count)
-    workers      --jobs N: worker processes on one node, the lock that keeps the count exact, --jobs auto
-    trials       reading trials: kinds, counts, the winner, the leaderboard
+    workers      --jobs N: worker processes on one node, the lock they claim places under, --jobs auto
+    trials       reading trials: the winner, the Pareto front, the leaderboard, the trial a user names
     final        retrain the winner on all training images, test once, write the model files
     plots, report  report.md, leaderboard.csv and the PNG plots
+    locate, cli  which study a reading command means; the commands' shared parser pieces
     run, retrain, export, report   the commands (python -m search.<name>)
     bench        aggregate images/s of 1, 2, 4, ... jobs and the projected time of a 100-trial run
 """
