@@ -4,9 +4,10 @@ Without --trial it exports the winner (highest validation accuracy among complet
 fewer parameters; in a multi-objective study, among the members of the Pareto front). Any other trial,
 e.g. another front member (the `pareto` column of leaderboard.csv), by --trial N. The file needs only
 torch (space.export.export_code); the final retrain writes the same code as best_model.py next to
-best_model.pt, plus the input normalisation it was trained with. A trial the search rejected (it breaks a
-rule: too many parameters or MACs, too small a receptive field, no DSC or no dilated conv) is refused unless
---force is given.
+best_model.pt. Both files define MEAN and STD, the input normalisation of the study's final retrain
+(stored with the study; for a study begun before it was, computed from its dataset in --data-dir).
+A trial the search rejected (it breaks a rule: too many parameters or MACs, too small a receptive field,
+no DSC or no dilated conv) is refused unless --force is given.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from space.export import export_code
 from space.genome import Genome
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing
+from .data import study_normalisation
 from .settings import SearchError
 from .trials import best_trial, genome_of, kind
 
@@ -52,12 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
     p.add_argument("-o", "--output", required=True, help="the .py file to write")
     p.add_argument("--force", action="store_true", help="export a trial the search rejected (it breaks the rules)")
+    p.add_argument("--data-dir", default="data", help="only for a study begun before the input normalisation was "
+                   "stored: the folder holding its dataset (cifar10), to compute MEAN and STD from")
     args = p.parse_args(argv)
     study, _ = open_existing(args)
     number, genome = trial_genome(study, args.trial, args.force)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(export_code(genome))
+    mean, std = study_normalisation(study, args.data_dir)  # MEAN and STD: what the final retrain normalises with
+    out.write_text(export_code(genome, mean, std))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
     reason = study.trials[number].user_attrs.get("rejected") if args.trial is not None else None
     if reason:

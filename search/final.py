@@ -22,6 +22,7 @@ import torch
 
 from space import analyze
 from space.export import export_code
+from space.spec import plural
 from train.data import ImageData
 from train.engine import predict_images, resolve_device, train, tta_accuracy
 
@@ -105,7 +106,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     if (done and (out / "best_model.pt").exists()
             and [done.get(k) for k in ("study", "trial", "genome", "epochs", "n_train", "n_test")]
             == [study.study_name, trial.number, genome.to_json(), epochs, len(data.y_train), len(data.y_test)]):
-        log(f"trial {trial.number} was already retrained for {epochs} epochs: test accuracy "
+        log(f"trial {trial.number} was already retrained for {plural(epochs, 'epoch')}: test accuracy "
             f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
         return done
     config = settings.train_config(epochs, device, eval_every=-1, progress=progress)
@@ -114,7 +115,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))
     a = analyze(genome)
     log(f"final retrain of trial {trial.number} ({genome.summary()}; {a.params:,} params, val acc "
-        f"{val_acc(trial):.4f}) for {epochs} epochs on {len(data.y_train):,} images")
+        f"{val_acc(trial):.4f}) for {plural(epochs, 'epoch')} on {len(data.y_train):,} images")
     t0 = time.time()
     try:  # eval_every=-1: train() never evaluates, so the test set is looked at exactly once, below
         result = train(genome, config, data)

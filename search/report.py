@@ -14,6 +14,7 @@ import pandas as pd
 
 from space import Genome, analyze
 from space.describe import table
+from space.spec import plural
 
 from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
@@ -105,7 +106,7 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                f"Trial {final['trial']}{' (preset ' + final['preset'] + ')' if final.get('preset') else ''}: "
                f"`{final['summary']}`", "",
                f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
-               f"after retraining from scratch for {final['epochs']} epochs on all {final['n_train']:,} training images",
+               f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on all {final['n_train']:,} training images",
                f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
                *([f"* retrained by request (`search.retrain --trial {final['trial']}`); the default winner is trial "
                   f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"] else []),
@@ -151,7 +152,7 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                f"<= {settings.max_params:,} parameters, "
                + (f"<= {settings.max_macs:,} MACs per image, " if settings.max_macs else "")
                + f"RF >= {settings.min_rf}, "
-               f"{settings.trial_epochs} epochs per trial, validation split {settings.val_size}, "
+               f"{plural(settings.trial_epochs, 'epoch')} per trial, validation split {settings.val_size}, "
                f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
                f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}"
                + (f", prescreen: each trained trial the best of {settings.prescreen} feasible proposals by "

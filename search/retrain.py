@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     positive_int("--subset-test", args.subset_test)
     study, url = open_existing(args)
 
-    from .data import load_full
+    from .data import load_full, store_normalisation
     from .final import FINAL_FILES, retrain_best, trial_to_retrain
     from .report import write_report
     from .study import stored_settings
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     # The same training images the search split (a --subset-train of the search carries over).
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
+    store_normalisation(study, data)  # a study begun before search.run stored it
     final = retrain_best(study, settings, data, out, epochs, args.device, args.progress, trial_number=args.trial)
     paths = write_report(study, out, url)
     for key in FINAL_FILES:

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import optuna
 
+from space.spec import plural
 from train.files import removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .objectives import cost_name, parse_objectives
-from .settings import DEFAULTS, SearchError, SearchSettings, parse_val_size
+from .settings import DEFAULTS, SearchError, SearchSettings, default_val_size, parse_val_size
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 
@@ -146,10 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
     prescreen, proxy = parse_prescreen(args.prescreen, args.proxy)
     batch = args.batch_size or d.batch_size
+    if args.val_size:
+        val_size, val_note = parse_val_size(args.val_size), ""
+    else:  # the dataset's default; with --subset-train, its fraction of the subset (val_note says so)
+        val_size, val_note = default_val_size(args.dataset, args.subset_train)
     settings = SearchSettings(
         dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf,
         trial_epochs=args.trial_epochs or d.trial_epochs,
-        val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
+        val_size=val_size, seed=args.seed,
         subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
         max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
     final_epochs = args.final_epochs or d.final_epochs
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         migrated = migrate_to_journal(url, journal, name)  # a study begun with --jobs 1 moves to the journal
         url = journal
 
-    from .data import check_steps, load_full, search_split
+    from .data import check_steps, load_full, search_split, store_normalisation
     from .final import FINAL_FILES, retrain_best
     from .liveness import requeue
     from .prescreen import make_prescreen
@@ -213,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # once, by the process that created the study
     presets = enqueue_presets(study, full.num_classes) if created and not args.no_presets else []
+    store_normalisation(study, full)  # for search.export's MEAN and STD
     info = machine_info(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run_key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"
@@ -221,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {name} ({'new' if created else 'resumed'}) in {label}; outputs in {out}/"
           + (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
           + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""))
-    print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images; "
-          f"{settings.trial_epochs} epochs per trial on {info['device']}"
+    print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images"
+          + (f" ({val_note})" if val_note and settings.val_size == val_size else "") + "; "
+          f"{plural(settings.trial_epochs, 'epoch')} per trial on {info['device']}"
           + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
           + (f" (objectives {objectives}: multi-objective studies cannot be pruned)" if multi else "")
           + (f"; prescreen: best of {prescreen} by {proxy}" if prescreen > 1 else "")
@@ -290,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
-          + (f"; test accuracy {final['test_acc']:.4f} after {final_epochs} epochs ({final_seconds:.0f} s)"
+          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ({final_seconds:.0f} s)"
              if final else ""))
     if final:
         for key in FINAL_FILES:

@@ -204,6 +204,9 @@ class Search:
         if violations:
             reason = "; ".join(violations)
             trial.set_user_attr("rejected", reason)
+            # Optuna's tools count it "Complete" (value 0: how TPE learns the infeasible region); this user attr is
+            # what optuna-dashboard and `optuna trials` show and filter on to tell it apart.
+            trial.set_user_attr("status", "rejected")
             self.study.tell(trial, objective_values(REJECTED_VALUE, a, s.objectives))
             self.log(f"trial {n:>4}  rejected  {reason}{tag}")
             return "rejected", reason
@@ -274,6 +277,7 @@ class Search:
         for i in order[1:]:
             trial = round_[i][0]
             trial.set_user_attr("prescreen_lost_to", winner.number)
+            trial.set_user_attr("status", "screened")
             self.study.tell(trial, state=TrialState.FAIL)  # why FAIL and not PRUNED: search.prescreen
         losers = ", ".join(f"{round_[i][0].number} ({scores[i]:.4g})" for i in order[1:])
         self.log(f"trial {winner.number:>4}  chosen    best of {len(round_)} by {p.proxy} ({scores[order[0]]:.4g})"
@@ -353,12 +357,15 @@ class Search:
             k = kind(t)
             if k == "running" and t.user_attrs.get("phase") == "training":
                 trial.set_user_attr("duplicate_of", t.number)
+                trial.set_user_attr("status", "duplicate")  # told its original's state and value; never trained
                 self.study.tell(trial, state=TrialState.FAIL)  # another worker is training it right now
             elif k == "completed":
                 trial.set_user_attr("duplicate_of", t.number)
+                trial.set_user_attr("status", "duplicate")
                 self.study.tell(trial, t.values)
             elif k == "pruned":
                 trial.set_user_attr("duplicate_of", t.number)
+                trial.set_user_attr("status", "duplicate")
                 for step, value in sorted(t.intermediate_values.items()):
                     trial.report(value, step)
                 self.study.tell(trial, state=TrialState.PRUNED)

@@ -14,7 +14,8 @@ from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset tabl
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
-__all__ = ["DEFAULT_PROXY", "SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings", "parse_val_size"]
+__all__ = ["DEFAULT_PROXY", "DATASET_SIZES", "SearchError", "DatasetDefaults", "DEFAULTS", "SearchSettings",
+           "parse_val_size", "default_val_size"]
 
 
 class SearchError(Exception):
@@ -30,6 +31,25 @@ def parse_val_size(text: str) -> int | float:
     if value <= 0 or (isinstance(value, float) and value >= 1):
         raise SearchError(f"--val-size must be a positive count or a fraction in (0, 1), got {text}")
     return value
+
+
+DATASET_SIZES = {"cifar10": (50_000, 10_000)}  # training / test images of the official set, known without loading
+
+
+def default_val_size(dataset: str, subset_train: int | None) -> tuple[int | float, str]:
+    """(validation size, note) when --val-size is not given: the dataset's default (train.defaults), and for a
+    --subset-train smaller than the training set the same fraction of the subset (CIFAR-10: 5,000 of 50,000,
+    so 10 %), with a note saying so; the note is "" where nothing was scaled (a default that is already a
+    fraction applies to the subset as it is)."""
+    default = DEFAULTS[dataset].val_size
+    if subset_train is None or isinstance(default, float) or dataset not in DATASET_SIZES:
+        return default, ""
+    n_all = DATASET_SIZES[dataset][0]
+    if subset_train >= n_all:
+        return default, ""
+    n = max(1, round(subset_train * default / n_all))
+    return n, (f"--subset-train {subset_train:,} without --val-size: {n:,} of them held out for validation, the "
+               f"default {default / n_all:.0%} ({default:,} of {n_all:,}); --val-size to choose")
 
 
 # The prescreen's proxy when --proxy is not given: the one that ranked 40 trained genomes of the space best

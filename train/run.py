@@ -25,7 +25,7 @@ import torch
 
 from space import analyze, load_spec
 from space.genome import GenomeError
-from space.spec import CliParser, fail, run_cli
+from space.spec import CliParser, fail, plural, run_cli
 
 from .data import DATASETS, DataError, load_dataset, train_val_split
 from .defaults import DEFAULTS
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, augment=None)
     a = analyze(genome)
     print(f"{genome.summary()}\n{a.params:,} parameters, RF {a.rf}; {data.name}: {len(data.y_train):,} train / "
-          f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {epochs} epochs, "
+          f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {plural(epochs, 'epoch')}, "
           f"batch {config.batch_size}, lr {config.lr:g}; outputs in {out}/", file=sys.stderr)
     t0 = time.perf_counter()
     result = train(genome, config, data)
@@ -160,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
                                                 "rf": a.rf, "dataset": data.name, "config": asdict(config),
                                                 "wall_seconds": round(time.perf_counter() - t0, 1)})
     if result.resumed_epochs >= result.epochs:
-        print(f"reused the finished run in {out}/ (checkpoint of {result.epochs} epochs): nothing trained; "
+        print(f"reused the finished run in {out}/ (checkpoint of {plural(result.epochs, 'epoch')}): nothing trained; "
               "delete it or give another --out to train again")
     elif result.resumed_epochs:
         print(f"resumed from {out}/checkpoint.pt after epoch {result.resumed_epochs}")
     if args.val_size:
         print(f"validation accuracy {metrics['val_acc']:.4f} (flip-TTA {metrics['val_acc_tta']:.4f})")
-    print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {result.epochs} epochs "
+    print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {plural(result.epochs, 'epoch')} "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}))
