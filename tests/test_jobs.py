@@ -191,7 +191,8 @@ def test_bench_measures_job_counts_and_projects_the_run(tmp_path):
         # More throughput, proportionally less search time.
         assert row["search_seconds"] * row["images_per_s"] == pytest.approx(
             first["search_seconds"] * first["images_per_s"], rel=0.01)
-    assert all(2 <= len(row["runs"]) <= 3 for row in out["rows"])  # each job count until two runs agree
+    # Each job count until two runs agree (at most 3); the first again (3 more) if a speed-up was impossible.
+    assert 2 <= len(first["runs"]) <= 6 and all(2 <= len(row["runs"]) <= 3 for row in out["rows"][1:])
     if out["reliable"]:  # on a busy machine the runs may disagree: then no --jobs is recommended from them
         assert out["best_jobs"] in (1, 2) and "fastest: --jobs" in r.stdout and out["warnings"] == []
     else:
