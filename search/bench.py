@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", default=None, help="job counts to measure, e.g. 1,2,4 (default: powers of 2 up to the "
                    "CPU cores on CPU, up to 8 on CUDA)")
     p.add_argument("--genomes", type=int, default=None, help="sampled genomes each job trains (CPU 2, CUDA 4)")
-    p.add_argument("--seconds", type=float, default=None, help="measured seconds per run (CPU 4, CUDA 20)")
+    p.add_argument("--seconds", type=float, default=None, help="measured seconds per run (CPU 2, CUDA 10: two "
+                   "runs that agree make a figure)")
     p.add_argument("--repeats", type=int, default=3, help="runs per job count at most; it is measured until two agree "
                    f"within {AGREE:.0%} (at least 2; default 3)")
     p.add_argument("--batch-size", type=int, default=None, help="measured batch (CUDA: the dataset's, CPU: 32)")
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = _job_counts(args.jobs, dev.type)
     d = DEFAULTS[args.dataset]
     genomes = sample_typical(args.genomes or (4 if cuda else 2), seed=args.seed)
-    seconds, steps = args.seconds or (20.0 if cuda else 4.0), args.steps or (20 if cuda else 1)
+    seconds, steps = args.seconds or (10.0 if cuda else 2.0), args.steps or (20 if cuda else 1)
     batch = args.batch_size or (d.batch_size if cuda else 32)
     if args.dataset in DATASET_SIZES:
         n_train, n_test = DATASET_SIZES[args.dataset]
