@@ -7,7 +7,7 @@ two are fixed, not settings.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .analysis import analyze
 from .genome import Genome
@@ -50,7 +50,7 @@ def check(genome: Genome, rules: Rules | None = None, *, max_params: int | None 
     rules = rules or Rules()
     given = {k: v for k, v in (("max_params", max_params), ("min_rf", min_rf), ("max_macs", max_macs)) if v is not None}
     if given:
-        rules = Rules(**{**rules.__dict__, **given})
+        rules = replace(rules, **given)
     a = analyze(genome)
     violations = []
     if a.params > rules.max_params:

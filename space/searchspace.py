@@ -223,8 +223,8 @@ def construct(trial: TrialLike, rules: Rules = Rules(), num_classes: int = 10,
         if widths is not None:
             return Construction(cheaper.genome(widths))
     return Construction(cheaper.genome(_widths(cheaper, 0.0)),
-                        f"over the MACs cap even at the narrowest widths (8 channels), with every downsampling a "
-                        f"stride and every 3x3 layer but the stem separable")
+                        "over the MACs cap even at the narrowest widths (8 channels), with every downsampling a "
+                        "stride and every 3x3 layer but the stem separable")
 
 
 def suggest_genome(trial: TrialLike, num_classes: int = 10, rules: Rules | None = None, *,
