@@ -52,12 +52,12 @@ SPEEDUP_SLACK = 1.15  # a speed-up above jobs/first jobs x this is noise, not pa
 
 def sample_typical(n: int, seed: int = 0, max_params: int = 200_000, min_rf: int = 44) -> list:
     """The first n feasible genomes the search space's uniform sampler draws."""
-    from space import check
+    from space import Rules, check
     from space.sample import sample_genomes
 
-    out = []
-    for g in sample_genomes(100 * n + 100, seed=seed):
-        if not check(g, max_params, min_rf):
+    out, rules = [], Rules(max_params, min_rf)
+    for g in sample_genomes(100 * n + 100, seed=seed, rules=rules):
+        if not check(g, rules):
             out.append(g)
             if len(out) == n:
                 return out

@@ -86,8 +86,7 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     budget_of = {"params": settings.max_params, "macs": settings.max_macs} if settings else {}
     paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png", budget_of.get(cost), cost)
     paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
-    baseline = (random_rejection_rate(settings.max_params, settings.min_rf, max_macs=settings.max_macs)
-                if settings else None)
+    baseline = random_rejection_rate(settings.rules, construction=settings.construction) if settings else None
     paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png", baseline)
     final = load_final(out)
     if final and final.get("study") != study.study_name:

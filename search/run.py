@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
         max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
     final_epochs = args.final_epochs or d.final_epochs
-    check_satisfiable(settings.max_params, settings.min_rf, max_macs=settings.max_macs)  # before any data or training
+    check_satisfiable(settings.rules)  # before any data or training
     name = args.study_name or f"{args.dataset}-nas"
     jobs = parse_jobs(args.jobs)
     if jobs == "auto":
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
         # A study begun under older defaults (train.defaults) resumes with the values it was measured with.
-        unflagged = {"lr", "augment", "recipe"} | {k for k in ("batch_size", "trial_epochs", "val_size")
+        unflagged = {"lr", "augment", "recipe", "construction"} | {k for k in ("batch_size", "trial_epochs", "val_size")
                                          if getattr(args, k) is None}
         settings, kept = keep_stored_defaults(storage, name, settings, unflagged)
         split = search_split(full, settings)

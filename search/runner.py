@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 import optuna
 from optuna.trial import TrialState
 
-from space import Analysis, Genome, analyze, check, suggest_genome
+from space import Analysis, Genome, analyze, check, construct
 
 from .constraints import constraint_values
 from .liveness import Heartbeat, enqueue_again, fail_trial, reap_dead_trials, worker_identity
@@ -190,19 +190,19 @@ class Search:
         """Record the candidate; reject or deduplicate it (an outcome), or return it as feasible and new."""
         s, n = self.settings, trial.number
         trial.set_user_attr("worker", worker_identity())
-        suggested = suggest_genome(trial, num_classes=self.num_classes, max_params=s.max_params, min_rf=s.min_rf)
+        built = construct(trial, s.rules, num_classes=self.num_classes, version=s.construction)
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
-        genome = Genome.from_json(carried) if carried else suggested
+        genome = Genome.from_json(carried) if carried else built.genome
         a = analyze(genome)
-        for key, value in constraint_values(genome, s.max_params, s.min_rf, s.max_macs).items():
+        for key, value in constraint_values(genome, s.rules).items():
             trial.set_constraint(key, value)
         for key, value in {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params,
                            "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations}.items():
             trial.set_user_attr(key, value)
         tag = f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else ""
-        violations = check(genome, s.max_params, s.min_rf, s.max_macs)
+        violations = check(genome, s.rules)
         if violations:
-            reason = "; ".join(violations)
+            reason = "; ".join(violations + ([built.note] if built.note and not carried else []))
             trial.set_user_attr("rejected", reason)
             # Optuna's tools count it "Complete" (value 0: how TPE learns the infeasible region); this user attr is
             # what optuna-dashboard and `optuna trials` show and filter on to tell it apart.

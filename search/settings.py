@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from space import SPACE_VERSION
+from space import CONSTRUCTION_VERSION, SPACE_VERSION, Rules
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
@@ -79,6 +79,10 @@ class SearchSettings:
     # The search space's version (space.SPACE_VERSION) the study's trials were sampled from. Stored settings
     # without it predate the field, which came with version 2: they are version 1 (see from_dict).
     space: int = SPACE_VERSION
+    # How the space's points become genomes under the rules (space.CONSTRUCTION_VERSION). A study resumes with
+    # the construction it was begun with (search.run keeps the stored one); stored settings without it predate
+    # the field, which came with version 2: they are version 1 (max_macs not part of the construction).
+    construction: int = CONSTRUCTION_VERSION
     # Which candidates get trained (search.prescreen): each trained trial is the best of `prescreen` feasible
     # proposals by `proxy`; 1 = off. Stored like the rest, so that a resume screens as the run it continues.
     prescreen: int = 1
@@ -88,6 +92,10 @@ class SearchSettings:
     # after those defaults have changed trains its later trials, and its final retrain, as it began. Settings
     # stored without it predate it (see from_dict).
     recipe: tuple[tuple[str, Any], ...] = field(default_factory=lambda: _pairs(TrainConfig().recipe()))
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(self.max_params, self.min_rf, self.max_macs)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "recipe": dict(self.recipe)}
@@ -148,7 +156,7 @@ def _pairs(recipe: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 # What a setting added later was for the studies stored before it (a missing key means this, not the default).
-_BEFORE_FIELD: dict[str, Any] = {"space": 1}
+_BEFORE_FIELD: dict[str, Any] = {"space": 1, "construction": 1}
 # The recipe of the studies stored before `recipe` was (stop 19): TrainConfig's recipe then, written out
 # because the defaults may change later, except bias_lr_scale: that is the study's own stored value (stop 18
 # stored it alone), 1.0 where it is missing too. (Studies begun before stop 17 trained under an older

@@ -88,7 +88,7 @@ def test_train_run_reports_test_accuracy_and_writes_outputs(tmp_path):
     spec.write_text(TINY.to_json())
     out = tmp_path / "out"
     r = run("train.run", str(spec), "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "2",
-            "--batch-size", "64", "--out", str(out), "--json", "--quiet", "--device", "cpu")
+            "--batch-size", "64", "--out", str(out), "--json", "--quiet", "--device", "cpu", "--min-rf", "25")
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["epochs"] == 2

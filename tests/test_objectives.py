@@ -17,7 +17,7 @@ from search.runner import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, genome_of, kind, leaderboard, pareto_trials
-from space import PRESETS, Genome, analyze, check
+from space import PRESETS, Genome, Rules, analyze, check
 from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, memory_study, settings
 from tests.test_search_cli import call, one_error_line
 from train.engine import TrainConfig
@@ -52,7 +52,7 @@ def test_max_macs_rejects_candidates_over_the_budget_without_training_them():
     for js in fake.calls:
         assert analyze(Genome.from_json(js)).macs <= 10_000_000
     assert {"params", "rf", "dsc", "dilation", "macs"} == set(trials[0].constraints)
-    assert "macs" not in constraint_values(PRESETS["seed001"], 200_000, 44)  # no --max-macs, no constraint
+    assert "macs" not in constraint_values(PRESETS["seed001"], Rules(200_000, 44))  # no --max-macs, no constraint
 
 
 def by_preset(trials):
@@ -191,9 +191,9 @@ def test_a_resume_with_another_recipe_names_each_changed_setting():
 
 
 def test_unsatisfiable_macs_budget_is_found_before_training():
-    check_satisfiable(200_000, 44, max_macs=5_000_000)
+    check_satisfiable(Rules(200_000, 44, 5_000_000))
     with pytest.raises(SearchError, match=r"--max-macs 10,000 .*the fewest MACs [\d,]+"):
-        check_satisfiable(200_000, 44, max_macs=10_000)
+        check_satisfiable(Rules(200_000, 44, 10_000))
 
 
 def test_parse_objectives_and_the_front_of_points():
@@ -244,7 +244,7 @@ def test_retrain_takes_any_trained_trial_and_refuses_a_rejected_one(capsys, tmp_
     assert final["trial"] == other.number and final["genome"] == genome_of(other).to_json()
     assert final["val_acc"] == other.values[0] and final["peak_act"] == analyze(genome_of(other)).peak_activations
     assert json.loads((tmp_path / "o" / "final.json").read_text())["trial"] == other.number
-    assert check(genome_of(other), 100_000, 44) == []
+    assert check(genome_of(other), Rules(100_000, 44)) == []
 
 
 def test_multi_objective_search_end_to_end_and_a_front_member_exports(tmp_path):

@@ -17,7 +17,7 @@ from search.settings import SearchError
 from search.storage import resolve_url
 from search.study import SETTINGS_KEY, enqueue_presets, make_pruner, open_study, stored_settings
 from search.trials import best_trial, count, genome_of, kind, leaderboard, rejected_fraction
-from space import PRESETS, Genome, check, params_from_genome
+from space import PRESETS, Genome, Rules, check, params_from_genome
 from tests.search_helpers import FakeTrain, memory_study, settings
 
 
@@ -38,12 +38,12 @@ def test_rejected_candidate_is_not_trained():
     assert rejected, "the space is mostly infeasible at 100k parameters: some candidates must be rejected"
     for t in rejected:
         assert t.user_attrs["genome"] not in fake.calls
-        assert t.user_attrs["rejected"] == "; ".join(check(genome_of(t), 100_000, 44))
+        assert t.user_attrs["rejected"] == "; ".join(check(genome_of(t), Rules(100_000, 44)))
         assert {"n_params", "rf", "macs", "summary"} <= t.user_attrs.keys() and t.params
         assert t.state == TrialState.COMPLETE and max(t.constraints.values()) > 0
     assert counts.trained == 8 and len(fake.calls) == 8  # rejected ones do not count toward N
     for js in fake.calls:
-        assert check(Genome.from_json(js), 100_000, 44) == []
+        assert check(Genome.from_json(js), Rules(100_000, 44)) == []
     assert all(max(t.constraints.values()) <= 0 for t in trials if kind(t) == "completed")
 
 
@@ -94,7 +94,7 @@ def test_tpe_learns_to_avoid_the_infeasible_region():
     rejected = rejected_fraction(study.get_trials())
     third = len(rejected) // 3
     first, last = sum(rejected[:third]) / third, sum(rejected[-third:]) / third
-    uniform = random_rejection_rate(s.max_params, s.min_rf, probes=200)
+    uniform = random_rejection_rate(s.rules, probes=200)
     assert uniform > 0.5 and last < first and last < 0.5 * uniform, (uniform, first, last)
 
 
@@ -209,13 +209,13 @@ def test_a_study_of_an_older_search_space_is_not_resumed():
 
 
 def test_unsatisfiable_constraints_are_found_before_training():
-    check_satisfiable(200_000, 44)
-    check_satisfiable(30_000, 44)  # tight but possible: narrow nets
-    check_satisfiable(2_000, 44)  # possible: widths of 8, one DSC layer per block
+    check_satisfiable(Rules(200_000, 44))
+    check_satisfiable(Rules(30_000, 44))  # tight but possible: narrow nets
+    check_satisfiable(Rules(2_000, 44))  # possible: widths of 8, one DSC layer per block
     with pytest.raises(SearchError, match="no genome of the search space"):
-        check_satisfiable(500, 44)
+        check_satisfiable(Rules(500, 44))
     with pytest.raises(SearchError, match="none reaches RF 5000"):
-        check_satisfiable(200_000, 5000)
+        check_satisfiable(Rules(200_000, 5000))
 
 
 @pytest.mark.parametrize("spec, url", [

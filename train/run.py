@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from space import analyze, load_spec
+from space import analyze, check, load_spec
 from space.genome import GenomeError
+from space.rules import RulesError, add_rule_flags, rules_from_args
 from space.spec import CliParser, fail, plural, run_cli
 
 from .data import DATASETS, DataError, load_dataset, train_val_split
@@ -104,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: results/train/<spec>-<dataset>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_rule_flags(p)
+    p.add_argument("--force", action="store_true", help="train a genome that breaks the rules (default: refuse it)")
     args = p.parse_args(argv)
+    try:
+        rules = rules_from_args(args)
+    except RulesError as e:
+        fail(str(e))
     if args.dataset not in DEFAULTS:
         fail(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
     d = DEFAULTS[args.dataset]
@@ -131,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         test_data = replace(data, name=test_data.name, x_test=test_data.x_test, y_test=test_data.y_test)
     if genome.num_classes != data.num_classes:
         genome = replace(genome, num_classes=data.num_classes)
+    violations = check(genome, rules)  # as search.run rejects candidates: before anything is trained or written
+    if violations and not args.force:
+        fail(f"{args.spec} breaks the rules ({rules.describe()}, a DSC and a dilated conv): {'; '.join(violations)}; "
+             "give other --max-params/--min-rf/--max-macs, or --force to train it anyway")
+    if violations:
+        print(f"training despite the rules (--force): {'; '.join(violations)}", file=sys.stderr)
     out = Path(args.out) if args.out else default_out(args.spec, data.name)
     device = resolve_device(args.device)
     batch = args.batch_size or d.batch_size
