@@ -139,7 +139,8 @@ def _job_counts(text: str | None, device_type: str) -> list[int]:
         if counts[0] < 1:
             raise SearchError(f"--jobs must be positive integers separated by commas, got {text!r}")
         return counts
-    limit = (os.cpu_count() or 1) if device_type != "cuda" else 8  # a CPU job per core; GPUs: up to 8
+    from train.device import available_cpus
+    limit = available_cpus() if device_type != "cuda" else 8  # a CPU job per core; GPUs: up to 8
     return [2 ** i for i in range(8) if 2 ** i <= limit]
 
 
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SearchError(f"--{flag.replace('_', '-')} must be positive, got {value}")
 
     import torch
-    from train.engine import resolve_device
+    from train.device import check_device
 
-    dev = resolve_device(args.device)
+    dev = check_device(args.device)
     cuda = dev.type == "cuda"
     counts = _job_counts(args.jobs, dev.type)
     d = DEFAULTS[args.dataset]
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                            d.trial_epochs, d.final_epochs, args.pruned_fraction))
     best = min(rows, key=lambda r: r["total_seconds"])
     from space import analyze
+    from train.device import available_cpus
+
+    from .workers import auto_jobs
 
     result = {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                         "eval_speedup": EVAL_SPEEDUP, "final_rate": "one job alone",
                         "not_counted": "rejected candidates, model building, start-up, data loading"},
         "genomes": [{"summary": g.summary(), "params": analyze(g).params, "macs": analyze(g).macs} for g in genomes],
-        "rows": rows, "best_jobs": best["jobs"],
+        "rows": rows, "best_jobs": best["jobs"], "auto_jobs": auto_jobs(str(dev)), "available_cpus": available_cpus(),
     }
     print(f"{args.dataset} on {result['device']} ({result['device_name']}), measured at batch {batch}; "
           f"{len(genomes)} sampled genomes, {seconds:g} s per job count")
