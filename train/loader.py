@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, BatchAugment, albumentations_transform, normalize_batch
+from .augment import AugmentConfig, BatchAugment, albumentations_transform, normalize_batch, normalize_constants
 from .device import available_cpus, canonical_device, same_device
 
 __all__ = ["DeviceLoader", "AlbumentationsDataset", "make_dataloader", "pin_before_copy"]
@@ -56,6 +56,7 @@ class DeviceLoader:
         self.y = labels.to(storage)
         self.mean = torch.as_tensor(np.asarray(mean, np.float32).reshape(3)).to(self.device)
         self.std = torch.as_tensor(np.asarray(std, np.float32).reshape(3)).to(self.device)
+        self._normalize = normalize_constants(self.mean, self.std, self.device)
         self.augment = BatchAugment(mean, std, augment) if train and augment is not None else None
         self.alternate_flip = alternate_flip
         self._flip_half = None  # the images flipped in odd epochs, drawn on first use
@@ -117,7 +118,7 @@ class DeviceLoader:
                 flip = flips[idx].to(self.device, non_blocking=True) if flips is not None else None
                 xb = self.augment(xb, aug_gen, flip=flip)
             else:
-                xb = normalize_batch(xb, self.mean, self.std)
+                xb = normalize_batch(xb, self.mean, self.std, self._normalize)
             yield xb.contiguous(memory_format=torch.channels_last), yb
 
 
