@@ -415,6 +415,8 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         if ema is not None:
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the saved groups carry the saving run's fused/foreach choice
+            group.update({"fused": None, "foreach": None, **_multi_tensor(model)})
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochStats(**h) for h in state["history"]]
         restore_rng_states(state, device)
