@@ -240,3 +240,17 @@ def test_a_device_torch_cannot_use_is_one_error_line_exit_2_and_nothing_written(
     assert e.value.code == 2
     assert len(lines) == 1 and lines[0].startswith("error: --device") and "can see" in lines[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_bare_cuda_device_trains_and_a_checkpoint_resumes(tmp_path, monkeypatch):
+    # The real thing on a GPU node: `cuda` (no index) against tensors on cuda:0, and RNG states restored there.
+    x, y = _images()
+    monkeypatch.setattr(DeviceLoader, "_send", lambda self, t: (_ for _ in ()).throw(AssertionError("re-sent")))
+    assert len(list(DeviceLoader(x, y, MEAN, STD, 32, "cuda", train=True, augment=None))) == 3
+    monkeypatch.undo()
+    data = make_synthetic(128, 32)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, device="cuda", checkpoint=str(tmp_path / "c.pt"))
+    assert train(TINY, cfg, data, on_epoch=lambda s: True).status == "stopped"
+    resumed = train(TINY, cfg, data)
+    assert resumed.status == "completed" and resumed.resumed_epochs == 1 and resumed.device.startswith("cuda")

@@ -10,7 +10,7 @@ what gets evaluated and returned, and an augmentation schedule that lowers the s
 cutout probabilities linearly over the run, from a strength that grows with the run's length
 (TrainConfig.augment_strength). Flip test-time augmentation is an evaluation option reported beside the
 plain accuracy. The defaults were chosen on a validation split (results/benchmarks/recipe_cpu.md). On
-CUDA: bf16 autocast, channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until
+CUDA: bf16 autocast (where the GPU has bf16), channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until
 the on-device augmentation (train.loader.DeviceLoader).
 """
 from __future__ import annotations

@@ -162,11 +162,11 @@ def part_syncs(args: argparse.Namespace) -> dict:
     report: dict = {"augment_ok": bool(a.device == x.device and torch.isfinite(a).all() and torch.equal(a, b)
                                        and not torch.equal(a, c))}
     data = load_dataset("cifar10", args.data_dir, download=False)
-    sizes, batch = ((256, 768), 32) if args.quick else ((5_000, 20_000), 128)
+    (sizes, batch), n_test = (((128, 384), 32), 128) if args.quick else (((5_000, 20_000), 128), 1024)
     cuda = device.startswith("cuda")
     report["epochs"] = []
     for n in sizes:
-        sliced = data.subset(n, min(1024, len(data.y_test)), seed=0)
+        sliced = data.subset(n, min(n_test, len(data.y_test)), seed=0)
         cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.2, device=device, eval_every=1, checkpoint=None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -191,9 +191,12 @@ def part_syncs(args: argparse.Namespace) -> dict:
 # ---- the parts as commands ---------------------------------------------------------------------------------
 
 def _search_flags(args: argparse.Namespace) -> list[str]:
-    sizes = ["600", "200", "200"] if args.quick else ["5000", "1000", "1000"]
+    # --quick: small sampled nets instead of the presets (seed003_dilated trains for minutes on a busy CPU)
+    quick = ["--batch-size", "32", "--no-presets", "--max-params", "50000", "--min-rf", "30"] if args.quick else []
+    sizes = ["300", "100", "100"] if args.quick else ["5000", "1000", "1000"]
     return ["--dataset", "cifar10", "--data-dir", args.data_dir, "--no-download", "--device", args.device,
-            "--trial-epochs", "2", "--subset-train", sizes[0], "--val-size", sizes[1], "--subset-test", sizes[2]]
+            "--trial-epochs", "2", "--subset-train", sizes[0], "--val-size", sizes[1], "--subset-test", sizes[2],
+            *quick]
 
 
 def part_command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
