@@ -35,9 +35,8 @@ from pathlib import Path
 
 import optuna
 
-from train.files import removed_on_error
-
 from train.device import check_device
+from train.files import removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
