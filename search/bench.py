@@ -186,7 +186,8 @@ def _job_counts(text: str | None, device_type: str) -> list[int]:
         if counts[0] < 1:
             raise SearchError(f"--jobs must be positive integers separated by commas, got {text!r}")
         return counts
-    limit = (os.cpu_count() or 1) if device_type != "cuda" else 8  # a CPU job per core; GPUs: up to 8
+    from train.device import available_cpus
+    limit = available_cpus() if device_type != "cuda" else 8  # a CPU job per core; GPUs: up to 8
     return [2 ** i for i in range(8) if 2 ** i <= limit]
 
 
@@ -221,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SearchError(f"--{flag.replace('_', '-')} must be positive, got {value}")
 
     import torch
-    from train.engine import resolve_device
+    from train.device import check_device
 
-    dev = resolve_device(args.device)
+    dev = check_device(args.device)
     cuda = dev.type == "cuda"
     counts = _job_counts(args.jobs, dev.type)
     d = DEFAULTS[args.dataset]
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     reliable = [r for r in rows if r["reliable"]]
     best = min(reliable, key=lambda r: r["total_seconds"]) if reliable else None
     from space import analyze
+    from train.device import available_cpus
+
+    from .workers import auto_jobs
 
     result = {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                         "not_counted": "rejected candidates, model building, start-up, data loading"},
         "genomes": [{"summary": g.summary(), "params": analyze(g).params, "macs": analyze(g).macs} for g in genomes],
         "repeats": args.repeats, "rows": rows, "reliable": len(reliable) == len(rows), "warnings": warnings,
-        "best_jobs": best["jobs"] if best else None,
+        "best_jobs": best["jobs"] if best else None, "auto_jobs": auto_jobs(str(dev)), "available_cpus": available_cpus(),
     }
     print(f"{args.dataset} on {result['device']} ({result['device_name']}), measured at batch {batch}; "
           f"{len(genomes)} sampled genomes, {seconds:g} s per run, until two runs of a job count agree "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from train.device import check_device
+
 from .cli import ERRORS, add_study_args, make_parser, open_existing, positive_int
 from .settings import DEFAULTS
 
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     args = p.parse_args(argv)
+    check_device(args.device)  # before the study is opened or anything written
     positive_int("--final-epochs", args.final_epochs)
     positive_int("--subset-test", args.subset_test)
     study, url = open_existing(args)

@@ -36,6 +36,7 @@ from pathlib import Path
 import optuna
 
 from space.spec import plural
+from train.device import check_device
 from train.files import removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
@@ -122,6 +123,7 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_device(args.device)  # before any storage, data or output is touched
     worker = args.worker is not None
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)

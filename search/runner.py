@@ -60,6 +60,7 @@ class TrainFn(Protocol):
 
 def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> TrainFn:
     """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch."""
+    import torch
     from train.engine import train
 
     config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None)
@@ -67,13 +68,25 @@ def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> Train
     def train_fn(genome: Genome, on_epoch: Callable[[object], bool]):
         try:
             return train(genome, config, data, on_epoch=on_epoch)
-        except Exception:
-            import torch
-            if torch.cuda.is_available():  # after an out-of-memory error, give the next candidate a clean slate
-                torch.cuda.empty_cache()
-            raise
+        except torch.OutOfMemoryError as e:
+            # The traceback's frames hold the trial's model, activations and gradients: drop it, leave the
+            # except block (which releases them), and only then hand the cached memory back, so that the
+            # next candidate starts with a clean slate.
+            error = e.with_traceback(None)
+        release_memory()
+        raise error
 
     return train_fn
+
+
+def release_memory() -> None:
+    """Free what unreferenced tensors still hold: Python's cycles first, then CUDA's cached blocks."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _json_float(value: float) -> float | None:

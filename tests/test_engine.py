@@ -330,7 +330,8 @@ def test_every_setting_is_either_recipe_or_the_runs_own_so_a_new_one_must_choose
     from dataclasses import fields
     from train.engine import RECIPE_FIELDS
     runs_own = {"epochs", "batch_size", "lr", "seed", "augment", "tta", "device", "channels_last", "amp", "compile",
-                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "held_out",
+                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "progress_bar", "held_out",
+                "compile_mode",
                 "nan_check_every"}
     assert {f.name for f in fields(TrainConfig)} == set(RECIPE_FIELDS) | runs_own
     assert not set(RECIPE_FIELDS) & runs_own

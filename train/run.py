@@ -30,6 +30,7 @@ from space.spec import CliParser, fail, plural, run_cli
 
 from .data import DATASETS, DataError, load_dataset, train_val_split
 from .defaults import DEFAULTS
+from .device import DeviceError, check_device
 from .engine import (TrainConfig, TrainError, TrainResult, predict_images, resolve_device, train, tta_accuracy,
                      with_overrides)
 from .report import classification_summary, confusion_text
@@ -103,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (long GPU runs)")
     p.add_argument("--subset", type=int, help="train on the first N (class-balanced) training images")
     p.add_argument("--out", default=None, help="output folder (default: results/train/<spec>-<dataset>/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    p.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is not a "
+                   "terminal (by default only a terminal gets one: in a log file it is a stream of \\r lines)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_rule_flags(p)
     p.add_argument("--force", action="store_true", help="train a genome that breaks the rules (default: refuse it)")
     args = p.parse_args(argv)
+    check_device(args.device)  # before any data is loaded or output written
     try:
         rules = rules_from_args(args)
     except RulesError as e:
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=str(device),
                                         seed=args.seed, eval_every=1 if args.val_size else 0,
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
+                                        progress_bar=args.progress or sys.stderr.isatty(),
                                         compile=args.compile, held_out="val" if args.val_size else "test"),
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
                             ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
@@ -187,4 +192,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, (GenomeError, DataError, TrainError))
+    run_cli(main, (GenomeError, DataError, TrainError, DeviceError))
