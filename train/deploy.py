@@ -22,7 +22,7 @@ The onnx, onnxruntime and onnxscript packages are the `deploy` extra (pip instal
 from __future__ import annotations
 
 import copy
-import importlib.util
+import importlib
 import json
 import logging
 import os
@@ -68,8 +68,14 @@ class OnnxInfo:
 
 
 def missing() -> list[str]:
-    """The deploy extra's packages that are not installed (empty: all there)."""
-    return [name for name in _PACKAGES if importlib.util.find_spec(name) is None]
+    """The deploy extra's packages that cannot be imported (empty: all there)."""
+    absent = []
+    for name in _PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            absent.append(name)
+    return absent
 
 
 def cpu_name() -> str:
