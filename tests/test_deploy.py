@@ -117,6 +117,44 @@ def test_calibration_uses_training_images_only():
 
 # ------------------------------------------------------------------------------------------ the commands
 
+def test_the_report_shows_the_three_accuracies_sizes_and_speeds(digits_net):
+    from search.report import _deploy_section
+
+    _, _, record, _ = digits_net
+    text = "\n".join(_deploy_section(record))
+    for row, acc in (("PyTorch (fp32)", record["torch_acc"]), ("ONNX fp32", record["fp32"]["test_acc"]),
+                     ("ONNX int8", record["int8"]["test_acc"])):
+        assert f"| {row} |" in text and f"{acc:.4f}" in text
+    assert f"{record['int8']['size_kb']:,.1f}" in text and dp.cpu_name() in text
+    assert "No ONNX files: onnx not installed" in "\n".join(_deploy_section({"skipped": "onnx not installed"}))
+
+
+def test_train_deploy_evaluates_an_onnx_file_it_wrote(digits_net, capsys):
+    _, _, record, out = digits_net
+    code, stdout, _ = _call(dp.main, [str(out / "m.int8.onnx"), "--dataset", "digits", "--json"], capsys)
+    assert code == 0
+    assert json.loads(stdout.strip().splitlines()[-1])["test_acc"] == record["int8"]["test_acc"]
+
+
+@pytest.mark.parametrize("content, text", [(b"\x08\x07garbage" * 20, "is not a readable ONNX model"),
+                                           (None, "was not written by tinynas"), (b"", "is not a readable ONNX")])
+def test_train_deploy_refuses_corrupt_or_foreign_files_in_one_line(tmp_path, capsys, content, text):
+    from train.data import DataError
+
+    path = tmp_path / "x.onnx"
+    if content is None:
+        from onnx import TensorProto, helper
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+        onnx.save(helper.make_model(graph), str(path))
+    else:
+        path.write_bytes(content)
+    code, _, err = _call(dp.main, [str(path), "--dataset", "digits"], capsys, (dp.DeployError, DataError))
+    assert code == 2
+    _one_error_line(err, text)
+
+
 def _call(main, argv, capsys, errors=()):
     with pytest.raises(SystemExit) as e:
         run_cli(lambda: main(argv), errors=errors)

@@ -18,6 +18,7 @@
 
 The onnx, onnxruntime and onnxscript packages are the `deploy` extra (pip install -e ".[deploy]");
 `missing()` says which of them is absent, so a caller can skip this step with one line instead of failing.
+`python -m train.deploy MODEL.onnx --dataset D` evaluates and times a file written here.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from torch import nn
 
 __all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "OnnxInfo", "missing", "cpu_name",
            "normalize", "calibration_images", "export_onnx", "read_onnx", "verify_onnx", "quantize_int8",
-           "evaluate_onnx", "measure_speed", "deploy", "summary"]
+           "evaluate_onnx", "measure_speed", "deploy", "summary", "main"]
 
 DEPLOY_EXTRA = 'pip install -e ".[deploy]"'
 _PACKAGES = ("onnx", "onnxruntime", "onnxscript")
@@ -361,3 +362,49 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m train.deploy MODEL.onnx --dataset D`: test accuracy, size and CPU speed of an ONNX file
+    written by this module (its normalisation is read from the file)."""
+    from space.spec import CliParser
+
+    from .data import load_dataset
+
+    p = CliParser(prog="python -m train.deploy", description=main.__doc__.split(":", 1)[1].strip())
+    p.add_argument("model", help="an .onnx file written by the final retrain, search.export --onnx or train.run --onnx")
+    p.add_argument("--dataset", default="cifar10", help="whose test set to evaluate (cifar10, digits, synthetic)")
+    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = p.parse_args(argv)
+    absent = missing()
+    if absent:
+        raise DeployError(f"needs {', '.join(absent)} (the deploy extra): {DEPLOY_EXTRA}")
+    if args.threads < 1:
+        raise DeployError(f"--threads must be a positive integer, got {args.threads}")
+    info = read_onnx(args.model)
+    data = load_dataset(args.dataset, args.data_dir, download=not args.no_download)
+    if info.classes and info.classes != data.classes:
+        raise DeployError(f"{args.model} classifies {', '.join(info.classes[:3])}, ...; the {args.dataset} test set "
+                          f"has {', '.join(data.classes[:3])}, ...: give the dataset it was trained on")
+    acc, _ = evaluate_onnx(args.model, data.x_test, data.y_test, info.mean, info.std, args.threads)
+    speed = measure_speed(args.model, data.x_test, info.mean, info.std, args.threads)
+    record = {"model": str(args.model), "dataset": data.name, "n_test": len(data.y_test), "test_acc": acc,
+              "size_kb": _kb(Path(args.model)), **speed}
+    print(f"{args.model}: test accuracy {acc:.4f} on {len(data.y_test):,} {data.name} test images; "
+          f"{record['size_kb']:,.1f} KB, {speed['latency_ms_b1']:.3f} ms per image at batch 1, "
+          f"{speed['images_per_s_b256']:,.0f} images/s at batch 256 (ONNX Runtime on {speed['cpu']}, "
+          f"{args.threads} thread{'s' if args.threads > 1 else ''})")
+    if args.json:
+        print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    from space.spec import run_cli
+
+    from .data import DataError
+
+    run_cli(main, (DeployError, DataError))
