@@ -84,6 +84,8 @@ def deploy_final(model: torch.nn.Module, out: Path, data: ImageData, test_acc: f
     if absent:
         why = f"{', '.join(absent)} not installed"
         log(f"no ONNX files ({why}): {DEPLOY_EXTRA} adds best_model.onnx and best_model.int8.onnx")
+        for name in DEPLOY_FILES:  # an earlier retrain's files would not hold these weights
+            (out / name).unlink(missing_ok=True)
         return {"skipped": why}
     try:
         return deploy(model, out / DEPLOY_FILES[0], data, test_acc, int8_path=out / DEPLOY_FILES[1], log=log,

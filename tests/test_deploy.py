@@ -270,6 +270,7 @@ def test_the_final_retrain_without_the_extra_finishes_and_names_it(tmp_path, mon
     Search(study, s, 10, FakeTrain(epochs=3), 1, log=lambda _: None).run()
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed: importing them fails
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    (tmp_path / "best_model.onnx").write_bytes(b"an earlier retrain's")
     lines: list[str] = []
     record = final.retrain_best(study, s, make_synthetic(64, 32), tmp_path, epochs=3, device="cpu", log=lines.append)
     assert record["deploy"] == {"skipped": "onnx, onnxruntime not installed"}
