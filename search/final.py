@@ -6,7 +6,9 @@ member of the front). The retrain uses no validation
 split (nothing is selected during it), checkpoints every epoch to <out>/final_checkpoint.pt so that a
 crashed or interrupted retrain resumes, and evaluates the test set after its last epoch, once.
 It writes best_model.pt (state_dict, CPU tensors), best_model.py (standalone code + input normalisation),
-best_genome.json and final.json (metrics, learning curves, test predictions for the report).
+best_genome.json and final.json (metrics, learning curves, test predictions for the report), and, with the
+deploy extra installed, best_model.onnx and best_model.int8.onnx (train.deploy: verified against PyTorch,
+evaluated and timed with ONNX Runtime; the figures go into final.json under "deploy").
 """
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ from train.engine import predict_images, resolve_device, train, tta_accuracy
 from .settings import SearchError, SearchSettings
 from .trials import best_trial, genome_of, kind, val_acc
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "trial_to_retrain", "retrain_best", "load_final", "write_json"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "DEPLOY_FILES", "trial_to_retrain", "retrain_best",
+           "deploy_final", "load_final", "write_json"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
+DEPLOY_FILES = ("best_model.onnx", "best_model.int8.onnx")  # and these, with the deploy extra
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -69,6 +73,26 @@ def _claim_checkpoint(out: Path, owner: dict, log: Callable[[str], None]) -> Pat
             log(f"moved the checkpoint of another retrain aside to {aside}")
     write_json(meta, owner)
     return ckpt
+
+
+def deploy_final(model: torch.nn.Module, out: Path, data: ImageData, test_acc: float, seed: int,
+                 log: Callable[[str], None] = print) -> dict:
+    """best_model.onnx and best_model.int8.onnx under `out` and their figures (train.deploy), or, without
+    the deploy extra, {"skipped": why} and one line saying which extra adds them."""
+    from train.deploy import DEPLOY_EXTRA, DeployError, deploy, missing
+
+    absent = missing()
+    if absent:
+        why = f"{', '.join(absent)} not installed"
+        log(f"no ONNX files ({why}): {DEPLOY_EXTRA} adds best_model.onnx and best_model.int8.onnx")
+        for name in DEPLOY_FILES:  # an earlier retrain's files would not hold these weights
+            (out / name).unlink(missing_ok=True)
+        return {"skipped": why}
+    try:
+        return deploy(model, out / DEPLOY_FILES[0], data, test_acc, int8_path=out / DEPLOY_FILES[1], log=log,
+                      seed=seed)
+    except DeployError as e:
+        raise SearchError(f"ONNX export of the winner: {e}") from None
 
 
 def trial_to_retrain(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
@@ -149,6 +173,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "std": [float(s) for s in data.std], "history": [_finite(asdict(h)) for h in result.history],
         "y_true": labels.tolist(), "y_pred": pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_json(out / FINAL_JSON, record)
     log(f"test accuracy {test_acc:.4f} (flip-TTA {test_acc_tta:.4f}; {len(data.y_test):,} images, evaluated once)")
+    record["deploy"] = deploy_final(model, out, data, test_acc, settings.seed, log)
+    write_json(out / FINAL_JSON, record)
     return record

@@ -71,6 +71,29 @@ def _per_class(final: dict) -> tuple[str, str]:
     return text, confusion_text(cm, classes)
 
 
+def _deploy_section(deploy: dict | None) -> list[str]:
+    """report.md's lines on the ONNX files (train.deploy's figures in final.json), or why there are none."""
+    if not deploy:
+        return []
+    if "files" not in deploy:
+        return ["### Deployment (ONNX)", "", f"No ONNX files: {deploy.get('skipped', 'not exported')} "
+                "(`pip install -e \".[deploy]\"` adds them).", ""]
+    kinds = [k for k in ("fp32", "int8") if k in deploy]
+    rows = [{"model": "PyTorch (fp32)", "file": "best_model.pt", "test_acc": deploy["torch_acc"]}]
+    rows += [{"model": f"ONNX {k}", "file": Path(deploy["files"][k]).name, "test_acc": deploy[k]["test_acc"],
+              "size (KB)": f"{deploy[k]['size_kb']:,.1f}", "ms per image, batch 1": f"{deploy[k]['latency_ms_b1']:.3f}",
+              "images/s, batch 256": f"{deploy[k]['images_per_s_b256']:,.0f}"} for k in kinds]
+    f = deploy["fp32"]
+    return ["### Deployment (ONNX)", "", _md_table(pd.DataFrame(rows)), "",
+            f"Test accuracies of ONNX Runtime {deploy.get('onnxruntime', '')} on all {deploy['n_test']:,} test images. "
+            f"The fp32 file's logits are within {deploy['logit_max_abs_diff']:.1e} of PyTorch's on "
+            f"{deploy['verified_images']} training images (allowed {deploy['logit_atol']:g}); opset {deploy['opset']}. "
+            + (f"int8: {deploy['quantization']}. " if "quantization" in deploy else "")
+            + f"Latency: median of single-image runs, and images/s at batch 256, on {f['cpu']} with "
+              f"{f['threads']} thread(s). Input: N x 3 x 32 x 32 float32, RGB in [0, 1] minus MEAN, divided by STD "
+              "(both in the file's metadata and in best_model.py).", ""]
+
+
 def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[str, Path]:
     """Write leaderboard.csv, report.md and plots/*.png under `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +143,7 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
                f"{final['train_seconds']:.1f} s of training ({final['images_per_s']:,.0f} images/s) on "
                f"{_device(final)}, {final['wall_seconds']:.1f} s wall; seed {final['seed']}, "
                f"batch {final['batch_size']}, peak lr {final['lr']}, augmentation {'on' if final['augment'] else 'off'}.", ""]
+        md += _deploy_section(final.get("deploy"))
     elif len(best):
         b = best.iloc[0]
         g = Genome.from_json(next(t for t in trials if t.number == b.number).user_attrs["genome"])

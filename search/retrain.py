@@ -3,7 +3,8 @@
 Retrains the study's best trial (validation accuracy; ties: fewer parameters; in a multi-objective study
 the most accurate member of the Pareto front), or trial N (e.g. another member of the front: see the
 `pareto` column of leaderboard.csv), from scratch on all training images, tests it once, writes
-best_model.{py,pt}, best_genome.json, final.json and the report. For studies searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
+best_model.{py,pt}, best_genome.json, final.json and the report, and with the deploy extra
+best_model.onnx and best_model.int8.onnx (their accuracy, size and speed in final.json and the report). For studies searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
 again after a crash and it continues from <out>/final_checkpoint.pt.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     study, url = open_existing(args)
 
     from .data import load_full, store_normalisation
-    from .final import FINAL_FILES, retrain_best, trial_to_retrain
+    from .final import DEPLOY_FILES, FINAL_FILES, retrain_best, trial_to_retrain
     from .report import write_report
     from .study import stored_settings
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     store_normalisation(study, data)  # a study begun before search.run stored it
     final = retrain_best(study, settings, data, out, epochs, args.device, args.progress, trial_number=args.trial)
     paths = write_report(study, out, url)
-    for key in FINAL_FILES:
+    for key in FINAL_FILES + (DEPLOY_FILES if "files" in (final.get("deploy") or {}) else ()):
         paths[key] = out / key
     for key, path in paths.items():
         print(f"{key}: {path}")

@@ -5,7 +5,8 @@ override them. Trains on the full training set and evaluates the test set once, 
 (plain accuracy, and flip-TTA accuracy beside it). `--val-size N` holds N training images out instead and
 also reports validation accuracy after every epoch: that is how recipes are compared without looking at
 the test set. Under --out it writes metrics.json, history.csv, report.txt (per-class report and confusion
-matrix), model.pt (state_dict; the EMA weights when the recipe keeps an EMA) and checkpoint.pt; the same
+matrix), model.pt (state_dict; the EMA weights when the recipe keeps an EMA) and checkpoint.pt, and with
+--onnx model.onnx and model.int8.onnx (train.deploy; their accuracy, size and speed in metrics.json); the same
 command after a crash or Ctrl-C resumes from the checkpoint, and the same command after a finished run
 reuses it (it says so). The default --out is results/train/<spec>-<dataset>/, so runs of different nets
 never share a checkpoint.
@@ -31,6 +32,8 @@ from space.spec import CliParser, fail, plural, run_cli
 from .data import DATASETS, DataError, load_dataset, train_val_split
 from .defaults import DEFAULTS
 from .device import DeviceError, check_device
+from .deploy import DEPLOY_EXTRA, DeployError, deploy
+from .deploy import missing as deploy_missing
 from .engine import (TrainConfig, TrainError, TrainResult, predict_images, resolve_device, train, tta_accuracy,
                      with_overrides)
 from .report import classification_summary, confusion_text
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     p.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is not a "
                    "terminal (by default only a terminal gets one: in a log file it is a stream of \\r lines)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (fp32) and model.int8.onnx (static "
+                   "int8), verified against PyTorch and evaluated with ONNX Runtime (needs the deploy extra)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_rule_flags(p)
     p.add_argument("--force", action="store_true", help="train a genome that breaks the rules (default: refuse it)")
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         rules = rules_from_args(args)
     except RulesError as e:
         fail(str(e))
+    if args.onnx and deploy_missing():
+        fail(f"--onnx needs {', '.join(deploy_missing())} (the deploy extra): {DEPLOY_EXTRA}")
     if args.dataset not in DEFAULTS:
         fail(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
     d = DEFAULTS[args.dataset]
@@ -186,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"validation accuracy {metrics['val_acc']:.4f} (flip-TTA {metrics['val_acc_tta']:.4f})")
     print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {plural(result.epochs, 'epoch')} "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
+    if args.onnx:  # after the line above, which a failed export leaves printed
+        try:
+            metrics["deploy"] = deploy(result.model, out / "model.onnx", test_data, metrics["test_acc"],
+                                       int8_path=out / "model.int8.onnx", seed=args.seed)
+        except DeployError as e:
+            fail(str(e), code=1)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}))
     return 0
