@@ -33,7 +33,7 @@ ensure_env() {
     # The project itself (editable) once, and again only when its dependencies change.
     stamp="$VENV/.tinynas-setup.cfg"
     if ! cmp -s setup.cfg "$stamp"; then
-        python -m pip install -q -e ".[test,postgres]"  # postgres: the driver tests/test_postgres.py needs
+        python -m pip install -q -e ".[test,postgres,deploy]"  # postgres: the driver tests/test_postgres.py needs; deploy: ONNX
         cp setup.cfg "$stamp"
     fi
 }

@@ -14,6 +14,13 @@ the others at a barrier, then trains every genome (rotated, so jobs do not all t
 for --seconds / --genomes seconds each. A job's rate = its images / its training seconds; the aggregate is
 the sum over the jobs, which ran over the same window.
 
+Noise: on a busy machine a run measures the other work, not this one. So every job count is measured until
+two of its runs agree within AGREE (at least 2 runs, at most --repeats), and its figure is their mean; N jobs
+cannot train more than N times the images of one, so a speed-up above N x SPEEDUP_SLACK over the first job
+count means that figure was disturbed: the first count is measured again once, and a speed-up still above
+it, or a count whose runs never agreed, is printed as a `warning:` line, its rows marked unreliable (and
+"reliable": false in --json), and --jobs is recommended (best_jobs) only from reliable rows, or not at all.
+
 Projection (the assumptions are printed with it, and in --json):
   search  = trials x mean epochs per trained trial x (train images + val images / EVAL_SPEEDUP) / aggregate
             mean epochs = (1 - pruned fraction) x trial epochs + pruned fraction x the epochs a pruned trial
@@ -27,26 +34,30 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
+from typing import Callable
 
 from .cli import ERRORS, make_parser
-from .settings import DEFAULTS, SearchError
+from .settings import DATASET_SIZES, DEFAULTS, SearchError
 
-__all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "sample_typical", "measure", "project", "main"]
+__all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "AGREE", "SPEEDUP_SLACK", "sample_typical", "measure",
+           "settle", "assess", "project", "main"]
 
 EVAL_SPEEDUP = 3.0  # evaluation images per training image-time: forward only (no backward, no step, no augment)
 PRUNED_FRACTION = 0.5  # assumed share of trained trials the median pruner stops (it prunes below-median curves)
-DATASET_SIZES = {"cifar10": (50_000, 10_000)}  # training / test images of the official set, known without loading
+AGREE = 0.25  # two runs of one job count agree when they differ by at most this share of the larger
+SPEEDUP_SLACK = 1.15  # a speed-up above jobs/first jobs x this is noise, not parallelism (timer and scheduling slack)
 
 
 def sample_typical(n: int, seed: int = 0, max_params: int = 200_000, min_rf: int = 44) -> list:
     """The first n feasible genomes the search space's uniform sampler draws."""
-    from space import check
+    from space import Rules, check
     from space.sample import sample_genomes
 
-    out = []
-    for g in sample_genomes(100 * n + 100, seed=seed):
-        if not check(g, max_params, min_rf):
+    out, rules = [], Rules(max_params, min_rf)
+    for g in sample_genomes(100 * n + 100, seed=seed, rules=rules):
+        if not check(g, rules):
             out.append(g)
             if len(out) == n:
                 return out
@@ -116,6 +127,42 @@ def measure(genomes: list, jobs: int, device: str, batch: int, steps: int, secon
     return {"jobs": jobs, "images_per_s": round(sum(rates), 1), "per_job_images_per_s": round(sum(rates) / jobs, 1)}
 
 
+def settle(run_once: Callable[[], dict], max_runs: int) -> dict:
+    """Measure (run_once: one `measure` call) until two runs agree within AGREE, at least twice, at most max_runs
+    times: the agreeing pair's mean, with every run's aggregate images/s in "runs" and "agreed" (False: none
+    agreed; the figure is then the mean of all runs)."""
+    runs: list[dict] = []
+    pair: tuple[dict, dict] | None = None
+    while len(runs) < max(max_runs, 2) and pair is None:
+        runs.append(run_once())
+        close = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+                 if abs(a["images_per_s"] - b["images_per_s"]) <= AGREE * max(a["images_per_s"], b["images_per_s"])]
+        pair = min(close, key=lambda ab: abs(ab[0]["images_per_s"] - ab[1]["images_per_s"]), default=None)
+    used = pair or tuple(runs)
+    rate = sum(r["images_per_s"] for r in used) / len(used)
+    jobs = runs[0]["jobs"]
+    return {"jobs": jobs, "images_per_s": round(rate, 1), "per_job_images_per_s": round(rate / jobs, 1),
+            "runs": [r["images_per_s"] for r in runs], "agreed": pair is not None}
+
+
+def assess(rows: list[dict]) -> list[str]:
+    """Set each row's "speedup" (over rows[0]), "plausible" (at most its share of jobs, with SPEEDUP_SLACK) and
+    "reliable"; returns the warnings, one line each, for what is not."""
+    base = rows[0]
+    warnings = [f"jobs {r['jobs']}: its {len(r['runs'])} runs disagree ({', '.join(f'{x:,.0f}' for x in r['runs'])} "
+                f"images/s, none two within {AGREE:.0%})" for r in rows if not r["agreed"]]
+    for r in rows:
+        r["speedup"] = round(r["images_per_s"] / base["images_per_s"], 2)
+        r["plausible"] = r["speedup"] <= r["jobs"] / base["jobs"] * SPEEDUP_SLACK
+        if not r["plausible"]:
+            warnings.append(f"jobs {r['jobs']}: {r['speedup']:.2f}x the images/s of jobs {base['jobs']}, more than "
+                            f"{r['jobs'] / base['jobs']:g} times as many jobs can train: one of the two was disturbed")
+    plausible = all(r["plausible"] for r in rows)
+    for r in rows:  # the first row is every speed-up's reference: if it is in doubt, so is every row
+        r["reliable"] = bool(r["agreed"] and base["agreed"] and plausible)
+    return warnings
+
+
 def project(aggregate: float, single: float, dataset: str, n_train: int, n_test: int, trials: int,
             trial_epochs: int, final_epochs: int, pruned_fraction: float) -> dict:
     """Seconds of the search (at `aggregate` images/s) and of the final retrain (at `single` images/s)."""
@@ -139,7 +186,8 @@ def _job_counts(text: str | None, device_type: str) -> list[int]:
         if counts[0] < 1:
             raise SearchError(f"--jobs must be positive integers separated by commas, got {text!r}")
         return counts
-    limit = (os.cpu_count() or 1) if device_type != "cuda" else 8  # a CPU job per core; GPUs: up to 8
+    from train.device import available_cpus
+    limit = available_cpus() if device_type != "cuda" else 8  # a CPU job per core; GPUs: up to 8
     return [2 ** i for i in range(8) if 2 ** i <= limit]
 
 
@@ -150,7 +198,10 @@ def build_parser():
     p.add_argument("--jobs", default=None, help="job counts to measure, e.g. 1,2,4 (default: powers of 2 up to the "
                    "CPU cores on CPU, up to 8 on CUDA)")
     p.add_argument("--genomes", type=int, default=None, help="sampled genomes each job trains (CPU 2, CUDA 4)")
-    p.add_argument("--seconds", type=float, default=None, help="measured seconds per job count (CPU 4, CUDA 20)")
+    p.add_argument("--seconds", type=float, default=None, help="measured seconds per run (CPU 2, CUDA 10: two "
+                   "runs that agree make a figure)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per job count at most; it is measured until two agree "
+                   f"within {AGREE:.0%} (at least 2; default 3)")
     p.add_argument("--batch-size", type=int, default=None, help="measured batch (CUDA: the dataset's, CPU: 32)")
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (CPU 1, CUDA 20: one host sync per epoch)")
     p.add_argument("--trials", type=int, default=100, help="trained trials to project (default 100)")
@@ -163,24 +214,17 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.dataset not in DEFAULTS or args.dataset == "synthetic":
-        raise SearchError(f"--dataset must be cifar10 or digits, got {args.dataset!r}")
-    if not 0 <= args.pruned_fraction <= 1:
-        raise SearchError(f"--pruned-fraction must lie in [0, 1], got {args.pruned_fraction}")
-    for flag in ("genomes", "seconds", "steps", "trials", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise SearchError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    _check(args)
 
     import torch
-    from train.engine import resolve_device
+    from train.device import check_device
 
-    dev = resolve_device(args.device)
+    dev = check_device(args.device)
     cuda = dev.type == "cuda"
     counts = _job_counts(args.jobs, dev.type)
     d = DEFAULTS[args.dataset]
     genomes = sample_typical(args.genomes or (4 if cuda else 2), seed=args.seed)
-    seconds, steps = args.seconds or (20.0 if cuda else 4.0), args.steps or (20 if cuda else 1)
+    seconds, steps = args.seconds or (10.0 if cuda else 2.0), args.steps or (20 if cuda else 1)
     batch = args.batch_size or (d.batch_size if cuda else 32)
     if args.dataset in DATASET_SIZES:
         n_train, n_test = DATASET_SIZES[args.dataset]
@@ -188,16 +232,26 @@ def main(argv: list[str] | None = None) -> int:
         from train.data import load_dataset
         data = load_dataset(args.dataset, None)
         n_train, n_test = len(data.y_train), len(data.y_test)
-    rows = []
-    for jobs in counts:
-        rows.append(measure(genomes, jobs, str(dev), batch, steps, seconds, d.augment))
+    def run_once(jobs: int) -> dict:
+        return measure(genomes, jobs, str(dev), batch, steps, seconds, d.augment)
+
+    rows = [settle(lambda: run_once(jobs), args.repeats) for jobs in counts]
+    warnings = assess(rows)
+    if not all(r["plausible"] for r in rows):
+        # The first count is the reference of every speed-up: measure it again, once, after the others.
+        again = settle(lambda: run_once(counts[0]), args.repeats)
+        rows[0] = {**again, "runs": rows[0]["runs"] + again["runs"]}
+        warnings = assess(rows)
     single = rows[0]["images_per_s"] if counts[0] == 1 else rows[0]["per_job_images_per_s"]
     for row in rows:
-        row["speedup"] = round(row["images_per_s"] / rows[0]["images_per_s"], 2)
         row.update(project(row["images_per_s"], single, args.dataset, n_train, n_test, args.trials,
                            d.trial_epochs, d.final_epochs, args.pruned_fraction))
-    best = min(rows, key=lambda r: r["total_seconds"])
+    reliable = [r for r in rows if r["reliable"]]
+    best = min(reliable, key=lambda r: r["total_seconds"]) if reliable else None
     from space import analyze
+    from train.device import available_cpus
+
+    from .workers import auto_jobs
 
     result = {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
@@ -209,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                         "eval_speedup": EVAL_SPEEDUP, "final_rate": "one job alone",
                         "not_counted": "rejected candidates, model building, start-up, data loading"},
         "genomes": [{"summary": g.summary(), "params": analyze(g).params, "macs": analyze(g).macs} for g in genomes],
-        "rows": rows, "best_jobs": best["jobs"],
+        "repeats": args.repeats, "rows": rows, "reliable": len(reliable) == len(rows), "warnings": warnings,
+        "best_jobs": best["jobs"] if best else None, "auto_jobs": auto_jobs(str(dev)), "available_cpus": available_cpus(),
     }
     _print_table(result, args, d)
     if args.json:
@@ -217,20 +272,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check(args) -> None:
+    """SearchError (one line) for a flag out of range."""
+    if args.dataset not in DEFAULTS or args.dataset == "synthetic":
+        raise SearchError(f"--dataset must be cifar10 or digits, got {args.dataset!r}")
+    if not 0 <= args.pruned_fraction <= 1:
+        raise SearchError(f"--pruned-fraction must lie in [0, 1], got {args.pruned_fraction}")
+    if args.repeats < 2:
+        raise SearchError(f"--repeats must be at least 2 (two runs that agree make a figure), got {args.repeats}")
+    for flag in ("genomes", "seconds", "steps", "trials", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise SearchError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+
+
 def _print_table(result: dict, args, d) -> None:
-    """The measurements and the projection, one row per job count."""
-    rows, best = result["rows"], next(r for r in result["rows"] if r["jobs"] == result["best_jobs"])
+    """The measurements, the projection (one row per job count) and the warnings."""
+    rows, warnings = result["rows"], result["warnings"]
+    reliable = [r for r in rows if r["reliable"]]
+    best = next((r for r in rows if r["jobs"] == result["best_jobs"]), None) if reliable else None
     print(f"{args.dataset} on {result['device']} ({result['device_name']}), measured at batch "
           f"{result['measured_batch_size']}; {len(result['genomes'])} sampled genomes, "
-          f"{result['seconds_per_measurement']:g} s per job count")
+          f"{result['seconds_per_measurement']:g} s per run, until two runs of a job count agree "
+          f"(at most {args.repeats})")
     print(f"projection: --trials {args.trials} x {d.trial_epochs} epochs ({args.pruned_fraction:.0%} pruned after "
           f"{d.trial_epochs // 2 + 1}) on {rows[0]['train_images']:,} + {rows[0]['val_images']:,} validation "
           f"images, then {d.final_epochs} epochs on {result['train_images_total']:,}")
     print(f"{'jobs':>4}  {'images/s':>10}  {'per job':>9}  {'speedup':>7}  {'search':>9}  {'final':>9}  {'total':>9}")
     for r in rows:
         print(f"{r['jobs']:>4}  {r['images_per_s']:>10,.0f}  {r['per_job_images_per_s']:>9,.0f}  {r['speedup']:>6.2f}x  "
-              f"{_hms(r['search_seconds']):>9}  {_hms(r['final_seconds']):>9}  {_hms(r['total_seconds']):>9}")
-    print(f"fastest: --jobs {best['jobs']}, about {_hms(best['total_seconds'])} for search + final retrain")
+              f"{_hms(r['search_seconds']):>9}  {_hms(r['final_seconds']):>9}  {_hms(r['total_seconds']):>9}"
+              + ("" if r["reliable"] else "  unreliable"))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if warnings:
+        print("warning: the rows marked unreliable measured other work on this machine as much as this one; rerun "
+              "when it is idle, or with more --seconds / --repeats", file=sys.stderr)
+    if best is None:
+        print("fastest: unknown, no reliable figure (see the warnings)")
+    else:
+        print(f"fastest: --jobs {best['jobs']}, about {_hms(best['total_seconds'])} for search + final retrain"
+              + ("" if len(reliable) == len(rows) else " (of the reliable rows only)"))
 
 def _hms(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)

@@ -10,6 +10,7 @@ import optuna
 from space.genome import GenomeError
 from space.spec import CliParser
 from train.data import DataError
+from train.device import DeviceError
 
 from .locate import locate
 from .settings import SearchError
@@ -17,7 +18,7 @@ from .storage import open_storage, redact
 
 __all__ = ["ERRORS", "make_parser", "add_study_args", "open_existing", "positive_int"]
 
-ERRORS = (SearchError, DataError, GenomeError)
+ERRORS = (SearchError, DataError, GenomeError, DeviceError)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the commands print their own one line per trial
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from space import Genome, Rules, analyze, check, suggest_genome
+from space import CONSTRUCTION_VERSION, Genome, Rules, analyze, check, suggest_genome
 from space.searchspace import RandomTrial
 
 from .settings import SearchError
@@ -22,8 +22,8 @@ __all__ = ["constraint_values", "check_satisfiable", "random_rejection_rate"]
 
 
 def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
-    max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
     a = analyze(genome)
+    max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
     values = {
         "params": a.params / max_params - 1.0,
         "rf": (min_rf - a.rf) / min_rf,
@@ -39,20 +39,17 @@ def check_satisfiable(rules: Rules, num_classes: int = 10, probes: int = 500, se
     """SearchError, before any training, if no probed genome meets the constraints.
 
     The probes are uniform samples of the space, whose construction fills each one's budget fraction of
-    max_params (a shape too large even at the narrowest widths comes out at those widths, so the fewest
-    parameters are probed too) and raises dilations to reach min_rf. `max_macs` (per image) is checked as
-    drawn: the construction fills the parameter budget, not a MACs one. Fast: analysis is analytic.
+    max_params within max_macs (a shape too large even at its cheapest comes out at its narrowest widths, so
+    the fewest parameters and MACs are probed too) and raises dilations to reach min_rf. Fast: analysis is
+    analytic.
     """
     max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
-    if max_params < 1 or min_rf < 1 or (max_macs is not None and max_macs < 1):
-        raise SearchError(f"--max-params, --min-rf and --max-macs must be positive, got {max_params}, {min_rf} "
-                          f"and {max_macs}")
     rng = random.Random(seed)
     fewest, widest_rf = None, 0  # fewest params among nets meeting the RF and op rules; largest RF in budget
     fewest_macs = None  # fewest MACs per image among nets meeting the RF and op rules
     for _ in range(probes):
-        genome = suggest_genome(RandomTrial(rng), num_classes=num_classes, max_params=max_params, min_rf=min_rf)
-        if not check(genome, max_params, min_rf, max_macs):
+        genome = suggest_genome(RandomTrial(rng), num_classes=num_classes, rules=rules)
+        if not check(genome, rules):
             return
         a = analyze(genome)
         ops_ok = any(l.separable for l in genome.layers) and any(l.dilated for l in genome.layers)
@@ -71,10 +68,9 @@ def check_satisfiable(rules: Rules, num_classes: int = 10, probes: int = 500, se
                       f"is {widest_rf or 'none'}); relax the constraints")
 
 
-def random_rejection_rate(rules: Rules, probes: int = 500, seed: int = 0) -> float:
+def random_rejection_rate(rules: Rules, probes: int = 500, seed: int = 0,
+                          construction: int = CONSTRUCTION_VERSION) -> float:
     """The fraction of uniformly drawn genomes that break the rules: the baseline TPE should beat."""
-    max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
     rng = random.Random(seed)
-    return sum(bool(check(suggest_genome(RandomTrial(rng), max_params=max_params, min_rf=min_rf), max_params,
-                          min_rf, max_macs))
+    return sum(bool(check(suggest_genome(RandomTrial(rng), rules=rules, version=construction), rules))
                for _ in range(probes)) / probes

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.data import DATASETS, ImageData, load_dataset, train_val_split
+import optuna
+
+from space.spec import plural
+from train.data import DATASETS, DataError, ImageData, load_dataset, train_val_split
 from train.engine import MIN_STEPS
 
 from .settings import SearchError, SearchSettings
 
-__all__ = ["check_steps", "load_full", "search_split"]
+__all__ = ["NORMALISATION_KEY", "check_steps", "load_full", "search_split", "store_normalisation",
+           "study_normalisation"]
+
+# The study user attr holding the input normalisation of its final retrain: {"mean": [r, g, b], "std": [r, g, b]},
+# per channel in [0, 1] units, of the training images search.run and search.retrain load (the --subset-train
+# ones, if given); search.export writes it into the exported file as MEAN and STD.
+NORMALISATION_KEY = "normalisation"
 
 
 def load_full(dataset: str, data_dir: str | Path | None, subset_train: int | None = None,
@@ -27,13 +36,36 @@ def load_full(dataset: str, data_dir: str | Path | None, subset_train: int | Non
     return data
 
 
+def store_normalisation(study: optuna.Study, data: ImageData) -> None:
+    """Record data's per-channel mean and std in the study, once (they are fixed by its stored settings)."""
+    if NORMALISATION_KEY not in study.user_attrs:
+        study.set_user_attr(NORMALISATION_KEY, {"mean": [round(float(m), 6) for m in data.mean],
+                                                "std": [round(float(s), 6) for s in data.std]})
+
+
+def study_normalisation(study: optuna.Study, data_dir: str | Path | None) -> tuple[list[float], list[float]]:
+    """(mean, std) the study's final retrain normalises with: stored by search.run, or, for a study stored
+    before they were, computed from its dataset in data_dir (never downloaded)."""
+    stored = study.user_attrs.get(NORMALISATION_KEY)
+    if stored:
+        return list(stored["mean"]), list(stored["std"])
+    from .study import stored_settings
+
+    s = stored_settings(study)
+    try:
+        data = load_full(s.dataset, data_dir, s.subset_train, None, s.seed, download=False)
+    except DataError as e:
+        raise SearchError(f"study {study.study_name!r} stores no input normalisation (it predates it), and its "
+                          f"{s.dataset} training images could not be read to compute it: {e}; give --data-dir"
+                          ) from None
+    return [float(m) for m in data.mean], [float(v) for v in data.std]
 
 
 def check_steps(n_images: int, batch_size: int, epochs: int, what: str) -> None:
     """SearchError, before any training, if a run would have too few full batches to train."""
     steps = n_images // batch_size * epochs  # the last partial batch is dropped
     if steps < MIN_STEPS:
-        raise SearchError(f"{what}: {n_images} training images in batches of {batch_size} for {epochs} epochs "
+        raise SearchError(f"{what}: {n_images} training images in batches of {batch_size} for {plural(epochs, 'epoch')} "
                           f"make {steps} optimizer steps (at least {MIN_STEPS} needed); lower --batch-size or use "
                           "more data or epochs")
 

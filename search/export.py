@@ -4,37 +4,108 @@ Without --trial it exports the winner (highest validation accuracy among complet
 fewer parameters; in a multi-objective study, among the members of the Pareto front). Any other trial,
 e.g. another front member (the `pareto` column of leaderboard.csv), by --trial N. The file needs only
 torch (space.export.export_code); the final retrain writes the same code as best_model.py next to
-best_model.pt, plus the input normalisation it was trained with. A trial the search rejected (it breaks a
-rule: too many parameters or MACs, too small a receptive field, no DSC or no dilated conv) is refused unless
---force is given.
+best_model.pt. Both files define MEAN and STD, the input normalisation of the study's final retrain
+(stored with the study; for a study begun before it was, computed from its dataset in --data-dir).
+A trial the search rejected (it breaks a rule: too many parameters or MACs, too small a receptive field,
+no DSC or no dilated conv) is refused unless --force is given.
+
+`--onnx FILE.onnx` (and `--int8`: FILE.int8.onnx beside it) exports the retrained weights of the winner (or
+of --trial N) instead, from <--out>/best_model.pt and final.json of its search.retrain: fp32 ONNX verified
+against PyTorch, static int8, both evaluated on the test set and timed with ONNX Runtime (train.deploy; needs
+the deploy extra). A trial that has not been retrained has no weights: retrain it first.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import optuna
+
 from space.export import export_code
+from space.genome import Genome
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing
+from .data import study_normalisation
 from .lifecycle import rejected_reason
+from .settings import SearchError
 from .trials import genome_of, pick_trial
 
-__all__ = ["main"]
+__all__ = ["add_onnx_args", "export_retrained_onnx", "main"]
+
+
+def add_onnx_args(p) -> None:
+    p.add_argument("--onnx", metavar="FILE.onnx", help="write the retrained weights as fp32 ONNX (verified, evaluated "
+                   "and timed with ONNX Runtime)")
+    p.add_argument("--int8", action="store_true", help="with --onnx: also FILE.int8.onnx, static int8 quantization")
+    p.add_argument("--out", default=None, help="with --onnx: the retrain's folder holding final.json and best_model.pt "
+                   "(default: results/<study>/)")
+    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/: with --onnx, the calibration "
+                   "and test images; for a study begun before its input normalisation was stored, MEAN and STD")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
+
+
+def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args) -> dict:
+    """args.onnx (and its .int8.onnx with args.int8) from trial `number`'s retrained weights in args.out."""
+    from space import build
+    from train.deploy import DEPLOY_EXTRA, DeployError, deploy, missing
+    from train.engine import TrainError, load_weights
+
+    from .data import load_full
+    from .final import load_final
+    from .study import stored_settings
+
+    target = Path(args.onnx)
+    if target.suffix != ".onnx":
+        raise SearchError(f"--onnx {target}: the file name must end in .onnx")
+    if missing():
+        raise SearchError(f"--onnx needs {', '.join(missing())} (the deploy extra): {DEPLOY_EXTRA}")
+    out = Path(args.out) if args.out else Path("results") / study.study_name
+    final = load_final(out)
+    if not (final and final.get("study") == study.study_name and final.get("trial") == number
+            and (out / "best_model.pt").is_file()):
+        raise SearchError(f"trial {number} of study {study.study_name!r} has no trained weights in {out}/ (its "
+                          f"best_model.pt and final.json); retrain it first: python -m search.retrain --study-name "
+                          f"{study.study_name} --trial {number} --out {out}")
+    model = build(genome)
+    try:
+        model.load_state_dict(load_weights(out / "best_model.pt"))
+    except TrainError as e:
+        raise SearchError(str(e)) from None
+    except RuntimeError as e:  # tensors of another net
+        raise SearchError(f"{out / 'best_model.pt'} does not hold trial {number}'s weights "
+                          f"({str(e).splitlines()[0]}); retrain it") from None
+    settings = stored_settings(study)
+    # the images the retrain trained and tested on (its calibration and test images)
+    data = load_full(settings.dataset, args.data_dir, settings.subset_train, final.get("n_test"), settings.seed,
+                     download=not args.no_download)
+    try:
+        return deploy(model, target, data, final["test_acc"],
+                      int8_path=target.with_suffix(".int8.onnx") if args.int8 else None, seed=settings.seed)
+    except DeployError as e:
+        raise SearchError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m search.export", __doc__)
     add_study_args(p)
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
-    p.add_argument("-o", "--output", required=True, help="the .py file to write")
+    p.add_argument("-o", "--output", help="the .py file to write")
     p.add_argument("--force", action="store_true", help="export a trial the search rejected (it breaks the rules)")
+    add_onnx_args(p)
     args = p.parse_args(argv)
+    if not (args.output or args.onnx):
+        raise SearchError("give -o FILE.py (the code) or --onnx FILE.onnx (the retrained weights), or both")
     study, _ = open_existing(args)
     trial = pick_trial(study, args.trial, force=args.force)
     number, genome = trial.number, genome_of(trial)
+    if args.onnx:
+        export_retrained_onnx(study, number, genome, args)
+    if not args.output:
+        return 0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(export_code(genome))
+    mean, std = study_normalisation(study, args.data_dir)  # MEAN and STD: what the final retrain normalises with
+    out.write_text(export_code(genome, mean, std))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
     reason = rejected_reason(trial)
     if reason:

@@ -6,7 +6,9 @@ member of the front). The retrain uses no validation
 split (nothing is selected during it), checkpoints every epoch to <out>/final_checkpoint.pt so that a
 crashed or interrupted retrain resumes, and evaluates the test set after its last epoch, once.
 It writes best_model.pt (state_dict, CPU tensors), best_model.py (standalone code + input normalisation),
-best_genome.json and final.json (metrics, learning curves, test predictions for the report).
+best_genome.json and final.json (metrics, learning curves, test predictions for the report), and, with the
+deploy extra installed, best_model.onnx and best_model.int8.onnx (train.deploy: verified against PyTorch,
+evaluated and timed with ONNX Runtime; the figures go into final.json under "deploy").
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 
 from space import analyze
 from space.export import export_code
+from space.spec import plural
 from train.data import ImageData
 from train.engine import resolve_device, train
 from train.files import write_json
@@ -30,11 +33,12 @@ from train.testset import score_test_set
 from .settings import SearchError, SearchSettings
 from .trials import genome_of, pick_trial, val_acc
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "retrain_best", "load_final"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "deploy_final", "load_final"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
+DEPLOY_FILES = ("best_model.onnx", "best_model.int8.onnx")  # and these, with the deploy extra
 
 
 def _finite(d: dict) -> dict:
@@ -66,6 +70,26 @@ def _claim_checkpoint(out: Path, owner: dict, log: Callable[[str], None]) -> Pat
     return ckpt
 
 
+def deploy_final(model: torch.nn.Module, out: Path, data: ImageData, test_acc: float, seed: int,
+                 log: Callable[[str], None] = print) -> dict:
+    """best_model.onnx and best_model.int8.onnx under `out` and their figures (train.deploy), or, without
+    the deploy extra, {"skipped": why} and one line saying which extra adds them."""
+    from train.deploy import DEPLOY_EXTRA, DeployError, deploy, missing
+
+    absent = missing()
+    if absent:
+        why = f"{', '.join(absent)} not installed"
+        log(f"no ONNX files ({why}): {DEPLOY_EXTRA} adds best_model.onnx and best_model.int8.onnx")
+        for name in DEPLOY_FILES:  # an earlier retrain's files would not hold these weights
+            (out / name).unlink(missing_ok=True)
+        return {"skipped": why}
+    try:
+        return deploy(model, out / DEPLOY_FILES[0], data, test_acc, int8_path=out / DEPLOY_FILES[1], log=log,
+                      seed=seed)
+    except DeployError as e:
+        raise SearchError(f"ONNX export of the winner: {e}") from None
+
+
 def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
                  device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
                  trial_number: int | None = None) -> dict:
@@ -81,7 +105,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     if (done and (out / "best_model.pt").exists()
             and [done.get(k) for k in ("study", "trial", "genome", "epochs", "n_train", "n_test")]
             == [study.study_name, trial.number, genome.to_json(), epochs, len(data.y_train), len(data.y_test)]):
-        log(f"trial {trial.number} was already retrained for {epochs} epochs: test accuracy "
+        log(f"trial {trial.number} was already retrained for {plural(epochs, 'epoch')}: test accuracy "
             f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
         return done
     config = settings.train_config(epochs, device, eval_every=-1, progress=progress)
@@ -90,7 +114,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))
     a = analyze(genome)
     log(f"final retrain of trial {trial.number} ({genome.summary()}; {a.params:,} params, val acc "
-        f"{val_acc(trial):.4f}) for {epochs} epochs on {len(data.y_train):,} images")
+        f"{val_acc(trial):.4f}) for {plural(epochs, 'epoch')} on {len(data.y_train):,} images")
     t0 = time.time()
     try:  # eval_every=-1: train() never evaluates, so the test set is looked at exactly once, below
         result = train(genome, config, data)
@@ -120,6 +144,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "std": [float(s) for s in data.std], "history": [_finite(asdict(h)) for h in result.history],
         "y_true": scores.labels.tolist(), "y_pred": scores.pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_json(out / FINAL_JSON, record)
     log(f"test accuracy {test_acc:.4f} (flip-TTA {test_acc_tta:.4f}; {len(data.y_test):,} images, evaluated once)")
+    record["deploy"] = deploy_final(result.model, out, data, test_acc, settings.seed, log)
+    write_json(out / FINAL_JSON, record)
     return record

@@ -49,6 +49,9 @@ MAX_RETRIES = 2  # times one candidate is queued again after its worker died or 
 # The user-attr keys of a trial's state.
 _PHASE, _TRAINED, _REJECTED, _DUPLICATE_OF = "phase", "trained", "rejected", "duplicate_of"
 _LOST_TO, _FAILED, _RETRY_OF, _RETRIES = "prescreen_lost_to", "failed_reason", "retry_of", "retries"
+# What Optuna's own tools (optuna-dashboard, `optuna trials`) show of a candidate never trained: a rejected
+# one is COMPLETE there (value 0, how TPE learns the infeasible region), so this attr tells it apart.
+_STATUS = "status"
 INTERRUPTED = "interrupted"  # the failed_reason of a trial stopped by Ctrl-C / SIGTERM
 
 
@@ -191,6 +194,7 @@ def mark(trial: optuna.Trial, phase: Phase) -> None:
 
 def tell_rejected(study: optuna.Study, trial: optuna.Trial, reason: str, values: list[float]) -> None:
     trial.set_user_attr(_REJECTED, reason)
+    trial.set_user_attr(_STATUS, str(Outcome.REJECTED))
     study.tell(trial, values)
 
 
@@ -201,19 +205,19 @@ def tell_duplicate(study: optuna.Study, trial: optuna.Trial, genome_json: str) -
         if t.number == trial.number or t.user_attrs.get("genome") != genome_json:
             continue
         k = classify(t)
-        if k == Outcome.RUNNING and t.user_attrs.get(_PHASE) == Phase.TRAINING:
-            trial.set_user_attr(_DUPLICATE_OF, t.number)
+        if k not in (Outcome.COMPLETED, Outcome.PRUNED) and not (
+                k == Outcome.RUNNING and t.user_attrs.get(_PHASE) == Phase.TRAINING):
+            continue
+        trial.set_user_attr(_DUPLICATE_OF, t.number)
+        trial.set_user_attr(_STATUS, str(Outcome.DUPLICATE))  # told its original's state and value; never trained
+        if k == Outcome.RUNNING:
             study.tell(trial, state=TrialState.FAIL)  # another worker is training it right now
         elif k == Outcome.COMPLETED:
-            trial.set_user_attr(_DUPLICATE_OF, t.number)
             study.tell(trial, t.values)
-        elif k == Outcome.PRUNED:
-            trial.set_user_attr(_DUPLICATE_OF, t.number)
+        else:
             for step, value in sorted(t.intermediate_values.items()):
                 trial.report(value, step)
             study.tell(trial, state=TrialState.PRUNED)
-        else:
-            continue
         return t
     return None
 
@@ -244,6 +248,7 @@ def tell_not_trained(study: optuna.Study, trial: optuna.Trial, reason: str) -> N
 
 def tell_screened(study: optuna.Study, trial: optuna.Trial, winner: int) -> None:
     trial.set_user_attr(_LOST_TO, winner)
+    trial.set_user_attr(_STATUS, str(Outcome.SCREENED))
     study.tell(trial, state=TrialState.FAIL)  # why FAIL and not PRUNED: search.prescreen
 
 

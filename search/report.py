@@ -14,6 +14,7 @@ import pandas as pd
 
 from space import Genome, analyze
 from space.describe import table
+from space.spec import plural
 
 from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
@@ -71,6 +72,29 @@ def _per_class(final: dict) -> tuple[str, str]:
     return text, confusion_text(cm, classes)
 
 
+def _deploy_section(deploy: dict | None) -> list[str]:
+    """report.md's lines on the ONNX files (train.deploy's figures in final.json), or why there are none."""
+    if not deploy:
+        return []
+    if "files" not in deploy:
+        return ["### Deployment (ONNX)", "", f"No ONNX files: {deploy.get('skipped', 'not exported')} "
+                "(`pip install -e \".[deploy]\"` adds them).", ""]
+    kinds = [k for k in ("fp32", "int8") if k in deploy]
+    rows = [{"model": "PyTorch (fp32)", "file": "best_model.pt", "test_acc": deploy["torch_acc"]}]
+    rows += [{"model": f"ONNX {k}", "file": Path(deploy["files"][k]).name, "test_acc": deploy[k]["test_acc"],
+              "size (KB)": f"{deploy[k]['size_kb']:,.1f}", "ms per image, batch 1": f"{deploy[k]['latency_ms_b1']:.3f}",
+              "images/s, batch 256": f"{deploy[k]['images_per_s_b256']:,.0f}"} for k in kinds]
+    f = deploy["fp32"]
+    return ["### Deployment (ONNX)", "", _md_table(pd.DataFrame(rows)), "",
+            f"Test accuracies of ONNX Runtime {deploy.get('onnxruntime', '')} on all {deploy['n_test']:,} test images. "
+            f"The fp32 file's logits are within {deploy['logit_max_abs_diff']:.1e} of PyTorch's on "
+            f"{deploy['verified_images']} training images (allowed {deploy['logit_atol']:g}); opset {deploy['opset']}. "
+            + (f"int8: {deploy['quantization']}. " if "quantization" in deploy else "")
+            + f"Latency: median of single-image runs, and images/s at batch 256, on {f['cpu']} with "
+              f"{f['threads']} thread(s). Input: N x 3 x 32 x 32 float32, RGB in [0, 1] minus MEAN, divided by STD "
+              "(both in the file's metadata and in best_model.py).", ""]
+
+
 def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[str, Path]:
     """Write leaderboard.csv, report.md and plots/*.png under `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +109,7 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     budget_of = {"params": settings.max_params, "macs": settings.max_macs} if settings else {}
     paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png", budget_of.get(cost), cost)
     paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
-    baseline = random_rejection_rate(settings.rules) if settings else None
+    baseline = random_rejection_rate(settings.rules, construction=settings.construction) if settings else None
     paths["plot_rejected"] = plots.plot_rejected(rejected, out / "plots" / "rejected.png", baseline)
     final = load_final(out)
     if final and final.get("study") != study.study_name:
@@ -105,13 +129,14 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     return paths
 
 
-def write_and_list(study: optuna.Study, out: Path, storage_url: str, retrained: bool) -> dict[str, Path]:
-    """write_report, then print the path of each output (with the final retrain's files if `retrained`)."""
-    from .final import FINAL_FILES
+def write_and_list(study: optuna.Study, out: Path, storage_url: str, final: dict | None) -> dict[str, Path]:
+    """write_report, then print the path of each output (with the files of the final retrain `final`)."""
+    from .final import DEPLOY_FILES, FINAL_FILES
 
     paths = write_report(study, out, storage_url)
-    if retrained:
-        paths.update({key: out / key for key in FINAL_FILES})
+    if final:
+        deployed = DEPLOY_FILES if "files" in (final.get("deploy") or {}) else ()
+        paths.update({key: out / key for key in FINAL_FILES + deployed})
     for key, path in paths.items():
         print(f"{key}: {path}")
     return paths
@@ -126,7 +151,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
                f"Trial {final['trial']}{' (preset ' + final['preset'] + ')' if final.get('preset') else ''}: "
                f"`{final['summary']}`", "",
                f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
-               f"after retraining from scratch for {final['epochs']} epochs on all {final['n_train']:,} training images",
+               f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on all {final['n_train']:,} training images",
                f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
                *([f"* retrained by request (`search.retrain --trial {final['trial']}`); the default winner is trial "
                   f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"] else []),
@@ -141,6 +166,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
                f"{final['train_seconds']:.1f} s of training ({final['images_per_s']:,.0f} images/s) on "
                f"{_device(final)}, {final['wall_seconds']:.1f} s wall; seed {final['seed']}, "
                f"batch {final['batch_size']}, peak lr {final['lr']}, augmentation {'on' if final['augment'] else 'off'}.", ""]
+        md += _deploy_section(final.get("deploy"))
     elif len(best):
         b = best.iloc[0]
         g = Genome.from_json(next(t for t in trials if t.number == b.number).user_attrs["genome"])
@@ -179,7 +205,7 @@ def _search_section(trials: list, settings, rejected: list[bool], baseline: floa
                f"<= {settings.max_params:,} parameters, "
                + (f"<= {settings.max_macs:,} MACs per image, " if settings.max_macs else "")
                + f"RF >= {settings.min_rf}, "
-               f"{settings.trial_epochs} epochs per trial, validation split {settings.val_size}, "
+               f"{plural(settings.trial_epochs, 'epoch')} per trial, validation split {settings.val_size}, "
                f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
                f"peak lr {settings.lr}, augmentation {'on' if settings.augment else 'off'}, seed {settings.seed}"
                + (f", prescreen: each trained trial the best of {settings.prescreen} feasible proposals by "
@@ -241,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     study, url = open_existing(args)
     out = Path(args.out) if args.out else Path("results") / study.study_name
-    write_and_list(study, out, url, retrained=False)
+    write_and_list(study, out, url, None)
     return 0
 
 

@@ -3,13 +3,16 @@
 Retrains the study's best trial (validation accuracy; ties: fewer parameters; in a multi-objective study
 the most accurate member of the Pareto front), or trial N (e.g. another member of the front: see the
 `pareto` column of leaderboard.csv), from scratch on all training images, tests it once, writes
-best_model.{py,pt}, best_genome.json, final.json and the report. For studies searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
+best_model.{py,pt}, best_genome.json, final.json and the report, and with the deploy extra
+best_model.onnx and best_model.int8.onnx (their accuracy, size and speed in final.json and the report). For studies searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
 again after a crash and it continues from <out>/final_checkpoint.pt.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from train.device import check_device
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing, positive_int
 from .settings import DEFAULTS
@@ -30,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     args = p.parse_args(argv)
+    check_device(args.device)  # before the study is opened or anything written
     positive_int("--final-epochs", args.final_epochs)
     positive_int("--subset-test", args.subset_test)
     study, url = open_existing(args)
 
-    from .data import load_full
+    from .data import load_full, store_normalisation
     from .final import retrain_best
     from .report import write_and_list
     from .study import stored_settings
@@ -47,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     # The same training images the search split (a --subset-train of the search carries over).
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
+    store_normalisation(study, data)  # a study begun before search.run stored it
     final = retrain_best(study, settings, data, out, epochs, args.device, args.progress, trial_number=args.trial)
-    paths = write_and_list(study, out, url, retrained=True)
+    paths = write_and_list(study, out, url, final)
     if args.json:
         print(json.dumps({"study": study.study_name, "trial": final["trial"], "val_acc": final["val_acc"],
                           "test_acc": final["test_acc"], "epochs": epochs, "out": str(out),

@@ -36,13 +36,15 @@ from pathlib import Path
 
 import optuna
 
+from space.spec import plural
+from train.device import check_device
 from train.files import removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
 from .objectives import cost_name, parse_objectives
-from .settings import DEFAULTS, DatasetDefaults, SearchError, SearchSettings, parse_val_size
+from .settings import DEFAULTS, DatasetDefaults, SearchError, SearchSettings, default_val_size, parse_val_size
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 
@@ -123,21 +125,23 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_device(args.device)  # before any storage, data or output is touched
     worker = args.worker is not None
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)
         signal.signal(signal.SIGINT, _stop_once)
-    settings, final_epochs, jobs = _config(args)
+    asked, final_epochs, jobs, val_note = _config(args)
     name = args.study_name or f"{args.dataset}-nas"
     url, migrated = _storage_url(args.storage, name, jobs)
     label = redact(url)  # what is printed and stored: never a password
-    settings, kept, full, split, study, created = _open(args, settings, url, name, final_epochs)
+    settings, kept, full, split, study, created = _open(args, asked, url, name, final_epochs)
     out = Path(args.out) if args.out else Path("results") / name
     say = (lambda line: print(f"[w{args.worker}] {line}", flush=True)) if worker else (lambda line: print(line, flush=True))
     if not worker:
         run_key = _announce(args, argv, study, created, settings, full, split, jobs, out, label,
                             (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
-                            + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""))
+                            + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""),
+                            val_note if settings.val_size == asked.val_size else "")
         signal.signal(signal.SIGTERM, _sigterm)
     from .final import retrain_best
     from .runner import SearchStopped  # after argument errors: these import torch
@@ -179,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int]:
-    """(settings, final epochs, jobs) from the flags and the dataset's defaults; SearchError for a bad one."""
+def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
+    """(settings, final epochs, jobs, a note on the validation split) from the flags and the dataset's
+    defaults; SearchError for a bad one."""
     from .prescreen import parse_prescreen
     from .study import PRUNERS  # after argument errors: importing optuna's samplers takes a moment
     from .workers import auto_jobs, parse_jobs
@@ -202,15 +207,19 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int]:
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
     prescreen, proxy = parse_prescreen(args.prescreen, args.proxy)
     batch = args.batch_size or d.batch_size
+    if args.val_size:
+        val_size, val_note = parse_val_size(args.val_size), ""
+    else:  # the dataset's default; with --subset-train, its fraction of the subset (val_note says so)
+        val_size, val_note = default_val_size(args.dataset, args.subset_train)
     settings = SearchSettings(
         dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf,
         trial_epochs=args.trial_epochs or d.trial_epochs,
-        val_size=parse_val_size(args.val_size) if args.val_size else d.val_size, seed=args.seed,
+        val_size=val_size, seed=args.seed,
         subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
         max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
     check_satisfiable(settings.rules)  # before any data or training
     jobs = parse_jobs(args.jobs)
-    return settings, args.final_epochs or d.final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs
+    return settings, args.final_epochs or d.final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs, val_note
 
 
 def _storage_url(storage: str | None, name: str, jobs: int) -> tuple[str, bool]:
@@ -239,8 +248,9 @@ def _open(args: argparse.Namespace, settings: SearchSettings, url: str, name: st
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
         # A study begun under older defaults resumes with the values it was measured with: those of
-        # train.defaults no flag gave, and the recipe (TrainConfig's, never a flag).
-        defaulted = {f.name for f in fields(DatasetDefaults) if getattr(args, f.name, None) is None} | {"recipe"}
+        # train.defaults no flag gave, the recipe (TrainConfig's) and the construction (space's), never flags.
+        defaulted = ({f.name for f in fields(DatasetDefaults) if getattr(args, f.name, None) is None}
+                     | {"recipe", "construction"})
         settings, kept = keep_stored_defaults(storage, name, settings, defaulted)
         split = search_split(full, settings)
         if not args.no_final:
@@ -250,20 +260,23 @@ def _open(args: argparse.Namespace, settings: SearchSettings, url: str, name: st
     return settings, kept, full, split, study, created
 
 
-def _announce(args, argv, study, created, settings, full, split, jobs, out, label, notes) -> str:
+def _announce(args, argv, study, created, settings, full, split, jobs, out, label, notes, val_note) -> str:
     """Once per run, by the parent: the seed presets (a new study), the machine, the plan; the run's key."""
+    from .data import store_normalisation
     from .report import RUN_PREFIX
     from .study import enqueue_presets
 
     presets = enqueue_presets(study, full.num_classes) if created and not args.no_presets else []
+    store_normalisation(study, full)  # for search.export's MEAN and STD
     info = machine_info(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     run_key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"
     command = shlex.join([os.path.basename(sys.executable), "-m", "search.run", *(sys.argv[1:] if argv is None else argv)])
     study.set_user_attr(run_key, {**info, "started": started, "command": command})
     print(f"study {study.study_name} ({'new' if created else 'resumed'}) in {label}; outputs in {out}/{notes}")
-    print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images; "
-          f"{settings.trial_epochs} epochs per trial on {info['device']}"
+    print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images"
+          + (f" ({val_note})" if val_note else "") + "; "
+          f"{plural(settings.trial_epochs, 'epoch')} per trial on {info['device']}"
           + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
           + (f" (objectives {settings.objectives}: multi-objective studies cannot be pruned)"
              if cost_name(settings.objectives) else "")
@@ -309,9 +322,9 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
-          + (f"; test accuracy {final['test_acc']:.4f} after {final_epochs} epochs ({final_seconds:.0f} s)"
+          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ({final_seconds:.0f} s)"
              if final else ""))
-    paths = write_and_list(study, out, label, retrained=final is not None)
+    paths = write_and_list(study, out, label, final)
     if args.json:
         print(json.dumps({"study": name, "storage": label, "dataset": args.dataset, "trials": args.trials,
                           **counts.as_dict(), "epochs_without_pruning": counts.trained * settings.trial_epochs,

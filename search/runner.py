@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 import optuna
 
-from space import Analysis, Genome, analyze, check, suggest_genome
+from space import Analysis, Genome, analyze, check, construct
 
 from .constraints import constraint_values
 from .lifecycle import (Counts, Outcome, Phase, abandon, claim, classify, count, free_places, is_enqueued, mark,
@@ -63,6 +63,7 @@ class TrainFn(Protocol):
 
 def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> TrainFn:
     """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch."""
+    import torch
     from train.engine import train
 
     config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None)
@@ -70,13 +71,25 @@ def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> Train
     def train_fn(genome: Genome, on_epoch: Callable[[object], bool]):
         try:
             return train(genome, config, data, on_epoch=on_epoch)
-        except Exception:
-            import torch
-            if torch.cuda.is_available():  # after an out-of-memory error, give the next candidate a clean slate
-                torch.cuda.empty_cache()
-            raise
+        except torch.OutOfMemoryError as e:
+            # The traceback's frames hold the trial's model, activations and gradients: drop it, leave the
+            # except block (which releases them), and only then hand the cached memory back, so that the
+            # next candidate starts with a clean slate.
+            error = e.with_traceback(None)
+        release_memory()
+        raise error
 
     return train_fn
+
+
+def release_memory() -> None:
+    """Free what unreferenced tensors still hold: Python's cycles first, then CUDA's cached blocks."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _json_float(value: float) -> float | None:
@@ -210,9 +223,9 @@ class Search:
         """Record the candidate and return it, feasible and new; _Told if it was rejected or is a duplicate."""
         s, n = self.settings, trial.number
         trial.set_user_attr("worker", worker_identity())
-        suggested = suggest_genome(trial, num_classes=self.num_classes, max_params=s.max_params, min_rf=s.min_rf)
+        built = construct(trial, s.rules, num_classes=self.num_classes, version=s.construction)
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
-        genome = Genome.from_json(carried) if carried else suggested
+        genome = Genome.from_json(carried) if carried else built.genome
         a = analyze(genome)
         for key, value in constraint_values(genome, s.rules).items():
             trial.set_constraint(key, value)
@@ -220,9 +233,9 @@ class Search:
                            "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations}.items():
             trial.set_user_attr(key, value)
         tag = f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else ""
-        violations = check(genome, s.max_params, s.min_rf, s.max_macs)
+        violations = check(genome, s.rules)
         if violations:
-            reason = "; ".join(violations)
+            reason = "; ".join(violations + ([built.note] if built.note and not carried else []))
             tell_rejected(self.study, trial, reason, objective_values(REJECTED_VALUE, a, s.objectives))
             self.log(f"trial {n:>4}  rejected  {reason}{tag}")
             raise _Told(Outcome.REJECTED)

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from space import SPACE_VERSION, Rules
+from space import CONSTRUCTION_VERSION, SPACE_VERSION, Rules
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
-__all__ = ["DEFAULT_PROXY", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS", "SearchSettings",
-           "migrate", "parse_val_size"]
+__all__ = ["DEFAULT_PROXY", "DATASET_SIZES", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS",
+           "SearchSettings", "migrate", "parse_val_size", "default_val_size"]
 
 
 class SearchError(Exception):
@@ -39,6 +39,25 @@ def parse_val_size(text: str) -> int | float:
     if value <= 0 or (isinstance(value, float) and value >= 1):
         raise SearchError(f"--val-size must be a positive count or a fraction in (0, 1), got {text}")
     return value
+
+
+DATASET_SIZES = {"cifar10": (50_000, 10_000)}  # training / test images of the official set, known without loading
+
+
+def default_val_size(dataset: str, subset_train: int | None) -> tuple[int | float, str]:
+    """(validation size, note) when --val-size is not given: the dataset's default (train.defaults), and for a
+    --subset-train smaller than the training set the same fraction of the subset (CIFAR-10: 5,000 of 50,000,
+    so 10 %), with a note saying so; the note is "" where nothing was scaled (a default that is already a
+    fraction applies to the subset as it is)."""
+    default = DEFAULTS[dataset].val_size
+    if subset_train is None or isinstance(default, float) or dataset not in DATASET_SIZES:
+        return default, ""
+    n_all = DATASET_SIZES[dataset][0]
+    if subset_train >= n_all:
+        return default, ""
+    n = max(1, round(subset_train * default / n_all))
+    return n, (f"--subset-train {subset_train:,} without --val-size: {n:,} of them held out for validation, the "
+               f"default {default / n_all:.0%} ({default:,} of {n_all:,}); --val-size to choose")
 
 
 # The prescreen's proxy when --proxy is not given: the one that ranked trained genomes of the space best
@@ -65,6 +84,9 @@ class SearchSettings:
     max_macs: int | None = None  # multiply-accumulates per image (None: no limit)
     objectives: str = "accuracy"  # or "accuracy,params" / "accuracy,macs" (search.objectives)
     space: int = SPACE_VERSION  # the search space's version (space.SPACE_VERSION) the trials were sampled from
+    # How the space's points become genomes under the rules (space.CONSTRUCTION_VERSION); a study resumes with
+    # the construction it was begun with (search.run keeps the stored one).
+    construction: int = CONSTRUCTION_VERSION
     # Which candidates get trained (search.prescreen): each trained trial is the best of `prescreen` feasible
     # proposals by `proxy`; 1 = off.
     prescreen: int = 1
@@ -136,7 +158,8 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     """Stored settings of any layout, as SCHEMA's; SearchError (one line) for a layout later than this one.
 
     Schema 1 (no "schema" key) gained keys over time; a key it lacks means the value from before the key
-    existed: no MACs limit, accuracy alone, search space 1, no prescreen, and the recipe of that time.
+    existed: no MACs limit, accuracy alone, search space 1 and construction 1, no prescreen, and the recipe
+    of that time.
     """
     version = d.get("schema", 1)
     if not isinstance(version, int) or version > SCHEMA:
@@ -145,7 +168,8 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     if version == 1:
         # The recipe before it was stored: bias_lr_scale was stored on its own, or was 1.0.
         recipe = {**_SCHEMA1_RECIPE, "bias_lr_scale": d.get("bias_lr_scale", 1.0)}
-        d = {"max_macs": None, "objectives": "accuracy", "space": 1, "prescreen": 1, "proxy": DEFAULT_PROXY,
+        d = {"max_macs": None, "objectives": "accuracy", "space": 1, "construction": 1, "prescreen": 1,
+             "proxy": DEFAULT_PROXY,
              "recipe": recipe, **d, "schema": SCHEMA}
     return d
 

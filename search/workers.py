@@ -73,24 +73,25 @@ def parse_jobs(text: str) -> int | str:
 
 def auto_jobs(device: str) -> int:
     """Workers for `--jobs auto` on a device: 1 on CPU/MPS; on CUDA free memory / GIB_PER_JOB, capped by
-    the CPU cores (each worker's Python thread launches its kernels) and MAX_AUTO_JOBS.
+    the CPU cores this process may use (each worker's Python thread launches its kernels) and MAX_AUTO_JOBS.
 
     A rule of thumb from memory, not a measurement: `python -m search.bench --device cuda` measures the
     aggregate throughput of 1, 2, 4, ... jobs on the node and shows where it stops growing.
     """
     import torch
-    from train.engine import resolve_device
+    from train.device import available_cpus, resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(dev)
-    return max(1, min(int(free / 2**30 // GIB_PER_JOB), os.cpu_count() or 1, MAX_AUTO_JOBS))
+    return max(1, min(int(free / 2**30 // GIB_PER_JOB), available_cpus(), MAX_AUTO_JOBS))
 
 
 def cpu_threads(jobs: int) -> int:
     """Intra-op threads per worker so that N workers together use the cores once, not N times over."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+    from train.device import available_cpus
+    return max(1, available_cpus() // jobs)
 
 
 def worker_argv(argv: list[str], index: int) -> list[str]:

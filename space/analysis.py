@@ -26,11 +26,7 @@ from functools import lru_cache
 
 from .genome import Genome, Layer
 
-__all__ = ["LayerInfo", "ShortcutInfo", "Analysis", "analyze", "check", "layer_params", "layer_peak_activations",
-           "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
-
-DEFAULT_MAX_PARAMS = 200_000
-DEFAULT_MIN_RF = 44  # input pixels
+__all__ = ["LayerInfo", "ShortcutInfo", "Analysis", "analyze", "layer_params", "layer_peak_activations"]
 
 
 @dataclass(frozen=True)
@@ -168,22 +164,3 @@ def analyze(genome: Genome, input_size: int = 32) -> Analysis:
     by_block = {int(sc.name[1]) - 1: sc for sc in shortcuts}
     return Analysis(tuple(rows), head_params, cin * genome.num_classes, input_size,
                     _peak_activations(rows, by_block, input_size, genome.num_classes), shortcuts)
-
-
-def check(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF,
-          max_macs: int | None = None) -> list[str]:
-    """Readable violations of the rules; an empty list means the genome is feasible. `max_macs` (MACs per
-    image) is an optional extra budget: None means no limit."""
-    a = analyze(genome)
-    violations = []
-    if a.params > max_params:
-        violations.append(f"{a.params:,} parameters > {max_params:,}")
-    if max_macs is not None and a.macs > max_macs:
-        violations.append(f"{a.macs:,} MACs > {max_macs:,}")
-    if a.rf < min_rf:
-        violations.append(f"RF {a.rf} < {min_rf}")
-    if not any(l.separable for l in genome.layers):
-        violations.append("no depthwise-separable conv")
-    if not any(l.dilated for l in genome.layers):
-        violations.append("no dilated conv")
-    return violations

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Analysis, analyze, check
-from .genome import Genome
+from .analysis import Analysis, analyze
+from .genome import Genome, GenomeError
+from .rules import Rules, RulesError, add_rule_flags, check, rules_from_args
 from .spec import CliParser, load_spec, run_cli
 
 __all__ = ["describe", "table", "main"]
@@ -33,7 +34,7 @@ def table(genome: Genome, a: Analysis | None = None) -> str:
     return "\n".join(out)
 
 
-def describe(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF) -> dict:
+def describe(genome: Genome, rules: Rules = Rules()) -> dict:
     a = analyze(genome)
     return {
         "summary": genome.summary(),
@@ -42,7 +43,7 @@ def describe(genome: Genome, max_params: int = DEFAULT_MAX_PARAMS, min_rf: int =
         "rf": a.rf,
         "final_size": a.final_size,
         "peak_activations": a.peak_activations,  # elements per image; x4 for bytes at fp32
-        "violations": check(genome, max_params, min_rf),
+        "violations": check(genome, rules),
         "layers": [{"name": i.name, "op": i.layer.op, "cin": i.cin, "cout": i.layer.out, "stride": i.layer.stride,
                     "dilation": i.layer.dilation, "size": i.size, "rf": i.rf, "jump": i.jump, "params": i.params,
                     "macs": i.macs} for i in a.layers],
@@ -56,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m space.describe", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS)
-    p.add_argument("--min-rf", type=int, default=DEFAULT_MIN_RF)
+    add_rule_flags(p)
     args = p.parse_args(argv)
+    rules = rules_from_args(args)
     genome = load_spec(args.spec)
-    d = describe(genome, args.max_params, args.min_rf)
+    d = describe(genome, rules)
     if args.json:
         print(json.dumps(d))
         return 0
@@ -76,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, (GenomeError, RulesError))

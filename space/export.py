@@ -11,9 +11,10 @@ from pathlib import Path
 
 from typing import Sequence
 
-from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze, check
+from .analysis import analyze
 from .genome import Genome, GenomeError
 from .layers import Classifier, ConvBN, Projection, Residual, SepConvBN, module_calls
+from .rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Rules, check
 from .spec import CliParser, load_spec, run_cli
 
 __all__ = ["export_code", "main"]
@@ -29,7 +30,7 @@ def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequen
     weights were trained with, as MEAN and STD."""
     a = analyze(genome)
     blocks, head = module_calls(genome)
-    violations = check(genome, max_params, min_rf)
+    violations = check(genome, Rules(max_params, min_rf))
     lines = [
         '"""Standalone model exported by tinynas (space.export). Needs only torch.',
         "",

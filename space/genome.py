@@ -80,8 +80,9 @@ class Layer:
         return self.dilation > 1
 
     def short(self) -> str:
-        """Compact text such as 'dsc3x64/s2' or 'conv3x80@d4'."""
-        s = f"{self.op}x{self.out}"
+        """Compact text such as 'dsc3(64)/s2' or 'conv3(80)@d4': the op (kernel 3 or 1), then its output channels
+        in parentheses (not 'conv3x80', which reads like a 3x80 kernel), stride, dilation."""
+        s = f"{self.op}({self.out})"
         if self.stride > 1:
             s += f"/s{self.stride}"
         if self.dilation > 1:
@@ -163,7 +164,7 @@ class Genome:
         return "identity" if same else "projection"
 
     def summary(self) -> str:
-        """One line, e.g. 'C1[conv3x24 conv3x32/s2] C2[...] ... O[linear]'."""
+        """One line, e.g. 'C1[conv3(24) conv3(32)/s2] C2[...] ... O[linear]'."""
         parts = [f"C{b}[{' '.join(l.short() for l in block)}{' +skip' if r else ''}]"
                  for b, (block, r) in enumerate(zip(self.blocks, self.residual), 1)]
         head = self.head.kind + (f" drop{self.head.dropout:g}" if self.head.dropout else "")

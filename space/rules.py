@@ -1,16 +1,85 @@
-"""`Rules`: the limits every searched net must meet, passed whole (see space.analysis.check for the rest of
-the rules: at least one depthwise-separable and one dilated conv)."""
+"""The rules a genome must meet, as one frozen value: the construction (space.searchspace), the check, and
+every command that takes them as flags (--max-params, --min-rf, --max-macs) share it.
+
+Besides these three numbers every net needs at least one depthwise-separable and one dilated conv; those
+two are fixed, not settings.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, replace
 
-from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF
+from .analysis import analyze
+from .genome import Genome
 
-__all__ = ["Rules"]
+__all__ = ["Rules", "RulesError", "check", "add_rule_flags", "rules_from_args", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
+
+DEFAULT_MAX_PARAMS = 200_000
+DEFAULT_MIN_RF = 44  # input pixels
+
+
+class RulesError(ValueError):
+    """Rules that cannot be (a value that is not a positive integer); the message is one line."""
 
 
 @dataclass(frozen=True)
 class Rules:
-    max_params: int = DEFAULT_MAX_PARAMS  # parameters
+    max_params: int = DEFAULT_MAX_PARAMS  # trainable parameters (as torchsummary counts them)
     min_rf: int = DEFAULT_MIN_RF  # receptive field, input pixels
     max_macs: int | None = None  # multiply-accumulates per image; None: no limit
+
+    def __post_init__(self) -> None:
+        for name in ("max_params", "min_rf", "max_macs"):
+            value = getattr(self, name)
+            if name == "max_macs" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RulesError(f"{name} must be a positive integer, got {value!r}")
+
+    def describe(self) -> str:
+        """The rules in words, e.g. '<= 200,000 parameters, <= 20,000,000 MACs per image, RF >= 44'."""
+        macs = f"<= {self.max_macs:,} MACs per image, " if self.max_macs is not None else ""
+        return f"<= {self.max_params:,} parameters, {macs}RF >= {self.min_rf}"
+
+
+def check(genome: Genome, rules: Rules | None = None, *, max_params: int | None = None, min_rf: int | None = None,
+          max_macs: int | None = None) -> list[str]:
+    """Readable violations of the rules; an empty list means the genome is feasible.
+
+    `rules` defaults to Rules(); the keywords override single fields of it (check(g, max_params=10**6))."""
+    rules = rules or Rules()
+    given = {k: v for k, v in (("max_params", max_params), ("min_rf", min_rf), ("max_macs", max_macs)) if v is not None}
+    if given:
+        rules = replace(rules, **given)
+    a = analyze(genome)
+    violations = []
+    if a.params > rules.max_params:
+        violations.append(f"{a.params:,} parameters > {rules.max_params:,}")
+    if rules.max_macs is not None and a.macs > rules.max_macs:
+        violations.append(f"{a.macs:,} MACs > {rules.max_macs:,}")
+    if a.rf < rules.min_rf:
+        violations.append(f"RF {a.rf} < {rules.min_rf}")
+    if not any(l.separable for l in genome.layers):
+        violations.append("no depthwise-separable conv")
+    if not any(l.dilated for l in genome.layers):
+        violations.append("no dilated conv")
+    return violations
+
+
+def add_rule_flags(parser: argparse.ArgumentParser) -> None:
+    """--max-params, --min-rf and --max-macs, as search.run takes them."""
+    parser.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS,
+                        help=f"parameter budget (default {DEFAULT_MAX_PARAMS:,})")
+    parser.add_argument("--min-rf", type=int, default=DEFAULT_MIN_RF,
+                        help=f"smallest receptive field, pixels (default {DEFAULT_MIN_RF})")
+    parser.add_argument("--max-macs", type=int, default=None,
+                        help="multiply-accumulates per image (default: no limit)")
+
+
+def rules_from_args(args: argparse.Namespace) -> Rules:
+    """The Rules of add_rule_flags' flags; RulesError (one line, naming the flag) if one is not positive."""
+    for flag in ("max_params", "min_rf", "max_macs"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise RulesError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    return Rules(args.max_params, args.min_rf, args.max_macs)

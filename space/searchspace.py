@@ -17,14 +17,19 @@ Twenty-six named parameters, none conditional, so TPE models each one on every t
     budget         the parameter count to fill, in percent of max_params (65..100)
     dropout        before the classifier
 
-Construction, in order (in suggest_genome):
+Construction, in order (in construct):
     1. the shape from the parameters above;
     2. rules the shape can meet whatever the widths: if no block is separable, C4's 3x3 layers become
        DSC; then, while the RF is below min_rf, the dilation of the 3x3 layers with the largest jump steps
-       up (1 -> 2 -> 4 -> 8), which also ensures a dilated conv; dilation costs no parameters;
+       up (1 -> 2 -> 4 -> 8), which also ensures a dilated conv; dilation costs no parameters and no MACs;
     3. widths: multiples of 8 of multiplier * c{b}_rel * 8 channels (at least 8), the multiplier the
-       largest whose exact analytic parameter count stays <= budget (bisection; the count grows with the
-       multiplier), then each block in turn widened by 8 while the count still fits.
+       largest whose exact analytic parameter count stays <= budget and whose MACs per image stay <=
+       max_macs (bisection; both counts grow with the multiplier), then each block in turn widened by 8
+       while both still fit;
+    4. only if max_macs is set and even the narrowest widths (8 channels everywhere) exceed it: the shape
+       is made cheaper and steps 2-3 repeat, first each down{k} that keeps the resolution ("dilate" or
+       "none") becomes "stride", C1's first, then every 3x3 layer but the stem becomes DSC. A shape still
+       over the cap comes out at its cheapest, and the construction's note says why it will be rejected.
 `trial` is anything with Optuna's suggest_int / suggest_categorical: an optuna.Trial, or `RandomTrial`
 for sampling without a study (space.sample, tests).
 """
@@ -34,11 +39,13 @@ import dataclasses
 import random
 from typing import Any, Protocol, Sequence
 
-from .analysis import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, analyze
+from .analysis import analyze
 from .genome import Genome, Head, Layer
+from .rules import DEFAULT_MAX_PARAMS, Rules
 
-__all__ = ["SPACE_VERSION", "suggest_genome", "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES",
-           "DILATIONS", "DOWNS", "DROPOUTS", "BUDGET_PERCENT", "MAX_WIDTH"]
+__all__ = ["SPACE_VERSION", "CONSTRUCTION_VERSION", "Construction", "construct", "suggest_genome",
+           "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES", "DILATIONS", "DOWNS", "DROPOUTS",
+           "BUDGET_PERCENT", "MAX_WIDTH"]
 
 # Per block (low, high) relative width, in units of 8 channels at multiplier 1: wider deeper, as in every
 # seed; only the ratios matter, since the multiplier is solved for the budget.
@@ -54,6 +61,10 @@ DROPOUTS = (0.0, 0.05, 0.1)
 # TPE cannot learn from trials whose parameters mean something else, so a study of another version is not
 # resumed. 1: fixed widths per block, no residual blocks (before the budget-filling construction); 2: this.
 SPACE_VERSION = 2
+# How a point of the space becomes a genome under given rules. A study stores it too (search.settings) and
+# resumes with the construction it began with. 1: the widths fill the parameter budget, max_macs is only
+# checked afterwards; 2: the widths respect max_macs too, and a shape over it adapts (step 4 above).
+CONSTRUCTION_VERSION = 2
 BUDGET_PERCENT = (65, 100, 1)  # low, high, step: percent of max_params (median 82.5)
 MAX_WIDTH = 512  # channels: caps the multiplier for shapes that cannot fill the budget
 
@@ -137,19 +148,21 @@ def _widths(shape: _Shape, multiplier: float) -> list[int]:
     return [min(MAX_WIDTH, max(8, 8 * round(multiplier * r))) for r in shape.rel]
 
 
-def _fill(shape: _Shape, target: int) -> list[int]:
-    """Step 3: the widths (multiples of 8) whose parameter count comes closest to `target` from below."""
-    memo: dict[tuple[int, ...], int] = {}
+def _fill(shape: _Shape, target: int, max_macs: int | None) -> list[int] | None:
+    """Step 3: the widths (multiples of 8) whose parameter count comes closest to `target` from below with
+    MACs per image <= max_macs; None if even the narrowest widths break one of the two."""
+    memo: dict[tuple[int, ...], bool] = {}
 
     def fits(widths: list[int]) -> bool:
         key = tuple(widths)
         if key not in memo:
-            memo[key] = analyze(shape.genome(widths)).params
-        return memo[key] <= target
+            a = analyze(shape.genome(widths))
+            memo[key] = a.params <= target and (max_macs is None or a.macs <= max_macs)
+        return memo[key]
 
     lo, hi = 0.0, MAX_WIDTH / 8 / min(shape.rel)
     if not fits(_widths(shape, lo)):
-        return _widths(shape, lo)  # even the narrowest net is over: the check will reject it
+        return None
     # the widths are monotone step functions of the multiplier: once lo and hi give the same, so does all
     # between; else stop when the interval is far below any width step (lo and hi straddle one breakpoint)
     while _widths(shape, lo) != _widths(shape, hi) and hi - lo > 1e-4:
@@ -162,12 +175,67 @@ def _fill(shape: _Shape, target: int) -> list[int]:
     return widths
 
 
-def suggest_genome(trial: TrialLike, num_classes: int = 10, max_params: int = DEFAULT_MAX_PARAMS,
-                   min_rf: int = DEFAULT_MIN_RF) -> Genome:
-    """The genome of the trial's shape, built to fill its budget fraction of max_params with RF >= min_rf."""
-    shape, budget = _sample_shape(trial, num_classes)
-    shape = _meet_rules(shape, min_rf)
-    return shape.genome(_fill(shape, int(budget * max_params)))
+def _cheaper(shape: _Shape) -> list[_Shape]:
+    """Step 4: ever cheaper variants of a sampled shape (before step 2), for a MACs cap its narrowest widths
+    break: each down{k} that keeps the resolution made a stride in turn (C1's first: it saves the most),
+    then every 3x3 layer but the stem separable."""
+    layers = [[list(layer) for layer in block] for block in shape.layers]
+    variants = []
+    for k in range(3):
+        last = layers[k][-1]
+        if last[1] != 2:  # "dilate" or "none": the blocks after it run at this block's resolution
+            last[1:] = [2, 1, True]
+            variants.append([[list(l) for l in block] for block in layers])
+    for b, block in enumerate(layers):
+        for i, layer in enumerate(block):
+            if (b, i) != (0, 0):
+                layer[0] = "dsc3"
+    variants.append(layers)
+    return [dataclasses.replace(shape, layers=tuple(tuple(tuple(l) for l in block) for block in v)) for v in variants]
+
+
+@dataclasses.dataclass(frozen=True)
+class Construction:
+    """A constructed genome, and why it breaks the rules if the construction knows (else "")."""
+    genome: Genome
+    note: str = ""
+
+
+def construct(trial: TrialLike, rules: Rules = Rules(), num_classes: int = 10,
+              version: int = CONSTRUCTION_VERSION) -> Construction:
+    """The genome of the trial's shape, built to fill its budget fraction of rules.max_params with RF >=
+    rules.min_rf and, from construction version 2 on, MACs <= rules.max_macs (see the module docstring)."""
+    if version not in (1, 2):
+        raise ValueError(f"unknown construction version {version} (this one knows 1 and 2)")
+    sampled, budget = _sample_shape(trial, num_classes)
+    target = int(budget * rules.max_params)
+    max_macs = rules.max_macs if version >= 2 else None
+    shape = _meet_rules(sampled, rules.min_rf)
+    widths = _fill(shape, target, max_macs)
+    if widths is not None:
+        return Construction(shape.genome(widths))
+    narrowest = shape.genome(_widths(shape, 0.0))
+    if analyze(narrowest).params > target or max_macs is None:
+        return Construction(narrowest)  # over the parameter budget at 8 channels: the check says so
+    for variant in _cheaper(sampled):
+        cheaper = _meet_rules(variant, rules.min_rf)
+        widths = _fill(cheaper, target, max_macs)
+        if widths is not None:
+            return Construction(cheaper.genome(widths))
+    return Construction(cheaper.genome(_widths(cheaper, 0.0)),
+                        "over the MACs cap even at the narrowest widths (8 channels), with every downsampling a "
+                        "stride and every 3x3 layer but the stem separable")
+
+
+def suggest_genome(trial: TrialLike, num_classes: int = 10, rules: Rules | None = None, *,
+                   max_params: int | None = None, min_rf: int | None = None, max_macs: int | None = None,
+                   version: int = CONSTRUCTION_VERSION) -> Genome:
+    """construct(...).genome; the keywords override single fields of `rules` (default Rules())."""
+    rules = rules or Rules()
+    given = {k: v for k, v in (("max_params", max_params), ("min_rf", min_rf), ("max_macs", max_macs)) if v is not None}
+    if given:
+        rules = dataclasses.replace(rules, **given)
+    return construct(trial, rules, num_classes, version).genome
 
 
 def _nearest(value: float, choices: Sequence) -> Any:

@@ -10,7 +10,7 @@ from typing import Callable, NoReturn
 from .genome import Genome, GenomeError
 from .presets import PRESETS, get_preset
 
-__all__ = ["load_spec", "fail", "run_cli", "HelpFormatter", "CliParser"]
+__all__ = ["load_spec", "fail", "run_cli", "plural", "HelpFormatter", "CliParser"]
 
 
 def load_spec(spec: str) -> Genome:
@@ -30,6 +30,11 @@ def load_spec(spec: str) -> Genome:
     if spec in PRESETS:
         return get_preset(spec)
     raise GenomeError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a genome JSON file")
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 epoch', '8 epochs': a count for the commands' messages."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -88,7 +88,7 @@ def test_train_run_reports_test_accuracy_and_writes_outputs(tmp_path):
     spec.write_text(TINY.to_json())
     out = tmp_path / "out"
     r = run("train.run", str(spec), "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "2",
-            "--batch-size", "64", "--out", str(out), "--json", "--quiet", "--device", "cpu")
+            "--batch-size", "64", "--out", str(out), "--json", "--quiet", "--device", "cpu", "--min-rf", "25")
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["epochs"] == 2
@@ -330,7 +330,8 @@ def test_every_setting_is_either_recipe_or_the_runs_own_so_a_new_one_must_choose
     from dataclasses import fields
     from train.engine import RECIPE_FIELDS
     runs_own = {"epochs", "batch_size", "lr", "seed", "augment", "tta", "device", "channels_last", "amp", "compile",
-                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "held_out",
+                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "progress_bar", "held_out",
+                "compile_mode",
                 "nan_check_every"}
     assert {f.name for f in fields(TrainConfig)} == set(RECIPE_FIELDS) | runs_own
     assert not set(RECIPE_FIELDS) & runs_own

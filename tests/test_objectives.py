@@ -246,7 +246,7 @@ def test_retrain_takes_any_trained_trial_and_refuses_a_rejected_one(capsys, tmp_
     assert final["trial"] == other.number and final["genome"] == genome_of(other).to_json()
     assert final["val_acc"] == other.values[0] and final["peak_act"] == analyze(genome_of(other)).peak_activations
     assert json.loads((tmp_path / "o" / "final.json").read_text())["trial"] == other.number
-    assert check(genome_of(other), 100_000, 44) == []
+    assert check(genome_of(other), Rules(100_000, 44)) == []
 
 
 def test_multi_objective_search_end_to_end_and_a_front_member_exports(tmp_path):

@@ -124,11 +124,13 @@ def test_cheap_readme_commands_run_for_real(tmp_path):
     cheap = [c for c in dict.fromkeys(commands(ALL)) if python_m(c) and python_m(c)[0].startswith("space.")
              or "--dataset digits" in c and python_m(c) and python_m(c)[0] == "train.run"]
     assert len(cheap) >= 5
+    (tmp_path / "results").mkdir()  # as in the checkout, where results/ (git-ignored but for benchmarks/) exists
     for line in cheap:
         r = run_line(line, tmp_path, small_env())
         assert r.returncode == 0 and "Traceback" not in r.stderr, (line, r.stderr)
-    assert (tmp_path / "seed001.py").is_file() and (tmp_path / "my_genome.json").is_file()
+    assert (tmp_path / "results" / "seed001.py").is_file() and (tmp_path / "results" / "my_genome.json").is_file()
     assert (tmp_path / "results" / "train" / "seed003_net-digits" / "metrics.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]  # nothing git would see in a checkout
 
 
 def test_first_ten_minutes_runs_top_to_bottom_as_written(tmp_path):
@@ -145,7 +147,9 @@ def test_first_ten_minutes_runs_top_to_bottom_as_written(tmp_path):
             assert "using study digits-nas" in r.stderr  # found without --study-name, and said so
     assert [python_m(c)[0] for c in ran if python_m(c)] == ["search.run", "search.report", "search.export"]
     assert "# Architecture search: study `digits-nas`" in (tmp_path / "results/digits-nas/report.md").read_text()
-    assert "class Net" in (tmp_path / "best.py").read_text()
+    exported = (tmp_path / "results" / "best.py").read_text()
+    assert "class Net" in exported and "MEAN = (" in exported and "STD = (" in exported
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]  # nothing git would see in a checkout
     (code,) = blocks(text, "python")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -39,12 +39,12 @@ def test_rejected_candidate_is_not_trained():
     assert rejected, "the space is mostly infeasible at 100k parameters: some candidates must be rejected"
     for t in rejected:
         assert t.user_attrs["genome"] not in fake.calls
-        assert t.user_attrs["rejected"] == "; ".join(check(genome_of(t), 100_000, 44))
+        assert t.user_attrs["rejected"] == "; ".join(check(genome_of(t), Rules(100_000, 44)))
         assert {"n_params", "rf", "macs", "summary"} <= t.user_attrs.keys() and t.params
         assert t.state == TrialState.COMPLETE and max(t.constraints.values()) > 0
     assert counts.trained == 8 and len(fake.calls) == 8  # rejected ones do not count toward N
     for js in fake.calls:
-        assert check(Genome.from_json(js), 100_000, 44) == []
+        assert check(Genome.from_json(js), Rules(100_000, 44)) == []
     assert all(max(t.constraints.values()) <= 0 for t in trials if classify(t) == "completed")
 
 

@@ -1,11 +1,13 @@
 """The search space's construction: budget-filling widths, rules met by construction, the final gate."""
+import dataclasses
 import random
 import statistics
 
 import optuna
 import pytest
 
-from space import Genome, Layer, analyze, check, get_preset, params_from_genome, suggest_genome
+from space import Genome, Layer, Rules, RulesError, analyze, check, construct, get_preset, params_from_genome, suggest_genome
+from space.sample import summary
 from space.searchspace import MAX_WIDTH, RandomTrial
 
 
@@ -72,3 +74,72 @@ def test_an_infeasible_user_genome_is_still_refused_with_its_reason():
     # + 1,290 (head); RF 3 + 2 + 8 + 2
     assert check(g) == ["318,858 parameters > 200,000", "RF 15 < 44"]
     assert check(g, max_params=10**6, min_rf=15) == []
+
+
+@pytest.mark.parametrize("max_macs", [20_000_000, 40_000_000])
+def test_under_a_macs_cap_at_least_90_percent_of_uniform_samples_are_feasible(max_macs):
+    # the issue's acceptance figure (space.sample --n 400 --seed 3 --max-macs N), on 200 samples
+    rules = Rules(max_macs=max_macs)
+    s = summary(draw(200, seed=3, rules=rules), rules)
+    assert s["feasible"] >= 0.9, s
+    assert s["median_macs"] <= max_macs
+
+
+def test_widths_are_the_widest_within_both_the_budget_share_and_the_macs_cap():
+    rules = Rules(max_macs=20_000_000)
+    rng = random.Random(7)
+    for _ in range(40):
+        trial = RandomTrial(rng)
+        g = suggest_genome(trial, rules=rules)
+        target = int(trial.params["budget"] / 100 * rules.max_params)
+        a = analyze(g)
+        assert a.params <= target and a.macs <= rules.max_macs
+        # no block can take 8 more channels (every layer of a block shares its width) without breaking one
+        for b, block in enumerate(g.blocks):
+            if block[0].out + 8 > MAX_WIDTH:
+                continue
+            wider = [[dataclasses.replace(l, out=l.out + 8) if i == b else l for l in blk]
+                     for i, blk in enumerate(g.blocks)]
+            w = analyze(Genome(wider, g.head, residual=g.residual))
+            assert w.params > target or w.macs > rules.max_macs, (b, g.summary())
+
+
+def test_without_a_cap_the_construction_is_that_of_version_1():
+    for seed in range(30):
+        genomes = {v: suggest_genome(RandomTrial(random.Random(seed)), version=v) for v in (1, 2)}
+        assert genomes[1] == genomes[2]
+        # version 1 (a study begun before this change) ignores max_macs in the construction
+        capped = suggest_genome(RandomTrial(random.Random(seed)), rules=Rules(max_macs=1_000_000), version=1)
+        assert capped == genomes[1]
+
+
+FULL_RESOLUTION = {**{f"c{b}_rel": 4 for b in range(1, 5)}, **{f"c{b}_depth": 3 for b in range(1, 5)},
+                   **{f"c{b}_op": "conv3" for b in range(1, 5)}, **{f"c{b}_dilation": 1 for b in range(1, 5)},
+                   **{f"c{b}_skip": False for b in range(1, 5)}, "down1": "dilate", "down2": "dilate",
+                   "down3": "none", "residual": "off", "budget": 100, "dropout": 0.0}
+
+
+def test_a_shape_over_the_cap_even_at_8_channels_takes_strides_before_it_is_rejected():
+    plain = construct(optuna.trial.FixedTrial(FULL_RESOLUTION))
+    assert all(l.stride == 1 for l in plain.genome.layers)
+    narrowest = analyze(Genome([[dataclasses.replace(l, out=8) for l in b] for b in plain.genome.blocks])).macs
+    rules = Rules(max_macs=narrowest // 2)  # 12 layers of 8 channels at 32x32 are over it
+    built = construct(optuna.trial.FixedTrial(FULL_RESOLUTION), rules)
+    assert built.note == "" and check(built.genome, rules) == []
+    assert any(l.stride == 2 for l in built.genome.layers)
+    # far below anything the space can build: rejected, and the reason says the construction tried
+    tiny = Rules(max_macs=100_000)
+    built = construct(optuna.trial.FixedTrial(FULL_RESOLUTION), tiny)
+    assert "MACs > 100,000" in "; ".join(check(built.genome, tiny))
+    assert "even at the narrowest widths" in built.note and "every downsampling a stride" in built.note
+    assert [l.stride for b in built.genome.blocks for l in b[-1:]] == [2, 2, 2, 1]
+
+
+def test_rules_are_positive_integers_and_check_takes_them_whole_or_by_keyword():
+    assert Rules() == Rules(200_000, 44, None)
+    for bad in ({"max_params": 0}, {"min_rf": -1}, {"max_macs": 0}, {"max_params": 1.5}):
+        with pytest.raises(RulesError):
+            Rules(**bad)
+    g = get_preset("seed003_net")  # 84,322 parameters, 13,728,256 MACs, RF 55
+    assert check(g, Rules(max_macs=10_000_000)) == check(g, max_macs=10_000_000) == ["13,728,256 MACs > 10,000,000"]
+    assert check(g, Rules(max_params=80_000), min_rf=60) == ["84,322 parameters > 80,000", "RF 55 < 60"]

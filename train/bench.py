@@ -9,6 +9,7 @@ Three figures from one run, on the same model and device:
   compiled    (--compile) the pipeline with torch.compile (TrainConfig.compile): the second epoch is
               reported as the rate, the first epoch's extra seconds over the eager pipeline's first epoch
               as the compilation cost, which a trial pays once per candidate
+  graphs      (--cuda-graphs) the same with mode="reduce-overhead": forward and backward as CUDA graphs
 Each is measured --repeats times, interleaved, and the median reported. It says up front about how long
 that takes (--repeats x (3.25 + 1 with --baseline) x --seconds, plus loading) and prints a line to stderr
 after each measurement.
@@ -25,7 +26,8 @@ import time
 import torch
 import torch.nn as nn
 
-from .engine import TrainConfig, make_optimizer, resolve_device, train
+from .device import DeviceError, check_device, use_bf16
+from .engine import TrainConfig, make_optimizer, train
 
 __all__ = ["model_only_throughput", "main"]
 
@@ -40,7 +42,7 @@ def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.devi
     y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps=10**6)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    amp = cfg.amp and device.type == "cuda"
+    amp = use_bf16(device, cfg.amp)
     # Warm-up (allocator, oneDNN/cuDNN kernel selection) for a quarter of the time, then measure.
     warm_until = time.perf_counter() + seconds / 4
     seen, start, step = 0, None, 0
@@ -80,15 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each measurement, seconds")
     p.add_argument("--baseline", action="store_true", help="also measure the seed-style loop")
     p.add_argument("--compile", action="store_true", help="also measure the pipeline under torch.compile")
+    p.add_argument("--cuda-graphs", action="store_true", help="also measure the pipeline under torch.compile "
+                   "mode='reduce-overhead' (forward and backward replayed as CUDA graphs; on a CPU plain compile)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each figure (median)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
+    device = check_device(args.device)  # before the data is loaded
     if args.seconds <= 0 or args.repeats < 1 or args.batch_size < 1:
         fail("--seconds, --repeats and --batch-size must be positive")
     genome = load_spec(args.spec)
     data = load_dataset(args.dataset, args.data_dir)
-    device = resolve_device(args.device)
     cfg = TrainConfig(batch_size=args.batch_size, device=str(device), channels_last=not args.no_channels_last,
                       eval_every=0)
     result = {"spec": args.spec, "summary": genome.summary(), "dataset": data.name, "device": str(device),
@@ -99,15 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         result["gpu"] = torch.cuda.get_device_name(device)
     # Measurements interleave (model-only, pipeline, baseline, model-only, ...) so that a slow spell of a
     # shared machine hits all of them alike; each figure is the median over the repeats.
-    runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": [], "compiled": []}
-    first_epoch: dict[str, list[float]] = {"pipeline": [], "compiled": []}  # seconds, warm-up (and compilation)
+    runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": [], "compiled": [], "graphs": []}
+    first_epoch: dict[str, list[float]] = {"pipeline": [], "compiled": [], "graphs": []}  # seconds, warm-up (and compilation)
     # Seconds per repeat: model-only warms up for a quarter of --seconds then measures; the pipeline trains
     # two epochs of about --seconds each; the baseline measures --seconds after a short warm-up.
-    per_repeat = args.seconds * (1.25 + 2 + (1 if args.baseline else 0) + (2 if args.compile else 0))
-    kinds = ["model_only", "pipeline"] + ["baseline"] * args.baseline + ["compiled"] * args.compile
+    per_repeat = args.seconds * (1.25 + 2 + (1 if args.baseline else 0) + (2 if args.compile else 0)
+                                 + (2 if args.cuda_graphs else 0))
+    kinds = (["model_only", "pipeline"] + ["baseline"] * args.baseline + ["compiled"] * args.compile
+             + ["graphs"] * args.cuda_graphs)
+    compiling = args.compile or args.cuda_graphs
     total = args.repeats * len(kinds)
     print(f"{args.repeats} x {', '.join(kinds)} on {device}, {args.seconds:g} s each: about "
-          f"{args.repeats * per_repeat / 60:.1f} min{' plus compilation' if args.compile else ''}", file=sys.stderr,
+          f"{args.repeats * per_repeat / 60:.1f} min{' plus compilation' if compiling else ''}", file=sys.stderr,
           flush=True)
     t_start = time.perf_counter()
 
@@ -128,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         runs["pipeline"].append(run.history[-1].images_per_s)
         first_epoch["pipeline"].append(run.history[0].seconds)
         progress("pipeline")
-        if args.compile:
-            run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, "compile": True}), sliced)
-            runs["compiled"].append(run.history[-1].images_per_s)
-            first_epoch["compiled"].append(run.history[0].seconds)
-            progress("compiled")
+        for key, mode, wanted in (("compiled", "default", args.compile), ("graphs", "reduce-overhead", args.cuda_graphs)):
+            if wanted:
+                run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, "compile": True, "compile_mode": mode}),
+                            sliced)
+                runs[key].append(run.history[-1].images_per_s)
+                first_epoch[key].append(run.history[0].seconds)
+                progress(key)
         if args.baseline:
             runs["baseline"].append(seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
                                                          data.mean, data.std, args.seconds, device=device))
@@ -148,12 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         result["compiled_vs_pipeline"] = round(result["compiled_images_per_s"] / result["pipeline_images_per_s"], 3)
         # the first compiled epoch's extra time: mostly compilation (later repeats may hit inductor's cache)
         result["compile_seconds"] = [round(c - e, 1) for c, e in zip(first_epoch["compiled"], first_epoch["pipeline"])]
+    if args.cuda_graphs:
+        result["graphs_vs_pipeline"] = round(result["graphs_images_per_s"] / result["pipeline_images_per_s"], 3)
+        result["graphs_compile_seconds"] = [round(c - e, 1) for c, e in zip(first_epoch["graphs"],
+                                                                            first_epoch["pipeline"])]
     if args.baseline:
         result["pipeline_vs_baseline"] = round(result["pipeline_images_per_s"] / result["baseline_images_per_s"], 3)
-    for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s", "compiled_images_per_s"):
+    for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s", "compiled_images_per_s",
+              "graphs_images_per_s"):
         if k in result:
             print(f"{k:>24}: {result[k]:>9,.1f}")
-    for k in ("pipeline_vs_model_only", "pipeline_vs_baseline", "compiled_vs_pipeline"):
+    for k in ("pipeline_vs_model_only", "pipeline_vs_baseline", "compiled_vs_pipeline", "graphs_vs_pipeline"):
         if k in result:
             print(f"{k:>24}: {result[k]:>9.2f}x")
     if args.json:
@@ -165,4 +179,4 @@ if __name__ == "__main__":
     from space.genome import GenomeError
     from space.spec import run_cli
     from .data import DataError
-    run_cli(main, (GenomeError, DataError))
+    run_cli(main, (GenomeError, DataError, DeviceError))

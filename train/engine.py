@@ -10,7 +10,7 @@ what gets evaluated and returned, and an augmentation schedule that lowers the s
 cutout probabilities linearly over the run, from a strength that grows with the run's length
 (TrainConfig.augment_strength). Flip test-time augmentation is an evaluation option reported beside the
 plain accuracy. The defaults were chosen on a validation split (results/benchmarks/recipe_cpu.md). On
-CUDA: bf16 autocast, channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until
+CUDA: bf16 autocast (where the GPU has bf16), channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until
 the on-device augmentation (train.loader.DeviceLoader).
 """
 from __future__ import annotations
@@ -31,13 +31,15 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig
 from .data import ImageData
+from .device import resolve_device, use_bf16
 from .files import write_atomic
 from .loader import DeviceLoader
 from .recipe import RECIPE_FIELDS, Recipe, before_values
 
 __all__ = ["TrainError", "CheckpointError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate",
            "predict", "predict_images", "resolve_device", "make_optimizer", "with_overrides", "MIN_STEPS",
-           "WeightEMA", "augment_for_epoch", "tta_accuracy", "load_weights", "RECIPE_FIELDS"]
+           "WeightEMA", "augment_for_epoch", "tta_accuracy", "load_weights", "RECIPE_FIELDS", "rng_states",
+           "restore_rng_states"]
 
 
 MIN_STEPS = 4  # optimizer steps a OneCycle schedule needs: warm-up and annealing of at least one step each
@@ -60,13 +62,15 @@ class TrainConfig(Recipe):
     channels_last: bool = True  # NHWC activations: ~2x faster convs on CPU and tensor cores on GPU
     amp: bool = True  # bf16 autocast, on CUDA only
     compile: bool = False  # torch.compile: pays off only for long runs
+    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead": CUDA graphs of forward + backward
     seed: int = 0
     eval_batch_size: int = 1024
     eval_every: int = 1  # epochs between evaluations of data's held-out part; 0: only after the last epoch;
     # -1: never (the caller evaluates once itself, e.g. the final retrain's single look at the test set)
     checkpoint: str | None = None  # path; written every `checkpoint_every` epochs, resumed from if present
     checkpoint_every: int = 1  # epochs
-    progress: bool = False  # tqdm bar per epoch
+    progress: bool = False  # a line per epoch, and a tqdm bar per epoch if progress_bar
+    progress_bar: bool = True  # with progress: also the tqdm bar (command lines: only on a terminal)
     held_out: str = "val"  # what the progress lines call data's held-out part ("test" when it is the test set)
     nan_check_every: int = 0  # steps between non-finite-loss checks, each a host sync that drains the GPU's
     # queue; 0: once per epoch only, when the epoch's loss is read anyway (a diverged run wastes <= 1 epoch)
@@ -79,8 +83,9 @@ class TrainConfig(Recipe):
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the result (not device, progress or checkpoint place)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "checkpoint", "compile",
-                                                                   "checkpoint_every", "eval_batch_size", "eval_every",
+        d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "progress_bar", "checkpoint",
+                                                                   "compile", "compile_mode", "checkpoint_every",
+                                                                   "eval_batch_size", "eval_every",
                                                                    "nan_check_every", "held_out", "tta")}
         for k, default in before_values().items():  # settings added later hash as before while at that value
             if d.get(k) == default:
@@ -148,16 +153,6 @@ class TrainResult:
         return float(np.mean([h.images_per_s for h in self.history])) if self.history else 0.0
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def _as_model(genome_or_model) -> nn.Module:
     if isinstance(genome_or_model, nn.Module):
         return genome_or_model
@@ -197,7 +192,7 @@ def predict(model: nn.Module, loader: DeviceLoader, device: torch.device, amp: b
     for x, y in loader:
         if flip:
             x = x.flip(3)
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+        with torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(device, amp)):
             outs.append(model(x).float())
         ys.append(y)
     logits, labels = torch.cat(outs), torch.cat(ys)
@@ -243,11 +238,12 @@ class WeightEMA:
             p.requires_grad_(False)
         self._pairs = self._tensors(model)
 
-    def _tensors(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple]]:
+    def _tensors(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple]:
         src = dict(model.named_parameters()) | dict(model.named_buffers())
         dst = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         floats = [k for k in dst if dst[k].is_floating_point()]
-        others = [(dst[k], src[k]) for k in dst if not dst[k].is_floating_point()]  # e.g. num_batches_tracked
+        ints = [k for k in dst if not dst[k].is_floating_point()]  # e.g. BN's num_batches_tracked
+        others = ([dst[k] for k in ints], [src[k].detach() for k in ints]) if ints else ()
         # Detached once, not per step: a detached tensor shares its parameter's storage, and the optimizer
         # and load_state_dict update parameters in place, so these views always hold the live values.
         return [dst[k] for k in floats], [src[k].detach() for k in floats], others
@@ -258,8 +254,8 @@ class WeightEMA:
         decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         ema, live, others = self._pairs
         torch._foreach_lerp_(ema, live, 1.0 - decay)
-        for d, s in others:
-            d.copy_(s)
+        if others:  # one kernel for all of them, not one each
+            torch._foreach_copy_(*others)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates}
@@ -285,7 +281,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
         (no_decay if p.ndim <= 1 else decay).append(p)
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+                                lr=cfg.lr, momentum=cfg.momentum, nesterov=True, **_multi_tensor(model))
     if total_steps < MIN_STEPS:
         raise TrainError(f"{total_steps} training steps are too few for a OneCycle schedule; "
                          "use more epochs, more images or a smaller batch")
@@ -295,6 +291,36 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int
         optimizer, max_lr=[cfg.lr, cfg.lr * cfg.bias_lr_scale], total_steps=total_steps, pct_start=pct_start,
         div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, anneal_strategy=cfg.anneal)
     return optimizer, scheduler
+
+
+def _multi_tensor(model: nn.Module) -> dict[str, bool]:
+    """The optimizer's multi-tensor path: a fused kernel on CUDA, foreach ops elsewhere. torch picks foreach
+    by itself on CUDA only; on the CPU its default loops over the parameters, several ops each."""
+    on_cuda = all(p.device.type == "cuda" for p in model.parameters())
+    return {"fused": True} if on_cuda else {"foreach": True}
+
+
+def rng_states(device: torch.device) -> dict[str, bytes | None]:
+    """torch's CPU RNG state and, on CUDA, the device's, as bytes: a checkpoint loaded with any map_location
+    leaves bytes where they were (tensors would move to that device, where set_rng_state refuses them)."""
+    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    return {"rng_cpu": bytes(torch.get_rng_state().numpy()),
+            "rng_cuda": bytes(cuda.numpy()) if cuda is not None else None}
+
+
+def _rng_tensor(value: bytes | torch.Tensor) -> torch.Tensor:
+    """A stored RNG state as the CPU ByteTensor set_rng_state takes (checkpoints before bytes held tensors)."""
+    if isinstance(value, (bytes, bytearray)):
+        return torch.frombuffer(bytearray(value), dtype=torch.uint8)
+    return value.detach().to("cpu", torch.uint8)
+
+
+def restore_rng_states(state: dict, device: torch.device) -> None:
+    """Set torch's RNG states from a checkpoint written by rng_states (or one holding tensors on any device
+    that keeps their data); the CUDA state only when training on CUDA."""
+    torch.set_rng_state(_rng_tensor(state["rng_cpu"]))
+    if torch.device(device).type == "cuda" and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(_rng_tensor(state["rng_cuda"]), device)
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -310,12 +336,18 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
 
     `on_epoch(stats)` returning True stops the run (status "stopped"): the search's pruning hook.
     With `config.checkpoint` set, a run interrupted after epoch k resumes at epoch k + 1 and ends
-    with the same weights as an uninterrupted run (same seed, same device), within float tolerance.
+    with the same weights as an uninterrupted run (same seed, same device), within float tolerance, on the
+    CPU. On CUDA it replays the same data order, augmentations and RNG streams, but cuDNN's autotuning and
+    atomic adds make any two runs differ in the last bits, and the difference grows over the epochs.
     """
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     cfg, device = config, resolve_device(config.device)
-    if device.type == "cuda":  # fixed input shapes: let cuDNN time its algorithms once and keep the fastest
+    if device.type == "cuda":
+        # Fixed input shapes: cuDNN times its algorithms once per layer shape and keeps the fastest. Chosen
+        # for speed over bitwise repeatability: on CUDA two runs of one seed (and so a resumed run and an
+        # uninterrupted one) differ in the last bits and drift apart over the epochs, as atomic adds in the
+        # backward pass make them do anyway; the data order, augmentations and RNG streams stay the same.
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     model = _as_model(genome_or_model).to(device)
@@ -335,7 +367,9 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     identity = {"model": _identity(genome_or_model), "config": cfg.fingerprint(), "data": data.name,
                 "n_train": len(data.y_train)}
     if ckpt_path and ckpt_path.exists():
-        state = load_weights(ckpt_path, map_location=device)
+        # onto the CPU: load_state_dict copies each tensor to its parameter's device, and the RNG states
+        # must be CPU ByteTensors whatever device the rest was on
+        state = load_weights(ckpt_path, map_location="cpu")
         if state.get("identity") != identity:
             raise CheckpointError(f"checkpoint {ckpt_path} belongs to another model, config or dataset; "
                                   "delete it or choose another --out")
@@ -343,15 +377,17 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         if ema is not None:
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the saved groups carry the saving run's fused/foreach choice
+            group.update({"fused": None, "foreach": None, **_multi_tensor(model)})
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochStats(**h) for h in state["history"]]
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        restore_rng_states(state, device)
         start_epoch = len(history) + 1
-    step_model = torch.compile(model) if cfg.compile else model
+    # mode "reduce-overhead" replays the forward and backward as CUDA graphs: one launch instead of one per
+    # kernel, for nets whose kernels are too small to hide the launch cost (results/benchmarks/ops_per_step_cpu.md)
+    step_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(device, cfg.amp))
     status, message = "completed", ""
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
@@ -362,7 +398,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         seen = 0
         t0 = time.perf_counter()
         batches = train_loader
-        if cfg.progress:
+        if cfg.progress and cfg.progress_bar:
             from tqdm import tqdm
             batches = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch")
         for i, (x, y) in enumerate(batches, 1):
@@ -405,8 +441,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
             _save_atomic({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
                           "ema": ema.state_dict() if ema is not None else None,
-                          "rng_cpu": torch.get_rng_state(),
-                          "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}, ckpt_path)
+                          **rng_states(device)}, ckpt_path)
         if on_epoch is not None and on_epoch(stats):
             status, message = "stopped", f"stopped by the caller after epoch {epoch}"
             break

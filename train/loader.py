@@ -11,15 +11,15 @@ image by image, as the seed notebooks did. It is what the baseline benchmark mea
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, BatchAugment, albumentations_transform, normalize_batch
+from .augment import AugmentConfig, BatchAugment, albumentations_transform, normalize_batch, normalize_constants
+from .device import available_cpus, canonical_device, same_device
 
-__all__ = ["DeviceLoader", "AlbumentationsDataset", "make_dataloader"]
+__all__ = ["DeviceLoader", "AlbumentationsDataset", "make_dataloader", "pin_before_copy"]
 
 
 class DeviceLoader:
@@ -45,7 +45,7 @@ class DeviceLoader:
             raise ValueError(f"{len(x)} images but {len(labels)} labels")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device = torch.device(device)
+        self.device = canonical_device(device)  # cuda -> cuda:0: as the tensors sent there report it
         self.batch_size = batch_size
         self.train = train
         self.drop_last = train if drop_last is None else drop_last
@@ -56,6 +56,7 @@ class DeviceLoader:
         self.y = labels.to(storage)
         self.mean = torch.as_tensor(np.asarray(mean, np.float32).reshape(3)).to(self.device)
         self.std = torch.as_tensor(np.asarray(std, np.float32).reshape(3)).to(self.device)
+        self._normalize = normalize_constants(self.mean, self.std, self.device)
         self.augment = BatchAugment(mean, std, augment) if train and augment is not None else None
         self.alternate_flip = alternate_flip
         self._flip_half = None  # the images flipped in odd epochs, drawn on first use
@@ -91,6 +92,13 @@ class DeviceLoader:
             self._flip_half = (torch.rand(len(self.x), generator=g) < 0.5).to(self.x.device)
         return self._flip_half if epoch % 2 == 1 else ~self._flip_half
 
+    def _send(self, t: torch.Tensor) -> torch.Tensor:
+        """A host batch on the loader's device; pinned first when going to a GPU, so that the copy overlaps
+        the previous batch's compute (non_blocking from pageable memory would wait anyway)."""
+        if pin_before_copy(t.device, self.device):
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, storage = len(self.x), self.x.device
         if self.train:
@@ -103,17 +111,21 @@ class DeviceLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             xb, yb = self.x[idx], self.y[idx]
-            if xb.device != self.device:
-                if self.device.type == "cuda":  # pinned pages let the copy overlap the previous batch's compute
-                    xb, yb = xb.pin_memory(), yb.pin_memory()
-                xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            if not same_device(xb.device, self.device):  # images kept on the host: send the batch over
+                xb, yb = self._send(xb), self._send(yb)
             xb = xb.permute(0, 3, 1, 2)  # NHWC -> NCHW, a view in channels_last layout
             if self.augment is not None:
                 flip = flips[idx].to(self.device, non_blocking=True) if flips is not None else None
                 xb = self.augment(xb, aug_gen, flip=flip)
             else:
-                xb = normalize_batch(xb, self.mean, self.std)
+                xb = normalize_batch(xb, self.mean, self.std, self._normalize)
             yield xb.contiguous(memory_format=torch.channels_last), yb
+
+
+def pin_before_copy(source: torch.device, target: torch.device) -> bool:
+    """Pin a tensor before copying it from source to target: only CPU tensors can be pinned, and only a copy
+    to a CUDA device gains from it."""
+    return torch.device(source).type == "cpu" and torch.device(target).type == "cuda"
 
 
 class AlbumentationsDataset(torch.utils.data.Dataset):
@@ -141,7 +153,7 @@ def make_dataloader(x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndar
                     device: torch.device | str = "cpu") -> torch.utils.data.DataLoader:
     """A DataLoader of (x float32 N x 3 x H x W, y int64) on the host, augmenting per image with
     albumentations; `workers` defaults to min(CPU count, 8) and 0 runs in the calling process."""
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    workers = min(available_cpus(), 8) if workers is None else workers
     transform = albumentations_transform(mean, std, augment, train=train, seed=seed)
     return torch.utils.data.DataLoader(
         AlbumentationsDataset(x, y, transform), batch_size=batch_size, shuffle=train, drop_last=train,

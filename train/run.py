@@ -5,7 +5,8 @@ override them. Trains on the full training set and evaluates the test set once, 
 (plain accuracy, and flip-TTA accuracy beside it). `--val-size N` holds N training images out instead and
 also reports validation accuracy after every epoch: that is how recipes are compared without looking at
 the test set. Under --out it writes metrics.json, history.csv, report.txt (per-class report and confusion
-matrix), model.pt (state_dict; the EMA weights when the recipe keeps an EMA) and checkpoint.pt; the same
+matrix), model.pt (state_dict; the EMA weights when the recipe keeps an EMA) and checkpoint.pt, and with
+--onnx model.onnx and model.int8.onnx (train.deploy; their accuracy, size and speed in metrics.json); the same
 command after a crash or Ctrl-C resumes from the checkpoint, and the same command after a finished run
 reuses it (it says so). The default --out is results/train/<spec>-<dataset>/, so runs of different nets
 never share a checkpoint.
@@ -23,12 +24,16 @@ from pathlib import Path
 
 import torch
 
-from space import analyze, load_spec
+from space import analyze, check, load_spec
 from space.genome import GenomeError
-from space.spec import CliParser, fail, run_cli
+from space.rules import RulesError, add_rule_flags, rules_from_args
+from space.spec import CliParser, fail, plural, run_cli
 
 from .data import DATASETS, DataError, load_dataset, train_val_split
 from .defaults import DEFAULTS
+from .device import DeviceError, check_device
+from .deploy import DEPLOY_EXTRA, DeployError, deploy
+from .deploy import missing as deploy_missing
 from .engine import TrainConfig, TrainError, TrainResult, resolve_device, train, with_overrides
 from .files import write_json
 from .report import classification_summary, confusion_text
@@ -99,9 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (long GPU runs)")
     p.add_argument("--subset", type=int, help="train on the first N (class-balanced) training images")
     p.add_argument("--out", default=None, help="output folder (default: results/train/<spec>-<dataset>/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    p.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is not a "
+                   "terminal (by default only a terminal gets one: in a log file it is a stream of \\r lines)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (fp32) and model.int8.onnx (static "
+                   "int8), verified against PyTorch and evaluated with ONNX Runtime (needs the deploy extra)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_rule_flags(p)
+    p.add_argument("--force", action="store_true", help="train a genome that breaks the rules (default: refuse it)")
     args = p.parse_args(argv)
+    check_device(args.device)  # before any data is loaded or output written
+    try:
+        rules = rules_from_args(args)
+    except RulesError as e:
+        fail(str(e))
+    if args.onnx and deploy_missing():
+        fail(f"--onnx needs {', '.join(deploy_missing())} (the deploy extra): {DEPLOY_EXTRA}")
     if args.dataset not in DEFAULTS:
         fail(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
     d = DEFAULTS[args.dataset]
@@ -128,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         test_data = replace(data, name=test_data.name, x_test=test_data.x_test, y_test=test_data.y_test)
     if genome.num_classes != data.num_classes:
         genome = replace(genome, num_classes=data.num_classes)
+    violations = check(genome, rules)  # as search.run rejects candidates: before anything is trained or written
+    if violations and not args.force:
+        fail(f"{args.spec} breaks the rules ({rules.describe()}, a DSC and a dilated conv): {'; '.join(violations)}; "
+             "give other --max-params/--min-rf/--max-macs, or --force to train it anyway")
+    if violations:
+        print(f"training despite the rules (--force): {'; '.join(violations)}", file=sys.stderr)
     out = Path(args.out) if args.out else default_out(args.spec, data.name)
     device = resolve_device(args.device)
     batch = args.batch_size or d.batch_size
@@ -135,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=str(device),
                                         seed=args.seed, eval_every=1 if args.val_size else 0,
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
+                                        progress_bar=args.progress or sys.stderr.isatty(),
                                         compile=args.compile, held_out="val" if args.val_size else "test"),
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
                             ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
@@ -145,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, augment=None)
     a = analyze(genome)
     print(f"{genome.summary()}\n{a.params:,} parameters, RF {a.rf}; {data.name}: {len(data.y_train):,} train / "
-          f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {epochs} epochs, "
+          f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {plural(epochs, 'epoch')}, "
           f"batch {config.batch_size}, lr {config.lr:g}; outputs in {out}/", file=sys.stderr)
     t0 = time.perf_counter()
     result = train(genome, config, data)
@@ -157,18 +182,25 @@ def main(argv: list[str] | None = None) -> int:
                                                 "rf": a.rf, "dataset": data.name, "config": asdict(config),
                                                 "wall_seconds": round(time.perf_counter() - t0, 1)})
     if result.resumed_epochs >= result.epochs:
-        print(f"reused the finished run in {out}/ (checkpoint of {result.epochs} epochs): nothing trained; "
+        print(f"reused the finished run in {out}/ (checkpoint of {plural(result.epochs, 'epoch')}): nothing trained; "
               "delete it or give another --out to train again")
     elif result.resumed_epochs:
         print(f"resumed from {out}/checkpoint.pt after epoch {result.resumed_epochs}")
     if args.val_size:
         print(f"validation accuracy {metrics['val_acc']:.4f} (flip-TTA {metrics['val_acc_tta']:.4f})")
-    print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {result.epochs} epochs "
+    print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {plural(result.epochs, 'epoch')} "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
+    if args.onnx:  # after the line above, which a failed export leaves printed
+        try:
+            metrics["deploy"] = deploy(result.model, out / "model.onnx", test_data, metrics["test_acc"],
+                                       int8_path=out / "model.int8.onnx", seed=args.seed)
+        except DeployError as e:
+            fail(str(e), code=1)
+        write_json(out / "metrics.json", metrics, indent=2)
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}))
     return 0
 
 
 if __name__ == "__main__":
-    run_cli(main, (GenomeError, DataError, TrainError))
+    run_cli(main, (GenomeError, DataError, TrainError, DeviceError))

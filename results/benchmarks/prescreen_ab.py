@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=30, help="trained trials per study")
     p.add_argument("--subset-train", type=int, default=10000, help="training images (the validation split is "
                                                                     "held out of these)")
+    p.add_argument("--val-size", default="5000", help="validation images held out of --subset-train (5000: what the "
+                   "recorded runs used; search.run's default for a subset is now 10 %% of it)")
     p.add_argument("--trial-epochs", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--extra", default="", help="more search.run flags, one string")
@@ -106,7 +108,7 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "search.run", "--dataset", args.dataset, "--data-dir", args.data_dir,
                        # --no-presets: the seed presets would be the same trials in both arms and are no
                        # sampled candidate; the arms differ only in what the sampler's proposals become
-                       "--no-download", "--no-final", "--no-presets", "--subset-train", str(args.subset_train), "--trial-epochs",
+                       "--no-download", "--no-final", "--no-presets", "--subset-train", str(args.subset_train), "--val-size", args.val_size, "--trial-epochs",
                        str(args.trial_epochs), "--pruner", "none", "--trials", str(args.trials), "--seed", str(seed),
                        "--prescreen", str(k), *(["--proxy", args.proxy] if args.proxy and k > 1 else []),
                        "--study-name", name, "--storage", str(storage_dir / f"{name}.db"), "--device", args.device,
