@@ -24,10 +24,11 @@ from tests.test_engine import TINY  # noqa: E402
 
 @pytest.fixture(scope="module")
 def digits_net(tmp_path_factory):
-    """A small net trained 4 epochs on digits (about 0.8 test accuracy), its PyTorch test accuracy, and its
-    ONNX files (exported once)."""
+    """A small net trained 8 epochs on digits (about 0.97 test accuracy: at 4 epochs, about 0.8, so many test
+    images sat near a decision boundary and int8 moved the accuracy by up to 5 points either way), its PyTorch
+    test accuracy, and its ONNX files (exported once)."""
     data = load_digits32()
-    config = TrainConfig(epochs=4, batch_size=64, lr=0.1, device="cpu", progress=False, augment=None, ema_decay=0.0)
+    config = TrainConfig(epochs=8, batch_size=64, lr=0.1, device="cpu", progress=False, augment=None, ema_decay=0.0)
     result = train(TINY, config, data)
     logits, labels, _ = predict_images(result.model, data.x_test, data.y_test, data.mean, data.std)
     acc = float((logits.argmax(1) == labels).float().mean())
@@ -64,12 +65,10 @@ def test_the_onnx_file_states_its_normalisation(digits_net):
 
 def test_ort_reproduces_pytorch_accuracy_and_int8_stays_within_a_point(digits_net):
     _, data, record, out = digits_net
-    assert record["torch_acc"] > 0.7  # a net worth quantizing (chance: 0.1)
+    assert record["torch_acc"] > 0.9  # a net worth quantizing (chance: 0.1)
     assert abs(record["fp32"]["test_acc"] - record["torch_acc"]) <= 0.001
-    # 2 points (9 of 450 images): this 4-epoch net leaves many test images near a decision boundary; the
-    # digits quickstart's winner keeps int8 within 1 point (deploy_cpu.md). 8-bit weights on a CPU without
-    # VNNI lost 18 points here: what this guards against.
-    assert abs(record["int8"]["test_acc"] - record["fp32"]["test_acc"]) <= 0.02
+    # 8-bit weights on a CPU without VNNI lost 18 points on such a net: what this guards against.
+    assert abs(record["int8"]["test_acc"] - record["fp32"]["test_acc"]) <= 0.01
     assert record["int8"]["size_kb"] < record["fp32"]["size_kb"]  # on a net this small, scales and names weigh much
     acc, pred = dp.evaluate_onnx(out / "m.onnx", data.x_test, data.y_test, data.mean, data.std)
     assert acc == record["fp32"]["test_acc"] and len(pred) == len(data.y_test)
