@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up in one command, run from anywhere; both commands are safe to run again.
-#   ./setup.sh quickstart   create .venv if needed, then the offline digits search (about 4 minutes on 2 CPU cores)
+#   ./setup.sh quickstart   create .venv if needed, then the offline digits search (minutes on 2 CPU cores: see the README)
 #   ./setup.sh test         create .venv if needed, then the test suite (exactly what CI runs)
 #   ./setup.sh env          only create / update .venv
 # Needs python3 >= 3.11 (or PYTHON=/path/to/python3.11). VENV=DIR puts the environment elsewhere (CI uses

@@ -9,8 +9,8 @@ retrained on all training images for --final-epochs and tested once; outputs go 
 winner is the most accurate member of the Pareto front. --prescreen K trains only the best of every K feasible
 proposals by a zero-cost proxy (--proxy; see search.prescreen); the others are recorded as screened out.
 
-Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, about 4 minutes on 2 CPU
-cores (the MACs cap keeps the nets cheap):
+Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, minutes on 2 CPU
+cores (the MACs cap keeps every net under 40 M MACs):
     python -m search.run --dataset digits --trials 12 --max-macs 40000000
 Several trials at once on one node (--jobs N worker processes sharing the device; the study then lives in
 the journal file results/<study>.journal, which every command finds by itself):
