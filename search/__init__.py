@@ -1,18 +1,20 @@
 """The architecture search: Optuna TPE over space.suggest_genome, pruned brief training, final retrain.
 
 To follow one trial from ask to tell, read two modules: runner (Search.step: ask, propose, claim, train,
-tell) and lifecycle (the trial's state: Phase, Outcome, claim, requeue); space/ and train/ do the rest.
+tell) and lifecycle (the trial's state: Phase, Outcome, claim, the heartbeat, the values told, requeue);
+space/ and train/ do the rest, and settings is the config they read. --prescreen's scorer is injected into
+runner as the training is (prescreen).
 
 Modules, one concept each:
     settings     SearchSettings (the study's resolved config, stored with a schema version; migrate),
                  per-dataset defaults, SearchError
     lifecycle    a trial's state, the only reader and writer of its user-attr keys: Phase, Outcome, classify,
-                 count, claim (the exact --trials count), tell, requeue, reap dead workers' trials
+                 count, claim (the exact --trials count), the heartbeat, tell, requeue, reap dead workers' trials
     runner       the ask/tell loop: Search.step and Search.run
     data         the train/validation split the search sees; the full data of the final retrain
     storage      --storage parsed into an Optuna storage (SQLite, server databases, journal files)
-    liveness     whether a trial's worker is alive: its identity, host/pid checks, the heartbeat
-    constraints  the rules as Optuna constraints; a satisfiability probe before any training
+    liveness     whether a trial's worker is alive: its identity, host/pid checks
+    constraints  before any training: can the rules be met at all (the constraints: space.constraint_values)
     objectives   accuracy alone, or accuracy and a cost; the Pareto front
     prescreen    --prescreen K: the best of K proposals by a zero-cost proxy
     study        create / resume a study, its sampler, pruner and warm-start presets
@@ -32,7 +34,7 @@ from .settings import DEFAULTS, SearchError, SearchSettings
 
 # Multivariate TPE, heartbeats and fail_stale_trials are "experimental" in Optuna: the warnings are noise here.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# study.ask() warns that heartbeats are meant for optimize(); search.liveness runs them for ask/tell.
+# study.ask() warns that heartbeats are meant for optimize(); search.lifecycle.Heartbeat runs them for ask/tell.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 __all__ = ["SearchError", "SearchSettings", "DEFAULTS"]

@@ -1,38 +1,16 @@
-"""The rules as Optuna constraints, and a check that some genome of the space can meet them at all.
-
-Each rule becomes one constraint value, <= 0 when met and growing with the size of the violation, so
-TPE (which ranks infeasible trials by their summed violation) learns not only *that* a region is
-infeasible but which way feasibility lies:
-    params    parameters / max_params - 1          (0.25: a quarter over the budget)
-    rf        (min_rf - rf) / min_rf               (0.1: the receptive field is 10 % short)
-    dsc       1 if the net has no depthwise-separable conv, else 0
-    dilation  1 if the net has no dilated conv, else 0
-    macs      MACs / max_macs - 1                  (only with --max-macs; MACs per image)
+"""Before any training: can some genome of the space meet the rules at all, and how often does a uniform
+draw break them (the baseline TPE should beat). The rules as Optuna constraints: space.constraint_values.
 """
 from __future__ import annotations
 
 import random
 
-from space import CONSTRUCTION_VERSION, Genome, Rules, analyze, check, suggest_genome
+from space import CONSTRUCTION_VERSION, Rules, analyze, check, suggest_genome
 from space.searchspace import RandomTrial
 
 from .settings import SearchError
 
-__all__ = ["constraint_values", "check_satisfiable", "random_rejection_rate"]
-
-
-def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
-    a = analyze(genome)
-    max_params, min_rf, max_macs = rules.max_params, rules.min_rf, rules.max_macs
-    values = {
-        "params": a.params / max_params - 1.0,
-        "rf": (min_rf - a.rf) / min_rf,
-        "dsc": 0.0 if any(l.separable for l in genome.layers) else 1.0,
-        "dilation": 0.0 if any(l.dilated for l in genome.layers) else 1.0,
-    }
-    if max_macs is not None:  # the same keys for every trial of a study: max_macs is one of its settings
-        values["macs"] = a.macs / max_macs - 1.0
-    return values
+__all__ = ["check_satisfiable", "random_rejection_rate"]
 
 
 def check_satisfiable(rules: Rules, num_classes: int = 10, probes: int = 500, seed: int = 0) -> None:

@@ -27,6 +27,7 @@ nodes may each take the last place at the same moment and train one trial more t
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
@@ -35,14 +36,17 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from space import Analysis
+
 from .liveness import process_alive, same_machine, worker_identity
+from .objectives import cost_name
 from .settings import one_line
-from .storage import GRACE_PERIOD, is_rdb
+from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_rdb
 
 __all__ = ["Phase", "Outcome", "MAX_RETRIES", "Counts", "classify", "count", "is_enqueued", "free_places", "claim",
            "state_columns", "rejected_reason", "stopped_by_interrupt", "tell_rejected", "tell_duplicate",
            "tell_trained", "tell_failed", "tell_not_trained", "tell_screened", "mark", "abandon", "fail_trial", "requeue",
-           "reap_dead_trials"]
+           "reap_dead_trials", "sign", "Heartbeat", "objective_values"]
 
 MAX_RETRIES = 2  # times one candidate is queued again after its worker died or was interrupted
 
@@ -52,6 +56,8 @@ _LOST_TO, _FAILED, _RETRY_OF, _RETRIES = "prescreen_lost_to", "failed_reason", "
 # What Optuna's own tools (optuna-dashboard, `optuna trials`) show of a candidate never trained: a rejected
 # one is COMPLETE there (value 0, how TPE learns the infeasible region), so this attr tells it apart.
 _STATUS = "status"
+# Who runs a RUNNING trial (search.liveness.worker_identity), and when it last showed it was alive.
+_WORKER, _HEARTBEAT_AT = "worker", "heartbeat_at"
 INTERRUPTED = "interrupted"  # the failed_reason of a trial stopped by Ctrl-C / SIGTERM
 
 
@@ -187,6 +193,51 @@ def claim(study: optuna.Study, trial: optuna.Trial, n_trials: int, phase: Phase,
         time.sleep(0.05)  # an earlier trial's check takes a few storage round trips
 
 
+def sign(trial: optuna.Trial) -> None:
+    """Record this process as the trial's worker: reap_dead_trials judges it by this identity."""
+    trial.set_user_attr(_WORKER, worker_identity())
+
+
+class Heartbeat:
+    """`with Heartbeat(study, trial_id):` beats every `interval` seconds in a daemon thread, so that other
+    machines can tell the trial's worker is alive (reap_dead_trials). RDB storages: Optuna's own heartbeat;
+    journal files (none in Optuna 5): the trial's heartbeat_at attr."""
+
+    def __init__(self, study: optuna.Study, trial_id: int, interval: float = HEARTBEAT_INTERVAL):
+        self.storage, self.trial_id, self.interval = study._storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
+
+    def beat(self) -> None:
+        try:
+            if is_rdb(self.storage) and self.storage.get_heartbeat_interval():
+                self.storage.record_heartbeat(self.trial_id)
+            else:
+                self.storage.set_trial_user_attr(self.trial_id, _HEARTBEAT_AT, time.time())
+        except Exception:  # a transient storage error must not kill the training it watches
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def objective_values(accuracy: float, a: Analysis, objectives: str) -> list[float]:
+    """The values to tell Optuna: [accuracy], or [accuracy, cost] in a multi-objective study (the cost is
+    analytic: a's params or macs; see search.objectives)."""
+    cost = cost_name(objectives)
+    return [float(accuracy)] + ([float(getattr(a, cost))] if cost else [])
+
+
 def mark(trial: optuna.Trial, phase: Phase) -> None:
     """Move a RUNNING trial to `phase` (a round's proposal to screening, its winner to training)."""
     trial.set_user_attr(_PHASE, str(phase))
@@ -310,7 +361,7 @@ def abandon(study: optuna.Study, asked: list[optuna.Trial], e: BaseException) ->
 
 def _death(t: FrozenTrial, me: dict[str, Any], now: float, rdb: bool) -> str | None:
     """Why a RUNNING trial's worker is dead, None if it may be alive."""
-    worker = t.user_attrs.get("worker")
+    worker = t.user_attrs.get(_WORKER)
     started = t.datetime_start.timestamp() if t.datetime_start else now
     if worker is None:  # killed between ask() and the first attr: only its age tells
         return "worker vanished before the trial started" if now - started > GRACE_PERIOD else None
@@ -319,7 +370,7 @@ def _death(t: FrozenTrial, me: dict[str, Any], now: float, rdb: bool) -> str | N
         return None if not own and process_alive(worker) else f"worker pid {worker.get('pid')} died"
     if not rdb or t.user_attrs.get(_PHASE) != Phase.TRAINING:
         # Optuna's heartbeat (RDB) starts with training; before that, and in journal files, our own attr.
-        last = float(t.user_attrs.get("heartbeat_at", started))
+        last = float(t.user_attrs.get(_HEARTBEAT_AT, started))
         return f"no heartbeat for {now - last:.0f} s" if now - last > GRACE_PERIOD else None
     return None  # RDB: fail_stale_trials judged it
 

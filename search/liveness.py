@@ -1,4 +1,5 @@
-"""Is a trial's worker alive? Its identity, the process check, and the heartbeat it keeps while training.
+"""Is a trial's worker alive? Its identity and the process check (the heartbeat it keeps while training is
+search.lifecycle.Heartbeat).
 
 A worker killed mid-trial (SIGKILL, power loss, preemption) leaves its trial RUNNING forever; it would
 block the count of trained trials and TPE would keep "lying" about it. Three ways to notice (applied by
@@ -12,16 +13,10 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import optuna
-
-from .storage import HEARTBEAT_INTERVAL, is_rdb
-
-__all__ = ["worker_identity", "process_alive", "same_machine", "Heartbeat"]
+__all__ = ["worker_identity", "process_alive", "same_machine"]
 
 
 def _read(path: str) -> str:
@@ -64,34 +59,3 @@ def process_alive(worker: dict[str, Any]) -> bool:
 
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.get("host") == b.get("host") and a.get("boot", "") == b.get("boot", "")
-
-
-class Heartbeat:
-    """`with Heartbeat(study, trial_id):` beats every `interval` seconds in a daemon thread."""
-
-    def __init__(self, study: optuna.Study, trial_id: int, interval: float = HEARTBEAT_INTERVAL):
-        self.storage, self.trial_id, self.interval = study._storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
-
-    def beat(self) -> None:
-        try:
-            if is_rdb(self.storage) and self.storage.get_heartbeat_interval():
-                self.storage.record_heartbeat(self.trial_id)
-            else:
-                self.storage.set_trial_user_attr(self.trial_id, "heartbeat_at", time.time())
-        except Exception:  # a transient storage error must not kill the training it watches
-            pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.beat()
-
-    def __enter__(self) -> Heartbeat:
-        self.beat()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()

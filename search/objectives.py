@@ -7,8 +7,8 @@ Pareto front of the trained trials.
 
 The costs are analytic (space.analyze), so a trial's second value is exact and known before training;
 a rejected candidate is told (0, its cost) with its constraint violations, as (0,) in a single-objective
-study. Optuna cannot prune multi-objective studies (Trial.report raises), so they train every candidate
-for the whole --trial-epochs.
+study (the values told: search.lifecycle.objective_values). Optuna cannot prune multi-objective studies
+(Trial.report raises), so they train every candidate for the whole --trial-epochs.
 
 The Pareto front: the trained, completed, feasible trials that no other such trial beats on both higher
 accuracy and lower cost (cost: the study's second objective; in a single-objective study, parameters,
@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from space import Analysis
-
 from .settings import SearchError
 
-__all__ = ["OBJECTIVES", "COSTS", "parse_objectives", "directions", "cost_name", "objective_values", "pareto_front"]
+__all__ = ["OBJECTIVES", "COSTS", "parse_objectives", "directions", "cost_name", "pareto_front"]
 
 OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,macs")
 COSTS = {"params": "parameters", "macs": "MACs per image"}
@@ -44,12 +42,6 @@ def cost_name(objectives: str) -> str | None:
     """'params' or 'macs' for a multi-objective study, None for accuracy alone."""
     names = objectives.split(",")
     return names[1] if len(names) > 1 else None
-
-
-def objective_values(accuracy: float, a: Analysis, objectives: str) -> list[float]:
-    """The values to tell Optuna: [accuracy] or [accuracy, cost]."""
-    cost = cost_name(objectives)
-    return [float(accuracy)] + ([float(getattr(a, cost))] if cost else [])
 
 
 def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:

@@ -49,6 +49,12 @@ class Prescreen:
     proxy: str  # one of PROXY_CHOICES
     score: ScoreFn
 
+    def rank(self, genomes: Sequence[Genome]) -> tuple[list[int], list[float], list[dict[str, float]]]:
+        """(indices best first, one score each, the raw proxy values each) of one round's genomes."""
+        values = self.score(genomes)
+        scores = scores_of(values, self.proxy)
+        return best_first(scores), scores, values
+
 
 def parse_prescreen(k: int, proxy: str | None) -> tuple[int, str]:
     """(K, proxy) from the flags; SearchError (one line) for a bad value."""

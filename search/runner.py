@@ -22,20 +22,19 @@ import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import optuna
 
-from space import Analysis, Genome, analyze, check, construct
+from space import Analysis, Genome, analyze, check, construct, constraint_values
 
-from .constraints import constraint_values
-from .lifecycle import (Counts, Outcome, Phase, abandon, claim, classify, count, free_places, is_enqueued, mark,
-                        reap_dead_trials, tell_duplicate, tell_failed, tell_not_trained, tell_rejected, tell_screened,
-                        tell_trained)
-from .liveness import Heartbeat, worker_identity
-from .objectives import objective_values
-from .prescreen import Prescreen, best_first, scores_of
+from .lifecycle import (Counts, Heartbeat, Outcome, Phase, abandon, claim, classify, count, free_places, is_enqueued,
+                        mark, objective_values, reap_dead_trials, sign, tell_duplicate, tell_failed, tell_not_trained,
+                        tell_rejected, tell_screened, tell_trained)
 from .settings import SearchSettings, one_line
+
+if TYPE_CHECKING:  # injected like train_fn: the round's scoring is the prescreen's business
+    from .prescreen import Prescreen
 
 __all__ = ["REJECTED_VALUE", "SearchStopped", "TrainFn", "Search", "make_train_fn"]
 
@@ -222,7 +221,7 @@ class Search:
     def _propose(self, trial: optuna.Trial) -> _Candidate:
         """Record the candidate and return it, feasible and new; _Told if it was rejected or is a duplicate."""
         s, n = self.settings, trial.number
-        trial.set_user_attr("worker", worker_identity())
+        sign(trial)
         built = construct(trial, s.rules, num_classes=self.num_classes, version=s.construction)
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
         genome = Genome.from_json(carried) if carried else built.genome
@@ -257,9 +256,7 @@ class Search:
         genome meanwhile. See search.prescreen."""
         round_ = self._gather(first, cand, asked)
         p = self.prescreen
-        values = p.score([c.genome for _, c in round_])
-        scores = scores_of(values, p.proxy)
-        order = best_first(scores)
+        order, scores, values = p.rank([c.genome for _, c in round_])
         for rank, i in enumerate(order, 1):
             for key, value in {"prescreen_proxy": p.proxy, "prescreen_k": len(round_), "prescreen_rank": rank,
                                "prescreen_score": _json_float(scores[i]),

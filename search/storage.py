@@ -17,7 +17,7 @@ SQLite takes one writer; a study begun in results/<study>.db is copied there fir
 the .db is left as it was and no longer used, because every command looks for the journal first).
 
 RDB storages get Optuna's heartbeat (a RUNNING trial whose worker stopped beating for GRACE_PERIOD
-seconds is failed and queued again); the journal file has no heartbeat in Optuna 5, so search.liveness
+seconds is failed and queued again); the journal file has no heartbeat in Optuna 5, so search.lifecycle.Heartbeat
 keeps one in a user attr instead.
 """
 from __future__ import annotations

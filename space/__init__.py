@@ -3,7 +3,7 @@ from .analysis import Analysis, LayerInfo, analyze
 from .genome import OPS, Genome, GenomeError, Head, Layer
 from .layers import GenomeNet, build
 from .presets import PRESETS, get_preset
-from .rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Rules, RulesError, check
+from .rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Rules, RulesError, check, constraint_values
 from .searchspace import (CONSTRUCTION_VERSION, SPACE_VERSION, Construction, RandomTrial, construct,
                           params_from_genome, suggest_genome)
 from .spec import load_spec
@@ -11,7 +11,7 @@ from .spec import load_spec
 __all__ = ["Genome", "Layer", "Head", "GenomeError", "OPS", "analyze", "check", "Analysis", "LayerInfo",
            "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF", "build", "GenomeNet", "PRESETS", "get_preset", "suggest_genome",
            "params_from_genome", "RandomTrial", "SPACE_VERSION", "load_spec", "export_code", "Rules", "construct",
-           "Construction", "CONSTRUCTION_VERSION", "RulesError"]
+           "Construction", "CONSTRUCTION_VERSION", "RulesError", "constraint_values"]
 
 
 def __getattr__(name: str):

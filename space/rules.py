@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from .analysis import analyze
 from .genome import Genome
 
-__all__ = ["Rules", "RulesError", "check", "add_rule_flags", "rules_from_args", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
+__all__ = ["Rules", "RulesError", "check", "constraint_values", "add_rule_flags", "rules_from_args", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
 
 DEFAULT_MAX_PARAMS = 200_000
 DEFAULT_MIN_RF = 44  # input pixels
@@ -64,6 +64,29 @@ def check(genome: Genome, rules: Rules | None = None, *, max_params: int | None 
     if not any(l.dilated for l in genome.layers):
         violations.append("no dilated conv")
     return violations
+
+
+def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
+    """The rules as Optuna constraint values: each <= 0 when met and growing with the violation, so that TPE
+    (which ranks infeasible trials by their summed violation) learns which way feasibility lies.
+
+        params    parameters / max_params - 1          (0.25: a quarter over the budget)
+        rf        (min_rf - rf) / min_rf               (0.1: the receptive field is 10 % short)
+        dsc       1 if the net has no depthwise-separable conv, else 0
+        dilation  1 if the net has no dilated conv, else 0
+        macs      MACs / max_macs - 1                  (only with max_macs: the same keys for every trial
+                                                        of a study, whose rules are fixed)
+    """
+    a = analyze(genome)
+    values = {
+        "params": a.params / rules.max_params - 1.0,
+        "rf": (rules.min_rf - a.rf) / rules.min_rf,
+        "dsc": 0.0 if any(l.separable for l in genome.layers) else 1.0,
+        "dilation": 0.0 if any(l.dilated for l in genome.layers) else 1.0,
+    }
+    if rules.max_macs is not None:
+        values["macs"] = a.macs / rules.max_macs - 1.0
+    return values
 
 
 def add_rule_flags(parser: argparse.ArgumentParser) -> None:

@@ -11,14 +11,14 @@ from optuna.study import StudyDirection
 
 from search import retrain as retrain_cmd
 from search import run as run_cmd
-from search.constraints import check_satisfiable, constraint_values
+from search.constraints import check_satisfiable
 from search.lifecycle import classify
 from search.objectives import parse_objectives, pareto_front
 from search.runner import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, genome_of, leaderboard, pareto_trials
-from space import PRESETS, Genome, Rules, analyze, check
+from space import PRESETS, Genome, Rules, analyze, check, constraint_values
 from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, memory_study, settings
 from tests.test_search_cli import call, one_error_line
 from train.engine import TrainConfig

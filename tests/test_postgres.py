@@ -113,8 +113,11 @@ def test_two_workers_share_one_study_train_exactly_n_and_record_each_rejection_o
 
 
 def test_a_killed_worker_is_restarted_and_its_trial_failed_and_retried(postgres, tmp_path):
-    # 3 epochs per trial (the later flag wins): the kill must land while a trial trains.
-    args = ["--trials", "4", "--trial-epochs", "3", "--out", str(tmp_path / "o")]
+    # 3 epochs per trial (the later flag wins): the kill must land while a trial trains. 8 trials, so that the
+    # victim trains several after the first one is trained (with 4 an idle machine sometimes let it finish
+    # between two polls).
+    n = 8
+    args = ["--trials", str(n), "--trial-epochs", "3", "--out", str(tmp_path / "o")]
     victim, other = worker(postgres.url, *args), worker(postgres.url, *args)
 
     def victim_training_after_first_trained(trials):
@@ -132,7 +135,7 @@ def test_a_killed_worker_is_restarted_and_its_trial_failed_and_retried(postgres,
     finish(other)
     trials = trials_of(postgres.url)
     by_number = {t.number: t for t in trials}
-    assert len(trained(trials)) == 4
+    assert len(trained(trials)) == n
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert by_number[killed].state == TrialState.FAIL
     assert f"worker pid {victim.pid} died" in by_number[killed].user_attrs["failed_reason"]
