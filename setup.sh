@@ -44,7 +44,7 @@ case "${1:-}" in
         echo "environment ready: source $VENV/bin/activate" ;;
     quickstart)
         ensure_env
-        python -m search.run --dataset digits --trials 12 --max-macs 40000000
+        python -m search.run --dataset digits --trials 12 --max-macs 15000000
         echo "next: open results/digits-nas/report.md; the winner is results/digits-nas/best_model.py (+ .pt)" ;;
     test)
         ensure_env
