@@ -3,6 +3,9 @@ import signal
 
 # albumentations otherwise asks the network for updates on import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Each final retrain times its ONNX files (train.deploy): 2 s per file and batch size; a test needs the
+# figures to exist, not to be steady. Every command a test starts inherits it.
+os.environ.setdefault("TINYNAS_ONNX_SECONDS", "0.2")
 
 # A test run started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT as
 # ignored, and so would every command a test starts: the Ctrl-C tests would then see their search finish

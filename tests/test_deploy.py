@@ -114,6 +114,17 @@ def test_calibration_uses_training_images_only():
     assert len(dp.calibration_images(x[:100], 300)) == 100  # fewer images than wanted: all of them
 
 
+def test_timing_seconds_come_from_the_environment_and_a_bad_value_is_one_line(monkeypatch):
+    monkeypatch.delenv(dp.SECONDS_ENV, raising=False)
+    assert dp.timing_seconds() == dp.SECONDS == 2.0
+    monkeypatch.setenv(dp.SECONDS_ENV, "0.5")
+    assert dp.timing_seconds() == 0.5
+    for bad in ("soon", "0", "-1", "nan"):
+        monkeypatch.setenv(dp.SECONDS_ENV, bad)
+        with pytest.raises(dp.DeployError, match=f"TINYNAS_ONNX_SECONDS must be a positive number.*{bad}"):
+            dp.timing_seconds()
+
+
 # ------------------------------------------------------------------------------------------ the commands
 
 def test_the_report_shows_the_three_accuracies_sizes_and_speeds(digits_net):

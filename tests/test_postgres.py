@@ -113,10 +113,10 @@ def test_two_workers_share_one_study_train_exactly_n_and_record_each_rejection_o
 
 
 def test_a_killed_worker_is_restarted_and_its_trial_failed_and_retried(postgres, tmp_path):
-    # 3 epochs per trial (the later flag wins): the kill must land while a trial trains. 8 trials, so that the
-    # victim trains several after the first one is trained (with 4 an idle machine sometimes let it finish
+    # 3 epochs per trial (the later flag wins): the kill must land while a trial trains. 6 trials, so that the
+    # victim trains more than one after the first one is trained (with 4 an idle machine once let it finish
     # between two polls).
-    n = 8
+    n = 6
     args = ["--trials", str(n), "--trial-epochs", "3", "--out", str(tmp_path / "o")]
     victim, other = worker(postgres.url, *args), worker(postgres.url, *args)
 

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "OnnxInfo", "missing", "cpu_name",
-           "normalize", "calibration_images", "export_onnx", "read_onnx", "verify_onnx", "quantize_int8",
+__all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "SECONDS", "SECONDS_ENV", "OnnxInfo",
+           "missing", "cpu_name", "timing_seconds", "normalize", "calibration_images", "export_onnx", "read_onnx", "verify_onnx", "quantize_int8",
            "evaluate_onnx", "measure_speed", "deploy", "summary", "main"]
 
 DEPLOY_EXTRA = 'pip install -e ".[deploy]"'
@@ -51,6 +51,8 @@ _PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 # float sums differ by ~1e-5 on these nets; a wrong export (a missing BatchNorm, a wrong padding) by > 0.1.
 LOGIT_ATOL = 1e-3
 CALIBRATION_IMAGES = 512  # training images whose activation ranges set the int8 scales
+SECONDS = 2.0  # of each speed measurement (per file and batch size): a median over that many seconds of runs
+SECONDS_ENV = "TINYNAS_ONNX_SECONDS"  # overrides SECONDS (timing_seconds)
 _METADATA = "tinynas"  # metadata_props key whose presence marks a file this module wrote
 
 
@@ -273,10 +275,12 @@ def evaluate_onnx(path: str | Path, x_uint8: np.ndarray, y: np.ndarray, mean, st
     return float((pred == np.asarray(y)).mean()), pred
 
 
-def measure_speed(path: str | Path, x_uint8: np.ndarray, mean, std, threads: int = 1, seconds: float = 2.0
+def measure_speed(path: str | Path, x_uint8: np.ndarray, mean, std, threads: int = 1, seconds: float | None = None
                   ) -> dict:
-    """ONNX Runtime on the CPU: median latency of one image (batch 1, ms) over runs filling about `seconds`,
-    and images/s at batch 256 (median of at least 3 runs); inputs are real images, repeated if too few."""
+    """ONNX Runtime on the CPU: median latency of one image (batch 1, ms) over runs filling about `seconds`
+    (None: timing_seconds()), and images/s at batch 256 (median of at least 3 runs); inputs are real images,
+    repeated if too few."""
+    seconds = timing_seconds() if seconds is None else seconds
     session = _session(path, threads)
     name = session.get_inputs()[0].name
     x = normalize(x_uint8[:256], mean, std)
@@ -306,12 +310,27 @@ def _kb(path: Path) -> float:
     return round(path.stat().st_size / 1024, 1)
 
 
+def timing_seconds() -> float:
+    """Seconds of each speed measurement of deploy() (per file and batch size): SECONDS, or the environment's
+    TINYNAS_ONNX_SECONDS (the test suite sets it low: its timings are not figures anyone reads)."""
+    text = os.environ.get(SECONDS_ENV)
+    if text is None:
+        return SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise DeployError(f"{SECONDS_ENV} must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def deploy(model: nn.Module, fp32_path: str | Path, data, torch_acc: float, int8_path: str | Path | None = None,
-           threads: int = 1, log: Callable[[str], None] = print, seed: int = 0, seconds: float = 2.0) -> dict:
+           threads: int = 1, log: Callable[[str], None] = print, seed: int = 0, seconds: float | None = None) -> dict:
     """Export `model` (trained on data.x_train, normalised with data.mean/std) to fp32_path, verify it,
     quantize it to int8_path (None: no int8), evaluate both on the whole test set and time them; returns the
     figures for the reports. `torch_acc` is PyTorch's test accuracy, reported beside the ONNX ones; `seconds`
-    of timing per file and batch size."""
+    of timing per file and batch size (None: timing_seconds())."""
     fp32_path = Path(fp32_path)
     t0 = time.perf_counter()
     export_onnx(model, fp32_path, data.mean, data.std, data.classes)
