@@ -14,9 +14,10 @@ one `Outcome`:
     running / waiting  in progress / enqueued
 "Trained" = completed + pruned: what --trials N counts.
 
-The state lives in the trial's user attrs under the keys below; no other module touches them. A trial that
-did not finish (its worker died, or was interrupted) is failed and its candidate queued again when it had
-reached training or was a preset (at most MAX_RETRIES times).
+The state lives in the trial's user attrs under the keys below; no other module touches them
+(tests/test_structure.py checks). Its worker signs it (`sign`) and keeps a `Heartbeat` while training; a
+trial that did not finish (its worker died, or was interrupted) is failed and its candidate queued again
+when it had reached training or was a preset (at most MAX_RETRIES times).
 
 The exact count (`claim`): a process may train a candidate only if the study holds fewer than N trials
 trained or holding a place. The workers of one node call it under one lock (search.workers.SlotLock), so
