@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 __all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "SECONDS", "SECONDS_ENV", "OnnxInfo",
-           "missing", "cpu_name", "timing_seconds", "normalize", "calibration_images", "export_onnx", "read_onnx", "verify_onnx", "quantize_int8",
-           "evaluate_onnx", "measure_speed", "deploy", "summary", "main"]
+           "missing", "cpu_name", "timing_seconds", "normalize", "calibration_images", "export_onnx", "read_onnx",
+           "verify_onnx", "quantize_int8", "evaluate_onnx", "measure_speed", "deploy", "summary", "main"]
 
 DEPLOY_EXTRA = 'pip install -e ".[deploy]"'
 _PACKAGES = ("onnx", "onnxruntime", "onnxscript")
