@@ -3,7 +3,7 @@
 Every candidate the sampler proposes is one Optuna trial. While RUNNING it is in a `Phase`; it ends as
 one `Outcome`:
     completed  trained for all --trial-epochs (COMPLETE); value = final validation accuracy (in a
-               multi-objective study: values = [accuracy, cost], see search.objectives)
+               multi-objective study: values = [accuracy, cost], see search.settings.OBJECTIVES)
     pruned     trained, stopped early by the pruner (PRUNED); value = last validation accuracy
     rejected   broke a rule, never trained (COMPLETE with placeholder value 0 and constraints > 0,
                so TPE learns the infeasible region; Optuna's best_trial ignores it)
@@ -28,9 +28,8 @@ nodes may each take the last place at the same moment and train one trial more t
 from __future__ import annotations
 
 import enum
-import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
 import optuna
@@ -39,15 +38,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from space import Analysis
 
-from .liveness import process_alive, same_machine, worker_identity
-from .objectives import cost_name
-from .settings import one_line
-from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_rdb
+from .liveness import Heartbeat, death, worker_identity
+from .settings import cost_name, one_line
+from .storage import is_rdb
 
 __all__ = ["Phase", "Outcome", "MAX_RETRIES", "Counts", "classify", "count", "is_enqueued", "free_places", "claim",
-           "state_columns", "rejected_reason", "stopped_by_interrupt", "tell_rejected", "tell_duplicate",
-           "tell_trained", "tell_failed", "tell_not_trained", "tell_screened", "mark", "abandon", "fail_trial", "requeue",
-           "reap_dead_trials", "sign", "Heartbeat", "objective_values"]
+           "state_columns", "rejected_reason", "stopped_by_interrupt", "Verdict", "rejected", "duplicate_of",
+           "trained", "failed", "not_trained", "screened", "tell", "mark", "abandon", "fail_trial", "requeue",
+           "reap_dead_trials", "sign", "heartbeat", "objective_values"]
 
 MAX_RETRIES = 2  # times one candidate is queued again after its worker died or was interrupted
 
@@ -199,42 +197,15 @@ def sign(trial: optuna.Trial) -> None:
     trial.set_user_attr(_WORKER, worker_identity())
 
 
-class Heartbeat:
-    """`with Heartbeat(study, trial_id):` beats every `interval` seconds in a daemon thread, so that other
-    machines can tell the trial's worker is alive (reap_dead_trials). RDB storages: Optuna's own heartbeat;
-    journal files (none in Optuna 5): the trial's heartbeat_at attr."""
-
-    def __init__(self, study: optuna.Study, trial_id: int, interval: float = HEARTBEAT_INTERVAL):
-        self.storage, self.trial_id, self.interval = study._storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
-
-    def beat(self) -> None:
-        try:
-            if is_rdb(self.storage) and self.storage.get_heartbeat_interval():
-                self.storage.record_heartbeat(self.trial_id)
-            else:
-                self.storage.set_trial_user_attr(self.trial_id, _HEARTBEAT_AT, time.time())
-        except Exception:  # a transient storage error must not kill the training it watches
-            pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.beat()
-
-    def __enter__(self) -> Heartbeat:
-        self.beat()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Heartbeat:
+    """`with heartbeat(study, trial):` shows other machines the trial's worker is alive while it trains
+    (search.liveness.Heartbeat; journal files: the trial's heartbeat_at attr)."""
+    return Heartbeat(study._storage, trial._trial_id, _HEARTBEAT_AT)
 
 
 def objective_values(accuracy: float, a: Analysis, objectives: str) -> list[float]:
     """The values to tell Optuna: [accuracy], or [accuracy, cost] in a multi-objective study (the cost is
-    analytic: a's params or macs; see search.objectives)."""
+    analytic: a's params or macs; see search.settings.cost_name)."""
     cost = cost_name(objectives)
     return [float(accuracy)] + ([float(getattr(a, cost))] if cost else [])
 
@@ -244,15 +215,29 @@ def mark(trial: optuna.Trial, phase: Phase) -> None:
     trial.set_user_attr(_PHASE, str(phase))
 
 
-def tell_rejected(study: optuna.Study, trial: optuna.Trial, reason: str, values: list[float]) -> None:
-    trial.set_user_attr(_REJECTED, reason)
-    trial.set_user_attr(_STATUS, str(Outcome.REJECTED))
-    study.tell(trial, values)
+@dataclass(frozen=True)
+class Verdict:
+    """What becomes of a trial, as a value: its Outcome and what `tell` records with it. Made by the
+    functions below (rejected, duplicate_of, trained, failed, not_trained, screened), told by `tell`."""
+
+    outcome: Outcome
+    state: TrialState = TrialState.COMPLETE
+    values: list[float] | None = None  # COMPLETE only
+    attrs: dict[str, Any] = field(default_factory=dict)  # the trial-state user attrs to set first
+    reports: tuple[tuple[int, float], ...] = ()  # intermediate values to report first (a pruned original's)
+    requeue: bool = False  # a preset or a retry is queued again, as it was, once told
+    note: str = ""  # the log line's text after the outcome
 
 
-def tell_duplicate(study: optuna.Study, trial: optuna.Trial, genome_json: str) -> FrozenTrial | None:
-    """Copy the result of an earlier trial of the same genome (returned) instead of training it again; None
-    (nothing told) if there is none, trained or in training."""
+def rejected(reason: str, values: list[float]) -> Verdict:
+    """Broke a rule: COMPLETE with a placeholder value (and its constraints), never trained."""
+    return Verdict(Outcome.REJECTED, values=values, attrs={_REJECTED: reason, _STATUS: str(Outcome.REJECTED)},
+                   note=reason)
+
+
+def duplicate_of(study: optuna.Study, trial: optuna.Trial, genome_json: str) -> Verdict | None:
+    """The verdict copying the result of an earlier trial of the same genome instead of training it again;
+    None if there is none, trained or in training."""
     for t in study.get_trials(deepcopy=False):
         if t.number == trial.number or t.user_attrs.get("genome") != genome_json:
             continue
@@ -260,48 +245,54 @@ def tell_duplicate(study: optuna.Study, trial: optuna.Trial, genome_json: str) -
         if k not in (Outcome.COMPLETED, Outcome.PRUNED) and not (
                 k == Outcome.RUNNING and t.user_attrs.get(_PHASE) == Phase.TRAINING):
             continue
-        trial.set_user_attr(_DUPLICATE_OF, t.number)
-        trial.set_user_attr(_STATUS, str(Outcome.DUPLICATE))  # told its original's state and value; never trained
-        if k == Outcome.RUNNING:
-            study.tell(trial, state=TrialState.FAIL)  # another worker is training it right now
-        elif k == Outcome.COMPLETED:
-            study.tell(trial, t.values)
-        else:
-            for step, value in sorted(t.intermediate_values.items()):
-                trial.report(value, step)
-            study.tell(trial, state=TrialState.PRUNED)
-        return t
+        # Told its original's state and value; never trained. FAIL while another worker is training it.
+        attrs = {_DUPLICATE_OF: t.number, _STATUS: str(Outcome.DUPLICATE)}
+        note = f"of trial {t.number} ({k}): not trained again"
+        if k == Outcome.COMPLETED:
+            return Verdict(Outcome.DUPLICATE, values=list(t.values), attrs=attrs, note=note)
+        if k == Outcome.PRUNED:
+            return Verdict(Outcome.DUPLICATE, TrialState.PRUNED, attrs=attrs, note=note,
+                           reports=tuple(sorted(t.intermediate_values.items())))
+        return Verdict(Outcome.DUPLICATE, TrialState.FAIL, attrs=attrs, note=note)
     return None
 
 
-def tell_trained(study: optuna.Study, trial: optuna.Trial, values: list[float] | None) -> Outcome:
+def trained(values: list[float] | None) -> Verdict:
     """A finished training run: COMPLETE with `values`, or PRUNED when None."""
-    trial.set_user_attr(_TRAINED, True)
     if values is None:
-        study.tell(trial, state=TrialState.PRUNED)
-        return Outcome.PRUNED
-    study.tell(trial, values)
-    return Outcome.COMPLETED
+        return Verdict(Outcome.PRUNED, TrialState.PRUNED, attrs={_TRAINED: True})
+    return Verdict(Outcome.COMPLETED, values=values, attrs={_TRAINED: True})
 
 
-def tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    trial.set_user_attr(_FAILED, reason)
-    study.tell(trial, state=TrialState.FAIL)
+def failed(reason: str) -> Verdict:
+    """Training raised or diverged."""
+    return Verdict(Outcome.FAILED, TrialState.FAIL, attrs={_FAILED: reason}, note=reason)
 
 
-def tell_not_trained(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """FAIL a trial that will not be trained; a preset or a retry is queued again, as it was, for later."""
-    tell_failed(study, trial, reason)
-    frozen = study._storage.get_trial(trial._trial_id)
-    if is_enqueued(frozen):
-        _enqueue_again(study, frozen, {k: frozen.user_attrs[k] for k in (_RETRY_OF, _RETRIES)
-                                       if k in frozen.user_attrs})
+def not_trained(reason: str) -> Verdict:
+    """FAIL a trial that will not be trained (no place left); a preset or a retry is queued again."""
+    return Verdict(Outcome.NO_PLACE, TrialState.FAIL, attrs={_FAILED: reason}, requeue=True, note=reason)
 
 
-def tell_screened(study: optuna.Study, trial: optuna.Trial, winner: int) -> None:
-    trial.set_user_attr(_LOST_TO, winner)
-    trial.set_user_attr(_STATUS, str(Outcome.SCREENED))
-    study.tell(trial, state=TrialState.FAIL)  # why FAIL and not PRUNED: search.prescreen
+def screened(winner: int) -> Verdict:
+    """A --prescreen round's proposal that lost to `winner` (FAIL, not PRUNED: search.prescreen says why)."""
+    return Verdict(Outcome.SCREENED, TrialState.FAIL, attrs={_LOST_TO: winner, _STATUS: str(Outcome.SCREENED)})
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, verdict: Verdict) -> Outcome:
+    """The one place a trial of this process is told: record the verdict's attrs (and reports), tell Optuna
+    its state and values, and queue a preset or retry again if the verdict says so."""
+    for key, value in verdict.attrs.items():
+        trial.set_user_attr(key, value)
+    for step, value in verdict.reports:
+        trial.report(value, step)
+    study.tell(trial, verdict.values if verdict.state == TrialState.COMPLETE else None, state=verdict.state)
+    if verdict.requeue:
+        frozen = study._storage.get_trial(trial._trial_id)
+        if is_enqueued(frozen):
+            _enqueue_again(study, frozen, {k: frozen.user_attrs[k] for k in (_RETRY_OF, _RETRIES)
+                                           if k in frozen.user_attrs})
+    return verdict.outcome
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> int | None:
@@ -328,8 +319,12 @@ def _enqueue_again(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any
     study.enqueue_trial(params, user_attrs={**keep, **attrs})
 
 
-def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool = True) -> bool:
-    """Mark a RUNNING trial FAIL with its reason (and enqueue it again); False if another worker was first."""
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark a RUNNING trial FAIL with its reason and enqueue it again; False if another worker was first.
+
+    Not `tell`: the trial may be another process's (a dead worker's), so this is the storage's own
+    compare-and-set on RUNNING, which lets exactly one of several reaping workers requeue it.
+    """
     storage = study._storage
     try:
         storage.set_trial_user_attr(trial._trial_id, _FAILED, reason)
@@ -338,58 +333,39 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool
         return False
     if done is False:
         return False
-    if retry:
-        requeue(study, trial)
+    requeue(study, trial)
     return True
 
 
-def abandon(study: optuna.Study, asked: list[optuna.Trial], e: BaseException) -> int | None:
-    """Fail every trial of `asked` still RUNNING (queued again if it was training or a preset), because of `e`;
-    returns the one to name: the one in training, else the first one still open."""
+def abandon(study: optuna.Study, trial_ids: Iterable[int], e: BaseException) -> int | None:
+    """Fail every trial of `trial_ids` still RUNNING (queued again if it was training or a preset), because of
+    `e`; returns the number of the one to name: the one in training, else the first one still open."""
     why = INTERRUPTED if isinstance(e, KeyboardInterrupt) else one_line(e)
     stopped = None
-    for t in asked:
+    for trial_id in trial_ids:
         try:
-            frozen = study._storage.get_trial(t._trial_id)
+            frozen = study._storage.get_trial(trial_id)
             if frozen.state == TrialState.RUNNING:
-                fail_trial(study, frozen, why, retry=True)
+                fail_trial(study, frozen, why)
                 if stopped is None or frozen.user_attrs.get(_PHASE) == Phase.TRAINING:
-                    stopped = t.number
+                    stopped = frozen.number
         except Exception:  # the storage itself is gone: the next run reaps the trial; report the cause
             pass
     return stopped
 
 
-def _death(t: FrozenTrial, me: dict[str, Any], now: float, rdb: bool) -> str | None:
-    """Why a RUNNING trial's worker is dead, None if it may be alive."""
-    worker = t.user_attrs.get(_WORKER)
-    started = t.datetime_start.timestamp() if t.datetime_start else now
-    if worker is None:  # killed between ask() and the first attr: only its age tells
-        return "worker vanished before the trial started" if now - started > GRACE_PERIOD else None
-    if same_machine(worker, me):
-        own = worker.get("pid") == me["pid"] and worker.get("start") == me["start"]
-        return None if not own and process_alive(worker) else f"worker pid {worker.get('pid')} died"
-    if not rdb or t.user_attrs.get(_PHASE) != Phase.TRAINING:
-        # Optuna's heartbeat (RDB) starts with training; before that, and in journal files, our own attr.
-        last = float(t.user_attrs.get(_HEARTBEAT_AT, started))
-        return f"no heartbeat for {now - last:.0f} s" if now - last > GRACE_PERIOD else None
-    return None  # RDB: fail_stale_trials judged it
-
-
-def reap_dead_trials(study: optuna.Study, current: int | None = None) -> list[int]:
-    """Fail (and requeue) every RUNNING trial whose worker is dead; returns their numbers.
-
-    `current` is the number of a trial this process is running right now; any other RUNNING trial of
-    this very process is an orphan (left by an interrupted or crashed earlier step).
-    """
+def reap_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail (and requeue) every RUNNING trial whose worker is dead (search.liveness.death); returns their
+    numbers. This process's own RUNNING trials count as dead: they are orphans of an interrupted or crashed
+    earlier step (Search.step reaps between steps, never during one)."""
     rdb = is_rdb(study._storage) and bool(study._storage.get_heartbeat_interval())
     if rdb:
         optuna.storages.fail_stale_trials(study)  # other machines, by heartbeat; calls `requeue`
     me, now, reaped = worker_identity(), time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number == current:
-            continue
-        reason = _death(t, me, now, is_rdb(study._storage))
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        reason = death(t.user_attrs.get(_WORKER), me, started, float(t.user_attrs.get(_HEARTBEAT_AT, started)),
+                       training=t.user_attrs.get(_PHASE) == Phase.TRAINING, rdb=is_rdb(study._storage), now=now)
         if reason and fail_trial(study, t, reason):
             reaped.append(t.number)
     return reaped

@@ -1,5 +1,5 @@
-"""Is a trial's worker alive? Its identity and the process check (the heartbeat it keeps while training is
-search.lifecycle.Heartbeat).
+"""Is a trial's worker alive? Its identity, the process check, the heartbeat it keeps while training, and
+the verdict on a RUNNING trial's worker (`death`).
 
 A worker killed mid-trial (SIGKILL, power loss, preemption) leaves its trial RUNNING forever; it would
 block the count of trained trials and TPE would keep "lying" about it. Three ways to notice (applied by
@@ -8,15 +8,22 @@ search.lifecycle.reap_dead_trials):
     time differs). Immediate, so a plain resume never waits for a grace period;
   * RDB storages: Optuna's heartbeat (storage.HEARTBEAT_INTERVAL / GRACE_PERIOD), for other machines;
   * journal files (no heartbeat in Optuna 5): a `heartbeat_at` user attr refreshed by the same thread.
+What the trial records (its worker, its last beat, its phase) is search.lifecycle's; this module judges it.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["worker_identity", "process_alive", "same_machine"]
+from optuna.storages import BaseStorage
+
+from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_rdb
+
+__all__ = ["worker_identity", "process_alive", "same_machine", "death", "Heartbeat"]
 
 
 def _read(path: str) -> str:
@@ -59,3 +66,52 @@ def process_alive(worker: dict[str, Any]) -> bool:
 
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.get("host") == b.get("host") and a.get("boot", "") == b.get("boot", "")
+
+
+def death(worker: dict[str, Any] | None, me: dict[str, Any], started: float, last_beat: float, training: bool,
+          rdb: bool, now: float) -> str | None:
+    """Why a RUNNING trial's worker is dead, None if it may be alive. `worker`: its recorded identity (None:
+    not signed yet); `started`, `last_beat`: time.time() seconds; `training`: it holds a training place;
+    `rdb`: the storage is a database, whose heartbeat (Optuna's fail_stale_trials) judges training trials."""
+    if worker is None:  # killed between ask() and the first attr: only its age tells
+        return "worker vanished before the trial started" if now - started > GRACE_PERIOD else None
+    if same_machine(worker, me):
+        own = worker.get("pid") == me["pid"] and worker.get("start") == me["start"]
+        return None if not own and process_alive(worker) else f"worker pid {worker.get('pid')} died"
+    if not rdb or not training:
+        # Optuna's heartbeat (RDB) starts with training; before that, and in journal files, our own attr.
+        return f"no heartbeat for {now - last_beat:.0f} s" if now - last_beat > GRACE_PERIOD else None
+    return None  # RDB: fail_stale_trials judged it
+
+
+class Heartbeat:
+    """`with Heartbeat(storage, trial_id, attr):` beats every `interval` seconds in a daemon thread, so that
+    other machines can tell the trial's worker is alive. RDB storages: Optuna's own heartbeat; journal files
+    (none in Optuna 5): the trial's user attr `attr` (search.lifecycle.heartbeat names it)."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int, attr: str, interval: float = HEARTBEAT_INTERVAL):
+        self.storage, self.trial_id, self.attr, self.interval = storage, trial_id, attr, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
+
+    def beat(self) -> None:
+        try:
+            if is_rdb(self.storage) and self.storage.get_heartbeat_interval():
+                self.storage.record_heartbeat(self.trial_id)
+            else:
+                self.storage.set_trial_user_attr(self.trial_id, self.attr, time.time())
+        except Exception:  # a transient storage error must not kill the training it watches
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .objectives import COSTS, pareto_front  # noqa: E402
+from .settings import COSTS  # noqa: E402
 
-__all__ = ["pareto_front", "plot_pareto", "plot_history", "plot_rejected", "plot_final", "thirds"]
+__all__ = ["plot_pareto", "plot_history", "plot_rejected", "plot_final", "thirds"]
 
 
 def _save(fig, path: Path) -> Path:

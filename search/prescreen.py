@@ -1,6 +1,6 @@
 """`search.run --prescreen K`: train only the best of K feasible proposals, by a zero-cost proxy.
 
-Every trained trial is chosen like this (search.runner.Search.step): the sampler proposes candidates (each
+Every trained trial is chosen like this (search.loop.Search.step): the sampler proposes candidates (each
 an ordinary study trial, asked the normal way, so TPE's model proposes them); rejected ones and duplicates
 are recorded exactly as without a prescreen and do not count; the first K feasible ones are scored by the
 proxy (train.proxies, each genome built with the study's seed, on a fixed batch of PROXY_BATCH training

@@ -20,7 +20,7 @@ from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
 from .constraints import random_rejection_rate
 from .final import load_final
-from .objectives import COSTS, cost_name
+from .settings import COSTS, cost_name
 from .storage import dashboard_command
 from .study import stored_settings
 from .lifecycle import count

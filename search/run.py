@@ -43,8 +43,8 @@ from train.files import removed_on_error
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
-from .objectives import cost_name, parse_objectives
-from .settings import DEFAULTS, DatasetDefaults, SearchError, SearchSettings, default_val_size, parse_val_size
+from .settings import (DEFAULTS, DatasetDefaults, SearchError, SearchSettings, cost_name, default_val_size,
+                       parse_objectives, parse_val_size)
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                             val_note if settings.val_size == asked.val_size else "")
         signal.signal(signal.SIGTERM, _sigterm)
     from .final import retrain_best
-    from .runner import SearchStopped  # after argument errors: these import torch
+    from .loop import SearchStopped  # after argument errors: these import torch
 
     t0 = time.time()
     try:
@@ -291,7 +291,7 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
     """The one search path: this process trains (one process, or a worker), or it starts `jobs` workers
     that do, and waits. KeyboardInterrupt when stopped; SearchStopped when it, or a worker, gave up."""
     from .prescreen import make_prescreen
-    from .runner import Search, SearchStopped, make_train_fn
+    from .loop import Search, SearchStopped, make_train_fn
     from .workers import SlotLock, cpu_threads, run_workers
 
     if jobs > 1 and args.worker is None:

@@ -16,7 +16,7 @@ from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset tabl
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
-__all__ = ["DEFAULT_PROXY", "DATASET_SIZES", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS",
+__all__ = ["OBJECTIVES", "COSTS", "parse_objectives", "directions", "cost_name", "DEFAULT_PROXY", "DATASET_SIZES", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS",
            "SearchSettings", "migrate", "parse_val_size", "default_val_size"]
 
 
@@ -28,6 +28,33 @@ def one_line(e: BaseException) -> str:
     """'Type: first line of the message', for a failed_reason or an error line."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+# What a study optimises (--objectives): validation accuracy alone (the default; pruning works), or accuracy and
+# an analytic cost (space.analyze), a multi-objective study: maximise accuracy, minimise parameters or MACs per
+# image. A rejected candidate is told (0, its cost) with its constraint violations, (0,) in a single-objective
+# study (search.lifecycle.objective_values). Optuna cannot prune multi-objective studies (Trial.report raises),
+# so they train every candidate for the whole --trial-epochs. Their Pareto front: search.trials.pareto_trials.
+OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,macs")
+COSTS = {"params": "parameters", "macs": "MACs per image"}
+
+
+def parse_objectives(text: str) -> str:
+    """The canonical objectives string ('accuracy', 'accuracy,params' or 'accuracy,macs')."""
+    canon = ",".join(p.strip() for p in text.split(","))
+    if canon not in OBJECTIVES:
+        raise SearchError(f"unknown --objectives {text!r}; choose one of: {', '.join(OBJECTIVES)}")
+    return canon
+
+
+def directions(objectives: str) -> list[str]:
+    return ["maximize"] + ["minimize"] * (len(objectives.split(",")) - 1)
+
+
+def cost_name(objectives: str) -> str | None:
+    """'params' or 'macs' for a multi-objective study, None for accuracy alone."""
+    names = objectives.split(",")
+    return names[1] if len(names) > 1 else None
 
 
 def parse_val_size(text: str) -> int | float:
@@ -82,7 +109,7 @@ class SearchSettings:
     lr: float
     augment: bool
     max_macs: int | None = None  # multiply-accumulates per image (None: no limit)
-    objectives: str = "accuracy"  # or "accuracy,params" / "accuracy,macs" (search.objectives)
+    objectives: str = "accuracy"  # or "accuracy,params" / "accuracy,macs" (parse_objectives)
     space: int = SPACE_VERSION  # the search space's version (space.SPACE_VERSION) the trials were sampled from
     # How the space's points become genomes under the rules (space.CONSTRUCTION_VERSION); a study resumes with
     # the construction it was begun with (search.run keeps the stored one).

@@ -19,8 +19,7 @@ from optuna.storages import BaseStorage
 
 from space import PRESETS, params_from_genome
 
-from .objectives import directions
-from .settings import SearchError, SearchSettings
+from .settings import SearchError, SearchSettings, directions
 
 __all__ = ["SETTINGS_KEY", "PRESETS_KEY", "PRUNERS", "make_sampler", "make_pruner", "open_study", "load_study",
            "stored_settings", "enqueue_presets", "keep_stored_defaults"]

@@ -4,7 +4,7 @@ What became of each trial (its Outcome) and the counts are search.lifecycle's.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import optuna
 import pandas as pd
@@ -13,10 +13,21 @@ from optuna.trial import FrozenTrial
 from space import Genome
 
 from .lifecycle import Outcome, classify, is_enqueued, rejected_reason, state_columns
-from .objectives import pareto_front
 from .settings import SearchError
 
-__all__ = ["best_trial", "pareto_trials", "val_acc", "genome_of", "pick_trial", "rejected_fraction", "leaderboard"]
+__all__ = ["best_trial", "pareto_trials", "val_acc", "genome_of", "pick_trial", "rejected_fraction", "leaderboard", "pareto_front"]
+
+def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both lower cost and higher accuracy, by cost.
+    Of identical points only the first is kept."""
+    order = sorted(range(len(cost)), key=lambda i: (cost[i], -acc[i]))
+    front, best = [], float("-inf")
+    for i in order:
+        if acc[i] > best:
+            front.append(i)
+            best = acc[i]
+    return front
+
 
 def genome_of(t: FrozenTrial) -> Genome:
     return Genome.from_json(t.user_attrs["genome"])
@@ -32,8 +43,9 @@ def _feasible_completed(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def pareto_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """The Pareto front (search.objectives) of the trained, completed, feasible trials, by cost: in a
-    multi-objective study over its [accuracy, cost] values, otherwise over accuracy and parameters."""
+    """The Pareto front (pareto_front) of the trained, completed, feasible trials, by cost: in a
+    multi-objective study over its [accuracy, cost] values, otherwise over accuracy and parameters (as the
+    report's accuracy-vs-parameters plot has always shown)."""
     done = _feasible_completed(trials)
     cost = [float(t.values[1]) if len(t.values) > 1 else float(t.user_attrs.get("n_params", 0)) for t in done]
     return [done[i] for i in pareto_front(cost, [val_acc(t) for t in done])]

@@ -1,7 +1,7 @@
 """`search.run --jobs N`: N worker processes on one study, on one node, sharing its device.
 
 The parent process creates the study (settings, presets) and starts N copies of the same command in
-worker mode (`--worker K`); each loads the data once, runs the ask/train/tell loop of search.runner until
+worker mode (`--worker K`); each loads the data once, runs the ask/train/tell loop of search.loop until
 the study holds --trials trained candidates, and exits. The parent waits, then does the final retrain.
 
   * Exact count: a worker decides to train a candidate only while holding `SlotLock`, an exclusive file

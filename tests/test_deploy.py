@@ -209,7 +209,7 @@ def retrained_study(tmp_path):
     a freshly initialised net (the export checks that ONNX computes the same net, trained or not)."""
     import optuna
 
-    from search.runner import Search
+    from search.loop import Search
     from tests.search_helpers import FakeTrain, memory_study, settings
 
     s = settings(max_params=100_000)
@@ -273,7 +273,7 @@ def test_search_export_onnx_errors_are_one_line(retrained_study, capsys, damage,
 
 def test_the_final_retrain_without_the_extra_finishes_and_names_it(tmp_path, monkeypatch):
     import search.final as final
-    from search.runner import Search
+    from search.loop import Search
     from tests.search_helpers import FakeTrain, memory_study, settings
 
     s = settings(max_params=100_000)

@@ -160,7 +160,7 @@ def test_ema_copies_integer_buffers_such_as_bn_step_counts():
 
 def test_after_out_of_memory_the_cache_is_emptied_once_the_trials_tensors_are_gone(monkeypatch):
     import train.engine as engine
-    from search.runner import make_train_fn
+    from search.loop import make_train_fn
     from search.settings import SearchSettings
 
     held = []

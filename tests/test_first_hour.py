@@ -15,7 +15,7 @@ from search import run as run_cmd
 from search.cli import ERRORS
 from search.lifecycle import classify
 from search.report import _md_table
-from search.runner import Search
+from search.loop import Search
 from search.study import enqueue_presets, make_pruner, open_study
 from space.genome import GenomeError
 from space.spec import run_cli

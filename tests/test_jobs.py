@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.lifecycle import classify
-from search.runner import Search
+from search.loop import Search
 from search.storage import default_journal, migrate_to_journal, open_storage, resolve_url
 from search.study import stored_settings
 from search.workers import SlotLock, worker_argv
@@ -107,7 +107,7 @@ def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_to_exactly_n(tmp
 def test_workers_sharing_the_slot_lock_never_train_more_than_n(monkeypatch):
     # Threads of one process stand in for worker processes; the reaper would take each other's trials for
     # orphans of this process (it is tested on its own in test_search), so it is off here.
-    monkeypatch.setattr("search.runner.reap_dead_trials", lambda study: [])
+    monkeypatch.setattr("search.loop.reap_dead_trials", lambda study: [])
     s = settings(trial_epochs=2)
     study = memory_study(s)
 

@@ -13,8 +13,9 @@ from search import retrain as retrain_cmd
 from search import run as run_cmd
 from search.constraints import check_satisfiable
 from search.lifecycle import classify
-from search.objectives import parse_objectives, pareto_front
-from search.runner import Search
+from search.settings import parse_objectives
+from search.trials import pareto_front
+from search.loop import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, genome_of, leaderboard, pareto_trials
@@ -173,7 +174,7 @@ def test_a_stored_recipe_survives_the_json_round_trip_and_later_default_changes(
 
 def test_trials_and_the_final_retrain_train_with_the_studys_recipe(monkeypatch):
     import train.engine
-    from search.runner import make_train_fn
+    from search.loop import make_train_fn
     seen = []
     monkeypatch.setattr(train.engine, "train", lambda genome, config, data, on_epoch=None: seen.append(config))
     s = settings(augment=True).with_recipe(bias_lr_scale=2.5, label_smoothing=0.0, **{"augment.rotate": 5.0})

@@ -18,7 +18,7 @@ from search.lifecycle import classify, count
 from search.liveness import worker_identity
 from search.prescreen import DEFAULT_PROXY, Prescreen, best_first, make_prescreen, parse_prescreen, scores_of
 from search.report import write_report
-from search.runner import Search
+from search.loop import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, leaderboard
@@ -180,7 +180,7 @@ def test_a_killed_round_is_reaped_and_the_resume_trains_exactly_n():
 
 
 def test_workers_sharing_the_slot_lock_train_exactly_n_with_a_prescreen(monkeypatch):
-    monkeypatch.setattr("search.runner.reap_dead_trials", lambda study: [])  # threads of one process: see test_jobs
+    monkeypatch.setattr("search.loop.reap_dead_trials", lambda study: [])  # threads of one process: see test_jobs
     s = settings(prescreen=3, proxy="params")
     study, fake, lock = memory_study(s), FakeTrain(epochs=2), threading.Lock()
     workers = [search(study, s, fake, 7, FakeScore(), poll_seconds=0.01, lock=lock) for _ in range(3)]

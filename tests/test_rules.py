@@ -9,7 +9,7 @@ import pytest
 
 from search import run as run_cmd
 from search.cli import ERRORS
-from search.runner import Search, SearchStopped
+from search.loop import Search, SearchStopped
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from space import Genome, Rules, analyze, check, construct

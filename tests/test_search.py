@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from search.constraints import check_satisfiable, random_rejection_rate
 from search.lifecycle import Outcome, Phase, claim, classify, count, reap_dead_trials
-from search.liveness import worker_identity
-from search.runner import Search, SearchStopped, _Told
+from search.liveness import _start_time, worker_identity
+from search.loop import Search, SearchStopped
 from search.settings import SearchError
 from search.storage import resolve_url
 from search.study import SETTINGS_KEY, enqueue_presets, make_pruner, open_study, stored_settings
@@ -154,12 +154,41 @@ def test_running_trial_of_a_dead_process_is_failed_and_requeued():
     assert reap_dead_trials(study) == []  # idempotent
 
 
-def test_live_workers_trials_are_left_alone():
+def test_a_live_siblings_running_trial_survives_a_reap_and_a_dead_ones_is_failed_and_requeued():
+    # Two sibling workers on this machine (--jobs 2), each in the middle of training a candidate, and a reap
+    # by a third worker: the live sibling's trial is left RUNNING, the dead one's is failed and queued again.
     study = memory_study(settings(), presets=False)
-    trial = study.ask()
+    live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_proc.wait()
+    try:
+        trials = {}
+        for name, proc, genome in (("live", live_proc, "seed001"), ("dead", dead_proc, "seed003_net")):
+            trial = study.ask()
+            trial.set_user_attr("worker", {**worker_identity(), "pid": proc.pid, "start": _start_time(proc.pid)})
+            trial.set_user_attr("genome", PRESETS[genome].to_json())
+            trial.set_user_attr("phase", "training")
+            trials[name] = trial.number
+        assert reap_dead_trials(study) == [trials["dead"]]
+        after = {t.number: t for t in study.get_trials()}
+        assert after[trials["live"]].state == TrialState.RUNNING
+        assert "failed_reason" not in after[trials["live"]].user_attrs
+        assert after[trials["dead"]].state == TrialState.FAIL
+        assert f"worker pid {dead_proc.pid} died" in after[trials["dead"]].user_attrs["failed_reason"]
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert [(t.user_attrs["genome"], t.user_attrs["retry_of"]) for t in waiting] == [
+            (PRESETS["seed003_net"].to_json(), trials["dead"])]
+        assert reap_dead_trials(study) == []  # the live one still survives a second reap
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+
+
+def test_this_processs_own_running_trial_is_an_orphan_between_steps():
+    study = memory_study(settings(), presets=False)
+    trial = study.ask()  # left RUNNING by an interrupted step of this very process
     trial.set_user_attr("worker", worker_identity())
-    assert reap_dead_trials(study, current=trial.number) == []
-    assert reap_dead_trials(study) == [trial.number]  # this process, not in progress: an orphan
+    assert reap_dead_trials(study) == [trial.number]
 
 
 def test_a_genome_trained_before_is_not_trained_again():
@@ -262,24 +291,23 @@ def test_journal_storage_runs_the_search_and_reaps_silent_workers(tmp_path):
     assert "no heartbeat" in study.get_trials()[trial.number].user_attrs["failed_reason"]
 
 
-def test_a_candidate_is_not_trained_when_other_workers_hold_the_last_places_and_a_preset_is_kept():
+def test_a_candidate_is_not_trained_when_other_workers_hold_the_last_places_and_a_preset_is_kept(monkeypatch):
     s = settings()
     study, fake = memory_study(s), FakeTrain()
     runner = search(study, s, fake, 1, claim_wait_seconds=0.0)
-    # Ours pops the first preset; another worker (on another node: no shared lock) pops the next one and
-    # claims the only place of --trials 1 before ours is checked. (step() would see the full study first.)
-    ours = study.ask()
+    # Another worker (on another node: no shared lock) pops the first preset and claims the only place of
+    # --trials 1 right after ours saw one free; ours then pops the next preset and finds the place taken.
     other = study.ask()
     other.set_user_attr("phase", "training")
-    with pytest.raises(_Told) as told:
-        runner._claim(ours, runner._propose(ours), Phase.TRAINING)
-    assert told.value.outcome == Outcome.NO_PLACE and fake.calls == []
+    monkeypatch.setattr("search.loop.free_places", lambda study, n: True)
+    assert runner.step() == Outcome.NO_PLACE and fake.calls == []
     trials = study.get_trials()
     skipped = [t for t in trials if t.state == TrialState.FAIL]
     assert len(skipped) == 1 and skipped[0].user_attrs["failed_reason"].startswith("not trained: the study already")
     # The preset it had popped is queued again, as it was, for a later run with a larger --trials.
     waiting = [t.user_attrs.get("preset") for t in trials if t.state == TrialState.WAITING]
     assert skipped[0].user_attrs["preset"] in waiting and "retries" not in skipped[0].user_attrs
+    assert other.number != skipped[0].number and study.get_trials()[other.number].state == TrialState.RUNNING
 
 
 def test_a_later_candidate_waits_for_an_earlier_one_still_being_checked():

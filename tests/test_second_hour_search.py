@@ -19,7 +19,7 @@ from search import export as export_cmd
 from search import run as run_cmd
 from search.cli import ERRORS
 from search.data import NORMALISATION_KEY, load_full
-from search.runner import Search
+from search.loop import Search
 from search.settings import DATASET_SIZES, DEFAULTS, default_val_size
 from search.study import enqueue_presets, make_pruner, open_study, stored_settings
 from space.spec import run_cli

@@ -12,7 +12,7 @@ import collections
 
 import optuna
 
-from search.runner import Search
+from search.loop import Search
 from search.settings import SearchSettings
 from search.study import enqueue_presets, make_pruner, open_study
 from space import analyze

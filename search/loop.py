@@ -1,6 +1,7 @@
-"""The search loop, with ask/tell so that rejection, deduplication and counting are explicit.
+"""The search loop: Search.step (one candidate, ask to tell) and Search.run (steps until N are trained).
 
-One candidate (Search.step), in the shape of Optuna's own `_run_trial`; its state is search.lifecycle's:
+One candidate (Search.step), in the shape of Optuna's own `_run_trial`; its state is search.lifecycle's.
+Each arrow decides the trial's Verdict (a value), which lifecycle.tell tells, once:
     ask -> genome (space.suggest_genome, or the exact genome an enqueued trial carries)
         -> broken rule?  constraints > 0, tell COMPLETE(0) as "rejected": never trained, not counted
         -> trained before? copy its result as "duplicate": not retrained, not counted
@@ -10,7 +11,7 @@ One candidate (Search.step), in the shape of Optuna's own `_run_trial`; its stat
            keep the best, tell the other K - 1 FAIL as "screened" (never trained, not counted)
         -> train briefly inside one heartbeat, reporting validation accuracy per epoch to the pruner
         -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
-In a multi-objective study (search.objectives) every value told is [accuracy, cost]: a rejected candidate
+In a multi-objective study (search.settings.OBJECTIVES) every value told is [accuracy, cost]: a rejected candidate
 is COMPLETE(0, its analytic cost), and nothing is reported per epoch (Optuna cannot prune such studies).
 Search.run repeats it until the study holds N trained (completed or pruned) trials, counting those of
 earlier runs and of other workers. The training itself is injected (`train_fn`), so tests can drive the
@@ -18,6 +19,7 @@ loop without torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -28,9 +30,9 @@ import optuna
 
 from space import Analysis, Genome, analyze, check, construct, constraint_values
 
-from .lifecycle import (Counts, Heartbeat, Outcome, Phase, abandon, claim, classify, count, free_places, is_enqueued,
-                        mark, objective_values, reap_dead_trials, sign, tell_duplicate, tell_failed, tell_not_trained,
-                        tell_rejected, tell_screened, tell_trained)
+from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, duplicate_of, failed, free_places,
+                        heartbeat, is_enqueued, mark, not_trained, objective_values, reap_dead_trials, rejected,
+                        screened, sign, tell, trained)
 from .settings import SearchSettings, one_line
 
 if TYPE_CHECKING:  # injected like train_fn: the round's scoring is the prescreen's business
@@ -96,15 +98,6 @@ def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-class _Told(Exception):
-    """Raised inside Search.step once the trial has been told without training: rejected, a duplicate, or no
-    place left."""
-
-    def __init__(self, outcome: Outcome):
-        super().__init__(outcome)
-        self.outcome = outcome
-
-
 @dataclass
 class Search:
     study: optuna.Study
@@ -122,6 +115,8 @@ class Search:
     prescreen: Prescreen | None = None  # train the best of K feasible proposals by a proxy (None: every one)
     interrupted: int | None = field(default=None, init=False)  # the trial a Ctrl-C / SIGTERM stopped
     last_failure: str = field(default="", init=False)  # the reason of the last training failure
+    # The ids of the trials the current step asked (only _ask adds to it): what step fails if it stops early.
+    _asked: list[int] = field(default_factory=list, init=False, repr=False)
 
     def counts(self) -> Counts:
         return count(self.study.get_trials(deepcopy=False))
@@ -152,41 +147,64 @@ class Search:
             self._check_skips(skips)
 
     def step(self) -> Outcome:
-        """One candidate, start to end, in the shape of Optuna's own `_run_trial`: ask, propose, claim a
-        place (lifecycle.claim), train inside one heartbeat, tell; returns its Outcome. Nothing it asked is
-        left RUNNING, whatever stops it (Ctrl-C, SIGTERM, a storage error: failed and re-raised)."""
-        asked: list[optuna.Trial] = []
-        training = None
+        """One candidate, start to end, in the shape of Optuna's own `_run_trial`: one ladder decides the
+        trial's Verdict, a value (rejected, a duplicate, no place left; else trained: completed, pruned, or
+        failed in training), and lifecycle.tell tells it, once. Nothing it asked is left RUNNING, whatever
+        stops it (Ctrl-C, SIGTERM, a storage error: failed, queued again where it had reached training, and
+        re-raised)."""
+        self._asked = []
         try:
-            trial, cand = self._candidate(asked)
-            training = trial
-            t0 = time.time()
-            with Heartbeat(self.study, trial._trial_id):
-                result = self.train_fn(cand.genome, self._on_epoch(trial))
-            training = None
-            return self._tell(trial, cand, result, time.time() - t0)
-        except _Told as told:
-            return told.outcome
-        except Exception as e:
-            if training is None:
-                self._abandon(asked, e)
-                raise
-            self.last_failure = one_line(e)  # CUDA out of memory, a bad genome for this input size...
-            tell_failed(self.study, training, self.last_failure)
-            self.log(f"trial {training.number:>4}  failed    {self.last_failure}{cand.tag}")
-            return Outcome.FAILED
+            found = self._candidate()
+            if found is None:
+                return Outcome.NO_PLACE
+            trial, cand, verdict = found
+            return self._tell(trial, cand, verdict or self._train(trial, cand))
         except BaseException as e:
-            self._abandon(asked, e)
+            self._abandon(e)
             raise
 
-    def _abandon(self, asked: list[optuna.Trial], e: BaseException) -> None:
-        stopped = abandon(self.study, asked, e)
+    def _train(self, trial: optuna.Trial, cand: _Candidate) -> Verdict:
+        """Train the candidate inside one heartbeat; an error in training (CUDA out of memory, a bad genome
+        for this input size...) is its verdict, failed. A stop (Ctrl-C, SIGTERM) is not: it propagates."""
+        t0 = time.time()
+        try:
+            with heartbeat(self.study, trial):
+                result = self.train_fn(cand.genome, self._on_epoch(trial))
+        except Exception as e:
+            self.last_failure = one_line(e)
+            return failed(self.last_failure)
+        return self._judge(trial, cand, result, time.time() - t0)
+
+    def _ask(self) -> optuna.Trial:
+        trial = self.study.ask()
+        self._asked.append(trial._trial_id)
+        return trial
+
+    def _abandon(self, e: BaseException) -> None:
+        stopped = abandon(self.study, self._asked, e)
         if isinstance(e, KeyboardInterrupt) and stopped is not None:
             self.interrupted = stopped
 
-    def _candidate(self, asked: list[optuna.Trial]) -> tuple[optuna.Trial, _Candidate]:
-        """Ask and propose under `lock` until a candidate holds a place (the prescreen's winner, with one);
-        raises _Told for a candidate told without training.
+    def _tell(self, trial: optuna.Trial, cand: _Candidate | None, verdict: Verdict) -> Outcome:
+        """Tell the step's trial its verdict (lifecycle.tell) and log one line."""
+        outcome = tell(self.study, trial, verdict)
+        self.log(self._line(trial, cand, verdict))
+        return outcome
+
+    def _line(self, trial: optuna.Trial, cand: _Candidate | None, verdict: Verdict) -> str:
+        n, tag, k = trial.number, cand.tag if cand else "", verdict.outcome
+        if k == Outcome.DUPLICATE:
+            return f"trial {n:>4}  duplicate {verdict.note}"
+        if k == Outcome.NO_PLACE:
+            return f"trial {n:>4}  skipped   {verdict.note} (another worker claimed the last one){tag}"
+        if k in (Outcome.COMPLETED, Outcome.PRUNED):
+            return f"trial {n:>4}  {k:<9} {verdict.note}  ({self.counts().trained}/{self.n_trials} trained){tag}"
+        return f"trial {n:>4}  {k:<9} {verdict.note}{tag}"  # rejected, failed
+
+    def _candidate(self) -> tuple[optuna.Trial, _Candidate | None, Verdict | None] | None:
+        """(trial, candidate, None) for a candidate that holds a place to train (the prescreen's winner, with
+        one); (trial, candidate or None, verdict) for one told without training; None when the others hold
+        every place (nothing asked).
 
         Deciding to train happens under the lock: count, ask, check the candidate, claim the place. Workers
         holding the same lock therefore never start more training runs than --trials leaves. With a
@@ -195,22 +213,17 @@ class Search:
         """
         with self.lock:
             if not free_places(self.study, self.n_trials):
-                raise _Told(Outcome.NO_PLACE)
-            trial = self.study.ask()
-            asked.append(trial)
-            cand = self._propose(trial)
+                return None
+            trial = self._ask()
+            cand, verdict = self._propose(trial)
+            if verdict is not None:
+                return trial, cand, verdict
             screen = self.prescreen is not None and self.prescreen.k > 1 and not is_enqueued(trial)
-            self._claim(trial, cand, Phase.RESERVED if screen else Phase.TRAINING)
-        return self._screen(trial, cand, asked) if screen else (trial, cand)
-
-    def _claim(self, trial: optuna.Trial, cand: _Candidate, phase: Phase) -> None:
-        """Take a place for the candidate in `phase`; _Told (and the trial told "not trained") if the others
-        hold them all."""
-        if not claim(self.study, trial, self.n_trials, phase, self.claim_wait_seconds):
-            reason = f"not trained: the study already has {self.n_trials} trials trained or in training"
-            tell_not_trained(self.study, trial, reason)
-            self.log(f"trial {trial.number:>4}  skipped   {reason} (another worker claimed the last one){cand.tag}")
-            raise _Told(Outcome.NO_PLACE)
+            if not claim(self.study, trial, self.n_trials, Phase.RESERVED if screen else Phase.TRAINING,
+                         self.claim_wait_seconds):
+                return trial, cand, not_trained(
+                    f"not trained: the study already has {self.n_trials} trials trained or in training")
+        return self._screen(trial, cand) if screen else (trial, cand, None)
 
     def _check_skips(self, skips: int) -> None:
         """Give up after max_skips_in_row rejected or duplicate candidates in a row (in rounds or not)."""
@@ -218,9 +231,10 @@ class Search:
             raise SearchStopped(f"{skips} candidates in a row were rejected or duplicates; the constraints "
                                 "leave too little room: relax --max-params / --min-rf")
 
-    def _propose(self, trial: optuna.Trial) -> _Candidate:
-        """Record the candidate and return it, feasible and new; _Told if it was rejected or is a duplicate."""
-        s, n = self.settings, trial.number
+    def _propose(self, trial: optuna.Trial) -> tuple[_Candidate, Verdict | None]:
+        """Record the candidate; (candidate, None) if it is feasible and new, else with its verdict: rejected,
+        or a duplicate of an earlier trial that trained (or is training) the same genome."""
+        s = self.settings
         sign(trial)
         built = construct(trial, s.rules, num_classes=self.num_classes, version=s.construction)
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
@@ -231,30 +245,18 @@ class Search:
         for key, value in {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params,
                            "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations}.items():
             trial.set_user_attr(key, value)
-        tag = f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else ""
+        cand = _Candidate(genome, a, f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else "")
         violations = check(genome, s.rules)
         if violations:
             reason = "; ".join(violations + ([built.note] if built.note and not carried else []))
-            tell_rejected(self.study, trial, reason, objective_values(REJECTED_VALUE, a, s.objectives))
-            self.log(f"trial {n:>4}  rejected  {reason}{tag}")
-            raise _Told(Outcome.REJECTED)
-        self._no_duplicate(trial, genome.to_json())
-        return _Candidate(genome, a, tag)
+            return cand, rejected(reason, objective_values(REJECTED_VALUE, a, s.objectives))
+        return cand, duplicate_of(self.study, trial, genome.to_json())
 
-    def _no_duplicate(self, trial: optuna.Trial, genome_json: str) -> None:
-        """_Told if an earlier trial trained (or is training) the same genome: its result is copied."""
-        earlier = tell_duplicate(self.study, trial, genome_json)
-        if earlier is not None:
-            self.log(f"trial {trial.number:>4}  duplicate of trial {earlier.number} ({classify(earlier)}): "
-                     "not trained again")
-            raise _Told(Outcome.DUPLICATE)
-
-    def _screen(self, first: optuna.Trial, cand: _Candidate, asked: list[optuna.Trial]
-                ) -> tuple[optuna.Trial, _Candidate]:
+    def _screen(self, first: optuna.Trial, cand: _Candidate) -> tuple[optuna.Trial, _Candidate, Verdict | None]:
         """The prescreen round that `first` (holding a reserved place) opens: up to K feasible proposals,
-        scored; returns the winner, now in training. _Told if another worker started training the winner's
-        genome meanwhile. See search.prescreen."""
-        round_ = self._gather(first, cand, asked)
+        scored; returns the winner, now in training, or with its verdict if another worker started training
+        the winner's genome meanwhile (a duplicate). See search.prescreen."""
+        round_ = self._gather(first, cand)
         p = self.prescreen
         order, scores, values = p.rank([c.genome for _, c in round_])
         for rank, i in enumerate(order, 1):
@@ -264,39 +266,32 @@ class Search:
                 round_[i][0].set_user_attr(key, value)
         winner, wcand = round_[order[0]]
         with self.lock:
-            try:  # trained by another worker meanwhile?
-                self._no_duplicate(winner, wcand.genome.to_json())
+            verdict = duplicate_of(self.study, winner, wcand.genome.to_json())  # trained by another meanwhile?
+            if verdict is None:
                 # The winner takes the place before `first` lets go of it (told below, if it lost): the count
                 # may briefly show one place too many taken, never one too few.
                 mark(winner, Phase.TRAINING)
-                told = None
-            except _Told as e:
-                told = e
         for i in order[1:]:
-            tell_screened(self.study, round_[i][0], winner.number)
+            tell(self.study, round_[i][0], screened(winner.number))
         losers = ", ".join(f"{round_[i][0].number} ({scores[i]:.4g})" for i in order[1:])
         self.log(f"trial {winner.number:>4}  chosen    best of {len(round_)} by {p.proxy} ({scores[order[0]]:.4g})"
                  + (f"; screened out: {losers}" if losers else ""))
-        if told is not None:
-            raise told
-        return winner, wcand
+        return winner, wcand, verdict
 
-    def _gather(self, first: optuna.Trial, cand: _Candidate, asked: list[optuna.Trial]
-                ) -> list[tuple[optuna.Trial, _Candidate]]:
-        """The round's feasible proposals, `first` first; rejected ones and duplicates are recorded as without
-        a prescreen."""
+    def _gather(self, first: optuna.Trial, cand: _Candidate) -> list[tuple[optuna.Trial, _Candidate]]:
+        """The round's feasible proposals, `first` first; rejected ones and duplicates are told and logged as
+        without a prescreen."""
         round_ = [(first, cand)]
         skips = 0
         while len(round_) < self.prescreen.k:
-            trial = self.study.ask()
-            asked.append(trial)
+            trial = self._ask()
             if is_enqueued(trial):  # another worker queued a retry meanwhile: it is trained on its own, later
-                tell_not_trained(self.study, trial, "not trained: it came up during another trial's prescreen; "
-                                                    "queued again")
+                tell(self.study, trial, not_trained("not trained: it came up during another trial's prescreen; "
+                                                    "queued again"))
                 break
-            try:
-                proposed = self._propose(trial)
-            except _Told:
+            proposed, verdict = self._propose(trial)
+            if verdict is not None:
+                self._tell(trial, proposed, verdict)
                 skips += 1
                 self._check_skips(skips)
                 continue
@@ -317,8 +312,8 @@ class Search:
 
         return on_epoch
 
-    def _tell(self, trial: optuna.Trial, cand: _Candidate, result, wall_seconds: float) -> Outcome:
-        n, tag, a = trial.number, cand.tag, cand.analysis
+    def _judge(self, trial: optuna.Trial, cand: _Candidate, result, wall_seconds: float) -> Verdict:
+        """The verdict on a training run: failed if it diverged, pruned if stopped, else completed."""
         for key, value in {"epochs": result.epochs, "train_seconds": round(result.train_seconds, 3),
                            "images_per_s": round(result.images_per_s, 1), "device": result.device,
                            "train_status": result.status,
@@ -326,13 +321,10 @@ class Search:
             trial.set_user_attr(key, value)
         if result.status == "diverged":
             self.last_failure = result.message or "diverged"
-            tell_failed(self.study, trial, self.last_failure)
-            self.log(f"trial {n:>4}  failed    {result.message}{tag}")
-            return Outcome.FAILED
+            return failed(self.last_failure)
+        a = cand.analysis
         values = None if result.status == "stopped" else objective_values(result.val_acc, a, self.settings.objectives)
-        outcome = tell_trained(self.study, trial, values)
-        c = self.counts()
-        self.log(f"trial {n:>4}  {outcome:<9} val {result.val_acc:.4f}  {a.params:>9,} params  "
-                 f"{a.macs / 1e6:6.1f} M MACs  {a.peak_activations / 1e3:5.0f} k peak act  RF {a.rf:>3}  "
-                 f"{result.epochs} ep  {result.train_seconds:6.1f} s  ({c.trained}/{self.n_trials} trained){tag}")
-        return outcome
+        return dataclasses.replace(trained(values), note=(
+            f"val {result.val_acc:.4f}  {a.params:>9,} params  {a.macs / 1e6:6.1f} M MACs  "
+            f"{a.peak_activations / 1e3:5.0f} k peak act  RF {a.rf:>3}  {result.epochs} ep  "
+            f"{result.train_seconds:6.1f} s"))
