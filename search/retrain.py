@@ -15,7 +15,7 @@ from pathlib import Path
 from train.device import check_device
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing, positive_int
-from .settings import DEFAULTS
+from .settings import DEFAULTS, defaults_text
 
 __all__ = ["main"]
 
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m search.retrain", __doc__)
     add_study_args(p)
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
-    p.add_argument("--final-epochs", type=int, default=None, help="epochs (default: the dataset's, e.g. 60 for cifar10)")
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help=f"epochs (default per dataset: {defaults_text('final_epochs')})")
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
     p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")

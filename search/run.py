@@ -31,11 +31,11 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import optuna
 
+from space.rules import add_rule_flags
 from space.spec import plural
 from train.device import check_device
 from train.files import removed_on_error
@@ -43,8 +43,8 @@ from train.files import removed_on_error
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
-from .settings import (DEFAULTS, DatasetDefaults, SearchError, SearchSettings, cost_name, default_val_size,
-                       parse_objectives, parse_val_size)
+from .settings import (DEFAULTS, SearchError, SearchSettings, cost_name, default_val_size, parse_objectives,
+                       defaults_text, parse_val_size, resolve, resolve_settings)
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 
@@ -92,9 +92,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="validation split, sampler and training seed")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default: train.defaults, per dataset)")
-    p.add_argument("--max-params", type=int, default=200_000, help="parameter budget (default 200,000)")
-    p.add_argument("--min-rf", type=int, default=44, help="smallest receptive field, pixels (default 44)")
-    p.add_argument("--max-macs", type=int, default=None, help="multiply-accumulates per image (default: no limit)")
+    add_rule_flags(p)
     p.add_argument("--objectives", default="accuracy",
                    help="accuracy (default), accuracy,params or accuracy,macs: maximise accuracy and minimise the "
                         "cost (multi-objective, not pruned)")
@@ -104,8 +102,10 @@ def build_parser():
     p.add_argument("--proxy", default=None,
                    help="the prescreen's proxy: grad_norm (default: it ranked trained nets best), synflow, jacov, "
                         "naswot, params, or vote (the rank vote of synflow, naswot and grad_norm)")
-    p.add_argument("--trial-epochs", type=int, default=None, help="epochs per candidate (cifar10 8, digits 4)")
-    p.add_argument("--final-epochs", type=int, default=None, help="epochs of the final retrain (cifar10 60, digits 15)")
+    p.add_argument("--trial-epochs", type=int, default=None,
+                   help=f"epochs per candidate (default per dataset: {defaults_text('trial_epochs')})")
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help=f"epochs of the final retrain (default per dataset: {defaults_text('final_epochs')})")
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")
     p.add_argument("--no-presets", action="store_true", help="do not start a new study with the seed presets "
                    "(e.g. to compare samplers on sampled candidates only)")
@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)
         signal.signal(signal.SIGINT, _stop_once)
-    asked, final_epochs, jobs, val_note = _config(args)
+    given, asked, final_epochs, jobs, val_note = _config(args)
     name = args.study_name or f"{args.dataset}-nas"
     url, migrated = _storage_url(args.storage, name, jobs)
     label = redact(url)  # what is printed and stored: never a password
-    settings, kept, full, split, study, created = _open(args, asked, url, name, final_epochs)
+    settings, kept, full, split, study, created = _open(args, given, url, name, final_epochs)
     out = Path(args.out) if args.out else Path("results") / name
     say = (lambda line: print(f"[w{args.worker}] {line}", flush=True)) if worker else (lambda line: print(line, flush=True))
     if not worker:
@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
-    """(settings, final epochs, jobs, a note on the validation split) from the flags and the dataset's
-    defaults; SearchError for a bad one."""
+def _config(args: argparse.Namespace) -> tuple[dict, SearchSettings, int, int, str]:
+    """(the settings given, the settings for a new study, final epochs, jobs, a note on the validation split)
+    from the flags and the dataset's defaults; SearchError for a bad one."""
     from .prescreen import parse_prescreen
     from .study import PRUNERS  # after argument errors: importing optuna's samplers takes a moment
     from .workers import auto_jobs, parse_jobs
@@ -206,20 +206,18 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
                  "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
     prescreen, proxy = parse_prescreen(args.prescreen, args.proxy)
-    batch = args.batch_size or d.batch_size
-    if args.val_size:
-        val_size, val_note = parse_val_size(args.val_size), ""
-    else:  # the dataset's default; with --subset-train, its fraction of the subset (val_note says so)
-        val_size, val_note = default_val_size(args.dataset, args.subset_train)
-    settings = SearchSettings(
-        dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf,
-        trial_epochs=args.trial_epochs or d.trial_epochs,
-        val_size=val_size, seed=args.seed,
-        subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
-        max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
+    # The flags as given (None: not given); search.settings.resolve_settings adds the study's stored values
+    # and the defaults. The validation size's default, with --subset-train, scales to the subset (val_note).
+    given = dict(dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf, trial_epochs=args.trial_epochs,
+                 val_size=parse_val_size(args.val_size) if args.val_size else None, seed=args.seed,
+                 subset_train=args.subset_train, batch_size=args.batch_size, max_macs=args.max_macs,
+                 objectives=objectives, prescreen=prescreen, proxy=proxy)
+    settings, _ = resolve_settings(given)
+    val_note = "" if args.val_size else default_val_size(args.dataset, args.subset_train)[1]
     check_satisfiable(settings.rules)  # before any data or training
     jobs = parse_jobs(args.jobs)
-    return settings, args.final_epochs or d.final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs, val_note
+    final_epochs = resolve(args.final_epochs, per_dataset=d.final_epochs)
+    return given, settings, final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs, val_note
 
 
 def _storage_url(storage: str | None, name: str, jobs: int) -> tuple[str, bool]:
@@ -235,23 +233,20 @@ def _storage_url(storage: str | None, name: str, jobs: int) -> tuple[str, bool]:
     return journal, migrate_to_journal(url, journal, name)
 
 
-def _open(args: argparse.Namespace, settings: SearchSettings, url: str, name: str, final_epochs: int):
+def _open(args: argparse.Namespace, given: dict, url: str, name: str, final_epochs: int):
     """(settings, kept, full data, search split, study, created): the storage is opened first (a typo in it
     should not wait for a download), but if the data or the settings then fail, a storage file (or folder)
     this run created is removed again: no empty study."""
     from .data import check_steps, load_full, search_split
-    from .study import keep_stored_defaults, make_pruner, open_study
+    from .study import make_pruner, open_study, peek_settings
 
     file = local_file(url)
     with removed_on_error(*([file] if file else [])):
         storage = open_storage(url, stale_callback=requeue)
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
-        # A study begun under older defaults resumes with the values it was measured with: those of
-        # train.defaults no flag gave, the recipe (TrainConfig's) and the construction (space's), never flags.
-        defaulted = ({f.name for f in fields(DatasetDefaults) if getattr(args, f.name, None) is None}
-                     | {"recipe", "construction"})
-        settings, kept = keep_stored_defaults(storage, name, settings, defaulted)
+        # A study begun under older defaults resumes with the values it was measured with (settings.RESUMED).
+        settings, kept = resolve_settings(given, peek_settings(storage, name))
         split = search_split(full, settings)
         if not args.no_final:
             check_steps(len(full.y_train), settings.batch_size, final_epochs, "the final retrain")

@@ -8,16 +8,17 @@ knows the old layouts.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from space import CONSTRUCTION_VERSION, SPACE_VERSION, Rules
+from space.rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
 __all__ = ["OBJECTIVES", "COSTS", "parse_objectives", "directions", "cost_name", "DEFAULT_PROXY", "DATASET_SIZES", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS",
-           "SearchSettings", "migrate", "parse_val_size", "default_val_size"]
+           "SearchSettings", "migrate", "parse_val_size", "default_val_size", "resolve", "RESUMED", "resolve_settings", "defaults_text"]
 
 
 class SearchError(Exception):
@@ -66,6 +67,11 @@ def parse_val_size(text: str) -> int | float:
     if value <= 0 or (isinstance(value, float) and value >= 1):
         raise SearchError(f"--val-size must be a positive count or a fraction in (0, 1), got {text}")
     return value
+
+
+def defaults_text(name: str) -> str:
+    """A per-dataset default for a help text, read from the one table: 'cifar10 8, digits 4'."""
+    return ", ".join(f"{k} {getattr(d, name)}" for k, d in DEFAULTS.items() if k != "synthetic")
 
 
 DATASET_SIZES = {"cifar10": (50_000, 10_000)}  # training / test images of the official set, known without loading
@@ -175,6 +181,52 @@ class SearchSettings:
         config = TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
                              augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed)
         return replace(config.with_recipe(dict(self.recipe)), **changes)
+
+
+def resolve(given: Any = None, stored: Any = None, per_dataset: Any = None, builtin: Any = None) -> Any:
+    """The one rule that decides a setting's value, highest first:
+        1. given on the command line
+        2. stored in the study (a resume keeps what its trials were measured with)
+        3. the per-dataset default (train.defaults.DEFAULTS)
+        4. the built-in default
+    The first rung that is not None wins; a setting without some rung passes None for it (a flag's "not
+    given" is None, so argparse defaults that matter here are None)."""
+    for value in (given, stored, per_dataset, builtin):
+        if value is not None:
+            return value
+    return None
+
+
+# The settings a resumed study takes from its stored settings when no flag gives them: the per-dataset
+# defaults, the recipe and the construction, whose defaults may change between versions while the study's
+# trials were measured with the old ones. The others have no stored rung: a flag's value (or its built-in
+# default) that differs from the stored one is refused (search.study.open_study).
+RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction")
+
+
+def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
+                     ) -> tuple[SearchSettings, list[str]]:
+    """(settings, kept): every SearchSettings field by `resolve`, from `given` (the flags, by field name,
+    None or absent where not given; "dataset" must be there) and the study's `stored` settings (None for a
+    new study). `kept` says 'name stored (default now)' for each RESUMED setting the stored rung decided and
+    whose default differs."""
+    d = DEFAULTS[given["dataset"]]
+    builtin = {**{f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                  for f in fields(SearchSettings) if f.default is not MISSING or f.default_factory is not MISSING},
+               "max_params": DEFAULT_MAX_PARAMS, "min_rf": DEFAULT_MIN_RF, "seed": 0}
+    per_dataset = {"trial_epochs": d.trial_epochs, "batch_size": d.batch_size, "augment": d.augment,
+                   "val_size": default_val_size(given["dataset"], given.get("subset_train"))[0]}
+    values, defaults = {}, {}
+    for f in fields(SearchSettings):
+        if f.name == "lr":  # the table's lr, scaled to the batch size decided above
+            per_dataset["lr"] = d.lr_for(values["batch_size"])
+        was = stored if stored is not None and f.name in RESUMED else None
+        values[f.name] = resolve(given.get(f.name), getattr(was, f.name, None), per_dataset.get(f.name),
+                                 builtin.get(f.name))
+        defaults[f.name] = resolve(given.get(f.name), None, per_dataset.get(f.name), builtin.get(f.name))
+    settings, fresh = SearchSettings(**values), SearchSettings(**defaults)
+    kept = [f"{k} {old!r} (default now {new!r})" for k, old, new in fresh.changes(settings, settings.differing(fresh))]
+    return settings, kept
 
 
 def _pairs(recipe: dict[str, Any]) -> tuple[tuple[str, Any], ...]:

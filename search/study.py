@@ -22,7 +22,7 @@ from space import PRESETS, params_from_genome
 from .settings import SearchError, SearchSettings, directions
 
 __all__ = ["SETTINGS_KEY", "PRESETS_KEY", "PRUNERS", "make_sampler", "make_pruner", "open_study", "load_study",
-           "stored_settings", "enqueue_presets", "keep_stored_defaults"]
+           "stored_settings", "enqueue_presets", "peek_settings"]
 
 SETTINGS_KEY = "settings"
 PRESETS_KEY = "presets_enqueued"
@@ -71,25 +71,14 @@ def stored_settings(study: optuna.Study) -> SearchSettings | None:
     return _settings_in(study.user_attrs)
 
 
-def keep_stored_defaults(storage: BaseStorage, name: str, settings: SearchSettings, defaulted: set[str]
-                         ) -> tuple[SearchSettings, list[str]]:
-    """(settings, kept): on a resume, the stored value of every setting in `defaulted` that differs.
-
-    `defaulted` names the settings the user did not give, which came from train.defaults (or TrainConfig). When that table
-    changes (a better lr, say), a study begun under the old one must still resume with the same command:
-    its trials were measured with the old values, so those are kept. Settings the user did give are left as
-    they are; open_study refuses a difference there. `kept` says 'name stored (default now)' for each one.
-    """
+def peek_settings(storage: BaseStorage, name: str) -> SearchSettings | None:
+    """The settings stored in study `name` (the stored rung of search.settings.resolve), None if there is no
+    such study yet or it stores none; without loading the study."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
-        return settings, []
-    stored = _settings_in(storage.get_study_user_attrs(study_id))
-    if stored is None:
-        return settings, []
-    keep = [k for k in settings.differing(stored) if k in defaulted]
-    kept = [f"{k} {old!r} (default now {new!r})" for k, old, new in settings.changes(stored, keep)]
-    return dataclasses.replace(settings, **{k: getattr(stored, k) for k in keep}), kept
+        return None
+    return _settings_in(storage.get_study_user_attrs(study_id))
 
 
 def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner: optuna.pruners.BasePruner,
