@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 
+from train.files import DATA_DIR, RESULTS
 from space.export import export_code
 from space.genome import Genome
 
@@ -39,7 +40,7 @@ def add_onnx_args(p) -> None:
     p.add_argument("--int8", action="store_true", help="with --onnx: also FILE.int8.onnx, static int8 quantization")
     p.add_argument("--out", default=None, help="with --onnx: the retrain's folder holding final.json and best_model.pt "
                    "(default: results/<study>/)")
-    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/: with --onnx, the calibration "
+    p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/: with --onnx, the calibration "
                    "and test images; for a study begun before its input normalisation was stored, MEAN and STD")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
 
@@ -59,7 +60,7 @@ def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args
         raise SearchError(f"--onnx {target}: the file name must end in .onnx")
     if missing():
         raise SearchError(f"--onnx needs {', '.join(missing())} (the deploy extra): {DEPLOY_EXTRA}")
-    out = Path(args.out) if args.out else Path("results") / study.study_name
+    out = Path(args.out) if args.out else RESULTS / study.study_name
     final = load_final(out)
     if not (final and final.get("study") == study.study_name and final.get("trial") == number
             and (out / "best_model.pt").is_file()):

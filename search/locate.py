@@ -18,13 +18,13 @@ from pathlib import Path
 
 import optuna
 
+from train.files import RESULTS
 from .settings import SearchError
 from .storage import (_JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_journal, default_storage, local_file, open_storage,
                       redact, resolve_url)
 
 __all__ = ["Found", "storage_files", "search_studies", "locate"]
 
-RESULTS = Path("results")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from train.files import RESULTS
 from space import Genome, analyze
 from space.describe import table
 from space.spec import plural
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
     args = p.parse_args(argv)
     study, url = open_existing(args)
-    out = Path(args.out) if args.out else Path("results") / study.study_name
+    out = Path(args.out) if args.out else RESULTS / study.study_name
     write_and_list(study, out, url, None)
     return 0
 

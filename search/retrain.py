@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from train.files import DATA_DIR, RESULTS
 from train.device import check_device
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing, positive_int
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-epochs", type=int, default=None,
                    help=f"epochs (default per dataset: {defaults_text('final_epochs')})")
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
-    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/")
+    p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     p.add_argument("--device", default="auto")
     p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = stored_settings(study)
     pick_trial(study, args.trial, trained=True)  # a bad --trial fails before the data is loaded
     epochs = args.final_epochs or DEFAULTS[settings.dataset].final_epochs
-    out = Path(args.out) if args.out else Path("results") / study.study_name
+    out = Path(args.out) if args.out else RESULTS / study.study_name
     # The same training images the search split (a --subset-train of the search carries over).
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)

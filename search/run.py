@@ -38,7 +38,7 @@ import optuna
 from space.rules import add_rule_flags
 from space.spec import plural
 from train.device import check_device
-from train.files import removed_on_error
+from train.files import DATA_DIR, RESULTS, removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
 from .constraints import check_satisfiable
@@ -85,7 +85,7 @@ def build_parser():
     p = make_parser("python -m search.run", __doc__)
     p.add_argument("--trials", type=int, default=100, help="trained candidates the study should hold (default 100)")
     p.add_argument("--dataset", default="cifar10", help="cifar10 (default), digits (offline) or synthetic (tests)")
-    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/ (downloaded there if absent)")
+    p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/ (downloaded there if absent)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     add_study_args(p, reading=False)
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     url, migrated = _storage_url(args.storage, name, jobs)
     label = redact(url)  # what is printed and stored: never a password
     settings, kept, full, split, study, created = _open(args, given, url, name, final_epochs)
-    out = Path(args.out) if args.out else Path("results") / name
+    out = Path(args.out) if args.out else RESULTS / name
     say = (lambda line: print(f"[w{args.worker}] {line}", flush=True)) if worker else (lambda line: print(line, flush=True))
     if not worker:
         run_key = _announce(args, argv, study, created, settings, full, split, jobs, out, label,

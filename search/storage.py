@@ -31,6 +31,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
+from train.files import RESULTS
 from .settings import SearchError, one_line
 
 __all__ = ["HEARTBEAT_INTERVAL", "GRACE_PERIOD", "STORAGE_ERRORS", "default_storage", "default_journal",
@@ -50,11 +51,11 @@ _DRIVER_EXTRAS = {"psycopg": "postgres"}
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
-def default_storage(study_name: str, results_dir: str | Path = "results") -> str:
+def default_storage(study_name: str, results_dir: str | Path = RESULTS) -> str:
     return f"sqlite:///{Path(results_dir) / f'{study_name}.db'}"
 
 
-def default_journal(study_name: str, results_dir: str | Path = "results") -> str:
+def default_journal(study_name: str, results_dir: str | Path = RESULTS) -> str:
     """Where a study lives that several local workers (`search.run --jobs N`) write to."""
     return f"journal:{Path(results_dir) / f'{study_name}.journal'}"
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .files import DATA_DIR
 from .augment import AugmentConfig
 from .loader import make_dataloader
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m train.baseline", description="Throughput of the seed-style loop.")
     p.add_argument("spec")
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--device", default="auto")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--workers", type=int, default=2)

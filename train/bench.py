@@ -26,6 +26,7 @@ import time
 import torch
 import torch.nn as nn
 
+from .files import DATA_DIR
 from .device import DeviceError, check_device, use_bf16
 from .engine import TrainConfig, make_optimizer, train
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m train.bench", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--dataset", default="cifar10", help="cifar10, digits or synthetic")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--seconds", type=float, default=20.0, help="length of each measurement, seconds")

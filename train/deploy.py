@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from .files import DATA_DIR
 
 __all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "SECONDS", "SECONDS_ENV", "OnnxInfo",
            "missing", "cpu_name", "timing_seconds", "normalize", "calibration_images", "export_onnx", "read_onnx",
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m train.deploy", description=main.__doc__.split(":", 1)[1].strip())
     p.add_argument("model", help="an .onnx file written by the final retrain, search.export --onnx or train.run --onnx")
     p.add_argument("--dataset", default="cifar10", help="whose test set to evaluate (cifar10, digits, synthetic)")
-    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/")
+    p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

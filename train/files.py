@@ -8,7 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["first_missing", "removed_on_error", "write_atomic", "write_json"]
+__all__ = ["RESULTS", "DATA_DIR", "first_missing", "removed_on_error", "write_atomic", "write_json"]
+
+RESULTS = Path("results")  # where every command writes by default: studies, reports, models, benchmarks
+DATA_DIR = "data"  # --data-dir's default: holds cifar-10-batches-py/ (downloaded there if absent)
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:

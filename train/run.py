@@ -35,7 +35,7 @@ from .device import DeviceError, check_device
 from .deploy import DEPLOY_EXTRA, DeployError, deploy
 from .deploy import missing as deploy_missing
 from .engine import TrainConfig, TrainError, TrainResult, resolve_device, train, with_overrides
-from .files import write_json
+from .files import DATA_DIR, RESULTS, write_json
 from .report import classification_summary, confusion_text
 from .testset import score_test_set
 
@@ -48,7 +48,7 @@ def default_out(spec: str, dataset: str) -> Path:
         name = "genome-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
     else:
         name = Path(spec).stem if Path(spec).suffix == ".json" or Path(spec).exists() else spec
-    return Path("results") / "train" / f"{name}-{dataset}"
+    return RESULTS / "train" / f"{name}-{dataset}"
 
 
 def write_outputs(out: Path, result: TrainResult, data, extra: dict) -> dict:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m train.run", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-dir", default="data", help="holds cifar-10-batches-py/ (downloaded there if absent)")
+    p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/ (downloaded there if absent)")
     p.add_argument("--epochs", type=int, help="default: the dataset's final_epochs in train.defaults")
     p.add_argument("--batch-size", type=int, help="default: per dataset, train.defaults")
     p.add_argument("--lr", type=float, help="OneCycle peak learning rate (default: per dataset, scaled with the batch)")
