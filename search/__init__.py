@@ -1,21 +1,20 @@
 """The architecture search: Optuna TPE over space.suggest_genome, pruned brief training, final retrain.
 
-To follow one trial from ask to tell, read two modules: runner (Search.step: ask, propose, claim, train,
+To follow one trial from ask to tell, read two modules: loop (Search.step: ask, propose, claim, train,
 tell) and lifecycle (the trial's state: Phase, Outcome, claim, the heartbeat, the values told, requeue);
 space/ and train/ do the rest, and settings is the config they read. --prescreen's scorer is injected into
-runner as the training is (prescreen).
+loop as the training is (prescreen).
 
 Modules, one concept each:
     settings     SearchSettings (the study's resolved config, stored with a schema version; migrate),
                  per-dataset defaults, SearchError
     lifecycle    a trial's state, the only reader and writer of its user-attr keys: Phase, Outcome, classify,
                  count, claim (the exact --trials count), the heartbeat, tell, requeue, reap dead workers' trials
-    runner       the ask/tell loop: Search.step and Search.run
+    loop         the ask/tell loop: Search.step (one ladder, one tell) and Search.run
     data         the train/validation split the search sees; the full data of the final retrain
     storage      --storage parsed into an Optuna storage (SQLite, server databases, journal files)
-    liveness     whether a trial's worker is alive: its identity, host/pid checks
+    liveness     whether a trial's worker is alive: its identity, host/pid checks, heartbeat, death verdict
     constraints  before any training: can the rules be met at all (the constraints: space.constraint_values)
-    objectives   accuracy alone, or accuracy and a cost; the Pareto front
     prescreen    --prescreen K: the best of K proposals by a zero-cost proxy
     study        create / resume a study, its sampler, pruner and warm-start presets
     workers      --jobs N: worker processes on one node, the lock they claim places under, --jobs auto
