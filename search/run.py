@@ -109,6 +109,9 @@ def build_parser():
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")
     p.add_argument("--no-presets", action="store_true", help="do not start a new study with the seed presets "
                    "(e.g. to compare samplers on sampled candidates only)")
+    p.add_argument("--sampler", default=None,
+                   help="tpe (default), random (the control a search must beat), gp, nsga2 or qmc; stored with the "
+                        "study, which resumes with its own")
     p.add_argument("--pruner", default=None, help="median (default), hyperband or none (the only choice, and the "
                                                    "default, with two objectives)")
     p.add_argument("--val-size", default=None, help="validation images (5000) or fraction (0.2) of the training set")
@@ -187,7 +190,7 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
     """(settings, final epochs, jobs, a note on the validation split) from the flags and the dataset's
     defaults; SearchError for a bad one."""
     from .prescreen import parse_prescreen
-    from .study import PRUNERS  # after argument errors: importing optuna's samplers takes a moment
+    from .study import PRUNERS, SAMPLERS  # after argument errors: importing optuna's samplers takes a moment
     from .workers import auto_jobs, parse_jobs
 
     if args.dataset not in DEFAULTS:
@@ -201,6 +204,8 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
     if multi and args.pruner != "none":
         raise SearchError(f"--pruner {args.pruner} cannot prune --objectives {objectives}: Optuna does not prune "
                           "multi-objective studies; leave --pruner out")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise SearchError(f"unknown sampler {args.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     d = DEFAULTS[args.dataset]
     for flag in ("trials", "trial_epochs", "final_epochs", "batch_size", "max_params", "min_rf", "max_macs",
                  "subset_train", "subset_test"):
@@ -216,7 +221,8 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
         trial_epochs=args.trial_epochs or d.trial_epochs,
         val_size=val_size, seed=args.seed,
         subset_train=args.subset_train, batch_size=batch, lr=d.lr_for(batch), augment=d.augment,
-        max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy)
+        max_macs=args.max_macs, objectives=objectives, prescreen=prescreen, proxy=proxy,
+        sampler=args.sampler or "tpe")
     check_satisfiable(settings.rules)  # before any data or training
     jobs = parse_jobs(args.jobs)
     return settings, args.final_epochs or d.final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs, val_note
@@ -250,7 +256,7 @@ def _open(args: argparse.Namespace, settings: SearchSettings, url: str, name: st
         # A study begun under older defaults resumes with the values it was measured with: those of
         # train.defaults no flag gave, the recipe (TrainConfig's) and the construction (space's), never flags.
         defaulted = ({f.name for f in fields(DatasetDefaults) if getattr(args, f.name, None) is None}
-                     | {"recipe", "construction"})
+                     | {"recipe", "construction"} | ({"sampler"} if args.sampler is None else set()))
         settings, kept = keep_stored_defaults(storage, name, settings, defaulted)
         split = search_split(full, settings)
         if not args.no_final:
@@ -277,7 +283,8 @@ def _announce(args, argv, study, created, settings, full, split, jobs, out, labe
     print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images"
           + (f" ({val_note})" if val_note else "") + "; "
           f"{plural(settings.trial_epochs, 'epoch')} per trial on {info['device']}"
-          + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
+          + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "")
+          + f"; sampler {settings.sampler}, pruner {args.pruner}"
           + (f" (objectives {settings.objectives}: multi-objective studies cannot be pruned)"
              if cost_name(settings.objectives) else "")
           + (f"; prescreen: best of {settings.prescreen} by {settings.proxy}" if settings.prescreen > 1 else "")

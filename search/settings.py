@@ -63,7 +63,7 @@ def default_val_size(dataset: str, subset_train: int | None) -> tuple[int | floa
 # The prescreen's proxy when --proxy is not given: the one that ranked trained genomes of the space best
 # (results/benchmarks/proxies_rank_cpu.md). Here, beside the stored default, so that the two cannot differ.
 DEFAULT_PROXY = "grad_norm"
-SCHEMA = 2  # the layout of the stored settings; 1: before the "schema" key (see migrate)
+SCHEMA = 3  # the layout of the stored settings; 1: before the "schema" key, 2: before "sampler" (see migrate)
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class SearchSettings:
     # proposals by `proxy`; 1 = off.
     prescreen: int = 1
     proxy: str = DEFAULT_PROXY
+    sampler: str = "tpe"  # which Optuna sampler proposes the candidates (search.study.SAMPLERS)
     # The rest of the training recipe, train.engine.TrainConfig.recipe() (train.recipe.Recipe and the
     # augmentation's settings), as sorted (name, value) pairs: a study resumed after those defaults changed
     # trains its later trials, and its final retrain, as it began.
@@ -159,7 +160,8 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 
     Schema 1 (no "schema" key) gained keys over time; a key it lacks means the value from before the key
     existed: no MACs limit, accuracy alone, search space 1 and construction 1, no prescreen, and the recipe
-    of that time.
+    of that time. Schema 2 lacks the sampler: it was TPE. (Schema 3 is refused by the versions before it, so
+    that none of them resumes a study of another sampler with TPE.)
     """
     version = d.get("schema", 1)
     if not isinstance(version, int) or version > SCHEMA:
@@ -170,7 +172,9 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
         recipe = {**_SCHEMA1_RECIPE, "bias_lr_scale": d.get("bias_lr_scale", 1.0)}
         d = {"max_macs": None, "objectives": "accuracy", "space": 1, "construction": 1, "prescreen": 1,
              "proxy": DEFAULT_PROXY,
-             "recipe": recipe, **d, "schema": SCHEMA}
+             "recipe": recipe, **d, "schema": 2}
+    if d["schema"] == 2:
+        d = {"sampler": "tpe", **d, "schema": SCHEMA}
     return d
 
 
