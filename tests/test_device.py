@@ -195,7 +195,7 @@ def test_cpu_count_follows_the_affinity_mask(monkeypatch):
 
 # --- --device checked up front ----------------------------------------------------------------------------
 
-BAD_DEVICES = ["cuda", "cuda:0", "mps", "foo"]
+BAD_DEVICES = ["cuda", "cuda:0", "CUDA", "Cuda:01", "mps", "foo"]
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="this torch can use CUDA")
@@ -205,7 +205,7 @@ def test_check_device_says_what_torch_can_see(name):
         check_device(name)
     text = str(e.value)
     assert "\n" not in text and "cpu only" in text
-    if name.startswith("cuda"):
+    if name.lower().startswith("cuda"):
         assert "CPU-only build" in text and "setup.sh" in text and "nvidia-smi" in text
     assert check_device("cpu") == torch.device("cpu") and check_device("auto") == torch.device("cpu")
 
