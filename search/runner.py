@@ -155,7 +155,7 @@ class Search:
             self.last_failure = str(e)
             tell_too_large(self.study, training, self.last_failure,
                            objective_values(REJECTED_VALUE, cand.analysis, self.settings.objectives))
-            self.log(f"trial {training.number:>4}  too large {self.last_failure}{cand.tag}")
+            self.log(f"trial {training.number:>4}  {self.last_failure}{cand.tag}")
             return Outcome.TOO_LARGE
         except Exception as e:
             if training is None:
