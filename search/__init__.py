@@ -19,6 +19,8 @@ Modules, one concept each:
     prescreen    --prescreen K: the best of K proposals by a zero-cost proxy
     study        create / resume a study, its sampler, pruner and warm-start presets
     workers      --jobs N: worker processes on one node, the lock they claim places under, --jobs auto
+    placement    which device each worker trains on (every GPU of the node, round-robin), --jobs auto per GPU
+    memory       workers sharing a GPU: memory caps, cache release, out-of-memory retried once or "too large"
     trials       reading trials: the winner, the Pareto front, the leaderboard, the trial a user names
     final        retrain the winner on all training images, test once, write the model files
     plots, report  report.md, leaderboard.csv and the PNG plots

@@ -124,7 +124,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         raise SearchError(f"final retrain of trial {trial.number} {result.status}: {result.message}")
     dev = resolve_device(result.device)
     # The one look at the test set: predictions give the accuracy and the per-class report.
-    scores = score_test_set(result.model, data, dev, amp=config.amp)
+    scores = score_test_set(result.model, data, dev)  # float32, as best_model.pt and the ONNX files ship
     test_acc, test_acc_tta = scores.acc, scores.acc_tta
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}  # EMA weights, if any
     torch.save(state, out / "best_model.pt")

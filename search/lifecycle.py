@@ -10,6 +10,9 @@ one `Outcome`:
     duplicate  the same genome as an earlier trained trial: its result is copied, not retrained
     screened   feasible, but another proposal of its --prescreen round scored higher on the proxy: never
                trained (FAIL; see search.prescreen for why FAIL)
+    too large  ran out of device memory, and again when tried once more alone on its device (or at half the
+               batch): COMPLETE with placeholder value 0 and the constraint "memory" = 1, so TPE learns the region
+               this device cannot train, as it learns the rules' (search.memory)
     failed     training raised or diverged, its worker died or was interrupted, or no place was left (FAIL)
     running / waiting  in progress / enqueued
 "Trained" = completed + pruned: what --trials N counts.
@@ -46,7 +49,7 @@ from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_rdb
 
 __all__ = ["Phase", "Outcome", "MAX_RETRIES", "Counts", "classify", "count", "is_enqueued", "free_places", "claim",
            "state_columns", "rejected_reason", "stopped_by_interrupt", "tell_rejected", "tell_duplicate",
-           "tell_trained", "tell_failed", "tell_not_trained", "tell_screened", "mark", "abandon", "fail_trial", "requeue",
+           "tell_trained", "tell_failed", "tell_not_trained", "tell_screened", "tell_too_large", "note_oom_retry", "mark", "abandon", "fail_trial", "requeue",
            "reap_dead_trials", "sign", "Heartbeat", "objective_values"]
 
 MAX_RETRIES = 2  # times one candidate is queued again after its worker died or was interrupted
@@ -54,6 +57,7 @@ MAX_RETRIES = 2  # times one candidate is queued again after its worker died or 
 # The user-attr keys of a trial's state.
 _PHASE, _TRAINED, _REJECTED, _DUPLICATE_OF = "phase", "trained", "rejected", "duplicate_of"
 _LOST_TO, _FAILED, _RETRY_OF, _RETRIES = "prescreen_lost_to", "failed_reason", "retry_of", "retries"
+_TOO_LARGE, _OOM_RETRY = "too_large", "oom_retry"  # out of memory twice: why; out of memory once: how it was retried
 # What Optuna's own tools (optuna-dashboard, `optuna trials`) show of a candidate never trained: a rejected
 # one is COMPLETE there (value 0, how TPE learns the infeasible region), so this attr tells it apart.
 _STATUS = "status"
@@ -81,6 +85,7 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
     SCREENED = "screened"
+    TOO_LARGE = "too large"
     FAILED = "failed"
     RUNNING = "running"
     WAITING = "waiting"
@@ -99,6 +104,8 @@ def classify(t: FrozenTrial) -> Outcome:
         return Outcome.DUPLICATE
     if _LOST_TO in a:
         return Outcome.SCREENED
+    if _TOO_LARGE in a:
+        return Outcome.TOO_LARGE
     if t.state == TrialState.COMPLETE and a.get(_TRAINED):
         return Outcome.COMPLETED
     if t.state == TrialState.PRUNED and a.get(_TRAINED):
@@ -114,6 +121,7 @@ class Counts:
     duplicate: int = 0
     screened: int = 0  # proposals a --prescreen round did not choose
     failed: int = 0
+    too_large: int = 0  # out of memory on the device twice (search.memory)
     running: int = 0  # holding a place right now (HOLDS_PLACE): other workers, or an unreaped dead one
     waiting: int = 0
     epochs: int = 0  # epochs trained over all trained trials
@@ -128,7 +136,8 @@ class Counts:
     def line(self) -> str:
         return (f"{self.trained} trained ({self.completed} completed, {self.pruned} pruned), {self.rejected} rejected, "
                 f"{self.duplicate} duplicate, " + (f"{self.screened} screened out, " if self.screened else "")
-                + f"{self.failed} failed")
+                + f"{self.failed} failed"
+                + (f", {self.too_large} too large for this device" if self.too_large else ""))
 
 
 def count(trials: Iterable[FrozenTrial]) -> Counts:
@@ -137,7 +146,7 @@ def count(trials: Iterable[FrozenTrial]) -> Counts:
         k = classify(t)
         if k == Outcome.RUNNING and t.user_attrs.get(_PHASE) not in HOLDS_PLACE:
             continue  # asked, not (yet) holding a place: it may still be rejected or screened out
-        setattr(c, k, getattr(c, k) + 1)
+        setattr(c, k.replace(" ", "_"), getattr(c, k.replace(" ", "_")) + 1)
         if k in (Outcome.COMPLETED, Outcome.PRUNED):
             c.epochs += int(t.user_attrs.get("epochs", 0))
     return c
@@ -156,7 +165,7 @@ def rejected_reason(t: FrozenTrial) -> str | None:
 def state_columns(t: FrozenTrial) -> dict[str, Any]:
     """The leaderboard's columns of a trial's state."""
     a = t.user_attrs
-    return {"rejected_reason": a.get(_REJECTED),
+    return {"rejected_reason": a.get(_REJECTED) or a.get(_TOO_LARGE),
             "failed_reason": a.get(_FAILED) if classify(t) == Outcome.FAILED else None,
             "duplicate_of": a.get(_DUPLICATE_OF), "retry_of": a.get(_RETRY_OF), "lost_to": a.get(_LOST_TO)}
 
@@ -248,6 +257,19 @@ def tell_rejected(study: optuna.Study, trial: optuna.Trial, reason: str, values:
     trial.set_user_attr(_REJECTED, reason)
     trial.set_user_attr(_STATUS, str(Outcome.REJECTED))
     study.tell(trial, values)
+
+
+def tell_too_large(study: optuna.Study, trial: optuna.Trial, reason: str, values: list[float]) -> None:
+    """Out of memory twice: never trained to the end; infeasible for TPE by the constraint "memory" = 1."""
+    trial.set_constraint("memory", 1.0)
+    trial.set_user_attr(_TOO_LARGE, reason)
+    trial.set_user_attr(_STATUS, str(Outcome.TOO_LARGE))
+    study.tell(trial, values)
+
+
+def note_oom_retry(trial: optuna.Trial, how: str) -> None:
+    """Record that the trial's training ran out of memory once and how it was retried (it then finished)."""
+    trial.set_user_attr(_OOM_RETRY, how)
 
 
 def tell_duplicate(study: optuna.Study, trial: optuna.Trial, genome_json: str) -> FrozenTrial | None:

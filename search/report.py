@@ -189,7 +189,7 @@ def _search_section(trials: list, settings, rejected: list[bool], baseline: floa
         "trained": c.trained, "completed": c.completed, "pruned": c.pruned, "rejected (never trained)": c.rejected,
         "duplicates (not retrained)": c.duplicate,
         **({"screened out (never trained)": c.screened} if c.screened or (settings and settings.prescreen > 1) else {}),
-        "failed": c.failed,
+        "failed": c.failed, **({"too large for the device": c.too_large} if c.too_large else {}),
         "epochs trained": c.epochs, "epochs without pruning": budget}])), ""]
     if budget:
         md += [f"Pruning saved {1 - c.epochs / budget:.0%} of the epochs: {c.epochs} trained instead of "

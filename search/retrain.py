@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     args = p.parse_args(argv)
-    check_device(args.device)  # before the study is opened or anything written
+    device = str(check_device(args.device))  # before the study is opened or anything written; canonical
     positive_int("--final-epochs", args.final_epochs)
     positive_int("--subset-test", args.subset_test)
     study, url = open_existing(args)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
     store_normalisation(study, data)  # a study begun before search.run stored it
-    final = retrain_best(study, settings, data, out, epochs, args.device, args.progress, trial_number=args.trial)
+    final = retrain_best(study, settings, data, out, epochs, device, args.progress, trial_number=args.trial)
     paths = write_and_list(study, out, url, final)
     if args.json:
         print(json.dumps({"study": study.study_name, "trial": final["trial"], "val_acc": final["val_acc"],

@@ -12,8 +12,8 @@ proposals by a zero-cost proxy (--proxy; see search.prescreen); the others are r
 Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, minutes on 2 CPU
 cores (the MACs cap keeps every net under 15 M MACs):
     python -m search.run --dataset digits --trials 12 --max-macs 15000000
-Several trials at once on one node (--jobs N worker processes sharing the device; the study then lives in
-the journal file results/<study>.journal, which every command finds by itself):
+Several trials at once on one node (--jobs N worker processes, spread over its GPUs, or those --device
+lists; the study then lives in the journal file results/<study>.journal, which every command finds by itself):
     python -m search.run --trials 100 --jobs 4
 Several workers on one study (each process, any node that reaches the storage):
     python -m search.run --storage journal:results/shared.log --study-name big --trials 200 --no-final
@@ -37,7 +37,7 @@ from pathlib import Path
 import optuna
 
 from space.spec import plural
-from train.device import check_device
+from train.device import check_devices
 from train.files import removed_on_error
 
 from .cli import ERRORS, add_study_args, make_parser, positive_int
@@ -89,7 +89,8 @@ def build_parser():
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     add_study_args(p, reading=False)
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...; with --jobs: "
+                   "cuda (or auto) spreads the workers over every visible GPU, cuda:0,cuda:2 over those")
     p.add_argument("--seed", type=int, default=0, help="validation split, sampler and training seed")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default: train.defaults, per dataset)")
     p.add_argument("--max-params", type=int, default=200_000, help="parameter budget (default 200,000)")
@@ -117,9 +118,9 @@ def build_parser():
     p.add_argument("--val-size", default=None, help="validation images (5000) or fraction (0.2) of the training set")
     p.add_argument("--subset-train", type=int, default=None, help="use only this many training images (quick runs)")
     p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
-    p.add_argument("--jobs", default="1", help="worker processes training trials at once on this node, sharing "
-                   "the device, or auto (1 on CPU; on CUDA from free GPU memory, see search.workers); N > 1 "
-                   "keeps the study in results/<study>.journal (default 1)")
+    p.add_argument("--jobs", default="1", help="worker processes training trials at once on this node, round-robin "
+                   "over the devices, or auto (1 on CPU; on CUDA from each GPU's free memory, see search.workers); "
+                   "N > 1 keeps the study in results/<study>.journal (default 1)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by --jobs for its workers
     p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines in the final retrain")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
@@ -128,7 +129,9 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_device(args.device)  # before any storage, data or output is touched
+    # Before any storage, data or output is touched; canonical from here on (the parent trains on the first).
+    args.devices, args.raw_device = [str(d) for d in check_devices(args.device)], args.device
+    args.device = args.devices[0]
     worker = args.worker is not None
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     label = redact(url)  # what is printed and stored: never a password
     settings, kept, full, split, study, created = _open(args, asked, url, name, final_epochs)
     out = Path(args.out) if args.out else Path("results") / name
-    say = (lambda line: print(f"[w{args.worker}] {line}", flush=True)) if worker else (lambda line: print(line, flush=True))
+    say = _sayer(args.worker)
     if not worker:
         run_key = _announce(args, argv, study, created, settings, full, split, jobs, out, label,
                             (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
@@ -186,12 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _sayer(worker: int | None):
+    """print, or for a --jobs worker print behind its tag: [w3], or [w3 cuda:1] on a GPU (search.placement)."""
+    if worker is None:
+        return lambda line: print(line, flush=True)
+    gpu = os.environ.get("TINYNAS_GPU", "")
+    tag = f"[w{worker}{' ' + gpu if gpu.startswith('cuda') else ''}] "
+    return lambda line: print(f"{tag}{line}", flush=True)
+
+
 def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
     """(settings, final epochs, jobs, a note on the validation split) from the flags and the dataset's
     defaults; SearchError for a bad one."""
     from .prescreen import parse_prescreen
     from .study import PRUNERS, SAMPLERS  # after argument errors: importing optuna's samplers takes a moment
-    from .workers import auto_jobs, parse_jobs
+    from .workers import parse_jobs, plan_workers
 
     if args.dataset not in DEFAULTS:
         raise SearchError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
@@ -225,7 +237,11 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
         sampler=args.sampler or "tpe")
     check_satisfiable(settings.rules)  # before any data or training
     jobs = parse_jobs(args.jobs)
-    return settings, args.final_epochs or d.final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs, val_note
+    if jobs == 1 and len(args.devices) > 1 and "," in args.raw_device:
+        raise SearchError(f"--device {args.raw_device} lists {len(args.devices)} devices but --jobs 1 trains on one: "
+                          "give --jobs N (or auto) to spread workers over them, or one device")
+    args.placement = plan_workers(args.devices, jobs)
+    return settings, args.final_epochs or d.final_epochs, args.placement.jobs, val_note
 
 
 def _storage_url(storage: str | None, name: str, jobs: int) -> tuple[str, bool]:
@@ -289,7 +305,8 @@ def _announce(args, argv, study, created, settings, full, split, jobs, out, labe
              if cost_name(settings.objectives) else "")
           + (f"; prescreen: best of {settings.prescreen} by {settings.proxy}" if settings.prescreen > 1 else "")
           + (f"; enqueued presets {', '.join(presets)}" if presets else "")
-          + (f"; {jobs} workers at once" if jobs > 1 else ""))
+          + (f"; {jobs} workers at once" + (f" ({args.placement.describe()})" if info["device"] != "cpu" else "")
+             if jobs > 1 else ""))
     print(f"watch it: {dashboard_command(label)}", flush=True)
     return run_key
 
@@ -304,7 +321,7 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
     if jobs > 1 and args.worker is None:
         raw = sys.argv[1:] if argv is None else list(argv)
         codes, interrupted = run_workers([*raw, *([] if args.storage else ["--storage", url])], jobs,
-                                         cpu_threads(jobs))
+                                         cpu_threads(jobs), placement=args.placement)
         counts = count(study.get_trials(deepcopy=False))
         if interrupted:
             raise KeyboardInterrupt
@@ -313,10 +330,22 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
                                 f"{counts.line()} of {args.trials} wanted; fix the cause, then run the same command "
                                 "to resume")
         return counts
-    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
+    share = _device_share(args.device, f"{url}\n{study.study_name}")
+    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device, share), args.trials,
                     log=say, lock=SlotLock(f"{url}\n{study.study_name}"),
                     prescreen=make_prescreen(split, settings, args.device))
     return search.run()
+
+
+def _device_share(device: str, key: str):
+    """This process's share of its device (search.memory): a --jobs worker's from its environment
+    (search.placement), its memory capped when others share the GPU; a lone run's all of it."""
+    from .memory import DeviceShare, apply_share
+    from .placement import worker_device
+
+    named, workers = worker_device()
+    apply_share(device, workers)
+    return DeviceShare(key, named or device, workers)
 
 
 def _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds,

@@ -8,8 +8,10 @@ One candidate (Search.step), in the shape of Optuna's own `_run_trial`; its stat
            none left: FAIL "not trained" (a preset or retry is queued again)
         -> --prescreen K (search.prescreen): ask until K feasible proposals, score them by a zero-cost proxy,
            keep the best, tell the other K - 1 FAIL as "screened" (never trained, not counted)
-        -> train briefly inside one heartbeat, reporting validation accuracy per epoch to the pruner
-        -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
+        -> train briefly inside one heartbeat, reporting validation accuracy per epoch to the pruner; out of
+           memory: freed and tried once more (search.memory)
+        -> tell COMPLETE(val acc) / PRUNED / FAIL(reason) / "too large" (out of memory twice: COMPLETE(0) with
+           the constraint memory = 1, never trained, not counted)
 In a multi-objective study (search.objectives) every value told is [accuracy, cost]: a rejected candidate
 is COMPLETE(0, its analytic cost), and nothing is reported per epoch (Optuna cannot prune such studies).
 Search.run repeats it until the study holds N trained (completed or pruned) trials, counting those of
@@ -19,6 +21,7 @@ loop without torch.
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -29,8 +32,9 @@ import optuna
 from space import Analysis, Genome, analyze, check, construct, constraint_values
 
 from .lifecycle import (Counts, Heartbeat, Outcome, Phase, abandon, claim, classify, count, free_places, is_enqueued,
-                        mark, objective_values, reap_dead_trials, sign, tell_duplicate, tell_failed, tell_not_trained,
-                        tell_rejected, tell_screened, tell_trained)
+                        mark, note_oom_retry, objective_values, reap_dead_trials, sign, tell_duplicate, tell_failed,
+                        tell_not_trained, tell_rejected, tell_screened, tell_too_large, tell_trained)
+from .memory import DeviceShare, TooLarge, guard
 from .settings import SearchSettings, one_line
 
 if TYPE_CHECKING:  # injected like train_fn: the round's scoring is the prescreen's business
@@ -60,35 +64,15 @@ class TrainFn(Protocol):
     def __call__(self, genome: Genome, on_epoch: Callable[[object], bool]): ...
 
 
-def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> TrainFn:
-    """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch."""
-    import torch
-    from train.engine import train
+def make_train_fn(data, settings: SearchSettings, device: str = "auto", share: DeviceShare | None = None) -> TrainFn:
+    """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch (plain
+    accuracy only: the pruner and the leaderboard read no flip-TTA), under `share` (this worker's device and
+    the workers sharing it; default: alone), retried once after an out-of-memory (search.memory)."""
+    from train import engine
 
-    config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None)
-
-    def train_fn(genome: Genome, on_epoch: Callable[[object], bool]):
-        try:
-            return train(genome, config, data, on_epoch=on_epoch)
-        except torch.OutOfMemoryError as e:
-            # The traceback's frames hold the trial's model, activations and gradients: drop it, leave the
-            # except block (which releases them), and only then hand the cached memory back, so that the
-            # next candidate starts with a clean slate.
-            error = e.with_traceback(None)
-        release_memory()
-        raise error
-
-    return train_fn
-
-
-def release_memory() -> None:
-    """Free what unreferenced tensors still hold: Python's cycles first, then CUDA's cached blocks."""
-    import gc
-
-    import torch
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None, tta=False)
+    return guard(lambda genome, cfg, on_epoch: engine.train(genome, cfg, data, on_epoch=on_epoch), config,
+                 share or DeviceShare(f"pid {os.getpid()}", device))
 
 
 def _json_float(value: float) -> float | None:
@@ -143,7 +127,7 @@ class Search:
             # reset the count); skips in a row among all candidates.
             if outcome in (Outcome.COMPLETED, Outcome.PRUNED):
                 failures = 0
-            elif outcome == Outcome.FAILED:
+            elif outcome in (Outcome.FAILED, Outcome.TOO_LARGE):
                 failures += 1
             skips = skips + 1 if outcome in (Outcome.REJECTED, Outcome.DUPLICATE) else 0
             if failures >= self.max_failures_in_row:
@@ -167,6 +151,12 @@ class Search:
             return self._tell(trial, cand, result, time.time() - t0)
         except _Told as told:
             return told.outcome
+        except TooLarge as e:  # out of memory twice (search.memory): infeasible here, and the search goes on
+            self.last_failure = str(e)
+            tell_too_large(self.study, training, self.last_failure,
+                           objective_values(REJECTED_VALUE, cand.analysis, self.settings.objectives))
+            self.log(f"trial {training.number:>4}  {self.last_failure}{cand.tag}")
+            return Outcome.TOO_LARGE
         except Exception as e:
             if training is None:
                 self._abandon(asked, e)
@@ -324,6 +314,9 @@ class Search:
                            "train_status": result.status,
                            "wall_seconds": round(wall_seconds, 3)}.items():
             trial.set_user_attr(key, value)
+        if getattr(result, "oom_retry", None):  # trained after one out-of-memory (search.memory)
+            note_oom_retry(trial, result.oom_retry)
+            self.log(f"trial {n:>4}  retried   {result.oom_retry}{tag}")
         if result.status == "diverged":
             self.last_failure = result.message or "diverged"
             tell_failed(self.study, trial, self.last_failure)

@@ -97,7 +97,8 @@ def _val_acc(t: FrozenTrial) -> float | None:
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, screened, rejected.
+    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, too large
+    (for the device: its reason in rejected_reason), screened, rejected.
     `pareto`: on the study's Pareto front (pareto_trials); `peak_act`: peak activations, elements per image;
     `proxy_score`, `proxy_rank` (1 = chosen) and `lost_to`: a --prescreen round's verdict (blank without one)."""
     trials = study.get_trials(deepcopy=False)
@@ -126,7 +127,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                 "lost_to"):  # ints, blank if unknown
         df[col] = df[col].astype("Int64")
     order = {k: i for i, k in enumerate(("completed", "pruned", "duplicate", "running", "waiting", "failed",
-                                         "screened", "rejected"))}
+                                         "too large", "screened", "rejected"))}
     df["_k"] = df["state"].map(order)
     df["_p"] = df["params"].fillna(0)
     df = df.sort_values(["_k", "val_acc", "_p", "number"], ascending=[True, False, True, True], na_position="last")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig
 from .data import ImageData
-from .device import resolve_device, use_bf16
+from .device import resolve_device, synchronize, use_bf16
 from .files import write_atomic
 from .loader import DeviceLoader
 from .recipe import RECIPE_FIELDS, Recipe, before_values
@@ -419,8 +419,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         if not math.isfinite(float(loss_sum)):
             status, message = "diverged", f"non-finite training loss in epoch {epoch}"
             break
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)  # this run's device (cuda:N), not the current one
         seconds = time.perf_counter() - t0
         val_loss = val_acc = val_acc_tta = float("nan")
         if cfg.eval_every >= 0 and (epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)):

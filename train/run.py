@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     add_rule_flags(p)
     p.add_argument("--force", action="store_true", help="train a genome that breaks the rules (default: refuse it)")
     args = p.parse_args(argv)
-    check_device(args.device)  # before any data is loaded or output written
+    device = check_device(args.device)  # before any data is loaded or output written; canonical from here on
     try:
         rules = rules_from_args(args)
     except RulesError as e:
@@ -153,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     if violations:
         print(f"training despite the rules (--force): {'; '.join(violations)}", file=sys.stderr)
     out = Path(args.out) if args.out else default_out(args.spec, data.name)
-    device = resolve_device(args.device)
     batch = args.batch_size or d.batch_size
     augment = d.augment if args.augment is None else args.augment
     config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=str(device),
