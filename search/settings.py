@@ -171,6 +171,9 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
         d = {"max_macs": None, "objectives": "accuracy", "space": 1, "construction": 1, "prescreen": 1,
              "proxy": DEFAULT_PROXY,
              "recipe": recipe, **d, "schema": SCHEMA}
+    if isinstance(d.get("recipe"), dict) and "bn_refresh_steps" not in d["recipe"]:
+        # stored before short runs recomputed their BatchNorm statistics (train.recipe): they did not
+        d = {**d, "recipe": {**d["recipe"], "bn_refresh_steps": 0}}
     return d
 
 
