@@ -92,9 +92,9 @@ def deploy_final(model: torch.nn.Module, out: Path, data: ImageData, test_acc: f
 
 def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
                  device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
-                 trial_number: int | None = None) -> dict:
+                 trial_number: int | None = None, bar: bool = True) -> dict:
     """Retrain the study's best trial (or trial `trial_number`) on data's training part, test on its test
-    part; returns final.json."""
+    part; returns final.json. `progress`: a line per epoch; `bar`: with it, a tqdm bar per epoch."""
     trial = pick_trial(study, trial_number, trained=True)
     genome = genome_of(trial)
     if genome.num_classes != data.num_classes:
@@ -108,7 +108,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         log(f"trial {trial.number} was already retrained for {plural(epochs, 'epoch')}: test accuracy "
             f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
         return done
-    config = settings.train_config(epochs, device, eval_every=-1, progress=progress)
+    config = settings.train_config(epochs, device, eval_every=-1, progress=progress, progress_bar=bar)
     owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
              "config": config.fingerprint(), "n_train": int(len(data.y_train))}
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))

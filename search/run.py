@@ -118,7 +118,10 @@ def build_parser():
                    "the device, or auto (1 on CPU; on CUDA from free GPU memory, see search.workers); N > 1 "
                    "keeps the study in results/<study>.journal (default 1)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by --jobs for its workers
-    p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines in the final retrain")
+    p.add_argument("--quiet", action="store_true", help="no line per epoch (trials and final retrain) and no "
+                   "progress bar; a line per trial stays")
+    p.add_argument("--progress", action="store_true", help="draw the progress bar (trials and final retrain) even "
+                   "when stderr is not a terminal (by default only a terminal gets one)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     return p
 
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_final:
         t1 = time.time()
         try:
-            final = retrain_best(study, settings, full, out, final_epochs, args.device, args.progress)
+            final = retrain_best(study, settings, full, out, final_epochs, args.device, not args.quiet,
+                                 bar=_bar(args))
         except KeyboardInterrupt:
             print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to "
                   "resume", file=sys.stderr)
@@ -306,10 +310,15 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
                                 f"{counts.line()} of {args.trials} wanted; fix the cause, then run the same command "
                                 "to resume")
         return counts
-    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
-                    log=say, lock=SlotLock(f"{url}\n{study.study_name}"),
-                    prescreen=make_prescreen(split, settings, args.device))
+    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device, _bar(args)),
+                    args.trials, log=say, lock=SlotLock(f"{url}\n{study.study_name}"),
+                    prescreen=make_prescreen(split, settings, args.device), epoch_lines=not args.quiet)
     return search.run()
+
+
+def _bar(args: argparse.Namespace) -> bool:
+    """A tqdm bar per epoch: asked for (--progress), or on a terminal unless --quiet; workers draw none."""
+    return args.worker is None and not args.quiet and (args.progress or sys.stderr.isatty())
 
 
 def _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds,

@@ -71,6 +71,7 @@ class TrainConfig(Recipe):
     checkpoint_every: int = 1  # epochs
     progress: bool = False  # a line per epoch, and a tqdm bar per epoch if progress_bar
     progress_bar: bool = True  # with progress: also the tqdm bar (command lines: only on a terminal)
+    epoch_lines: bool = True  # with progress: the line per epoch (off where the caller prints its own: search trials)
     held_out: str = "val"  # what the progress lines call data's held-out part ("test" when it is the test set)
     nan_check_every: int = 0  # steps between non-finite-loss checks, each a host sync that drains the GPU's
     # queue; 0: once per epoch only, when the epoch's loss is read anyway (a diverged run wastes <= 1 epoch)
@@ -84,7 +85,7 @@ class TrainConfig(Recipe):
     def fingerprint(self) -> str:
         """Hash of the settings that change the result (not device, progress or checkpoint place)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "progress_bar", "checkpoint",
-                                                                   "compile", "compile_mode", "checkpoint_every",
+                                                                   "compile", "compile_mode", "checkpoint_every", "epoch_lines",
                                                                    "eval_batch_size", "eval_every",
                                                                    "nan_check_every", "held_out", "tta")}
         for k, default in before_values().items():  # settings added later hash as before while at that value
@@ -458,7 +459,7 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         stats = EpochStats(epoch, float(loss_sum) / seen, int(correct) / seen, val_loss, val_acc,
                            scheduler.get_last_lr()[0], seconds, seen / seconds, val_acc_tta)
         history.append(stats)
-        if cfg.progress:
+        if cfg.progress and cfg.epoch_lines:
             held_out = f"  {cfg.held_out} loss {val_loss:.3f} acc {val_acc:.4f}" if math.isfinite(val_acc) else ""
             held_out += f" (flip-TTA {val_acc_tta:.4f})" if math.isfinite(val_acc_tta) else ""
             print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}"
