@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import SearchStopped  # after argument errors: these import torch
 
     t0 = time.time()
+    trained_before = count(study.get_trials(deepcopy=False)).trained
     try:
         counts = _search(args, argv, study, settings, full, split, jobs, url, say)
     except KeyboardInterrupt:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     search_seconds = time.time() - t0
     study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
     print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "
-          f"without pruning; {search_seconds:.0f} s")
+          f"without pruning; {_took(study, run_key, search_seconds, counts.trained > trained_before)}")
     final, final_seconds = None, 0.0
     if not args.no_final:
         t1 = time.time()
@@ -316,6 +317,15 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
     return search.run()
 
 
+def _took(study: optuna.Study, run_key: str, seconds: float, trained_now: bool) -> str:
+    """This run's search time; for a run that found the study finished, the earlier runs' time, said so."""
+    if trained_now:
+        return f"{seconds:.0f} s"
+    earlier = sum(v.get("seconds", 0.0) for k, v in study.user_attrs.items()
+                  if k.startswith(run_key.split(":", 1)[0] + ":") and k != run_key and isinstance(v, dict))
+    return f"already done: nothing trained in this run ({earlier:.0f} s in earlier runs)"
+
+
 def _bar(args: argparse.Namespace) -> bool:
     """A tqdm bar per epoch: asked for (--progress), or on a terminal unless --quiet; workers draw none."""
     return args.worker is None and not args.quiet and (args.progress or sys.stderr.isatty())
@@ -331,7 +341,8 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
-          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ({final_seconds:.0f} s)"
+          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ("
+             + (f"retrained earlier, {final['wall_seconds']:.0f} s)" if final.get("reused") else f"{final_seconds:.0f} s)")
              if final else ""))
     paths = write_and_list(study, out, label, final)
     if args.json:

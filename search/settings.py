@@ -146,7 +146,8 @@ class SearchSettings:
         """The recipe the study's trials (and its final retrain) train with, for `epochs` epochs: every
         setting that shapes training comes from here, so the two cannot drift apart."""
         config = TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
-                             augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed)
+                             augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed,
+                             tta=self.augment)  # flip-TTA only where training flips
         return replace(config.with_recipe(dict(self.recipe)), **changes)
 
 
