@@ -10,8 +10,8 @@ winner is the most accurate member of the Pareto front. --prescreen K trains onl
 proposals by a zero-cost proxy (--proxy; see search.prescreen); the others are recorded as screened out.
 
 Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, minutes on 2 CPU
-cores (the MACs cap keeps every net under 15 M MACs):
-    python -m search.run --dataset digits --trials 12 --max-macs 15000000
+cores (the MACs cap keeps every net under 3 M MACs; docs/search.md says why these numbers):
+    python -m search.run --dataset digits --trials 8 --max-macs 3000000 --trial-epochs 3 --final-epochs 8
 Several trials at once on one node (--jobs N worker processes sharing the device; the study then lives in
 the journal file results/<study>.journal, which every command finds by itself):
     python -m search.run --trials 100 --jobs 4

@@ -105,3 +105,26 @@ def test_a_search_prints_its_trials_epochs_and_on_resume_the_original_times(tmp_
     assert "epoch 1/1" not in again.stdout
     assert "already done: nothing trained in this run" in again.stdout
     assert "(0 s)" not in again.stdout and "retrained earlier" in again.stdout
+
+
+def test_the_readme_lines_turn_a_uint8_image_into_exactly_what_the_net_was_trained_on():
+    """README's snippet: a real uint8 H x W x 3 image becomes the same tensor the training pipeline makes."""
+    import re
+    import torch
+    from tests.test_readme import README, blocks
+    from train.data import load_digits32
+    from train.loader import DeviceLoader
+
+    (code,) = [b for b in blocks(README, "python") if "permute" in b]
+    lines = [line for line in code.splitlines() if line.startswith("x = ")]
+    assert len(lines) == 2 and "permute(2, 0, 1)" in lines[0]
+    data = load_digits32()
+    img, MEAN, STD = data.x_test[7], tuple(map(float, data.mean)), tuple(map(float, data.std))
+    scope = {"torch": torch, "img": img, "MEAN": MEAN, "STD": STD}
+    for line in lines:
+        exec(re.sub(r"\s+#.*$", "", line), scope)
+    loader = DeviceLoader(data.x_test[7:8], data.y_test[7:8], data.mean, data.std, 1, torch.device("cpu"),
+                          train=False, augment=None)
+    (expected, _), = list(loader)
+    assert scope["x"].shape == (1, 3, 32, 32)
+    torch.testing.assert_close(scope["x"], expected.float().contiguous(), atol=1e-5, rtol=1e-5)
