@@ -92,9 +92,9 @@ def deploy_final(model: torch.nn.Module, out: Path, data: ImageData, test_acc: f
 
 def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
                  device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
-                 trial_number: int | None = None) -> dict:
+                 trial_number: int | None = None, bar: bool = True) -> dict:
     """Retrain the study's best trial (or trial `trial_number`) on data's training part, test on its test
-    part; returns final.json."""
+    part; returns final.json. `progress`: a line per epoch; `bar`: with it, a tqdm bar per epoch."""
     trial = pick_trial(study, trial_number, trained=True)
     genome = genome_of(trial)
     if genome.num_classes != data.num_classes:
@@ -106,9 +106,9 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
             and [done.get(k) for k in ("study", "trial", "genome", "epochs", "n_train", "n_test")]
             == [study.study_name, trial.number, genome.to_json(), epochs, len(data.y_train), len(data.y_test)]):
         log(f"trial {trial.number} was already retrained for {plural(epochs, 'epoch')}: test accuracy "
-            f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
-        return done
-    config = settings.train_config(epochs, device, eval_every=-1, progress=progress)
+            f"{done['test_acc']:.4f} (from {out / FINAL_JSON}, {done.get('finished', 'earlier')})")
+        return {**done, "reused": True}  # "reused": not in the file; the caller reports the original times
+    config = settings.train_config(epochs, device, eval_every=-1, progress=progress, progress_bar=bar)
     owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
              "config": config.fingerprint(), "n_train": int(len(data.y_train))}
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))
@@ -125,7 +125,8 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     dev = resolve_device(result.device)
     # The one look at the test set: predictions give the accuracy and the per-class report.
     scores = score_test_set(result.model, data, dev)  # float32, as best_model.pt and the ONNX files ship
-    test_acc, test_acc_tta = scores.acc, scores.acc_tta
+    # flip-TTA only where training flipped the images (not digits: a mirrored 2 is no 2)
+    test_acc, test_acc_tta = scores.acc, (scores.acc_tta if settings.augment else None)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}  # EMA weights, if any
     torch.save(state, out / "best_model.pt")
     (out / "best_model.py").write_text(export_code(genome, data.mean, data.std, settings.max_params, settings.min_rf))
@@ -144,7 +145,8 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "std": [float(s) for s in data.std], "history": [_finite(asdict(h)) for h in result.history],
         "y_true": scores.labels.tolist(), "y_pred": scores.pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    log(f"test accuracy {test_acc:.4f} (flip-TTA {test_acc_tta:.4f}; {len(data.y_test):,} images, evaluated once)")
+    tta = f"flip-TTA {test_acc_tta:.4f}; " if test_acc_tta is not None else ""
+    log(f"test accuracy {test_acc:.4f} ({tta}{len(data.y_test):,} images, evaluated once)")
     record["deploy"] = deploy_final(result.model, out, data, test_acc, settings.seed, log)
     write_json(out / FINAL_JSON, record)
     return record

@@ -86,7 +86,8 @@ def _deploy_section(deploy: dict | None) -> list[str]:
               "images/s, batch 256": f"{deploy[k]['images_per_s_b256']:,.0f}"} for k in kinds]
     f = deploy["fp32"]
     return ["### Deployment (ONNX)", "", _md_table(pd.DataFrame(rows)), "",
-            f"Test accuracies of ONNX Runtime {deploy.get('onnxruntime', '')} on all {deploy['n_test']:,} test images. "
+            f"Test accuracies of ONNX Runtime {deploy.get('onnxruntime', '')} on the {deploy['n_test']:,} test images the "
+            "retrained net was scored on. "
             f"The fp32 file's logits are within {deploy['logit_max_abs_diff']:.1e} of PyTorch's on "
             f"{deploy['verified_images']} training images (allowed {deploy['logit_atol']:g}); opset {deploy['opset']}. "
             + (f"int8: {deploy['quantization']}. " if "quantization" in deploy else "")
@@ -121,7 +122,7 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     if storage_url:
         md += [f"Storage: `{storage_url}` (browse it: `{dashboard_command(storage_url)}`). "
                f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
-    md += _winner(board, trials, final)
+    md += _winner(board, trials, final, settings)
     md += _search_section(trials, settings, rejected, baseline)
     md += _front(board, settings, cost)
     md += _evidence(study, board, trials, settings)
@@ -141,7 +142,16 @@ def write_and_list(study: optuna.Study, out: Path, storage_url: str, final: dict
         print(f"{key}: {path}")
     return paths
 
-def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
+def _trained_on(final: dict, settings) -> str:
+    """Which training images the final retrain used, plainly: all of them, or the --subset-train subset."""
+    subset = settings.subset_train if settings else None
+    if subset:
+        return (f"{final['n_train']:,} training images: only the --subset-train {subset:,} subset the search used, "
+                "not the whole training set")
+    return f"all {final['n_train']:,} training images"
+
+
+def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None) -> list[str]:
     """The retrained winner, or the best trial so far."""
     md: list[str] = []
     best = board[board.best]
@@ -151,7 +161,8 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
                f"Trial {final['trial']}{' (preset ' + final['preset'] + ')' if final.get('preset') else ''}: "
                f"`{final['summary']}`", "",
                f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
-               f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on all {final['n_train']:,} training images",
+               f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on {_trained_on(final, settings)}"
+               + (f"; flip-TTA {final['test_acc_tta']:.4f}" if final.get("test_acc_tta") is not None else ""),
                f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
                *([f"* retrained by request (`search.retrain --trial {final['trial']}`); the default winner is trial "
                   f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"] else []),
@@ -227,9 +238,13 @@ def _front(board: pd.DataFrame, settings, cost: str) -> list[str]:
              "image (x4: bytes at fp32).", "",
            _md_table(front) if len(front) else "none yet", "",
            f"![accuracy vs {COSTS[cost]}](plots/pareto.png)", "", "![optimisation history](plots/history.png)", "",
-           "![rejected fraction](plots/rejected.png)", "", "### Top 10", ""]
+           "![rejected fraction](plots/rejected.png)", ""]
+    trained = board[board.state.isin(["completed", "pruned"])]
+    md += [f"### Top {min(10, len(trained))} of the {len(trained)} trained trials", "",
+           "Completed trials first, by validation accuracy (`rank`), then pruned ones by their accuracy when "
+           "stopped (after fewer epochs: not comparable, so not ranked).", ""]
     prescreened = board.proxy_score.notna().any()
-    top = board[board.state == "completed"].head(10)[["rank", "number", "val_acc", "params", "macs", "peak_act", "rf",
+    top = trained.head(10)[["rank", "state", "number", "val_acc", "params", "macs", "peak_act", "rf",
                                                        "epochs", "train_seconds",
                                                        *(["proxy_score", "proxy_rank"] if prescreened else []),
                                                        "summary", "preset"]]

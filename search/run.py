@@ -10,8 +10,8 @@ winner is the most accurate member of the Pareto front. --prescreen K trains onl
 proposals by a zero-cost proxy (--proxy; see search.prescreen); the others are recorded as screened out.
 
 Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, minutes on 2 CPU
-cores (the MACs cap keeps every net under 15 M MACs):
-    python -m search.run --dataset digits --trials 12 --max-macs 15000000
+cores (the MACs cap keeps every net under 3 M MACs; docs/search.md says why these numbers):
+    python -m search.run --dataset digits --trials 8 --max-macs 3000000 --trial-epochs 3 --final-epochs 8
 Several trials at once on one node (--jobs N worker processes, spread over its GPUs, or those --device
 lists; the study then lives in the journal file results/<study>.journal, which every command finds by itself):
     python -m search.run --trials 100 --jobs 4
@@ -122,7 +122,10 @@ def build_parser():
                    "over the devices, or auto (1 on CPU; on CUDA from each GPU's free memory, see search.workers); "
                    "N > 1 keeps the study in results/<study>.journal (default 1)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by --jobs for its workers
-    p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines in the final retrain")
+    p.add_argument("--quiet", action="store_true", help="no line per epoch (trials and final retrain) and no "
+                   "progress bar; a line per trial stays")
+    p.add_argument("--progress", action="store_true", help="draw the progress bar (trials and final retrain) even "
+                   "when stderr is not a terminal (by default only a terminal gets one)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     return p
 
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import SearchStopped  # after argument errors: these import torch
 
     t0 = time.time()
+    trained_before = count(study.get_trials(deepcopy=False)).trained
     try:
         counts = _search(args, argv, study, settings, full, split, jobs, url, say)
     except KeyboardInterrupt:
@@ -174,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     search_seconds = time.time() - t0
     study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
     print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "
-          f"without pruning; {search_seconds:.0f} s")
+          f"without pruning; {_took(study, run_key, search_seconds, counts.trained > trained_before)}")
     final, final_seconds = None, 0.0
     if not args.no_final:
         t1 = time.time()
         try:
-            final = retrain_best(study, settings, full, out, final_epochs, args.device, args.progress)
+            final = retrain_best(study, settings, full, out, final_epochs, args.device, not args.quiet,
+                                 bar=_bar(args))
         except KeyboardInterrupt:
             print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to "
                   "resume", file=sys.stderr)
@@ -331,9 +336,10 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
                                 "to resume")
         return counts
     share = _device_share(args.device, f"{url}\n{study.study_name}")
-    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device, share), args.trials,
-                    log=say, lock=SlotLock(f"{url}\n{study.study_name}"),
-                    prescreen=make_prescreen(split, settings, args.device))
+    search = Search(study, settings, full.num_classes,
+                    make_train_fn(split, settings, args.device, share, bar=_bar(args)), args.trials, log=say,
+                    lock=SlotLock(f"{url}\n{study.study_name}"),
+                    prescreen=make_prescreen(split, settings, args.device), epoch_lines=not args.quiet)
     return search.run()
 
 
@@ -348,6 +354,20 @@ def _device_share(device: str, key: str):
     return DeviceShare(key, named or device, workers)
 
 
+def _took(study: optuna.Study, run_key: str, seconds: float, trained_now: bool) -> str:
+    """This run's search time; for a run that found the study finished, the earlier runs' time, said so."""
+    if trained_now:
+        return f"{seconds:.0f} s"
+    earlier = sum(v.get("seconds", 0.0) for k, v in study.user_attrs.items()
+                  if k.startswith(run_key.split(":", 1)[0] + ":") and k != run_key and isinstance(v, dict))
+    return f"already done: nothing trained in this run ({earlier:.0f} s in earlier runs)"
+
+
+def _bar(args: argparse.Namespace) -> bool:
+    """A tqdm bar per epoch: asked for (--progress), or on a terminal unless --quiet; workers draw none."""
+    return args.worker is None and not args.quiet and (args.progress or sys.stderr.isatty())
+
+
 def _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds,
              final_epochs) -> None:
     """The report files, the winner, and the --json line."""
@@ -358,7 +378,8 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
-          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ({final_seconds:.0f} s)"
+          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ("
+             + (f"retrained earlier, {final['wall_seconds']:.0f} s)" if final.get("reused") else f"{final_seconds:.0f} s)")
              if final else ""))
     paths = write_and_list(study, out, label, final)
     if args.json:

@@ -64,13 +64,16 @@ class TrainFn(Protocol):
     def __call__(self, genome: Genome, on_epoch: Callable[[object], bool]): ...
 
 
-def make_train_fn(data, settings: SearchSettings, device: str = "auto", share: DeviceShare | None = None) -> TrainFn:
+def make_train_fn(data, settings: SearchSettings, device: str = "auto", share: DeviceShare | None = None,
+                  bar: bool = False) -> TrainFn:
     """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch (plain
     accuracy only: the pruner and the leaderboard read no flip-TTA), under `share` (this worker's device and
-    the workers sharing it; default: alone), retried once after an out-of-memory (search.memory)."""
+    the workers sharing it; default: alone), retried once after an out-of-memory (search.memory); `bar`: a
+    tqdm bar per epoch (the line per epoch is Search's, with the trial's number)."""
     from train import engine
 
-    config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None, tta=False)
+    config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None, tta=False,
+                                   progress=bar, progress_bar=bar, epoch_lines=False)
     return guard(lambda genome, cfg, on_epoch: engine.train(genome, cfg, data, on_epoch=on_epoch), config,
                  share or DeviceShare(f"pid {os.getpid()}", device))
 
@@ -104,6 +107,7 @@ class Search:
     lock: AbstractContextManager = field(default_factory=nullcontext)
     claim_wait_seconds: float = 30.0  # longest wait for an earlier trial's verdict (lifecycle.claim)
     prescreen: Prescreen | None = None  # train the best of K feasible proposals by a proxy (None: every one)
+    epoch_lines: bool = False  # log a line when a trial starts and after each of its epochs (nobody thinks it hung)
     interrupted: int | None = field(default=None, init=False)  # the trial a Ctrl-C / SIGTERM stopped
     last_failure: str = field(default="", init=False)  # the reason of the last training failure
 
@@ -144,6 +148,10 @@ class Search:
         try:
             trial, cand = self._candidate(asked)
             training = trial
+            if self.epoch_lines:
+                a = cand.analysis
+                self.log(f"trial {trial.number:>4}  training  {a.params:,} params  {a.macs / 1e6:.1f} M MACs  "
+                         f"{cand.genome.summary()}{cand.tag}")
             t0 = time.time()
             with Heartbeat(self.study, trial._trial_id):
                 result = self.train_fn(cand.genome, self._on_epoch(trial))
@@ -299,6 +307,9 @@ class Search:
         multi_objective = len(self.study.directions) > 1
 
         def on_epoch(stats) -> bool:
+            if self.epoch_lines:
+                self.log(f"trial {trial.number:>4}  epoch {stats.epoch}/{self.settings.trial_epochs}  train acc "
+                         f"{stats.train_acc:.4f}  val {stats.val_acc:.4f}  {stats.seconds:.1f} s")
             if multi_objective:  # Trial.report / should_prune raise in multi-objective studies
                 return False
             trial.report(float(stats.val_acc), int(stats.epoch))

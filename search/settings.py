@@ -147,7 +147,8 @@ class SearchSettings:
         """The recipe the study's trials (and its final retrain) train with, for `epochs` epochs: every
         setting that shapes training comes from here, so the two cannot drift apart."""
         config = TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
-                             augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed)
+                             augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed,
+                             tta=self.augment)  # flip-TTA only where training flips
         return replace(config.with_recipe(dict(self.recipe)), **changes)
 
 
@@ -175,6 +176,9 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
              "recipe": recipe, **d, "schema": 2}
     if d["schema"] == 2:
         d = {"sampler": "tpe", **d, "schema": SCHEMA}
+    if isinstance(d.get("recipe"), dict) and "bn_refresh_steps" not in d["recipe"]:
+        # stored before short runs recomputed their BatchNorm statistics (train.recipe): they did not
+        d = {**d, "recipe": {**d["recipe"], "bn_refresh_steps": 0}}
     return d
 
 

@@ -202,6 +202,9 @@ def _prepare_path(path: Path, create: bool, url: str) -> None:
     if parent.is_dir():
         return
     if not create or parent.exists():
+        blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise SearchError(f"storage {url!r}: {blocker} is a file, not a folder; give a path in a folder")
         raise SearchError(f"storage {url!r}: folder {parent} does not exist")
     try:
         parent.mkdir(parents=True, exist_ok=True)

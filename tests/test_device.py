@@ -207,6 +207,12 @@ def test_check_device_says_what_torch_can_see(name):
     assert "\n" not in text and "cpu only" in text
     if name.lower().startswith("cuda"):
         assert "CPU-only build" in text and "setup.sh" in text and "nvidia-smi" in text
+        # the command it names is one setup.sh runs (issue 37: `bash setup.sh` alone only printed its usage)
+        import re
+        from pathlib import Path
+        command = re.search(r"`\./setup\.sh (\w+)`", text)
+        script = (Path(__file__).resolve().parents[1] / "setup.sh").read_text()
+        assert command and re.search(rf"^\s+{command.group(1)}\)$", script, re.M), text
     assert check_device("cpu") == torch.device("cpu") and check_device("auto") == torch.device("cpu")
 
 

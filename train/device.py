@@ -114,7 +114,7 @@ def _cuda_count(name: str) -> int:
     if torch.version.cuda is None:
         raise DeviceError(f"--device {name}: this torch ({torch.__version__}) is a CPU-only build and cannot use "
                           f"CUDA (it can see: {_visible()}); a CUDA build of torch is needed: on a node where "
-                          "nvidia-smi works, `bash setup.sh` installs one")
+                          "nvidia-smi works, `./setup.sh env` installs one")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise DeviceError(f"--device {name}: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA "

@@ -51,13 +51,14 @@ def default_out(spec: str, dataset: str) -> Path:
     return Path("results") / "train" / f"{name}-{dataset}"
 
 
-def write_outputs(out: Path, result: TrainResult, data, extra: dict) -> dict:
+def write_outputs(out: Path, result: TrainResult, data, extra: dict, tta: bool = True) -> dict:
     """Test metrics, history and weights of a finished run under `out`; returns the metrics dict.
-    test_acc is the plain figure; test_acc_tta (flip-TTA) is reported beside it, never instead."""
+    test_acc is the plain figure; test_acc_tta (flip-TTA) is reported beside it, never instead, and only
+    with `tta` (where training flipped the images: None otherwise)."""
     scores = score_test_set(result.model, data, result.device)
     text, per_class, cm = classification_summary(scores.labels.numpy(), scores.pred.numpy(), data.classes)
     metrics = {**extra, "status": result.status, "message": result.message, "epochs": result.epochs,
-               "test_acc": scores.acc, "test_acc_tta": scores.acc_tta, "test_loss": scores.loss,
+               "test_acc": scores.acc, "test_acc_tta": scores.acc_tta if tta else None, "test_loss": scores.loss,
                "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
                "device": result.device, "per_class": per_class, "confusion_matrix": cm.tolist()}
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                                         seed=args.seed, eval_every=1 if args.val_size else 0,
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
                                         progress_bar=args.progress or sys.stderr.isatty(),
-                                        compile=args.compile, held_out="val" if args.val_size else "test"),
+                                        compile=args.compile, held_out="val" if args.val_size else "test",
+                                        tta=augment),  # flip-TTA only where training flips
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
                             ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
                             weight_decay=args.weight_decay, pct_start=args.warmup,
@@ -179,15 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.val_size else {}
     metrics = write_outputs(out, result, test_data, {**held_out, "spec": args.spec, "genome": genome.to_dict(), "params": a.params,
                                                 "rf": a.rf, "dataset": data.name, "config": asdict(config),
-                                                "wall_seconds": round(time.perf_counter() - t0, 1)})
+                                                "wall_seconds": round(time.perf_counter() - t0, 1)}, tta=augment)
     if result.resumed_epochs >= result.epochs:
         print(f"reused the finished run in {out}/ (checkpoint of {plural(result.epochs, 'epoch')}): nothing trained; "
               "delete it or give another --out to train again")
     elif result.resumed_epochs:
         print(f"resumed from {out}/checkpoint.pt after epoch {result.resumed_epochs}")
+    tta = (lambda key: f" (flip-TTA {metrics[key]:.4f})") if augment else (lambda key: "")
     if args.val_size:
-        print(f"validation accuracy {metrics['val_acc']:.4f} (flip-TTA {metrics['val_acc_tta']:.4f})")
-    print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {plural(result.epochs, 'epoch')} "
+        print(f"validation accuracy {metrics['val_acc']:.4f}{tta('val_acc_tta')}")
+    print(f"test accuracy {metrics['test_acc']:.4f}{tta('test_acc_tta')} after {plural(result.epochs, 'epoch')} "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
     if args.onnx:  # after the line above, which a failed export leaves printed
         try:
