@@ -186,12 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             final = retrain_best(study, settings, full, out, final_epochs, args.device, not args.quiet,
                                  bar=_bar(args))
         except KeyboardInterrupt:
-            print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to "
-                  "resume", file=sys.stderr)
-            return 130
+            return _interrupted_final(out)
         final_seconds = time.time() - t1
     _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds, final_epochs)
     return 0
+
+
+def _interrupted_final(out: Path) -> int:
+    print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to resume",
+          file=sys.stderr)
+    return 130
 
 
 def _sayer(worker: int | None):

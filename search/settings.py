@@ -186,6 +186,6 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 _SCHEMA1_RECIPE: dict[str, Any] = {
     "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1, "pct_start": 0.25, "div_factor": 10.0,
     "final_div_factor": 100.0, "anneal": "cos", "augment_start": None, "augment_end": 0.0, "augment_full_epochs": 25,
-    "alternate_flip": False, "ema_decay": 0.99,
+    "alternate_flip": False, "ema_decay": 0.99, "bn_refresh_steps": 0,
     "augment.flip_p": 0.5, "augment.affine_p": 0.5, "augment.shift": 0.1, "augment.scale": 0.1, "augment.rotate": 15.0,
     "augment.cutout_p": 0.5, "augment.cutout_size": 16}

@@ -340,10 +340,10 @@ def test_search_trials_skip_the_flip_tta_evaluation_the_pruner_never_reads(monke
     seen = []
     monkeypatch.setattr(engine, "train", lambda genome, config, data, on_epoch=None: seen.append(config))
     settings = SearchSettings(dataset="synthetic", max_params=200_000, min_rf=44, trial_epochs=1, val_size=0.25,
-                              seed=0, subset_train=None, batch_size=32, lr=0.01, augment=False)
+                              seed=0, subset_train=None, batch_size=32, lr=0.01, augment=True)
     make_train_fn(make_synthetic(64, 16), settings, "cpu")(TINY, lambda s: False)
     assert seen[0].tta is False and seen[0].eval_every == 1
-    assert settings.train_config(1, "cpu").tta  # the final retrain and train.run keep it
+    assert settings.train_config(1, "cpu").tta  # the final retrain keeps it where training flips
 
 
 def _baseline_main(argv):

@@ -277,10 +277,13 @@ def refresh_bn(model: nn.Module, loader: DeviceLoader, device: torch.device, amp
         return fresh
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
     fresh.train()
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(device, amp)):
-        for x, _ in loader:
+        for k, (x, _) in enumerate(loader):
+            # momentum 1/(k+1) at batch k: the cumulative average over the batches, as momentum=None computes
+            # it, but without reading num_batches_tracked back to the host in every BatchNorm of every batch
+            for m in norms:
+                m.momentum = 1.0 / (k + 1)
             fresh(x)
     for m in norms:
         m.momentum = 0.1

@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(genome, config, data)
     if result.status == "diverged":
         fail(f"training diverged: {result.message}; try a lower --lr", code=1)
-    held_out = {"val_size": args.val_size, "val_acc": result.val_acc, "val_acc_tta": result.history[-1].val_acc_tta} \
-        if args.val_size else {}
+    held_out = {"val_size": args.val_size, "val_acc": result.val_acc,
+                "val_acc_tta": result.history[-1].val_acc_tta if augment else None} if args.val_size else {}
     metrics = write_outputs(out, result, test_data, {**held_out, "spec": args.spec, "genome": genome.to_dict(), "params": a.params,
                                                 "rf": a.rf, "dataset": data.name, "config": asdict(config),
                                                 "wall_seconds": round(time.perf_counter() - t0, 1)}, tta=augment)
