@@ -30,10 +30,12 @@ from train.engine import resolve_device, train
 from train.files import write_json
 from train.testset import score_test_set
 
+from .compare import compare_rows, final_seeds, resolve_entrants, seed_run, seed_stats
 from .settings import SearchError, SearchSettings
 from .trials import genome_of, pick_trial, val_acc
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "deploy_final", "load_final"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "retrain_and_compare",
+           "deploy_final", "load_final"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
@@ -150,3 +152,41 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     record["deploy"] = deploy_final(result.model, out, data, test_acc, settings.seed, log)
     write_json(out / FINAL_JSON, record)
     return record
+
+
+def retrain_and_compare(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
+                        device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
+                        trial_number: int | None = None, bar: bool = True, seeds: int = 1,
+                        compare: list[str] = (), other_storage=None) -> dict:
+    """retrain_best (the first seed: its weights are the exported ones), then the winner's other `seeds`
+    and each --compare baseline from every seed, under the same recipe (search.compare); final.json gains
+    "seeds" (the winner's test accuracy per seed, mean, std, min, max) and "compare" (the table's rows)."""
+    seed_list = final_seeds(settings, seeds)
+    winner = genome_of(pick_trial(study, trial_number, trained=True))
+    entrants = resolve_entrants(list(compare), study, settings, winner, data.num_classes, other_storage)
+    if entrants:  # before the first epoch: what the comparison will cost
+        log(f"compare: {', '.join(e.name for e in entrants)}, each retrained from "
+            f"{plural(len(seed_list), 'seed')} ({', '.join(map(str, seed_list))}) like the winner")
+    record = retrain_best(study, settings, data, out, epochs, device, progress, log, trial_number, bar)
+    reused = record.pop("reused", False)
+    kw = dict(log=log, progress=progress, bar=bar)
+    label = f"winner (trial {record['trial']})"
+    runs = {"winner": [{"seed": seed_list[0], "test_acc": record["test_acc"]}]
+            + [seed_run(winner, settings, data, epochs, device, s, out, label, **kw) for s in seed_list[1:]]}
+    for e in entrants:
+        runs[e.name] = [seed_run(e.genome, settings, data, epochs, device, s, out, e.name, **kw) for s in seed_list]
+    accs = [r["test_acc"] for r in runs["winner"]]
+    record["seeds"] = {"seeds": seed_list, "test_accs": accs, **seed_stats(accs), "exported_seed": seed_list[0]}
+    record["compare"] = compare_rows(record, entrants, runs) if entrants else []
+    fresh = any(not r.get("reused") for rs in runs.values() for r in rs if "label" in r)  # seed_run's records
+    write_json(out / FINAL_JSON, record)
+    if len(seed_list) > 1:
+        s = record["seeds"]
+        log(f"winner over {len(seed_list)} seeds: test accuracy {s['mean']:.4f} +- {s['std']:.4f} "
+            f"(min {s['min']:.4f}, max {s['max']:.4f}); the exported weights are seed {seed_list[0]}'s")
+    for row in record["compare"][1:]:
+        v = row["vs_winner"]
+        ci = f" [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]" if v["ci_low"] is not None else ""
+        log(f"vs {row['name']}: {row['mean']:.4f} mean test accuracy; winner - {row['name']} = {v['diff']:+.4f}"
+            f"{ci} ({v['test']}): {v['verdict']}")
+    return {**record, **({"reused": True} if reused and not fresh else {})}

@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .objectives import COSTS, pareto_front  # noqa: E402
 
-__all__ = ["pareto_front", "plot_pareto", "plot_history", "plot_rejected", "plot_final", "thirds"]
+__all__ = ["pareto_front", "plot_pareto", "plot_history", "plot_rejected", "plot_final", "plot_compare", "thirds"]
 
 
 def _save(fig, path: Path) -> Path:
@@ -131,4 +131,22 @@ def plot_final(history: list[dict], path: Path) -> Path:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    return _save(fig, path)
+
+
+def plot_compare(rows: list[dict], path: Path) -> Path:
+    """The payoff (search.compare): test accuracy of the winner and each baseline, every seed a dot, the
+    mean a bar with +-1 std; x: parameters would crowd, so nets are rows, named with their parameter count."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        color = "tab:red" if i == 0 else "tab:blue"
+        ax.scatter(r["test_accs"], [y] * len(r["test_accs"]), s=18, c=color, alpha=0.6, zorder=3)
+        ax.errorbar(r["mean"], y, xerr=r["std"] or 0.0, fmt="D", c=color, ms=7, capsize=4, zorder=4)
+    ax.set_yticks(range(len(rows)), [f"{r['name']} ({r['params']:,} params)" for r in reversed(rows)], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    seeds = len(rows[0]["test_accs"])
+    ax.set_xlabel(f"test accuracy (dots: {seeds} seed{'s' if seeds > 1 else ''}; diamond: mean +- std)")
+    ax.set_title("winner vs baselines, same final recipe and seeds")
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)

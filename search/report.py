@@ -117,6 +117,8 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
         final = None
     if final:
         paths["plot_final"] = plots.plot_final(final["history"], out / "plots" / "final_curves.png")
+    if final and final.get("compare"):
+        paths["plot_compare"] = plots.plot_compare(final["compare"], out / "plots" / "compare.png")
 
     md = [f"# Architecture search: study `{study.study_name}`", ""]
     if storage_url:
@@ -163,6 +165,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
                f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
                f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on {_trained_on(final, settings)}"
                + (f"; flip-TTA {final['test_acc_tta']:.4f}" if final.get("test_acc_tta") is not None else ""),
+               *_seed_lines(final),
                f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
                *([f"* retrained by request (`search.retrain --trial {final['trial']}`); the default winner is trial "
                   f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"] else []),
@@ -170,6 +173,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
                f"{final['rf']} px" + (f", peak activations {final['peak_act']:,} elements per image"
                                        if "peak_act" in final else ""),
                "", "```", table(g), "```", ""]
+        md += _payoff(final)
         report_text, cm_text = _per_class(final)
         md += ["### Per-class report (test set)", "", "```", report_text.rstrip(), "```", "",
                "### Confusion matrix (rows: true class, columns: prediction)", "", "```", cm_text, "```", "",
@@ -188,6 +192,49 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
         md += ["No completed trial yet.", ""]
 
     return md
+
+
+def _seed_lines(final: dict) -> list[str]:
+    """The winner's retrains from several seeds (--final-seeds), when there were several."""
+    s = final.get("seeds") or {}
+    if s.get("n", 1) < 2:
+        return []
+    accs = ", ".join(f"{a:.4f}" for a in s["test_accs"])
+    return [f"* over {s['n']} seeds ({', '.join(map(str, s['seeds']))}): **test accuracy {s['mean']:.4f} +- "
+            f"{s['std']:.4f}** (sample std; min {s['min']:.4f}, max {s['max']:.4f}; each: {accs}); the figure "
+            f"above, the per-class report and the exported weights are seed {s['exported_seed']}'s run"]
+
+
+def _payoff(final: dict) -> list[str]:
+    """Did the search pay off? The winner and the --compare baselines under the same final recipe and seeds."""
+    rows = final.get("compare") or []
+    if not rows:
+        return []
+    n = rows[0]["n"]
+
+    def acc(r: dict) -> str:
+        return f"{r['mean']:.4f} +- {r['std']:.4f}" if r["std"] is not None else f"{r['mean']:.4f}"
+
+    def diff(r: dict) -> str:
+        v = r.get("vs_winner")
+        if not v:
+            return ""
+        ci = f" [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]" if v["ci_low"] is not None else ""
+        return f"{v['diff']:+.4f}{ci}"
+
+    table_rows = [{"net": r["name"], "from": r["origin"] + (f" (breaks the rules: {r['breaks']})" if r.get("breaks") else ""),
+                   "params": r["params"], "MACs (M)": f"{r['macs'] / 1e6:.2f}", "RF": r["rf"],
+                   "search val_acc": r.get("val_acc"), f"test acc, mean +- std ({n} seeds)": acc(r),
+                   "min - max": f"{r['min']:.4f} - {r['max']:.4f}", "winner - net (95% CI)": diff(r),
+                   "p": "" if not r.get("vs_winner") or r["vs_winner"]["p"] is None else f"{r['vs_winner']['p']:.3f}",
+                   "verdict": (r.get("vs_winner") or {}).get("verdict", "")} for r in rows]
+    test = "a paired t interval and test over the seeds (seed k of every net: the same data order, augmentations "\
+           "and initialisation stream)" if n > 1 else "none: one seed each, so no difference here can be told from noise"
+    return ["### Did the search pay off?", "",
+            f"The winner and each baseline retrained with the same final recipe ({plural(final['epochs'], 'epoch')}, "
+            f"same images) from the same {plural(n, 'seed')}, each tested once. Difference and interval: {test}. "
+            "\"within noise\": the interval contains 0. How to read it: docs/search.md.", "",
+            _md_table(pd.DataFrame(table_rows)), "", "![winner vs baselines](plots/compare.png)", ""]
 
 
 def _search_section(trials: list, settings, rejected: list[bool], baseline: float | None) -> list[str]:

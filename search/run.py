@@ -40,7 +40,7 @@ from space.spec import plural
 from train.device import check_devices
 from train.files import removed_on_error
 
-from .cli import ERRORS, add_study_args, make_parser, positive_int
+from .cli import ERRORS, add_final_args, add_study_args, make_parser, parse_compare, positive_int
 from .constraints import check_satisfiable
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
 from .objectives import cost_name, parse_objectives
@@ -108,6 +108,7 @@ def build_parser():
     p.add_argument("--trial-epochs", type=int, default=None, help="epochs per candidate (cifar10 8, digits 4)")
     p.add_argument("--final-epochs", type=int, default=None, help="epochs of the final retrain (cifar10 60, digits 15)")
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")
+    add_final_args(p)
     p.add_argument("--no-presets", action="store_true", help="do not start a new study with the seed presets "
                    "(e.g. to compare samplers on sampled candidates only)")
     p.add_argument("--sampler", default=None,
@@ -152,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
                             + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""),
                             val_note if settings.val_size == asked.val_size else "")
         signal.signal(signal.SIGTERM, _sigterm)
-    from .final import retrain_best
     from .runner import SearchStopped  # after argument errors: these import torch
 
     t0 = time.time()
@@ -183,13 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_final:
         t1 = time.time()
         try:
-            final = retrain_best(study, settings, full, out, final_epochs, args.device, not args.quiet,
-                                 bar=_bar(args))
+            final = _final(args, study, settings, full, out, final_epochs, url)
         except KeyboardInterrupt:
             return _interrupted_final(out)
         final_seconds = time.time() - t1
     _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds, final_epochs)
     return 0
+
+
+def _final(args, study, settings, full, out: Path, final_epochs: int, url: str) -> dict:
+    """The final retrain of the winner from --final-seeds seeds, and the --compare baselines beside it."""
+    from .final import retrain_and_compare
+
+    # --compare study:NAME is looked up in --compare-storage, else here; opened only if one is named
+    other = resolve_url(args.compare_storage or url, "")
+    return retrain_and_compare(study, settings, full, out, final_epochs, args.device, not args.quiet, bar=_bar(args),
+                               seeds=args.final_seeds, compare=args.compare_names,
+                               other_storage=lambda: open_storage(other, create=False))
 
 
 def _interrupted_final(out: Path) -> int:
@@ -228,10 +238,11 @@ def _config(args: argparse.Namespace) -> tuple[SearchSettings, int, int, str]:
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise SearchError(f"unknown sampler {args.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     d = DEFAULTS[args.dataset]
-    for flag in ("trials", "trial_epochs", "final_epochs", "batch_size", "max_params", "min_rf", "max_macs",
-                 "subset_train", "subset_test"):
+    for flag in ("trials", "trial_epochs", "final_epochs", "final_seeds", "batch_size", "max_params", "min_rf",
+                 "max_macs", "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
     prescreen, proxy = parse_prescreen(args.prescreen, args.proxy)
+    args.compare_names = parse_compare(args.compare)
     batch = args.batch_size or d.batch_size
     if args.val_size:
         val_size, val_note = parse_val_size(args.val_size), ""
@@ -372,6 +383,11 @@ def _bar(args: argparse.Namespace) -> bool:
     return args.worker is None and not args.quiet and (args.progress or sys.stderr.isatty())
 
 
+def _over_seeds(final: dict) -> str:
+    s = final.get("seeds") or {}
+    return f" (seed {s['exported_seed']}; {s['mean']:.4f} +- {s['std']:.4f} over {s['n']} seeds)" if s.get("n", 1) > 1 else ""
+
+
 def _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds,
              final_epochs) -> None:
     """The report files, the winner, and the --json line."""
@@ -382,7 +398,8 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
-          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ("
+          + (f"; test accuracy {final['test_acc']:.4f}" + _over_seeds(final)
+             + f" after {plural(final_epochs, 'epoch')} ("
              + (f"retrained earlier, {final['wall_seconds']:.0f} s)" if final.get("reused") else f"{final_seconds:.0f} s)")
              if final else ""))
     paths = write_and_list(study, out, label, final)
@@ -390,7 +407,9 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
         print(json.dumps({"study": name, "storage": label, "dataset": args.dataset, "trials": args.trials,
                           **counts.as_dict(), "epochs_without_pruning": counts.trained * settings.trial_epochs,
                           "best_trial": best.number if best else None, "best_val_acc": best_acc,
-                          "test_acc": final["test_acc"] if final else None, "search_seconds": round(search_seconds, 1),
+                          "test_acc": final["test_acc"] if final else None,
+                          "test_acc_seeds": (final.get("seeds") or {}).get("test_accs") if final else None,
+                          "search_seconds": round(search_seconds, 1),
                           "final_seconds": round(final_seconds, 1), "out": str(out),
                           "paths": {k: str(v) for k, v in paths.items()}}))
 

@@ -16,7 +16,7 @@ from .lifecycle import Outcome, classify, is_enqueued, rejected_reason, state_co
 from .objectives import pareto_front
 from .settings import SearchError
 
-__all__ = ["best_trial", "pareto_trials", "val_acc", "genome_of", "pick_trial", "rejected_fraction", "leaderboard"]
+__all__ = ["best_trial", "pareto_trials", "val_acc", "trained_val_acc", "genome_of", "pick_trial", "rejected_fraction", "leaderboard"]
 
 def genome_of(t: FrozenTrial) -> Genome:
     return Genome.from_json(t.user_attrs["genome"])
@@ -90,7 +90,8 @@ def pick_trial(study: optuna.Study, number: int | None = None, *, trained: bool 
     return trial
 
 
-def _val_acc(t: FrozenTrial) -> float | None:
+def trained_val_acc(t: FrozenTrial) -> float | None:
+    """A trained trial's validation accuracy (completed, pruned, or a copy of one); None for any other."""
     if classify(t) in _TRAINED_OR_COPIED and t.values:
         return val_acc(t)
     return None
@@ -110,7 +111,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         duration = ((t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None)
         rows.append({
-            "number": t.number, "state": classify(t), "val_acc": _val_acc(t), "params": a.get("n_params"),
+            "number": t.number, "state": classify(t), "val_acc": trained_val_acc(t), "params": a.get("n_params"),
             "macs": a.get("macs"), "peak_act": a.get("peak_act"), "rf": a.get("rf"), "epochs": a.get("epochs"),
             "train_seconds": a.get("train_seconds"), "images_per_s": a.get("images_per_s"),
             "wall_seconds": duration, "device": a.get("device"), "summary": a.get("summary"),
