@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up in one command, run from anywhere; both commands are safe to run again.
-#   ./setup.sh quickstart   create .venv if needed, then the offline digits search (minutes on 2 CPU cores: see the README)
+#   ./setup.sh quickstart   create .venv if needed, then the offline digits search (under two minutes on 2 CPU cores)
 #   ./setup.sh test         create .venv if needed, then the test suite (exactly what CI runs)
 #   ./setup.sh env          only create / update .venv
 # Needs python3 >= 3.11 (or PYTHON=/path/to/python3.11). VENV=DIR puts the environment elsewhere (CI uses
@@ -33,7 +33,8 @@ ensure_env() {
     # The project itself (editable) once, and again only when its dependencies change.
     stamp="$VENV/.tinynas-setup.cfg"
     if ! cmp -s setup.cfg "$stamp"; then
-        python -m pip install -q -e ".[test,postgres,deploy]"  # postgres: the driver tests/test_postgres.py needs; deploy: ONNX
+        # postgres: the driver tests/test_postgres.py needs; deploy: ONNX; dashboard: the optuna-dashboard command
+        python -m pip install -q -e ".[test,postgres,deploy,dashboard]"
         cp setup.cfg "$stamp"
     fi
 }
@@ -44,7 +45,7 @@ case "${1:-}" in
         echo "environment ready: source $VENV/bin/activate" ;;
     quickstart)
         ensure_env
-        python -m search.run --dataset digits --trials 12 --max-macs 15000000
+        python -m search.run --dataset digits --trials 8 --max-macs 3000000 --trial-epochs 3 --final-epochs 8
         echo "next: open results/digits-nas/report.md; the winner is results/digits-nas/best_model.py (+ .pt)" ;;
     test)
         ensure_env

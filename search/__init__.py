@@ -18,8 +18,11 @@ Modules, one concept each:
     prescreen    --prescreen K: the best of K proposals by a zero-cost proxy
     study        create / resume a study, its sampler, pruner and warm-start presets
     workers      --jobs N: worker processes on one node, the lock they claim places under, --jobs auto
+    placement    which device each worker trains on (every GPU of the node, round-robin), --jobs auto per GPU
+    memory       workers sharing a GPU: memory caps, cache release, out-of-memory retried once or "too large"
     trials       reading trials: the winner, the Pareto front, the leaderboard, the trial a user names
-    final        retrain the winner on all training images, test once, write the model files
+    final        retrain the winner on all training images (--final-seeds seeds), test once, write the model files
+    compare      --compare: baselines retrained under the winner's recipe and seeds, paired t intervals
     plots, report  report.md, leaderboard.csv and the PNG plots
     locate, cli  which study a reading command means; the commands' shared parser pieces
     run, retrain, export, report   the commands (python -m search.<name>)
@@ -33,7 +36,7 @@ from .settings import DEFAULTS, SearchError, SearchSettings
 
 # Multivariate TPE, heartbeats and fail_stale_trials are "experimental" in Optuna: the warnings are noise here.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# study.ask() warns that heartbeats are meant for optimize(); search.lifecycle.Heartbeat runs them for ask/tell.
+# study.ask() warns that heartbeats are meant for optimize(); search.liveness.Heartbeat runs them for ask/tell.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 __all__ = ["SearchError", "SearchSettings", "DEFAULTS"]

@@ -2,7 +2,9 @@
 
 Measures, on the given device, the aggregate training throughput (images/s, all jobs together) of typical
 genomes for 1, 2, 4, ... concurrent jobs (processes, as `search.run --jobs N` runs them), then projects
-the wall time of the whole search plus the final retrain from it.
+the wall time of the whole search plus the final retrain from it. `--device cuda` (or auto on a CUDA node)
+uses every visible GPU, `cuda:0,cuda:2` those: the jobs are placed round-robin over them as search.run
+places its workers (job k on the k-th GPU), and the job counts go up to 8 a GPU.
 
 Measurement: --genomes feasible genomes drawn from the search space (space.sample, the default rules:
 200,000 parameters, RF 44), trained by train.engine.train (the real pipeline: uint8 data on the device,
@@ -42,7 +44,7 @@ from .cli import ERRORS, make_parser
 from .settings import DATASET_SIZES, DEFAULTS, SearchError
 
 __all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "AGREE", "SPEEDUP_SLACK", "sample_typical", "measure",
-           "settle", "assess", "project", "main"]
+           "job_devices", "settle", "assess", "project", "main"]
 
 EVAL_SPEEDUP = 3.0  # evaluation images per training image-time: forward only (no backward, no step, no augment)
 PRUNED_FRACTION = 0.5  # assumed share of trained trials the median pruner stops (it prunes below-median curves)
@@ -97,16 +99,24 @@ def _job(index: int, genomes_json: list[str], device: str, batch: int, steps: in
         queue.put((index, f"{type(e).__name__}: {e}"))
 
 
-def measure(genomes: list, jobs: int, device: str, batch: int, steps: int, seconds: float, augment: bool = True
-            ) -> dict:
-    """Run `jobs` concurrent jobs once; {"jobs", "images_per_s" (aggregate), "per_job_images_per_s"}."""
+def job_devices(devices: list[str], jobs: int) -> list[str]:
+    """The device of each of `jobs` jobs: round-robin over `devices`, as search.run places its workers."""
+    from .placement import place
+    return list(place(devices, jobs).devices)
+
+
+def measure(genomes: list, jobs: int, device: str | list[str], batch: int, steps: int, seconds: float,
+            augment: bool = True) -> dict:
+    """Run `jobs` concurrent jobs once, over `device` (or the devices listed, round-robin); {"jobs",
+    "images_per_s" (aggregate), "per_job_images_per_s"}."""
     import multiprocessing as mp
 
     from .workers import cpu_threads
 
+    devices = job_devices([device] if isinstance(device, str) else list(device), jobs)
     ctx = mp.get_context("spawn")  # CUDA cannot be forked; each job is a fresh process like a --jobs worker
     barrier, queue = ctx.Barrier(jobs), ctx.Queue()
-    procs = [ctx.Process(target=_job, args=(i, [g.to_json() for g in genomes], device, batch, steps, seconds,
+    procs = [ctx.Process(target=_job, args=(i, [g.to_json() for g in genomes], devices[i], batch, steps, seconds,
                                             cpu_threads(jobs), augment, barrier, queue), daemon=True)
              for i in range(jobs)]
     for p in procs:
@@ -177,7 +187,7 @@ def project(aggregate: float, single: float, dataset: str, n_train: int, n_test:
             "train_images": n_train - n_val, "val_images": n_val}
 
 
-def _job_counts(text: str | None, device_type: str) -> list[int]:
+def _job_counts(text: str | None, device_type: str, gpus: int = 1) -> list[int]:
     if text:
         try:
             counts = sorted({int(t) for t in text.split(",")})
@@ -187,16 +197,17 @@ def _job_counts(text: str | None, device_type: str) -> list[int]:
             raise SearchError(f"--jobs must be positive integers separated by commas, got {text!r}")
         return counts
     from train.device import available_cpus
-    limit = available_cpus() if device_type != "cuda" else 8  # a CPU job per core; GPUs: up to 8
-    return [2 ** i for i in range(8) if 2 ** i <= limit]
+    limit = available_cpus() if device_type != "cuda" else 8 * gpus  # a CPU job per core; GPUs: up to 8 each
+    return [2 ** i for i in range(12) if 2 ** i <= limit]
 
 
 def build_parser():
     p = make_parser("python -m search.bench", __doc__)
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda (every GPU), cuda:1, "
+                   "cuda:0,cuda:2, ...")
     p.add_argument("--dataset", default="cifar10", help="whose batch size, epochs and sizes to project (cifar10, digits)")
     p.add_argument("--jobs", default=None, help="job counts to measure, e.g. 1,2,4 (default: powers of 2 up to the "
-                   "CPU cores on CPU, up to 8 on CUDA)")
+                   "CPU cores on CPU, up to 8 a GPU on CUDA)")
     p.add_argument("--genomes", type=int, default=None, help="sampled genomes each job trains (CPU 2, CUDA 4)")
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per run (CPU 2, CUDA 10: two "
                    "runs that agree make a figure)")
@@ -217,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     _check(args)
 
     import torch
-    from train.device import check_device
+    from train.device import check_devices
 
-    dev = check_device(args.device)
+    devices = [str(d) for d in check_devices(args.device)]  # a bare cuda: every visible GPU
+    dev = torch.device(devices[0])
     cuda = dev.type == "cuda"
-    counts = _job_counts(args.jobs, dev.type)
+    counts = _job_counts(args.jobs, dev.type, len(devices))
     d = DEFAULTS[args.dataset]
     genomes = sample_typical(args.genomes or (4 if cuda else 2), seed=args.seed)
     seconds, steps = args.seconds or (10.0 if cuda else 2.0), args.steps or (20 if cuda else 1)
@@ -233,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(args.dataset, None)
         n_train, n_test = len(data.y_train), len(data.y_test)
     def run_once(jobs: int) -> dict:
-        return measure(genomes, jobs, str(dev), batch, steps, seconds, d.augment)
+        return measure(genomes, jobs, devices, batch, steps, seconds, d.augment)
 
     rows = [settle(lambda: run_once(jobs), args.repeats) for jobs in counts]
     warnings = assess(rows)
@@ -254,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     from .workers import auto_jobs
 
     result = {
-        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
+        "device": str(dev), "devices": devices, "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
         platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "dataset": args.dataset,
         "batch_size": d.batch_size, "lr": d.lr, "measured_batch_size": batch, "trials": args.trials,
         "trial_epochs": d.trial_epochs, "final_epochs": d.final_epochs, "train_images_total": n_train,
@@ -264,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                         "not_counted": "rejected candidates, model building, start-up, data loading"},
         "genomes": [{"summary": g.summary(), "params": analyze(g).params, "macs": analyze(g).macs} for g in genomes],
         "repeats": args.repeats, "rows": rows, "reliable": len(reliable) == len(rows), "warnings": warnings,
-        "best_jobs": best["jobs"] if best else None, "auto_jobs": auto_jobs(str(dev)), "available_cpus": available_cpus(),
+        "best_jobs": best["jobs"] if best else None, "auto_jobs": auto_jobs(devices), "available_cpus": available_cpus(),
     }
     _print_table(result, args, d)
     if args.json:
@@ -291,7 +303,7 @@ def _print_table(result: dict, args, d) -> None:
     rows, warnings = result["rows"], result["warnings"]
     reliable = [r for r in rows if r["reliable"]]
     best = next((r for r in rows if r["jobs"] == result["best_jobs"]), None) if reliable else None
-    print(f"{args.dataset} on {result['device']} ({result['device_name']}), measured at batch "
+    print(f"{args.dataset} on {', '.join(result['devices'])} ({result['device_name']}), measured at batch "
           f"{result['measured_batch_size']}; {len(result['genomes'])} sampled genomes, "
           f"{result['seconds_per_measurement']:g} s per run, until two runs of a job count agree "
           f"(at most {args.repeats})")

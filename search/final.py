@@ -30,10 +30,12 @@ from train.engine import resolve_device, train
 from train.files import write_json
 from train.testset import score_test_set
 
+from .compare import compare_rows, final_seeds, resolve_entrants, seed_run, seed_stats
 from .settings import SearchError, SearchSettings
 from .trials import genome_of, pick_trial, val_acc
 
-__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "deploy_final", "load_final"]
+__all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "retrain_and_compare",
+           "deploy_final", "load_final"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
@@ -92,9 +94,9 @@ def deploy_final(model: torch.nn.Module, out: Path, data: ImageData, test_acc: f
 
 def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
                  device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
-                 trial_number: int | None = None) -> dict:
+                 trial_number: int | None = None, bar: bool = True) -> dict:
     """Retrain the study's best trial (or trial `trial_number`) on data's training part, test on its test
-    part; returns final.json."""
+    part; returns final.json. `progress`: a line per epoch; `bar`: with it, a tqdm bar per epoch."""
     trial = pick_trial(study, trial_number, trained=True)
     genome = genome_of(trial)
     if genome.num_classes != data.num_classes:
@@ -106,9 +108,9 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
             and [done.get(k) for k in ("study", "trial", "genome", "epochs", "n_train", "n_test")]
             == [study.study_name, trial.number, genome.to_json(), epochs, len(data.y_train), len(data.y_test)]):
         log(f"trial {trial.number} was already retrained for {plural(epochs, 'epoch')}: test accuracy "
-            f"{done['test_acc']:.4f} (from {out / FINAL_JSON})")
-        return done
-    config = settings.train_config(epochs, device, eval_every=-1, progress=progress)
+            f"{done['test_acc']:.4f} (from {out / FINAL_JSON}, {done.get('finished', 'earlier')})")
+        return {**done, "reused": True}  # "reused": not in the file; the caller reports the original times
+    config = settings.train_config(epochs, device, eval_every=-1, progress=progress, progress_bar=bar)
     owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
              "config": config.fingerprint(), "n_train": int(len(data.y_train))}
     config = replace(config, checkpoint=str(_claim_checkpoint(out, owner, log)))
@@ -124,8 +126,9 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         raise SearchError(f"final retrain of trial {trial.number} {result.status}: {result.message}")
     dev = resolve_device(result.device)
     # The one look at the test set: predictions give the accuracy and the per-class report.
-    scores = score_test_set(result.model, data, dev, amp=config.amp)
-    test_acc, test_acc_tta = scores.acc, scores.acc_tta
+    scores = score_test_set(result.model, data, dev)  # float32, as best_model.pt and the ONNX files ship
+    # flip-TTA only where training flipped the images (not digits: a mirrored 2 is no 2)
+    test_acc, test_acc_tta = scores.acc, (scores.acc_tta if settings.augment else None)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}  # EMA weights, if any
     torch.save(state, out / "best_model.pt")
     (out / "best_model.py").write_text(export_code(genome, data.mean, data.std, settings.max_params, settings.min_rf))
@@ -144,7 +147,46 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "std": [float(s) for s in data.std], "history": [_finite(asdict(h)) for h in result.history],
         "y_true": scores.labels.tolist(), "y_pred": scores.pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    log(f"test accuracy {test_acc:.4f} (flip-TTA {test_acc_tta:.4f}; {len(data.y_test):,} images, evaluated once)")
+    tta = f"flip-TTA {test_acc_tta:.4f}; " if test_acc_tta is not None else ""
+    log(f"test accuracy {test_acc:.4f} ({tta}{len(data.y_test):,} images, evaluated once)")
     record["deploy"] = deploy_final(result.model, out, data, test_acc, settings.seed, log)
     write_json(out / FINAL_JSON, record)
     return record
+
+
+def retrain_and_compare(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
+                        device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
+                        trial_number: int | None = None, bar: bool = True, seeds: int = 1,
+                        compare: list[str] = (), other_storage=None) -> dict:
+    """retrain_best (the first seed: its weights are the exported ones), then the winner's other `seeds`
+    and each --compare baseline from every seed, under the same recipe (search.compare); final.json gains
+    "seeds" (the winner's test accuracy per seed, mean, std, min, max) and "compare" (the table's rows)."""
+    seed_list = final_seeds(settings, seeds)
+    winner = genome_of(pick_trial(study, trial_number, trained=True))
+    entrants = resolve_entrants(list(compare), study, settings, winner, data.num_classes, other_storage)
+    if entrants:  # before the first epoch: what the comparison will cost
+        log(f"compare: {', '.join(e.name for e in entrants)}, each retrained from "
+            f"{plural(len(seed_list), 'seed')} ({', '.join(map(str, seed_list))}) like the winner")
+    record = retrain_best(study, settings, data, out, epochs, device, progress, log, trial_number, bar)
+    reused = record.pop("reused", False)
+    kw = dict(log=log, progress=progress, bar=bar)
+    label = f"winner (trial {record['trial']})"
+    runs = {"winner": [{"seed": seed_list[0], "test_acc": record["test_acc"]}]
+            + [seed_run(winner, settings, data, epochs, device, s, out, label, **kw) for s in seed_list[1:]]}
+    for e in entrants:
+        runs[e.name] = [seed_run(e.genome, settings, data, epochs, device, s, out, e.name, **kw) for s in seed_list]
+    accs = [r["test_acc"] for r in runs["winner"]]
+    record["seeds"] = {"seeds": seed_list, "test_accs": accs, **seed_stats(accs), "exported_seed": seed_list[0]}
+    record["compare"] = compare_rows(record, entrants, runs) if entrants else []
+    fresh = any(not r.get("reused") for rs in runs.values() for r in rs if "label" in r)  # seed_run's records
+    write_json(out / FINAL_JSON, record)
+    if len(seed_list) > 1:
+        s = record["seeds"]
+        log(f"winner over {len(seed_list)} seeds: test accuracy {s['mean']:.4f} +- {s['std']:.4f} "
+            f"(min {s['min']:.4f}, max {s['max']:.4f}); the exported weights are seed {seed_list[0]}'s")
+    for row in record["compare"][1:]:
+        v = row["vs_winner"]
+        ci = f" [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]" if v["ci_low"] is not None else ""
+        log(f"vs {row['name']}: {row['mean']:.4f} mean test accuracy; winner - {row['name']} = {v['diff']:+.4f}"
+            f"{ci} ({v['test']}): {v['verdict']}")
+    return {**record, **({"reused": True} if reused and not fresh else {})}

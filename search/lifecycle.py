@@ -10,6 +10,9 @@ one `Outcome`:
     duplicate  the same genome as an earlier trained trial: its result is copied, not retrained
     screened   feasible, but another proposal of its --prescreen round scored higher on the proxy: never
                trained (FAIL; see search.prescreen for why FAIL)
+    too large  ran out of device memory, and again when tried once more alone on its device (or at half the
+               batch): COMPLETE with placeholder value 0 and the constraint "memory" = 1, so TPE learns the region
+               this device cannot train, as it learns the rules' (search.memory)
     failed     training raised or diverged, its worker died or was interrupted, or no place was left (FAIL)
     running / waiting  in progress / enqueued
 "Trained" = completed + pruned: what --trials N counts.
@@ -44,14 +47,15 @@ from .storage import is_rdb
 
 __all__ = ["Phase", "Outcome", "MAX_RETRIES", "Counts", "classify", "count", "is_enqueued", "free_places", "claim",
            "state_columns", "rejected_reason", "stopped_by_interrupt", "Verdict", "rejected", "duplicate_of",
-           "trained", "failed", "not_trained", "screened", "tell", "mark", "abandon", "fail_trial", "requeue",
-           "reap_dead_trials", "sign", "heartbeat", "objective_values"]
+           "trained", "failed", "not_trained", "screened", "too_large", "tell", "mark", "abandon", "fail_trial",
+           "requeue", "reap_dead_trials", "sign", "heartbeat", "objective_values"]
 
 MAX_RETRIES = 2  # times one candidate is queued again after its worker died or was interrupted
 
 # The user-attr keys of a trial's state.
 _PHASE, _TRAINED, _REJECTED, _DUPLICATE_OF = "phase", "trained", "rejected", "duplicate_of"
 _LOST_TO, _FAILED, _RETRY_OF, _RETRIES = "prescreen_lost_to", "failed_reason", "retry_of", "retries"
+_TOO_LARGE, _OOM_RETRY = "too_large", "oom_retry"  # out of memory twice: why; out of memory once: how it was retried
 # What Optuna's own tools (optuna-dashboard, `optuna trials`) show of a candidate never trained: a rejected
 # one is COMPLETE there (value 0, how TPE learns the infeasible region), so this attr tells it apart.
 _STATUS = "status"
@@ -79,6 +83,7 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
     SCREENED = "screened"
+    TOO_LARGE = "too large"
     FAILED = "failed"
     RUNNING = "running"
     WAITING = "waiting"
@@ -97,6 +102,8 @@ def classify(t: FrozenTrial) -> Outcome:
         return Outcome.DUPLICATE
     if _LOST_TO in a:
         return Outcome.SCREENED
+    if _TOO_LARGE in a:
+        return Outcome.TOO_LARGE
     if t.state == TrialState.COMPLETE and a.get(_TRAINED):
         return Outcome.COMPLETED
     if t.state == TrialState.PRUNED and a.get(_TRAINED):
@@ -112,6 +119,7 @@ class Counts:
     duplicate: int = 0
     screened: int = 0  # proposals a --prescreen round did not choose
     failed: int = 0
+    too_large: int = 0  # out of memory on the device twice (search.memory)
     running: int = 0  # holding a place right now (HOLDS_PLACE): other workers, or an unreaped dead one
     waiting: int = 0
     epochs: int = 0  # epochs trained over all trained trials
@@ -126,7 +134,8 @@ class Counts:
     def line(self) -> str:
         return (f"{self.trained} trained ({self.completed} completed, {self.pruned} pruned), {self.rejected} rejected, "
                 f"{self.duplicate} duplicate, " + (f"{self.screened} screened out, " if self.screened else "")
-                + f"{self.failed} failed")
+                + f"{self.failed} failed"
+                + (f", {self.too_large} too large for this device" if self.too_large else ""))
 
 
 def count(trials: Iterable[FrozenTrial]) -> Counts:
@@ -135,7 +144,7 @@ def count(trials: Iterable[FrozenTrial]) -> Counts:
         k = classify(t)
         if k == Outcome.RUNNING and t.user_attrs.get(_PHASE) not in HOLDS_PLACE:
             continue  # asked, not (yet) holding a place: it may still be rejected or screened out
-        setattr(c, k, getattr(c, k) + 1)
+        setattr(c, k.replace(" ", "_"), getattr(c, k.replace(" ", "_")) + 1)
         if k in (Outcome.COMPLETED, Outcome.PRUNED):
             c.epochs += int(t.user_attrs.get("epochs", 0))
     return c
@@ -154,7 +163,7 @@ def rejected_reason(t: FrozenTrial) -> str | None:
 def state_columns(t: FrozenTrial) -> dict[str, Any]:
     """The leaderboard's columns of a trial's state."""
     a = t.user_attrs
-    return {"rejected_reason": a.get(_REJECTED),
+    return {"rejected_reason": a.get(_REJECTED) or a.get(_TOO_LARGE),
             "failed_reason": a.get(_FAILED) if classify(t) == Outcome.FAILED else None,
             "duplicate_of": a.get(_DUPLICATE_OF), "retry_of": a.get(_RETRY_OF), "lost_to": a.get(_LOST_TO)}
 
@@ -218,12 +227,14 @@ def mark(trial: optuna.Trial, phase: Phase) -> None:
 @dataclass(frozen=True)
 class Verdict:
     """What becomes of a trial, as a value: its Outcome and what `tell` records with it. Made by the
-    functions below (rejected, duplicate_of, trained, failed, not_trained, screened), told by `tell`."""
+    functions below (rejected, duplicate_of, trained, failed, not_trained, too_large, screened), told by
+    `tell`."""
 
     outcome: Outcome
     state: TrialState = TrialState.COMPLETE
     values: list[float] | None = None  # COMPLETE only
     attrs: dict[str, Any] = field(default_factory=dict)  # the trial-state user attrs to set first
+    constraints: dict[str, float] = field(default_factory=dict)  # constraints to set first (> 0: infeasible)
     reports: tuple[tuple[int, float], ...] = ()  # intermediate values to report first (a pruned original's)
     requeue: bool = False  # a preset or a retry is queued again, as it was, once told
     note: str = ""  # the log line's text after the outcome
@@ -257,11 +268,13 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial, genome_json: str) -> 
     return None
 
 
-def trained(values: list[float] | None) -> Verdict:
-    """A finished training run: COMPLETE with `values`, or PRUNED when None."""
+def trained(values: list[float] | None, oom_retry: str | None = None) -> Verdict:
+    """A finished training run: COMPLETE with `values`, or PRUNED when None; `oom_retry`: how it was retried
+    after one out-of-memory (search.memory), recorded with it."""
+    attrs = {_TRAINED: True, **({_OOM_RETRY: oom_retry} if oom_retry else {})}
     if values is None:
-        return Verdict(Outcome.PRUNED, TrialState.PRUNED, attrs={_TRAINED: True})
-    return Verdict(Outcome.COMPLETED, values=values, attrs={_TRAINED: True})
+        return Verdict(Outcome.PRUNED, TrialState.PRUNED, attrs=attrs)
+    return Verdict(Outcome.COMPLETED, values=values, attrs=attrs)
 
 
 def failed(reason: str) -> Verdict:
@@ -274,6 +287,13 @@ def not_trained(reason: str) -> Verdict:
     return Verdict(Outcome.NO_PLACE, TrialState.FAIL, attrs={_FAILED: reason}, requeue=True, note=reason)
 
 
+def too_large(reason: str, values: list[float]) -> Verdict:
+    """Out of memory twice (search.memory): never trained to the end; COMPLETE with a placeholder value and
+    the constraint "memory" = 1, so TPE learns the region this device cannot train, as it learns the rules'."""
+    return Verdict(Outcome.TOO_LARGE, values=values, attrs={_TOO_LARGE: reason, _STATUS: str(Outcome.TOO_LARGE)},
+                   constraints={"memory": 1.0}, note=reason)
+
+
 def screened(winner: int) -> Verdict:
     """A --prescreen round's proposal that lost to `winner` (FAIL, not PRUNED: search.prescreen says why)."""
     return Verdict(Outcome.SCREENED, TrialState.FAIL, attrs={_LOST_TO: winner, _STATUS: str(Outcome.SCREENED)})
@@ -284,6 +304,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, verdict: Verdict) -> Outcome:
     its state and values, and queue a preset or retry again if the verdict says so."""
     for key, value in verdict.attrs.items():
         trial.set_user_attr(key, value)
+    for key, value in verdict.constraints.items():
+        trial.set_constraint(key, value)
     for step, value in verdict.reports:
         trial.report(value, step)
     study.tell(trial, verdict.values if verdict.state == TrialState.COMPLETE else None, state=verdict.state)

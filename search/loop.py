@@ -9,8 +9,10 @@ Each arrow decides the trial's Verdict (a value), which lifecycle.tell tells, on
            none left: FAIL "not trained" (a preset or retry is queued again)
         -> --prescreen K (search.prescreen): ask until K feasible proposals, score them by a zero-cost proxy,
            keep the best, tell the other K - 1 FAIL as "screened" (never trained, not counted)
-        -> train briefly inside one heartbeat, reporting validation accuracy per epoch to the pruner
-        -> tell COMPLETE(val acc) / PRUNED / FAIL(reason)
+        -> train briefly inside one heartbeat, reporting validation accuracy per epoch to the pruner; out of
+           memory: freed and tried once more (search.memory)
+        -> tell COMPLETE(val acc) / PRUNED / FAIL(reason) / "too large" (out of memory twice: COMPLETE(0) with
+           the constraint memory = 1, never trained, not counted)
 In a multi-objective study (search.settings.OBJECTIVES) every value told is [accuracy, cost]: a rejected candidate
 is COMPLETE(0, its analytic cost), and nothing is reported per epoch (Optuna cannot prune such studies).
 Search.run repeats it until the study holds N trained (completed or pruned) trials, counting those of
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -32,7 +35,8 @@ from space import Analysis, Genome, analyze, check, construct, constraint_values
 
 from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, duplicate_of, failed, free_places,
                         heartbeat, is_enqueued, mark, not_trained, objective_values, reap_dead_trials, rejected,
-                        screened, sign, tell, trained)
+                        screened, sign, tell, too_large, trained)
+from .memory import DeviceShare, TooLarge, guard
 from .settings import SearchSettings, one_line
 
 if TYPE_CHECKING:  # injected like train_fn: the round's scoring is the prescreen's business
@@ -62,35 +66,18 @@ class TrainFn(Protocol):
     def __call__(self, genome: Genome, on_epoch: Callable[[object], bool]): ...
 
 
-def make_train_fn(data, settings: SearchSettings, device: str = "auto") -> TrainFn:
-    """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch."""
-    import torch
-    from train.engine import train
+def make_train_fn(data, settings: SearchSettings, device: str = "auto", share: DeviceShare | None = None,
+                  bar: bool = False) -> TrainFn:
+    """The real thing: train.engine.train for settings.trial_epochs, validating after every epoch (plain
+    accuracy only: the pruner and the leaderboard read no flip-TTA), under `share` (this worker's device and
+    the workers sharing it; default: alone), retried once after an out-of-memory (search.memory); `bar`: a
+    tqdm bar per epoch (the line per epoch is Search's, with the trial's number)."""
+    from train import engine
 
-    config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None)
-
-    def train_fn(genome: Genome, on_epoch: Callable[[object], bool]):
-        try:
-            return train(genome, config, data, on_epoch=on_epoch)
-        except torch.OutOfMemoryError as e:
-            # The traceback's frames hold the trial's model, activations and gradients: drop it, leave the
-            # except block (which releases them), and only then hand the cached memory back, so that the
-            # next candidate starts with a clean slate.
-            error = e.with_traceback(None)
-        release_memory()
-        raise error
-
-    return train_fn
-
-
-def release_memory() -> None:
-    """Free what unreferenced tensors still hold: Python's cycles first, then CUDA's cached blocks."""
-    import gc
-
-    import torch
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None, tta=False,
+                                   progress=bar, progress_bar=bar, epoch_lines=False)
+    return guard(lambda genome, cfg, on_epoch: engine.train(genome, cfg, data, on_epoch=on_epoch), config,
+                 share or DeviceShare(f"pid {os.getpid()}", device))
 
 
 def _json_float(value: float) -> float | None:
@@ -113,6 +100,7 @@ class Search:
     lock: AbstractContextManager = field(default_factory=nullcontext)
     claim_wait_seconds: float = 30.0  # longest wait for an earlier trial's verdict (lifecycle.claim)
     prescreen: Prescreen | None = None  # train the best of K feasible proposals by a proxy (None: every one)
+    epoch_lines: bool = False  # log a line when a trial starts and after each of its epochs (nobody thinks it hung)
     interrupted: int | None = field(default=None, init=False)  # the trial a Ctrl-C / SIGTERM stopped
     last_failure: str = field(default="", init=False)  # the reason of the last training failure
     # The ids of the trials the current step asked (only _ask adds to it): what step fails if it stops early.
@@ -138,7 +126,7 @@ class Search:
             # reset the count); skips in a row among all candidates.
             if outcome in (Outcome.COMPLETED, Outcome.PRUNED):
                 failures = 0
-            elif outcome == Outcome.FAILED:
+            elif outcome in (Outcome.FAILED, Outcome.TOO_LARGE):
                 failures += 1
             skips = skips + 1 if outcome in (Outcome.REJECTED, Outcome.DUPLICATE) else 0
             if failures >= self.max_failures_in_row:
@@ -164,12 +152,21 @@ class Search:
             raise
 
     def _train(self, trial: optuna.Trial, cand: _Candidate) -> Verdict:
-        """Train the candidate inside one heartbeat; an error in training (CUDA out of memory, a bad genome
-        for this input size...) is its verdict, failed. A stop (Ctrl-C, SIGTERM) is not: it propagates."""
+        """Train the candidate inside one heartbeat; an error in training is its verdict: too large (out of
+        memory twice, search.memory: infeasible here, and the search goes on), or failed (a bad genome for this
+        input size...). A stop (Ctrl-C, SIGTERM) is not: it propagates."""
+        if self.epoch_lines:
+            a = cand.analysis
+            self.log(f"trial {trial.number:>4}  training  {a.params:,} params  {a.macs / 1e6:.1f} M MACs  "
+                     f"{cand.genome.summary()}{cand.tag}")
         t0 = time.time()
         try:
             with heartbeat(self.study, trial):
                 result = self.train_fn(cand.genome, self._on_epoch(trial))
+        except TooLarge as e:
+            self.last_failure = str(e)
+            return too_large(self.last_failure, objective_values(REJECTED_VALUE, cand.analysis,
+                                                                  self.settings.objectives))
         except Exception as e:
             self.last_failure = one_line(e)
             return failed(self.last_failure)
@@ -195,6 +192,8 @@ class Search:
         n, tag, k = trial.number, cand.tag if cand else "", verdict.outcome
         if k == Outcome.DUPLICATE:
             return f"trial {n:>4}  duplicate {verdict.note}"
+        if k == Outcome.TOO_LARGE:  # its note begins "too large for this device"
+            return f"trial {n:>4}  {verdict.note}{tag}"
         if k == Outcome.NO_PLACE:
             return f"trial {n:>4}  skipped   {verdict.note} (another worker claimed the last one){tag}"
         if k in (Outcome.COMPLETED, Outcome.PRUNED):
@@ -304,6 +303,9 @@ class Search:
         multi_objective = len(self.study.directions) > 1
 
         def on_epoch(stats) -> bool:
+            if self.epoch_lines:
+                self.log(f"trial {trial.number:>4}  epoch {stats.epoch}/{self.settings.trial_epochs}  train acc "
+                         f"{stats.train_acc:.4f}  val {stats.val_acc:.4f}  {stats.seconds:.1f} s")
             if multi_objective:  # Trial.report / should_prune raise in multi-objective studies
                 return False
             trial.report(float(stats.val_acc), int(stats.epoch))
@@ -319,12 +321,15 @@ class Search:
                            "train_status": result.status,
                            "wall_seconds": round(wall_seconds, 3)}.items():
             trial.set_user_attr(key, value)
+        oom_retry = getattr(result, "oom_retry", None)  # trained after one out-of-memory (search.memory)
+        if oom_retry:
+            self.log(f"trial {trial.number:>4}  retried   {oom_retry}{cand.tag}")
         if result.status == "diverged":
             self.last_failure = result.message or "diverged"
             return failed(self.last_failure)
         a = cand.analysis
         values = None if result.status == "stopped" else objective_values(result.val_acc, a, self.settings.objectives)
-        return dataclasses.replace(trained(values), note=(
+        return dataclasses.replace(trained(values, oom_retry), note=(
             f"val {result.val_acc:.4f}  {a.params:>9,} params  {a.macs / 1e6:6.1f} M MACs  "
             f"{a.peak_activations / 1e3:5.0f} k peak act  RF {a.rf:>3}  {result.epochs} ep  "
             f"{result.train_seconds:6.1f} s"))

@@ -10,10 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .settings import COSTS  # noqa: E402
 
-__all__ = ["plot_pareto", "plot_history", "plot_rejected", "plot_final", "thirds"]
+__all__ = ["plot_pareto", "plot_history", "plot_rejected", "plot_final", "plot_compare", "thirds"]
 
 
 def _save(fig, path: Path) -> Path:
@@ -46,14 +47,25 @@ def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None, 
         ax.step(front.x, front.val_acc, where="post", c="tab:orange", lw=1.5, marker="o", ms=3, label="Pareto front")
         best = done[done.best]
         ax.scatter(best.x, best.val_acc, marker="*", s=220, c="tab:red", zorder=5, label="winner")
+    _mark_presets(ax, board[board.state.isin(["completed", "pruned"]) & board.preset.notna() & board.val_acc.notna()])
     if max_params:
         ax.axvline(max_params, c="k", ls=":", lw=1, label=f"budget {max_params:,}")
     return _finish(fig, ax, path, COSTS[cost], "validation accuracy", f"accuracy vs {COSTS[cost]}", fontsize=8,
                    loc="lower right")
 
 
+def _mark_presets(ax, presets: pd.DataFrame) -> None:
+    """Ring the seed presets (the hand-designed nets the search should beat) and name them."""
+    if not len(presets):
+        return
+    ax.scatter(presets.x, presets.val_acc, s=90, facecolors="none", edgecolors="k", zorder=6, label="seed preset")
+    for x, y, name in zip(presets.x, presets.val_acc, presets.preset):
+        ax.annotate(str(name), (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7)
+
+
 def plot_history(board: pd.DataFrame, path: Path) -> Path:
-    """Validation accuracy of every trained trial by trial number, and the best so far."""
+    """Validation accuracy of every trained trial by trial number, the best so far, and where the rejected
+    candidates (never trained, no accuracy) came."""
     fig, ax = plt.subplots(figsize=(7, 4))
     b = board.sort_values("number").assign(val_acc=board.val_acc.astype(float))
     done, pruned = b[b.state == "completed"], b[(b.state == "pruned") & b.val_acc.notna()]
@@ -61,6 +73,12 @@ def plot_history(board: pd.DataFrame, path: Path) -> Path:
     ax.scatter(done.number, done.val_acc, s=20, c="tab:blue", label="completed")
     if len(done):
         ax.step(done.number, done.val_acc.cummax(), where="post", c="tab:red", label="best so far")
+    rejected = b[b.state == "rejected"]
+    if len(rejected):
+        low = min([*b.val_acc.dropna(), 1.0])
+        ax.scatter(rejected.number, [low - 0.02] * len(rejected), marker="x", s=18, c="tab:gray",
+                   label="rejected (never trained)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, ax, path, "trial number (rejected candidates included)", "validation accuracy", "optimisation history", fontsize=8, loc="lower right")
 
 
@@ -85,6 +103,10 @@ def plot_rejected(rejected: Sequence[bool], path: Path, baseline: float | None =
         moving = np.convolve(r, np.ones(w), "full")[:len(r)] / np.minimum(x, w)
         ax.plot(x, moving, c="tab:red", label=f"last {w} candidates")
         ax.plot(x, np.cumsum(r) / x, c="0.4", ls="--", label="all so far")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not r.any():  # a flat line at 0 would look like a broken plot
+        ax.text(0.5, 0.5, f"none of the {len(r)} proposals rejected" if len(r) else "no proposals yet",
+                transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.3")
     ax.set_ylim(-0.02, 1.02)
     return _finish(fig, ax, path, "candidate proposed by the sampler", "fraction rejected", "infeasible candidates (rules broken, never trained)", fontsize=8)
 
@@ -108,4 +130,23 @@ def plot_final(history: list[dict], path: Path) -> Path:
     ax2.set_title("OneCycle schedule")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    return _save(fig, path)
+
+
+def plot_compare(rows: list[dict], path: Path) -> Path:
+    """The payoff (search.compare): test accuracy of the winner and each baseline, every seed a dot, the
+    mean a bar with +-1 std; x: parameters would crowd, so nets are rows, named with their parameter count."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        color = "tab:red" if i == 0 else "tab:blue"
+        ax.scatter(r["test_accs"], [y] * len(r["test_accs"]), s=18, c=color, alpha=0.6, zorder=3)
+        ax.errorbar(r["mean"], y, xerr=r["std"] or 0.0, fmt="D", c=color, ms=7, capsize=4, zorder=4)
+    ax.set_yticks(range(len(rows)), [f"{r['name']} ({r['params']:,} params)" for r in reversed(rows)], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    seeds = len(rows[0]["test_accs"])
+    ax.set_xlabel(f"test accuracy (dots: {seeds} seed{'s' if seeds > 1 else ''}; diamond: mean +- std)")
+    ax.set_title("winner vs baselines, same final recipe and seeds")
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)

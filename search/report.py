@@ -87,7 +87,8 @@ def _deploy_section(deploy: dict | None) -> list[str]:
               "images/s, batch 256": f"{deploy[k]['images_per_s_b256']:,.0f}"} for k in kinds]
     f = deploy["fp32"]
     return ["### Deployment (ONNX)", "", _md_table(pd.DataFrame(rows)), "",
-            f"Test accuracies of ONNX Runtime {deploy.get('onnxruntime', '')} on all {deploy['n_test']:,} test images. "
+            f"Test accuracies of ONNX Runtime {deploy.get('onnxruntime', '')} on the {deploy['n_test']:,} test images the "
+            "retrained net was scored on. "
             f"The fp32 file's logits are within {deploy['logit_max_abs_diff']:.1e} of PyTorch's on "
             f"{deploy['verified_images']} training images (allowed {deploy['logit_atol']:g}); opset {deploy['opset']}. "
             + (f"int8: {deploy['quantization']}. " if "quantization" in deploy else "")
@@ -117,12 +118,14 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
         final = None
     if final:
         paths["plot_final"] = plots.plot_final(final["history"], out / "plots" / "final_curves.png")
+    if final and final.get("compare"):
+        paths["plot_compare"] = plots.plot_compare(final["compare"], out / "plots" / "compare.png")
 
     md = [f"# Architecture search: study `{study.study_name}`", ""]
     if storage_url:
         md += [f"Storage: `{storage_url}` (browse it: `{dashboard_command(storage_url)}`). "
                f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
-    md += _winner(board, trials, final)
+    md += _winner(board, trials, final, settings)
     md += _search_section(trials, settings, rejected, baseline)
     md += _front(board, settings, cost)
     md += _evidence(study, board, trials, settings)
@@ -142,7 +145,16 @@ def write_and_list(study: optuna.Study, out: Path, storage_url: str, final: dict
         print(f"{key}: {path}")
     return paths
 
-def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
+def _trained_on(final: dict, settings) -> str:
+    """Which training images the final retrain used, plainly: all of them, or the --subset-train subset."""
+    subset = settings.subset_train if settings else None
+    if subset:
+        return (f"{final['n_train']:,} training images: only the --subset-train {subset:,} subset the search used, "
+                "not the whole training set")
+    return f"all {final['n_train']:,} training images"
+
+
+def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None) -> list[str]:
     """The retrained winner, or the best trial so far."""
     md: list[str] = []
     best = board[board.best]
@@ -152,7 +164,9 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
                f"Trial {final['trial']}{' (preset ' + final['preset'] + ')' if final.get('preset') else ''}: "
                f"`{final['summary']}`", "",
                f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
-               f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on all {final['n_train']:,} training images",
+               f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on {_trained_on(final, settings)}"
+               + (f"; flip-TTA {final['test_acc_tta']:.4f}" if final.get("test_acc_tta") is not None else ""),
+               *_seed_lines(final),
                f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
                *([f"* retrained by request (`search.retrain --trial {final['trial']}`); the default winner is trial "
                   f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"] else []),
@@ -160,6 +174,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
                f"{final['rf']} px" + (f", peak activations {final['peak_act']:,} elements per image"
                                        if "peak_act" in final else ""),
                "", "```", table(g), "```", ""]
+        md += _payoff(final)
         report_text, cm_text = _per_class(final)
         md += ["### Per-class report (test set)", "", "```", report_text.rstrip(), "```", "",
                "### Confusion matrix (rows: true class, columns: prediction)", "", "```", cm_text, "```", "",
@@ -180,6 +195,49 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None) -> list[str]:
     return md
 
 
+def _seed_lines(final: dict) -> list[str]:
+    """The winner's retrains from several seeds (--final-seeds), when there were several."""
+    s = final.get("seeds") or {}
+    if s.get("n", 1) < 2:
+        return []
+    accs = ", ".join(f"{a:.4f}" for a in s["test_accs"])
+    return [f"* over {s['n']} seeds ({', '.join(map(str, s['seeds']))}): **test accuracy {s['mean']:.4f} +- "
+            f"{s['std']:.4f}** (sample std; min {s['min']:.4f}, max {s['max']:.4f}; each: {accs}); the figure "
+            f"above, the per-class report and the exported weights are seed {s['exported_seed']}'s run"]
+
+
+def _payoff(final: dict) -> list[str]:
+    """Did the search pay off? The winner and the --compare baselines under the same final recipe and seeds."""
+    rows = final.get("compare") or []
+    if not rows:
+        return []
+    n = rows[0]["n"]
+
+    def acc(r: dict) -> str:
+        return f"{r['mean']:.4f} +- {r['std']:.4f}" if r["std"] is not None else f"{r['mean']:.4f}"
+
+    def diff(r: dict) -> str:
+        v = r.get("vs_winner")
+        if not v:
+            return ""
+        ci = f" [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]" if v["ci_low"] is not None else ""
+        return f"{v['diff']:+.4f}{ci}"
+
+    table_rows = [{"net": r["name"], "from": r["origin"] + (f" (breaks the rules: {r['breaks']})" if r.get("breaks") else ""),
+                   "params": r["params"], "MACs (M)": f"{r['macs'] / 1e6:.2f}", "RF": r["rf"],
+                   "search val_acc": r.get("val_acc"), f"test acc, mean +- std ({n} seeds)": acc(r),
+                   "min - max": f"{r['min']:.4f} - {r['max']:.4f}", "winner - net (95% CI)": diff(r),
+                   "p": "" if not r.get("vs_winner") or r["vs_winner"]["p"] is None else f"{r['vs_winner']['p']:.3f}",
+                   "verdict": (r.get("vs_winner") or {}).get("verdict", "")} for r in rows]
+    test = "a paired t interval and test over the seeds (seed k of every net: the same data order, augmentations "\
+           "and initialisation stream)" if n > 1 else "none: one seed each, so no difference here can be told from noise"
+    return ["### Did the search pay off?", "",
+            f"The winner and each baseline retrained with the same final recipe ({plural(final['epochs'], 'epoch')}, "
+            f"same images) from the same {plural(n, 'seed')}, each tested once. Difference and interval: {test}. "
+            "\"within noise\": the interval contains 0. How to read it: docs/search.md.", "",
+            _md_table(pd.DataFrame(table_rows)), "", "![winner vs baselines](plots/compare.png)", ""]
+
+
 def _search_section(trials: list, settings, rejected: list[bool], baseline: float | None) -> list[str]:
     """What the search did, and with which settings."""
     md: list[str] = []
@@ -190,7 +248,7 @@ def _search_section(trials: list, settings, rejected: list[bool], baseline: floa
         "trained": c.trained, "completed": c.completed, "pruned": c.pruned, "rejected (never trained)": c.rejected,
         "duplicates (not retrained)": c.duplicate,
         **({"screened out (never trained)": c.screened} if c.screened or (settings and settings.prescreen > 1) else {}),
-        "failed": c.failed,
+        "failed": c.failed, **({"too large for the device": c.too_large} if c.too_large else {}),
         "epochs trained": c.epochs, "epochs without pruning": budget}])), ""]
     if budget:
         md += [f"Pruning saved {1 - c.epochs / budget:.0%} of the epochs: {c.epochs} trained instead of "
@@ -228,9 +286,13 @@ def _front(board: pd.DataFrame, settings, cost: str) -> list[str]:
              "image (x4: bytes at fp32).", "",
            _md_table(front) if len(front) else "none yet", "",
            f"![accuracy vs {COSTS[cost]}](plots/pareto.png)", "", "![optimisation history](plots/history.png)", "",
-           "![rejected fraction](plots/rejected.png)", "", "### Top 10", ""]
+           "![rejected fraction](plots/rejected.png)", ""]
+    trained = board[board.state.isin(["completed", "pruned"])]
+    md += [f"### Top {min(10, len(trained))} of the {len(trained)} trained trials", "",
+           "Completed trials first, by validation accuracy (`rank`), then pruned ones by their accuracy when "
+           "stopped (after fewer epochs: not comparable, so not ranked).", ""]
     prescreened = board.proxy_score.notna().any()
-    top = board[board.state == "completed"].head(10)[["rank", "number", "val_acc", "params", "macs", "peak_act", "rf",
+    top = trained.head(10)[["rank", "state", "number", "val_acc", "params", "macs", "peak_act", "rf",
                                                        "epochs", "train_seconds",
                                                        *(["proxy_score", "proxy_rank"] if prescreened else []),
                                                        "summary", "preset"]]

@@ -10,10 +10,10 @@ winner is the most accurate member of the Pareto front. --prescreen K trains onl
 proposals by a zero-cost proxy (--proxy; see search.prescreen); the others are recorded as screened out.
 
 Run the same command again after a crash or Ctrl-C: it resumes. Offline quickstart, minutes on 2 CPU
-cores (the MACs cap keeps every net under 15 M MACs):
-    python -m search.run --dataset digits --trials 12 --max-macs 15000000
-Several trials at once on one node (--jobs N worker processes sharing the device; the study then lives in
-the journal file results/<study>.journal, which every command finds by itself):
+cores (the MACs cap keeps every net under 3 M MACs; docs/search.md says why these numbers):
+    python -m search.run --dataset digits --trials 8 --max-macs 3000000 --trial-epochs 3 --final-epochs 8
+Several trials at once on one node (--jobs N worker processes, spread over its GPUs, or those --device
+lists; the study then lives in the journal file results/<study>.journal, which every command finds by itself):
     python -m search.run --trials 100 --jobs 4
 Several workers on one study (each process, any node that reaches the storage):
     python -m search.run --storage journal:results/shared.log --study-name big --trials 200 --no-final
@@ -37,10 +37,10 @@ import optuna
 
 from space.rules import add_rule_flags
 from space.spec import plural
-from train.device import check_device
+from train.device import check_devices
 from train.files import DATA_DIR, RESULTS, removed_on_error
 
-from .cli import ERRORS, add_study_args, make_parser, positive_int
+from .cli import ERRORS, add_final_args, add_study_args, make_parser, parse_compare, positive_int
 from .constraints import check_satisfiable
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
 from .settings import (DEFAULTS, SearchError, SearchSettings, cost_name, default_val_size, parse_objectives,
@@ -89,7 +89,8 @@ def build_parser():
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     add_study_args(p, reading=False)
     p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...; with --jobs: "
+                   "cuda (or auto) spreads the workers over every visible GPU, cuda:0,cuda:2 over those")
     p.add_argument("--seed", type=int, default=0, help="validation split, sampler and training seed")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default: train.defaults, per dataset)")
     add_rule_flags(p)
@@ -107,25 +108,34 @@ def build_parser():
     p.add_argument("--final-epochs", type=int, default=None,
                    help=f"epochs of the final retrain (default per dataset: {defaults_text('final_epochs')})")
     p.add_argument("--no-final", action="store_true", help="search only; retrain later with search.retrain")
+    add_final_args(p)
     p.add_argument("--no-presets", action="store_true", help="do not start a new study with the seed presets "
                    "(e.g. to compare samplers on sampled candidates only)")
+    p.add_argument("--sampler", default=None,
+                   help="tpe (default), random (the control a search must beat), gp, nsga2 or qmc; stored with the "
+                        "study, which resumes with its own")
     p.add_argument("--pruner", default=None, help="median (default), hyperband or none (the only choice, and the "
                                                    "default, with two objectives)")
     p.add_argument("--val-size", default=None, help="validation images (5000) or fraction (0.2) of the training set")
     p.add_argument("--subset-train", type=int, default=None, help="use only this many training images (quick runs)")
     p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
-    p.add_argument("--jobs", default="1", help="worker processes training trials at once on this node, sharing "
-                   "the device, or auto (1 on CPU; on CUDA from free GPU memory, see search.workers); N > 1 "
-                   "keeps the study in results/<study>.journal (default 1)")
+    p.add_argument("--jobs", default="1", help="worker processes training trials at once on this node, round-robin "
+                   "over the devices, or auto (1 on CPU; on CUDA from each GPU's free memory, see search.workers); "
+                   "N > 1 keeps the study in results/<study>.journal (default 1)")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by --jobs for its workers
-    p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines in the final retrain")
+    p.add_argument("--quiet", action="store_true", help="no line per epoch (trials and final retrain) and no "
+                   "progress bar; a line per trial stays")
+    p.add_argument("--progress", action="store_true", help="draw the progress bar (trials and final retrain) even "
+                   "when stderr is not a terminal (by default only a terminal gets one)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_device(args.device)  # before any storage, data or output is touched
+    # Before any storage, data or output is touched; canonical from here on (the parent trains on the first).
+    args.devices, args.raw_device = [str(d) for d in check_devices(args.device)], args.device
+    args.device = args.devices[0]
     worker = args.worker is not None
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)
@@ -136,17 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     label = redact(url)  # what is printed and stored: never a password
     settings, kept, full, split, study, created = _open(args, given, url, name, final_epochs)
     out = Path(args.out) if args.out else RESULTS / name
-    say = (lambda line: print(f"[w{args.worker}] {line}", flush=True)) if worker else (lambda line: print(line, flush=True))
+    say = _sayer(args.worker)
     if not worker:
         run_key = _announce(args, argv, study, created, settings, full, split, jobs, out, label,
                             (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
                             + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""),
                             val_note if settings.val_size == asked.val_size else "")
         signal.signal(signal.SIGTERM, _sigterm)
-    from .final import retrain_best
     from .loop import SearchStopped  # after argument errors: these import torch
 
     t0 = time.time()
+    trained_before = count(study.get_trials(deepcopy=False)).trained
     try:
         counts = _search(args, argv, study, settings, full, split, jobs, url, say)
     except KeyboardInterrupt:
@@ -168,27 +178,51 @@ def main(argv: list[str] | None = None) -> int:
     search_seconds = time.time() - t0
     study.set_user_attr(run_key, {**study.user_attrs[run_key], "seconds": round(search_seconds, 1)})
     print(f"search: {counts.line()}; {counts.epochs} epochs trained of {counts.trained * settings.trial_epochs} "
-          f"without pruning; {search_seconds:.0f} s")
+          f"without pruning; {_took(study, run_key, search_seconds, counts.trained > trained_before)}")
     final, final_seconds = None, 0.0
     if not args.no_final:
         t1 = time.time()
         try:
-            final = retrain_best(study, settings, full, out, final_epochs, args.device, args.progress)
+            final = _final(args, study, settings, full, out, final_epochs, url)
         except KeyboardInterrupt:
-            print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to "
-                  "resume", file=sys.stderr)
-            return 130
+            return _interrupted_final(out)
         final_seconds = time.time() - t1
     _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds, final_epochs)
     return 0
+
+
+def _final(args, study, settings, full, out: Path, final_epochs: int, url: str) -> dict:
+    """The final retrain of the winner from --final-seeds seeds, and the --compare baselines beside it."""
+    from .final import retrain_and_compare
+
+    # --compare study:NAME is looked up in --compare-storage, else here; opened only if one is named
+    other = resolve_url(args.compare_storage or url, "")
+    return retrain_and_compare(study, settings, full, out, final_epochs, args.device, not args.quiet, bar=_bar(args),
+                               seeds=args.final_seeds, compare=args.compare_names,
+                               other_storage=lambda: open_storage(other, create=False))
+
+
+def _interrupted_final(out: Path) -> int:
+    print(f"interrupted during the final retrain; its checkpoint is in {out}/; run the same command to resume",
+          file=sys.stderr)
+    return 130
+
+
+def _sayer(worker: int | None):
+    """print, or for a --jobs worker print behind its tag: [w3], or [w3 cuda:1] on a GPU (search.placement)."""
+    if worker is None:
+        return lambda line: print(line, flush=True)
+    gpu = os.environ.get("TINYNAS_GPU", "")
+    tag = f"[w{worker}{' ' + gpu if gpu.startswith('cuda') else ''}] "
+    return lambda line: print(f"{tag}{line}", flush=True)
 
 
 def _config(args: argparse.Namespace) -> tuple[dict, SearchSettings, int, int, str]:
     """(the settings given, the settings for a new study, final epochs, jobs, a note on the validation split)
     from the flags and the dataset's defaults; SearchError for a bad one."""
     from .prescreen import parse_prescreen
-    from .study import PRUNERS  # after argument errors: importing optuna's samplers takes a moment
-    from .workers import auto_jobs, parse_jobs
+    from .study import PRUNERS, SAMPLERS  # after argument errors: importing optuna's samplers takes a moment
+    from .workers import parse_jobs, plan_workers
 
     if args.dataset not in DEFAULTS:
         raise SearchError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
@@ -201,23 +235,29 @@ def _config(args: argparse.Namespace) -> tuple[dict, SearchSettings, int, int, s
     if multi and args.pruner != "none":
         raise SearchError(f"--pruner {args.pruner} cannot prune --objectives {objectives}: Optuna does not prune "
                           "multi-objective studies; leave --pruner out")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise SearchError(f"unknown sampler {args.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     d = DEFAULTS[args.dataset]
-    for flag in ("trials", "trial_epochs", "final_epochs", "batch_size", "max_params", "min_rf", "max_macs",
-                 "subset_train", "subset_test"):
+    for flag in ("trials", "trial_epochs", "final_epochs", "final_seeds", "batch_size", "max_params", "min_rf",
+                 "max_macs", "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
     prescreen, proxy = parse_prescreen(args.prescreen, args.proxy)
+    args.compare_names = parse_compare(args.compare)
     # The flags as given (None: not given); search.settings.resolve_settings adds the study's stored values
     # and the defaults. The validation size's default, with --subset-train, scales to the subset (val_note).
     given = dict(dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf, trial_epochs=args.trial_epochs,
                  val_size=parse_val_size(args.val_size) if args.val_size else None, seed=args.seed,
                  subset_train=args.subset_train, batch_size=args.batch_size, max_macs=args.max_macs,
-                 objectives=objectives, prescreen=prescreen, proxy=proxy)
+                 objectives=objectives, prescreen=prescreen, proxy=proxy, sampler=args.sampler)
     settings, _ = resolve_settings(given)
     val_note = "" if args.val_size else default_val_size(args.dataset, args.subset_train)[1]
     check_satisfiable(settings.rules)  # before any data or training
     jobs = parse_jobs(args.jobs)
-    final_epochs = resolve(args.final_epochs, per_dataset=d.final_epochs)
-    return given, settings, final_epochs, auto_jobs(args.device) if jobs == "auto" else jobs, val_note
+    if jobs == 1 and len(args.devices) > 1 and "," in args.raw_device:
+        raise SearchError(f"--device {args.raw_device} lists {len(args.devices)} devices but --jobs 1 trains on one: "
+                          "give --jobs N (or auto) to spread workers over them, or one device")
+    args.placement = plan_workers(args.devices, jobs)
+    return given, settings, resolve(args.final_epochs, per_dataset=d.final_epochs), args.placement.jobs, val_note
 
 
 def _storage_url(storage: str | None, name: str, jobs: int) -> tuple[str, bool]:
@@ -272,12 +312,14 @@ def _announce(args, argv, study, created, settings, full, split, jobs, out, labe
     print(f"data: {full.name}, {len(split.y_train):,} training / {len(split.y_test):,} validation images"
           + (f" ({val_note})" if val_note else "") + "; "
           f"{plural(settings.trial_epochs, 'epoch')} per trial on {info['device']}"
-          + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "") + f"; pruner {args.pruner}"
+          + (f" ({info['device_name']})" if info["device_name"] != "cpu" else "")
+          + f"; sampler {settings.sampler}, pruner {args.pruner}"
           + (f" (objectives {settings.objectives}: multi-objective studies cannot be pruned)"
              if cost_name(settings.objectives) else "")
           + (f"; prescreen: best of {settings.prescreen} by {settings.proxy}" if settings.prescreen > 1 else "")
           + (f"; enqueued presets {', '.join(presets)}" if presets else "")
-          + (f"; {jobs} workers at once" if jobs > 1 else ""))
+          + (f"; {jobs} workers at once" + (f" ({args.placement.describe()})" if info["device"] != "cpu" else "")
+             if jobs > 1 else ""))
     print(f"watch it: {dashboard_command(label)}", flush=True)
     return run_key
 
@@ -292,7 +334,7 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
     if jobs > 1 and args.worker is None:
         raw = sys.argv[1:] if argv is None else list(argv)
         codes, interrupted = run_workers([*raw, *([] if args.storage else ["--storage", url])], jobs,
-                                         cpu_threads(jobs))
+                                         cpu_threads(jobs), placement=args.placement)
         counts = count(study.get_trials(deepcopy=False))
         if interrupted:
             raise KeyboardInterrupt
@@ -301,10 +343,42 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
                                 f"{counts.line()} of {args.trials} wanted; fix the cause, then run the same command "
                                 "to resume")
         return counts
-    search = Search(study, settings, full.num_classes, make_train_fn(split, settings, args.device), args.trials,
-                    log=say, lock=SlotLock(f"{url}\n{study.study_name}"),
-                    prescreen=make_prescreen(split, settings, args.device))
+    share = _device_share(args.device, f"{url}\n{study.study_name}")
+    search = Search(study, settings, full.num_classes,
+                    make_train_fn(split, settings, args.device, share, bar=_bar(args)), args.trials, log=say,
+                    lock=SlotLock(f"{url}\n{study.study_name}"),
+                    prescreen=make_prescreen(split, settings, args.device), epoch_lines=not args.quiet)
     return search.run()
+
+
+def _device_share(device: str, key: str):
+    """This process's share of its device (search.memory): a --jobs worker's from its environment
+    (search.placement), its memory capped when others share the GPU; a lone run's all of it."""
+    from .memory import DeviceShare, apply_share
+    from .placement import worker_device
+
+    named, workers = worker_device()
+    apply_share(device, workers)
+    return DeviceShare(key, named or device, workers)
+
+
+def _took(study: optuna.Study, run_key: str, seconds: float, trained_now: bool) -> str:
+    """This run's search time; for a run that found the study finished, the earlier runs' time, said so."""
+    if trained_now:
+        return f"{seconds:.0f} s"
+    earlier = sum(v.get("seconds", 0.0) for k, v in study.user_attrs.items()
+                  if k.startswith(run_key.split(":", 1)[0] + ":") and k != run_key and isinstance(v, dict))
+    return f"already done: nothing trained in this run ({earlier:.0f} s in earlier runs)"
+
+
+def _bar(args: argparse.Namespace) -> bool:
+    """A tqdm bar per epoch: asked for (--progress), or on a terminal unless --quiet; workers draw none."""
+    return args.worker is None and not args.quiet and (args.progress or sys.stderr.isatty())
+
+
+def _over_seeds(final: dict) -> str:
+    s = final.get("seeds") or {}
+    return f" (seed {s['exported_seed']}; {s['mean']:.4f} +- {s['std']:.4f} over {s['n']} seeds)" if s.get("n", 1) > 1 else ""
 
 
 def _summary(args, study, settings, counts, final, out, label, name, search_seconds, final_seconds,
@@ -317,14 +391,18 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
     best_acc = val_acc(best) if best else None
     print(f"best trial {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
-          + (f"; test accuracy {final['test_acc']:.4f} after {plural(final_epochs, 'epoch')} ({final_seconds:.0f} s)"
+          + (f"; test accuracy {final['test_acc']:.4f}" + _over_seeds(final)
+             + f" after {plural(final_epochs, 'epoch')} ("
+             + (f"retrained earlier, {final['wall_seconds']:.0f} s)" if final.get("reused") else f"{final_seconds:.0f} s)")
              if final else ""))
     paths = write_and_list(study, out, label, final)
     if args.json:
         print(json.dumps({"study": name, "storage": label, "dataset": args.dataset, "trials": args.trials,
                           **counts.as_dict(), "epochs_without_pruning": counts.trained * settings.trial_epochs,
                           "best_trial": best.number if best else None, "best_val_acc": best_acc,
-                          "test_acc": final["test_acc"] if final else None, "search_seconds": round(search_seconds, 1),
+                          "test_acc": final["test_acc"] if final else None,
+                          "test_acc_seeds": (final.get("seeds") or {}).get("test_accs") if final else None,
+                          "search_seconds": round(search_seconds, 1),
                           "final_seconds": round(final_seconds, 1), "out": str(out),
                           "paths": {k: str(v) for k, v in paths.items()}}))
 

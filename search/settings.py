@@ -96,7 +96,7 @@ def default_val_size(dataset: str, subset_train: int | None) -> tuple[int | floa
 # The prescreen's proxy when --proxy is not given: the one that ranked trained genomes of the space best
 # (results/benchmarks/proxies_rank_cpu.md). Here, beside the stored default, so that the two cannot differ.
 DEFAULT_PROXY = "grad_norm"
-SCHEMA = 2  # the layout of the stored settings; 1: before the "schema" key (see migrate)
+SCHEMA = 3  # the layout of the stored settings; 1: before the "schema" key, 2: before "sampler" (see migrate)
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ class SearchSettings:
     # proposals by `proxy`; 1 = off.
     prescreen: int = 1
     proxy: str = DEFAULT_PROXY
+    sampler: str = "tpe"  # which Optuna sampler proposes the candidates (search.study.SAMPLERS)
     # The rest of the training recipe, train.engine.TrainConfig.recipe() (train.recipe.Recipe and the
     # augmentation's settings), as sorted (name, value) pairs: a study resumed after those defaults changed
     # trains its later trials, and its final retrain, as it began.
@@ -179,7 +180,8 @@ class SearchSettings:
         """The recipe the study's trials (and its final retrain) train with, for `epochs` epochs: every
         setting that shapes training comes from here, so the two cannot drift apart."""
         config = TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
-                             augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed)
+                             augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed,
+                             tta=self.augment)  # flip-TTA only where training flips
         return replace(config.with_recipe(dict(self.recipe)), **changes)
 
 
@@ -199,9 +201,9 @@ def resolve(given: Any = None, stored: Any = None, per_dataset: Any = None, buil
 
 # The settings a resumed study takes from its stored settings when no flag gives them: the per-dataset
 # defaults, the recipe and the construction, whose defaults may change between versions while the study's
-# trials were measured with the old ones. The others have no stored rung: a flag's value (or its built-in
+# trials were measured with the old ones, and the sampler (a study resumes with its own). The others have no stored rung: a flag's value (or its built-in
 # default) that differs from the stored one is refused (search.study.open_study).
-RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction")
+RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction", "sampler")
 
 
 def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
@@ -238,7 +240,8 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 
     Schema 1 (no "schema" key) gained keys over time; a key it lacks means the value from before the key
     existed: no MACs limit, accuracy alone, search space 1 and construction 1, no prescreen, and the recipe
-    of that time.
+    of that time. Schema 2 lacks the sampler: it was TPE. (Schema 3 is refused by the versions before it, so
+    that none of them resumes a study of another sampler with TPE.)
     """
     version = d.get("schema", 1)
     if not isinstance(version, int) or version > SCHEMA:
@@ -249,7 +252,12 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
         recipe = {**_SCHEMA1_RECIPE, "bias_lr_scale": d.get("bias_lr_scale", 1.0)}
         d = {"max_macs": None, "objectives": "accuracy", "space": 1, "construction": 1, "prescreen": 1,
              "proxy": DEFAULT_PROXY,
-             "recipe": recipe, **d, "schema": SCHEMA}
+             "recipe": recipe, **d, "schema": 2}
+    if d["schema"] == 2:
+        d = {"sampler": "tpe", **d, "schema": SCHEMA}
+    if isinstance(d.get("recipe"), dict) and "bn_refresh_steps" not in d["recipe"]:
+        # stored before short runs recomputed their BatchNorm statistics (train.recipe): they did not
+        d = {**d, "recipe": {**d["recipe"], "bn_refresh_steps": 0}}
     return d
 
 
@@ -257,6 +265,6 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 _SCHEMA1_RECIPE: dict[str, Any] = {
     "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1, "pct_start": 0.25, "div_factor": 10.0,
     "final_div_factor": 100.0, "anneal": "cos", "augment_start": None, "augment_end": 0.0, "augment_full_epochs": 25,
-    "alternate_flip": False, "ema_decay": 0.99,
+    "alternate_flip": False, "ema_decay": 0.99, "bn_refresh_steps": 0,
     "augment.flip_p": 0.5, "augment.affine_p": 0.5, "augment.shift": 0.1, "augment.scale": 0.1, "augment.rotate": 15.0,
     "augment.cutout_p": 0.5, "augment.cutout_size": 16}

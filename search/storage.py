@@ -17,7 +17,7 @@ SQLite takes one writer; a study begun in results/<study>.db is copied there fir
 the .db is left as it was and no longer used, because every command looks for the journal first).
 
 RDB storages get Optuna's heartbeat (a RUNNING trial whose worker stopped beating for GRACE_PERIOD
-seconds is failed and queued again); the journal file has no heartbeat in Optuna 5, so search.lifecycle.Heartbeat
+seconds is failed and queued again); the journal file has no heartbeat in Optuna 5, so search.liveness.Heartbeat
 keeps one in a user attr instead.
 """
 from __future__ import annotations
@@ -203,6 +203,9 @@ def _prepare_path(path: Path, create: bool, url: str) -> None:
     if parent.is_dir():
         return
     if not create or parent.exists():
+        blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise SearchError(f"storage {url!r}: {blocker} is a file, not a folder; give a path in a folder")
         raise SearchError(f"storage {url!r}: folder {parent} does not exist")
     try:
         parent.mkdir(parents=True, exist_ok=True)

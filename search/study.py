@@ -1,7 +1,7 @@
 """Creating, resuming and checking a study: its settings, sampler, pruner and warm-start presets.
 
 The study maximises validation accuracy; with --objectives accuracy,params (or ,macs) it also minimises
-that cost, a multi-objective study with the same sampler (see make_sampler). Its user attrs hold the
+that cost, a multi-objective study with the same sampler (--sampler, see make_sampler). Its user attrs hold the
 `SearchSettings` it was created with (a resume with other settings is refused) and a flag saying the
 seed presets were enqueued, so that a resumed study never enqueues them again.
 """
@@ -21,30 +21,50 @@ from space import PRESETS, params_from_genome
 
 from .settings import SearchError, SearchSettings, directions
 
-__all__ = ["SETTINGS_KEY", "PRESETS_KEY", "PRUNERS", "make_sampler", "make_pruner", "open_study", "load_study",
-           "stored_settings", "enqueue_presets", "peek_settings"]
+__all__ = ["SETTINGS_KEY", "PRESETS_KEY", "PRUNERS", "SAMPLERS", "make_sampler", "make_pruner", "open_study",
+           "load_study", "stored_settings", "enqueue_presets", "peek_settings"]
 
 SETTINGS_KEY = "settings"
 PRESETS_KEY = "presets_enqueued"
 PRUNERS = ("median", "hyperband", "none")
 
 
-def make_sampler(seed: int, salt: int = 0) -> optuna.samplers.TPESampler:
-    """TPE over the 20 joint parameters, learning the constraints from infeasible trials.
+SAMPLERS = ("tpe", "random", "gp", "nsga2", "qmc")
 
-    The same sampler serves multi-objective studies: Optuna's TPESampler splits good from bad trials by
-    non-domination rank there (MOTPE), and reads trial.set_constraint as in the single-objective case. It
-    is chosen over NSGA-II because a search trains ~100 candidates: NSGA-II's first generation (its default
-    population, 50 trials) is random sampling and it improves only over several generations, while TPE
-    models the history from its 10th trial on; it also keeps one code path (constant liar, seeding).
+
+def make_sampler(name: str, seed: int, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, by its --sampler name; all read the rules' trial.set_constraint values where they
+    model anything (tpe, gp, nsga2), and all serve one or several objectives.
+
+    tpe (default): TPE over the 20 joint parameters, learning the constraints from infeasible trials. The same
+    sampler serves multi-objective studies: Optuna's TPESampler splits good from bad trials by non-domination
+    rank there (MOTPE). It is chosen over NSGA-II because a search trains ~100 candidates: NSGA-II's first
+    generation (its default population, 50 trials) is random sampling and it improves only over several
+    generations, while TPE models the history from its 10th trial on. random: the control a search must beat
+    (Li & Talwalkar 2019). gp: Optuna's Gaussian-process sampler (constrained acquisition; Optuna suggests it
+    below ~500 trials). nsga2: the genetic algorithm, population 20 so that a 100-trial search sees several
+    generations. qmc: a scrambled Sobol sequence (space-filling; categorical parameters are drawn at random).
 
     `salt` (e.g. the number of trials already in the study) gives a resumed or additional worker its own
     random stream, so it does not replay the candidates of the first run; a fresh study stays reproducible.
     """
     stream = int(hashlib.sha256(f"{seed}:{salt}".encode()).hexdigest()[:8], 16)
-    # multivariate: the parameters interact (widths x depths make the parameter count), so model them jointly.
-    # constant_liar: concurrent workers treat each other's running trials as bad, and stay apart.
-    return optuna.samplers.TPESampler(seed=stream, multivariate=True, constant_liar=True, n_startup_trials=10)
+    if name == "tpe":
+        # multivariate: the parameters interact (widths x depths make the parameter count), so model them jointly.
+        # constant_liar: concurrent workers treat each other's running trials as bad, and stay apart.
+        return optuna.samplers.TPESampler(seed=stream, multivariate=True, constant_liar=True, n_startup_trials=10)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=stream)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=stream, n_startup_trials=10)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=stream, population_size=20)
+    if name == "qmc":
+        # One sequence per study whatever the worker: the sampler counts its points in the study, so every
+        # worker must draw from the same scrambled sequence (seed, not stream) to continue it.
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False,
+                                          warn_asynchronous_seeding=False)
+    raise SearchError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
 
 
 def make_pruner(name: str, trial_epochs: int) -> optuna.pruners.BasePruner:
@@ -93,10 +113,10 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
     wanted = directions(settings.objectives)
     try:
         study = optuna.create_study(storage=storage, study_name=name, directions=wanted, pruner=pruner,
-                                    sampler=make_sampler(settings.seed))
+                                    sampler=make_sampler(settings.sampler, settings.seed))
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=make_sampler(settings.seed))
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=make_sampler(settings.sampler, settings.seed))
         created = False
     if [d.name.lower() for d in study.directions] != wanted:
         stored = stored_settings(study)
@@ -126,7 +146,7 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
     # `stream` (search.run --jobs: the worker's index) parts workers of one node even on one pid.
     salt = (len(study.trials) * 1_000_003 + 7919 * stream
             + (0 if created else os.getpid() + zlib.crc32(socket.gethostname().encode())))
-    study.sampler = make_sampler(settings.seed, salt=salt)
+    study.sampler = make_sampler(settings.sampler, settings.seed, salt=salt)
     return study, created
 
 

@@ -15,7 +15,8 @@ from space import Genome
 from .lifecycle import Outcome, classify, is_enqueued, rejected_reason, state_columns
 from .settings import SearchError
 
-__all__ = ["best_trial", "pareto_trials", "val_acc", "genome_of", "pick_trial", "rejected_fraction", "leaderboard", "pareto_front"]
+__all__ = ["best_trial", "pareto_trials", "val_acc", "trained_val_acc", "genome_of", "pick_trial", "rejected_fraction",
+           "leaderboard", "pareto_front"]
 
 def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats on both lower cost and higher accuracy, by cost.
@@ -102,14 +103,16 @@ def pick_trial(study: optuna.Study, number: int | None = None, *, trained: bool 
     return trial
 
 
-def _val_acc(t: FrozenTrial) -> float | None:
+def trained_val_acc(t: FrozenTrial) -> float | None:
+    """A trained trial's validation accuracy (completed, pruned, or a copy of one); None for any other."""
     if classify(t) in _TRAINED_OR_COPIED and t.values:
         return val_acc(t)
     return None
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, screened, rejected.
+    """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, too large
+    (for the device: its reason in rejected_reason), screened, rejected.
     `pareto`: on the study's Pareto front (pareto_trials); `peak_act`: peak activations, elements per image;
     `proxy_score`, `proxy_rank` (1 = chosen) and `lost_to`: a --prescreen round's verdict (blank without one)."""
     trials = study.get_trials(deepcopy=False)
@@ -121,7 +124,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         duration = ((t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None)
         rows.append({
-            "number": t.number, "state": classify(t), "val_acc": _val_acc(t), "params": a.get("n_params"),
+            "number": t.number, "state": classify(t), "val_acc": trained_val_acc(t), "params": a.get("n_params"),
             "macs": a.get("macs"), "peak_act": a.get("peak_act"), "rf": a.get("rf"), "epochs": a.get("epochs"),
             "train_seconds": a.get("train_seconds"), "images_per_s": a.get("images_per_s"),
             "wall_seconds": duration, "device": a.get("device"), "summary": a.get("summary"),
@@ -138,7 +141,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                 "lost_to"):  # ints, blank if unknown
         df[col] = df[col].astype("Int64")
     order = {k: i for i, k in enumerate(("completed", "pruned", "duplicate", "running", "waiting", "failed",
-                                         "screened", "rejected"))}
+                                         "too large", "screened", "rejected"))}
     df["_k"] = df["state"].map(order)
     df["_p"] = df["params"].fillna(0)
     df = df.sort_values(["_k", "val_acc", "_p", "number"], ascending=[True, False, True, True], na_position="last")

@@ -1,4 +1,4 @@
-"""`search.run --jobs N`: N worker processes on one study, on one node, sharing its device.
+"""`search.run --jobs N`: N worker processes on one study, on one node, over its devices (search.placement).
 
 The parent process creates the study (settings, presets) and starts N copies of the same command in
 worker mode (`--worker K`); each loads the data once, runs the ask/train/tell loop of search.loop until
@@ -14,7 +14,9 @@ the study holds --trials trained candidates, and exits. The parent waits, then d
     command resumes.
   * A worker that dies (SIGKILL, out of memory) leaves a RUNNING trial whose pid is gone: the next
     `reap_dead_trials` of any worker (or of the next run) fails it and queues the candidate again.
-  * `--jobs auto`: 1 on a CPU (one process already uses every core); on CUDA, see `auto_jobs`.
+  * `--jobs auto`: 1 on a CPU (one process already uses every core); on CUDA, per GPU, see `auto_jobs`.
+  * Several GPUs: worker k trains on the k-th device round-robin and sees that one alone (search.placement);
+    workers sharing a device share its memory on purpose (search.memory).
 """
 from __future__ import annotations
 
@@ -28,14 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from .placement import GIB_PER_JOB, MAX_JOBS_PER_GPU, Placement, place
 from .settings import SearchError
 
-__all__ = ["SlotLock", "parse_jobs", "auto_jobs", "cpu_threads", "worker_argv", "run_workers",
+__all__ = ["SlotLock", "parse_jobs", "auto_jobs", "plan_workers", "cpu_threads", "worker_argv", "run_workers",
            "GIB_PER_JOB", "MAX_AUTO_JOBS"]
 
-GIB_PER_JOB = 4.0  # GPU memory one worker may take, GiB: CUDA context ~0.5, CIFAR-10 uint8 0.15, a 200k-parameter
-# net's bf16 activations at batch 256 ~1-2, evaluation at batch 1024 ~0.5, plus headroom for the allocator
-MAX_AUTO_JOBS = 8  # beyond this the trials' Python launch overhead, one CPU core each, is the limit
+MAX_AUTO_JOBS = MAX_JOBS_PER_GPU  # per GPU (search.placement); all GPUs together: at most a CPU core per worker
 
 
 class SlotLock:
@@ -71,21 +72,24 @@ def parse_jobs(text: str) -> int | str:
     return jobs
 
 
-def auto_jobs(device: str) -> int:
-    """Workers for `--jobs auto` on a device: 1 on CPU/MPS; on CUDA free memory / GIB_PER_JOB, capped by
-    the CPU cores this process may use (each worker's Python thread launches its kernels) and MAX_AUTO_JOBS.
+def auto_jobs(device) -> int:
+    """Workers for `--jobs auto` on a device or list of devices (a --device value, or torch.devices): 1 on
+    CPU/MPS; on CUDA, per GPU, its free memory / GIB_PER_JOB (at most MAX_AUTO_JOBS), all together capped by
+    the CPU cores this process may use (each worker's Python thread launches its kernels).
 
     A rule of thumb from memory, not a measurement: `python -m search.bench --device cuda` measures the
-    aggregate throughput of 1, 2, 4, ... jobs on the node and shows where it stops growing.
+    aggregate throughput of 1, 2, 4, ... jobs on the node's GPUs and shows where it stops growing.
     """
-    import torch
-    from train.device import available_cpus, resolve_device
+    return plan_workers(device, "auto").jobs
 
-    dev = resolve_device(device)
-    if dev.type != "cuda":
-        return 1
-    free, _ = torch.cuda.mem_get_info(dev)
-    return max(1, min(int(free / 2**30 // GIB_PER_JOB), available_cpus(), MAX_AUTO_JOBS))
+
+def plan_workers(device, jobs: int | str) -> Placement:
+    """Which device each of `jobs` workers (or `auto`) trains on: `device` is a --device value (a bare cuda:
+    every visible GPU) or a list of devices."""
+    from train.device import available_cpus, check_devices
+
+    devices = check_devices(device) if isinstance(device, str) else list(device)
+    return place([str(d) for d in devices], None if jobs == "auto" else int(jobs), cpus=available_cpus())
 
 
 def cpu_threads(jobs: int) -> int:
@@ -94,24 +98,28 @@ def cpu_threads(jobs: int) -> int:
     return max(1, available_cpus() // jobs)
 
 
-def worker_argv(argv: list[str], index: int) -> list[str]:
-    """The parent's command line for worker `index`: same flags, --jobs 1 for itself, worker mode, no retrain."""
+def worker_argv(argv: list[str], index: int, device: str | None = None) -> list[str]:
+    """The parent's command line for worker `index`: same flags, --jobs 1 for itself, worker mode, no retrain;
+    with `device`, that --device instead of the parent's."""
+    dropped = ("--jobs", "--device") if device else ("--jobs",)
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg == "--jobs":
+        if arg in dropped:
             skip = True
             continue
-        if arg.startswith("--jobs="):
+        if arg.startswith(tuple(f"{flag}=" for flag in dropped)):
             continue
         out.append(arg)
-    return [*out, "--worker", str(index), "--no-final"]
+    return [*out, *(["--device", device] if device else []), "--worker", str(index), "--no-final"]
 
 
-def run_workers(argv: list[str], jobs: int, threads: int, log=print) -> tuple[list[int], bool]:
-    """Run `python -m search.run ARGV` as `jobs` workers and wait for all; (exit codes, interrupted).
+def run_workers(argv: list[str], jobs: int, threads: int, log=print, placement: Placement | None = None
+                ) -> tuple[list[int], bool]:
+    """Run `python -m search.run ARGV` as `jobs` workers and wait for all; (exit codes, interrupted). With a
+    `placement`, worker k trains on its device, which it sees alone (Placement.env).
 
     A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by search.run) is passed on to the workers as
     SIGTERM and waited out; further signals meanwhile are ignored, so that no worker is left behind.
@@ -121,8 +129,10 @@ def run_workers(argv: list[str], jobs: int, threads: int, log=print) -> tuple[li
     interrupted = False
     try:
         for k in range(jobs):  # inside the try: a Ctrl-C while starting them still stops those started
-            procs.append(subprocess.Popen([sys.executable, "-m", "search.run", *worker_argv(argv, k)], env=env,
-                                          process_group=0))
+            own = placement.env(k, env) if placement else env
+            device = placement.argv_device(k) if placement else None
+            procs.append(subprocess.Popen([sys.executable, "-m", "search.run", *worker_argv(argv, k, device)],
+                                          env=own, process_group=0))
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)
     except KeyboardInterrupt:

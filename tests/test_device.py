@@ -176,9 +176,11 @@ def test_after_out_of_memory_the_cache_is_emptied_once_the_trials_tensors_are_go
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_at_empty_cache.append(held[0]() is not None))
     settings = SearchSettings(dataset="synthetic", max_params=200_000, min_rf=44, trial_epochs=1, val_size=0.25,
                               seed=0, subset_train=None, batch_size=32, lr=0.01, augment=False)
-    with pytest.raises(torch.OutOfMemoryError, match="out of memory"):
+    from search.memory import TooLarge
+    with pytest.raises(TooLarge, match="too large for this device: out of memory at batch 32 .* half the batch"):
         make_train_fn(make_synthetic(64, 16), settings, "cpu")(TINY, lambda s: False)
-    assert alive_at_empty_cache == [False]
+    assert len(held) == 2  # tried once more, at half the batch
+    assert alive_at_empty_cache == [False, False]  # each time only once the attempt's tensors were gone
 
 
 def test_cpu_count_follows_the_affinity_mask(monkeypatch):
@@ -193,7 +195,7 @@ def test_cpu_count_follows_the_affinity_mask(monkeypatch):
 
 # --- --device checked up front ----------------------------------------------------------------------------
 
-BAD_DEVICES = ["cuda", "cuda:0", "mps", "foo"]
+BAD_DEVICES = ["cuda", "cuda:0", "CUDA", "Cuda:01", "mps", "foo"]
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="this torch can use CUDA")
@@ -203,8 +205,14 @@ def test_check_device_says_what_torch_can_see(name):
         check_device(name)
     text = str(e.value)
     assert "\n" not in text and "cpu only" in text
-    if name.startswith("cuda"):
+    if name.lower().startswith("cuda"):
         assert "CPU-only build" in text and "setup.sh" in text and "nvidia-smi" in text
+        # the command it names is one setup.sh runs (issue 37: `bash setup.sh` alone only printed its usage)
+        import re
+        from pathlib import Path
+        command = re.search(r"`\./setup\.sh (\w+)`", text)
+        script = (Path(__file__).resolve().parents[1] / "setup.sh").read_text()
+        assert command and re.search(rf"^\s+{command.group(1)}\)$", script, re.M), text
     assert check_device("cpu") == torch.device("cpu") and check_device("auto") == torch.device("cpu")
 
 
@@ -254,3 +262,136 @@ def test_on_cuda_a_bare_cuda_device_trains_and_a_checkpoint_resumes(tmp_path, mo
     assert train(TINY, cfg, data, on_epoch=lambda s: True).status == "stopped"
     resumed = train(TINY, cfg, data)
     assert resumed.status == "completed" and resumed.resumed_epochs == 1 and resumed.device.startswith("cuda")
+
+
+# --- one canonical spelling of the device, everywhere -----------------------------------------------------
+
+@pytest.mark.parametrize("name, canonical", [(" cpu", "cpu"), ("CPU", "cpu"), ("Cpu:0", "cpu"), ("cpu:01", "cpu"),
+                                             (" auto ", None)])
+def test_forgiving_spellings_give_one_canonical_device(name, canonical):
+    assert str(check_device(name)) == (canonical or str(resolve_device("auto")))
+
+
+def _fake_cuda(monkeypatch, count: int, capability=(9, 0)):
+    """A CUDA build of torch that sees `count` GPUs, on this CPU-only machine: the queries check_device asks."""
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Fake H100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
+
+
+def test_on_a_cuda_build_any_spelling_of_a_gpu_is_its_canonical_index(monkeypatch):
+    from train.device import check_devices
+    _fake_cuda(monkeypatch, 4)
+    assert check_device("CUDA") == torch.device("cuda", 0)
+    assert check_device("cuda:01") == torch.device("cuda", 1)  # torch.device("cuda:01") itself refuses it
+    assert check_device(" Cuda:3 ") == torch.device("cuda", 3)
+    with pytest.raises(DeviceError, match="sees 4 CUDA device"):
+        check_device("cuda:4")
+    # For --jobs: a bare cuda (or auto) is every GPU; a list is those, each once, CUDA only.
+    assert check_devices("cuda") == check_devices("auto") == [torch.device("cuda", i) for i in range(4)]
+    assert check_devices("cuda:2") == [torch.device("cuda", 2)]
+    assert check_devices("cuda:0, CUDA:2") == [torch.device("cuda", 0), torch.device("cuda", 2)]
+    for bad, text in [("cuda:0,cuda:00", "twice"), ("cpu,cuda:1", "CUDA devices only"), ("cuda:0,cuda:9", "sees 4")]:
+        with pytest.raises(DeviceError, match=text):
+            check_devices(bad)
+
+
+def test_bf16_is_asked_of_the_device_trained_on_not_the_current_one(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda d=None: asked.append(d) or ((7, 0) if torch.device(d).index == 1 else (8, 0)))
+    assert use_bf16(torch.device("cuda", 0), True) and not use_bf16(torch.device("cuda", 1), True)  # a V100 at 1
+    assert asked == [torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+def test_synchronize_waits_on_the_run_s_device(monkeypatch):
+    from train.device import synchronize
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    synchronize("cpu")
+    synchronize(torch.device("cuda", 2))
+    assert waited == [torch.device("cuda", 2)]
+
+
+def test_the_test_set_is_scored_in_float32_as_the_files_ship(monkeypatch):
+    # Pretend bf16 autocast applies here (as on a GPU, amp on): the reported accuracy must not use it.
+    import train.engine as engine
+    from train.testset import score_test_set
+    monkeypatch.setattr(engine, "use_bf16", lambda device, amp, *a: amp)
+    from space import build
+    data = make_synthetic(64, 64)
+    model = build(TINY).eval()
+    bf16, _, bf16_loss = engine.predict_images(model, data.x_test, data.y_test, data.mean, data.std, amp=True)
+    fp32, labels, fp32_loss = engine.predict_images(model, data.x_test, data.y_test, data.mean, data.std, amp=False)
+    assert not torch.equal(bf16, fp32)  # the stand-in does change the arithmetic
+    scores = score_test_set(model, data, "cpu")
+    assert scores.loss == pytest.approx(fp32_loss, abs=1e-7) and scores.loss != pytest.approx(bf16_loss, abs=1e-7)
+    assert scores.acc == float((fp32.argmax(1) == labels).float().mean())
+
+
+def test_search_trials_skip_the_flip_tta_evaluation_the_pruner_never_reads(monkeypatch):
+    import train.engine as engine
+    from search.loop import make_train_fn
+    from search.settings import SearchSettings
+    seen = []
+    monkeypatch.setattr(engine, "train", lambda genome, config, data, on_epoch=None: seen.append(config))
+    settings = SearchSettings(dataset="synthetic", max_params=200_000, min_rf=44, trial_epochs=1, val_size=0.25,
+                              seed=0, subset_train=None, batch_size=32, lr=0.01, augment=True)
+    make_train_fn(make_synthetic(64, 16), settings, "cpu")(TINY, lambda s: False)
+    assert seen[0].tta is False and seen[0].eval_every == 1
+    assert settings.train_config(1, "cpu").tta  # the final retrain keeps it where training flips
+
+
+def _baseline_main(argv):
+    from train import baseline
+    return baseline.main(argv)
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="this torch can use CUDA")
+@pytest.mark.parametrize("name", ["CUDA", "cuda"])
+def test_train_baseline_checks_its_device_like_every_command(name, capsys, tmp_path, monkeypatch):
+    from train.data import DataError
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: _baseline_main(["seed003_net", "--dataset", "synthetic", "--device", name]),
+                errors=(DataError, DeviceError))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: --device"), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_command_runs_on_the_canonical_device_whatever_its_spelling(capsys, tmp_path, monkeypatch):
+    import json
+    monkeypatch.chdir(tmp_path)
+    cmds = _commands()
+
+    def run(command, argv):
+        main, _, errors = cmds[command] if command in cmds else (_baseline_main, None, ())
+        with pytest.raises(SystemExit) as e:
+            run_cli(lambda: main(argv), errors=errors)
+        out, err = capsys.readouterr()
+        assert e.value.code == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+    tiny = ["--dataset", "synthetic", "--trials", "1", "--trial-epochs", "1", "--batch-size", "64",
+            "--study-name", "s", "--no-presets", "--json"]
+    assert run("search.run", [*tiny, "--device", " Cpu", "--no-final"])["trained"] == 1
+    from search.cli import open_existing
+    import argparse
+    study, _ = open_existing(argparse.Namespace(storage=None, study_name="s"))
+    assert {t.user_attrs.get("device") for t in study.get_trials() if "device" in t.user_attrs} == {"cpu"}
+    final = run("search.retrain", ["--study-name", "s", "--final-epochs", "1", "--device", "cpu:01", "--json"])
+    assert json.loads((tmp_path / final["out"] / "final.json").read_text())["device"] == "cpu"
+    out = run("train.run", ["seed003_net", "--dataset", "synthetic", "--epochs", "1", "--device", "CPU:0",
+                            "--quiet", "--json", "--out", "r"])
+    assert out["device"] == "cpu"
+    out = run("train.bench", ["seed003_net", "--dataset", "synthetic", "--seconds", "0.2", "--repeats", "1",
+                              "--device", " cpu", "--json"])
+    assert out["device"] == "cpu" and out["pipeline_images_per_s"] > 0
+    out = run("train.baseline", ["seed003_net", "--dataset", "synthetic", "--seconds", "0.2", "--workers", "0",
+                                 "--device", "cpu:01"])
+    assert out["device"] == "cpu" and out["baseline_images_per_s"] > 0

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import subprocess
@@ -251,7 +252,8 @@ def test_train_run_val_size_reports_validation_beside_test(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert m["config"]["lr"] == 0.01 and m["val_size"] == 64
-    assert 0 <= m["val_acc"] <= 1 and 0 <= m["val_acc_tta"] <= 1 and 0 <= m["test_acc"] <= 1
+    assert 0 <= m["val_acc"] <= 1 and 0 <= m["test_acc"] <= 1
+    assert m["val_acc_tta"] is None and m["test_acc_tta"] is None  # flip-TTA only where training flips
     history = (tmp_path / "o" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val_acc_tta" in history[0]
 
@@ -315,7 +317,7 @@ def test_bias_lr_scale_multiplies_the_peak_lr_of_bn_and_bias_parameters_only():
 def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
     # Checkpoints and studies made before bias_lr_scale, alternate_flip and anneal existed must still resume:
     # these are the fingerprints the code computed then.
-    before = dict(bias_lr_scale=1.0, augment_full_epochs=25)  # the recipe as it was: every later setting and
+    before = dict(bias_lr_scale=1.0, augment_full_epochs=25, bn_refresh_steps=0)  # the recipe as it was: every later setting and
     # changed default at the value it had then
     assert TrainConfig(**before).fingerprint() == "d04e7bba5625b1d7"
     assert TrainConfig(epochs=8, lr=0.2, augment=None, **before).fingerprint() == "0b9871e43e90458f"
@@ -330,7 +332,7 @@ def test_every_setting_is_either_recipe_or_the_runs_own_so_a_new_one_must_choose
     from dataclasses import fields
     from train.engine import RECIPE_FIELDS
     runs_own = {"epochs", "batch_size", "lr", "seed", "augment", "tta", "device", "channels_last", "amp", "compile",
-                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "progress_bar", "held_out",
+                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "progress_bar", "epoch_lines", "held_out",
                 "compile_mode",
                 "nan_check_every"}
     assert {f.name for f in fields(TrainConfig)} == set(RECIPE_FIELDS) | runs_own
@@ -360,3 +362,40 @@ def test_anneal_sets_the_shape_of_the_lr_warm_up_and_decay(anneal):
     assert max(lrs) == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
     quarter = lrs[0]  # a quarter of the way up: 0.325 on a straight line, 0.232 on a cosine
     assert quarter == pytest.approx(0.325 if anneal == "linear" else 0.1 + 0.9 * (1 - math.cos(math.pi / 4)) / 2)
+
+
+def test_a_short_run_with_its_ema_scores_as_well_as_with_raw_weights():
+    """Issue 37: 2 epochs on digits (42 steps) gave chance accuracy with the EMA. The cause was BatchNorm's
+    running statistics lagging fast-moving weights; a short run (Recipe.bn_refresh_steps) is scored on
+    statistics recomputed over the training images."""
+    from space import load_spec
+    from dataclasses import replace as dc_replace
+    data = load_digits32()
+    net = dc_replace(load_spec("seed001"), num_classes=10)
+    accs = {}
+    for name, changes in {"ema": {}, "raw": {"ema_decay": 0.0}, "ema, running stats": {"bn_refresh_steps": 0}}.items():
+        result = train(net, cfg(epochs=2, augment=None, eval_every=0, tta=False, **changes), data)
+        assert result.epochs == 2
+        accs[name] = evaluate(result.model, data.x_test, data.y_test, data.mean, data.std)[1]
+    # within training noise of the raw weights (CI's threads gave 0.9333 vs 0.9378), never near chance
+    assert accs["ema"] >= accs["raw"] - 0.02 and accs["ema"] > 0.8, accs
+    assert accs["ema, running stats"] < accs["ema"] - 0.2, accs  # what the refresh fixes
+
+
+def test_refreshed_batchnorm_statistics_are_torchs_update_bn_over_the_same_batches():
+    from torch.optim.swa_utils import update_bn
+    from space import build
+    from train.engine import refresh_bn
+    from train.loader import DeviceLoader
+    data = make_synthetic(96, 8)
+    model = build(TINY).eval()
+    loader = DeviceLoader(data.x_train, data.y_train, data.mean, data.std, 32, "cpu", train=False, augment=None)
+    fresh = refresh_bn(model, loader, torch.device("cpu"), amp=False)
+    reference = copy.deepcopy(model)
+    update_bn(((x, y) for x, y in loader), reference)
+    ours = {k: v for k, v in fresh.state_dict().items() if "running" in k}
+    assert len(ours) >= 4 and len(loader) == 3  # several BatchNorms, several batches: the average is tested
+    for k, v in ours.items():
+        assert torch.allclose(v, reference.state_dict()[k], atol=1e-5), k
+    untouched = build(TINY).eval()
+    assert all(torch.equal(v, untouched.state_dict()[k]) for k, v in model.state_dict().items() if "running" in k)

@@ -153,4 +153,4 @@ def test_first_ten_minutes_runs_top_to_bottom_as_written(tmp_path):
     (code,) = blocks(text, "python")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert re.fullmatch(r"tensor\(\[\d\]\)", r.stdout.strip()), r.stdout
+    assert re.fullmatch(r"tensor\(\[\d\]\) \d", r.stdout.strip()), r.stdout  # predicted and true class

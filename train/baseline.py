@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from .files import DATA_DIR
 from .augment import AugmentConfig
+from .device import synchronize
 from .loader import make_dataloader
 
 __all__ = ["seed_loop_throughput", "train_seed_style", "main"]
@@ -49,14 +50,12 @@ def seed_loop_throughput(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: n
             _seed_step(model, optimizer, criterion, xb, yb, device)
             step += 1
             if step == warmup_batches:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(device)
                 start = time.perf_counter()
             elif start is not None:
                 seen += len(yb)
                 if time.perf_counter() - start >= seconds:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
+                    synchronize(device)
                     return seen / (time.perf_counter() - start)
 
 
@@ -96,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     from space import build, load_spec
     from space.spec import CliParser
     from .data import load_dataset
-    from .engine import evaluate, resolve_device
+    from .device import check_device
+    from .engine import evaluate
 
     p = CliParser(prog="python -m train.baseline", description="Throughput of the seed-style loop.")
     p.add_argument("spec")
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-size", type=int, help="with --epochs: hold out this many training images for validation")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    device = check_device(args.device)  # before the data is loaded: one error line, not a traceback
     data = load_dataset(args.dataset, args.data_dir)
-    device = resolve_device(args.device)
     if args.epochs:
         from dataclasses import replace
         from .data import train_val_split
@@ -137,4 +137,5 @@ if __name__ == "__main__":
     from space.genome import GenomeError
     from space.spec import run_cli
     from .data import DataError
-    run_cli(main, (GenomeError, DataError))
+    from .device import DeviceError
+    run_cli(main, (GenomeError, DataError, DeviceError))

@@ -10,7 +10,9 @@ Three figures from one run, on the same model and device:
               reported as the rate, the first epoch's extra seconds over the eager pipeline's first epoch
               as the compilation cost, which a trial pays once per candidate
   graphs      (--cuda-graphs) the same with mode="reduce-overhead": forward and backward as CUDA graphs
-Each is measured --repeats times, interleaved, and the median reported. It says up front about how long
+Each is measured --repeats times, interleaved, and the median reported; a measurement that fails (say
+torch.compile without a C compiler) is recorded under "errors" and skipped after, the others are kept, and the
+figures and JSON are printed all the same (exit status 1). It says up front about how long
 that takes (--repeats x (3.25 + 1 with --baseline) x --seconds, plus loading) and prints a line to stderr
 after each measurement.
 """
@@ -27,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .files import DATA_DIR
-from .device import DeviceError, check_device, use_bf16
+from .device import DeviceError, check_device, synchronize, use_bf16
 from .engine import TrainConfig, make_optimizer, train
 
 __all__ = ["model_only_throughput", "main"]
@@ -58,8 +60,7 @@ def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.devi
         seen += cfg.batch_size
         if step % 8:  # look at the clock (and sync the GPU) every 8 steps only, so its queue stays full
             continue
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         now = time.perf_counter()
         if start is None:
             if now >= warm_until:
@@ -124,46 +125,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{done}/{total}] {key}: {runs[key][-1]:,.1f} images/s ({time.perf_counter() - t_start:.0f} s of about "
               f"{args.repeats * per_repeat:.0f} s)", file=sys.stderr, flush=True)
 
+    errors: dict[str, str] = {}  # a measurement that raised: its error; its later repeats are skipped
+
+    def measure(key: str, fn) -> None:
+        """Run one measurement; a failure (no C compiler for Triton, out of memory, ...) is recorded, and the
+        figures already measured are kept."""
+        if key in errors:
+            return
+        try:
+            value = fn()
+        except Exception as e:  # noqa: BLE001 - any failure of one figure must not lose the others
+            lines = str(e).strip().splitlines()
+            errors[key] = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+            print(f"{key}: failed: {errors[key]}", file=sys.stderr, flush=True)
+            return
+        if isinstance(value, tuple):  # (images/s, first epoch's seconds)
+            value, first = value
+            first_epoch[key].append(first)
+        runs[key].append(value)
+        progress(key)
+
+    def pipeline(**changes) -> tuple[float, float]:
+        run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, **changes}), sliced)
+        return run.history[-1].images_per_s, run.history[0].seconds
+
     sliced = None
-    for _ in range(args.repeats):
-        runs["model_only"].append(model_only_throughput(build(genome, seed=0), cfg, device, args.seconds,
-                                                        num_classes=data.num_classes))
-        progress("model_only")
-        if sliced is None:  # two epochs over a slice sized to last about --seconds each; the second is timed
-            n = min(len(data.y_train), max(4 * args.batch_size, int(runs["model_only"][0] * args.seconds)))
-            sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
-        run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2}), sliced)
-        runs["pipeline"].append(run.history[-1].images_per_s)
-        first_epoch["pipeline"].append(run.history[0].seconds)
-        progress("pipeline")
-        for key, mode, wanted in (("compiled", "default", args.compile), ("graphs", "reduce-overhead", args.cuda_graphs)):
-            if wanted:
-                run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, "compile": True, "compile_mode": mode}),
-                            sliced)
-                runs[key].append(run.history[-1].images_per_s)
-                first_epoch[key].append(run.history[0].seconds)
-                progress(key)
-        if args.baseline:
-            runs["baseline"].append(seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
-                                                         data.mean, data.std, args.seconds, device=device))
-            progress("baseline")
-    for key, values in runs.items():
-        if values:
-            result[f"{key}_images_per_s"] = round(statistics.median(values), 1)
-            result[f"{key}_runs"] = [round(v, 1) for v in values]
-    result["images_per_s"] = result["pipeline_images_per_s"]  # the headline: the whole training pipeline
-    result["pipeline_images"] = len(sliced.y_train)
-    result["pipeline_vs_model_only"] = round(result["pipeline_images_per_s"] / result["model_only_images_per_s"], 3)
-    if args.compile:
-        result["compiled_vs_pipeline"] = round(result["compiled_images_per_s"] / result["pipeline_images_per_s"], 3)
-        # the first compiled epoch's extra time: mostly compilation (later repeats may hit inductor's cache)
-        result["compile_seconds"] = [round(c - e, 1) for c, e in zip(first_epoch["compiled"], first_epoch["pipeline"])]
-    if args.cuda_graphs:
-        result["graphs_vs_pipeline"] = round(result["graphs_images_per_s"] / result["pipeline_images_per_s"], 3)
-        result["graphs_compile_seconds"] = [round(c - e, 1) for c, e in zip(first_epoch["graphs"],
-                                                                            first_epoch["pipeline"])]
-    if args.baseline:
-        result["pipeline_vs_baseline"] = round(result["pipeline_images_per_s"] / result["baseline_images_per_s"], 3)
+    interrupted = False
+    try:
+        for _ in range(args.repeats):
+            measure("model_only", lambda: model_only_throughput(build(genome, seed=0), cfg, device, args.seconds,
+                                                                num_classes=data.num_classes))
+            if sliced is None:  # two epochs over a slice sized to last about --seconds each; the second is timed
+                rate = runs["model_only"][0] if runs["model_only"] else 1000.0
+                n = min(len(data.y_train), max(4 * args.batch_size, int(rate * args.seconds)))
+                sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
+            measure("pipeline", pipeline)
+            for key, mode, wanted in (("compiled", "default", args.compile),
+                                      ("graphs", "reduce-overhead", args.cuda_graphs)):
+                if wanted:
+                    measure(key, lambda mode=mode: pipeline(compile=True, compile_mode=mode))
+            if args.baseline:
+                measure("baseline", lambda: seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
+                                                                 data.mean, data.std, args.seconds, device=device))
+    except KeyboardInterrupt:  # what was measured is still printed
+        interrupted = True
+    _summarise(result, runs, first_epoch, sliced)
+    if errors:
+        result["errors"] = errors
+    if interrupted:
+        result["interrupted"] = True
     for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s", "compiled_images_per_s",
               "graphs_images_per_s"):
         if k in result:
@@ -171,9 +181,30 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("pipeline_vs_model_only", "pipeline_vs_baseline", "compiled_vs_pipeline", "graphs_vs_pipeline"):
         if k in result:
             print(f"{k:>24}: {result[k]:>9.2f}x")
+    for k, error in errors.items():
+        print(f"{k:>24}: failed: {error}")
     if args.json:
-        print(json.dumps(result))
-    return 0
+        print(json.dumps(result), flush=True)
+    return 130 if interrupted else (1 if errors else 0)
+
+
+def _summarise(result: dict, runs: dict[str, list[float]], first_epoch: dict[str, list[float]], sliced) -> None:
+    """The medians, ratios and compilation seconds of the figures that were measured, into `result`."""
+    for key, values in runs.items():
+        if values:
+            result[f"{key}_images_per_s"] = round(statistics.median(values), 1)
+            result[f"{key}_runs"] = [round(v, 1) for v in values]
+    if "pipeline_images_per_s" in result:
+        result["images_per_s"] = result["pipeline_images_per_s"]  # the headline: the whole training pipeline
+        result["pipeline_images"] = len(sliced.y_train)
+    for key, base in (("pipeline", "model_only"), ("compiled", "pipeline"), ("graphs", "pipeline"),
+                      ("pipeline", "baseline")):
+        if f"{key}_images_per_s" in result and f"{base}_images_per_s" in result:
+            result[f"{key}_vs_{base}"] = round(result[f"{key}_images_per_s"] / result[f"{base}_images_per_s"], 3)
+    # the first compiled epoch's extra time: mostly compilation (later repeats may hit inductor's cache)
+    for key, name in (("compiled", "compile_seconds"), ("graphs", "graphs_compile_seconds")):
+        if first_epoch[key] and first_epoch["pipeline"]:
+            result[name] = [round(c - e, 1) for c, e in zip(first_epoch[key], first_epoch["pipeline"])]
 
 
 if __name__ == "__main__":

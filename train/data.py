@@ -167,7 +167,9 @@ def _read_pickle(path: Path) -> dict:
             # latin1 is what numpy recommends for Python-2 pickles: py2 str keys become str, array bytes survive.
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
-        raise DataError(f"{path}: file is missing; {remedy}") from None
+        raise DataError(f"{path}: file is missing (the folder holds an incomplete copy of CIFAR-10); delete the "
+                        f"folder {path.parent} and download again (drop --no-download), or copy the whole "
+                        "cifar-10-batches-py/ there") from None
     except _Refused as e:
         raise DataError(f"{path}: {e}; the file is not a genuine CIFAR-10 batch, {remedy}") from None
     except Exception as e:  # EOFError, ValueError, struct.error...: a damaged file, whatever the opcode

@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["DeviceError", "resolve_device", "canonical_device", "same_device", "check_device", "use_bf16",
-           "available_cpus"]
+__all__ = ["DeviceError", "resolve_device", "canonical_device", "same_device", "check_device", "check_devices",
+           "use_bf16", "available_cpus", "synchronize"]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|mps)(:\d+)?$")
 
@@ -82,34 +82,66 @@ def _visible() -> str:
 
 def check_device(name: str) -> torch.device:
     """The canonical device for a --device value, or a DeviceError naming what torch can see. Starts no
-    computation there (a CUDA context only where CUDA is present and asked for)."""
+    computation there (a CUDA context only where CUDA is present and asked for).
+
+    Spellings are forgiving (` CPU`, `Cuda:01`), the result is not: callers pass on str(the result), never
+    the raw value, so that one spelling of each device reaches torch.device and every file written."""
     text = str(name).strip().lower()
-    if not _DEVICE.match(text):
+    match = _DEVICE.match(text)
+    if not match:
         raise DeviceError(f"--device {name!r} is not a device name: use auto, cpu, cuda, cuda:N or mps "
                           f"(torch {torch.__version__} can see: {_visible()})")
-    kind = text.split(":")[0]
+    kind = match.group(1)
+    index = int(match.group(2)[1:]) if match.group(2) else None  # cuda:01 -> 1 (torch.device refuses "01")
     if kind == "auto":
         return resolve_device("auto")
     if kind == "cpu":
         return torch.device("cpu")
     if kind == "cuda":
-        if torch.version.cuda is None:
-            raise DeviceError(f"--device {name}: this torch ({torch.__version__}) is a CPU-only build and cannot use "
-                              f"CUDA (it can see: {_visible()}); a CUDA build of torch is needed: on a node where "
-                              "nvidia-smi works, `bash setup.sh` installs one")
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise DeviceError(f"--device {name}: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA "
-                              "device (is nvidia-smi working? is CUDA_VISIBLE_DEVICES empty?); it can see: cpu only")
-        index = int(text.split(":")[1]) if ":" in text else None
+        count = _cuda_count(name)
         if index is not None and index >= count:
             raise DeviceError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1} "
                               f"(it can see: {_visible()})")
-        return canonical_device(text)
+        return canonical_device(torch.device("cuda", index) if index is not None else torch.device("cuda"))
     if not _mps_available():  # mps
         raise DeviceError(f"--device {name}: MPS (Apple-silicon GPUs, macOS only) is not available to torch "
                           f"{torch.__version__}; it can see: {_visible()}")
-    return canonical_device(text)
+    return torch.device("mps", index or 0)
+
+
+def _cuda_count(name: str) -> int:
+    """CUDA devices this torch sees; DeviceError (one line) when none."""
+    if torch.version.cuda is None:
+        raise DeviceError(f"--device {name}: this torch ({torch.__version__}) is a CPU-only build and cannot use "
+                          f"CUDA (it can see: {_visible()}); a CUDA build of torch is needed: on a node where "
+                          "nvidia-smi works, `./setup.sh env` installs one")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise DeviceError(f"--device {name}: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA "
+                          "device (is nvidia-smi working? is CUDA_VISIBLE_DEVICES empty?); it can see: cpu only")
+    return count
+
+
+def check_devices(name: str) -> list[torch.device]:
+    """The devices a --device value names for several worker processes, canonical, or a DeviceError.
+
+    A bare `cuda` (or `auto` where CUDA is present) means every visible CUDA device, cuda:0 .. cuda:N-1; one
+    indexed device means that one; a comma-separated list (`cuda:0,cuda:2`) those, each once, of one type;
+    cpu or mps is the one device."""
+    parts = [p.strip() for p in str(name).split(",")]
+    if len(parts) == 1:
+        device = check_device(parts[0])
+        bare = parts[0].lower() in ("cuda", "auto")
+        if device.type == "cuda" and bare:
+            return [torch.device("cuda", i) for i in range(_cuda_count(name))]
+        return [device]
+    devices = [check_device(p) for p in parts]
+    if len({d.type for d in devices}) > 1 or devices[0].type != "cuda":
+        raise DeviceError(f"--device {name}: a list names CUDA devices only (e.g. cuda:0,cuda:2)")
+    if len(set(devices)) < len(devices):
+        raise DeviceError(f"--device {name}: names a device twice; each device once (--jobs sets how many "
+                          "workers share them)")
+    return devices
 
 
 def use_bf16(device: torch.device, amp: bool, bf16_supported: Callable[[], bool] | None = None) -> bool:
@@ -117,8 +149,14 @@ def use_bf16(device: torch.device, amp: bool, bf16_supported: Callable[[], bool]
     older GPU trains in float32 instead of failing or emulating bf16 slowly)."""
     if not amp or torch.device(device).type != "cuda":
         return False
-    supported = bf16_supported or (lambda: torch.cuda.is_bf16_supported(including_emulation=False))
+    supported = bf16_supported or (lambda: _bf16_on(torch.device(device)))
     return bool(supported())
+
+
+def _bf16_on(device: torch.device) -> bool:
+    """Whether this CUDA device (not the current one) computes bf16 natively: compute capability 8.0 (Ampere)
+    or later, as torch.cuda.is_bf16_supported(including_emulation=False) decides for the current device."""
+    return torch.cuda.get_device_capability(canonical_device(device)) >= (8, 0)
 
 
 def available_cpus() -> int:
@@ -128,3 +166,11 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # macOS has no sched_getaffinity
         return os.cpu_count() or 1
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for `device`'s queued work (a no-op off CUDA): torch.cuda.synchronize() without an argument waits
+    on the current device, not necessarily the one a cuda:N run uses."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig
 from .data import ImageData
-from .device import resolve_device, use_bf16
+from .device import resolve_device, synchronize, use_bf16
 from .files import write_atomic
 from .loader import DeviceLoader
 from .recipe import RECIPE_FIELDS, Recipe, before_values
 
 __all__ = ["TrainError", "CheckpointError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate",
            "predict", "predict_images", "resolve_device", "make_optimizer", "with_overrides", "MIN_STEPS",
-           "WeightEMA", "augment_for_epoch", "tta_accuracy", "load_weights", "RECIPE_FIELDS", "rng_states",
+           "WeightEMA", "refresh_bn", "augment_for_epoch", "tta_accuracy", "load_weights", "RECIPE_FIELDS", "rng_states",
            "restore_rng_states"]
 
 
@@ -73,6 +73,7 @@ class TrainConfig(Recipe):
     checkpoint_every: int = 1  # epochs
     progress: bool = False  # a line per epoch, and a tqdm bar per epoch if progress_bar
     progress_bar: bool = True  # with progress: also the tqdm bar (command lines: only on a terminal)
+    epoch_lines: bool = True  # with progress: the line per epoch (off where the caller prints its own: search trials)
     held_out: str = "val"  # what the progress lines call data's held-out part ("test" when it is the test set)
     nan_check_every: int = 0  # steps between non-finite-loss checks, each a host sync that drains the GPU's
     # queue; 0: once per epoch only, when the epoch's loss is read anyway (a diverged run wastes <= 1 epoch)
@@ -86,7 +87,7 @@ class TrainConfig(Recipe):
     def fingerprint(self) -> str:
         """Hash of the settings that change the result (not device, progress or checkpoint place)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "progress_bar", "checkpoint",
-                                                                   "compile", "compile_mode", "checkpoint_every",
+                                                                   "compile", "compile_mode", "checkpoint_every", "epoch_lines",
                                                                    "eval_batch_size", "eval_every",
                                                                    "nan_check_every", "held_out", "tta")}
         for k, default in before_values().items():  # settings added later hash as before while at that value
@@ -267,6 +268,30 @@ class WeightEMA:
         self.updates = int(state["updates"])
 
 
+@torch.no_grad()
+def refresh_bn(model: nn.Module, loader: DeviceLoader, device: torch.device, amp: bool = True) -> nn.Module:
+    """A copy of `model` whose BatchNorm running statistics are the exact mean and variance over the
+    loader's (plain) images, as torch.optim.swa_utils.update_bn computes them; the model itself is untouched
+    (an EMA's buffers keep averaging, a resumed run replays the same steps)."""
+    fresh = copy.deepcopy(model)
+    norms = [m for m in fresh.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return fresh
+    for m in norms:
+        m.reset_running_stats()
+    fresh.train()
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(device, amp)):
+        for k, (x, _) in enumerate(loader):
+            # momentum 1/(k+1) at batch k: the cumulative average over the batches, as momentum=None computes
+            # it, but without reading num_batches_tracked back to the host in every BatchNorm of every batch
+            for m in norms:
+                m.momentum = 1.0 / (k + 1)
+            fresh(x)
+    for m in norms:
+        m.momentum = 0.1
+    return fresh.eval()
+
+
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device | str = "cpu",
              batch_size: int = 1024, amp: bool = True) -> tuple[float, float]:
     """(loss, accuracy) of a model on uint8 HWC images: a small pure function."""
@@ -361,6 +386,10 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
     eval_loader = DeviceLoader(data.x_test, data.y_test, mean, std, cfg.eval_batch_size, device, train=False,
                                augment=None)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(train_loader))
+    # A short run is evaluated (and returned) with its BatchNorm statistics recomputed (Recipe.bn_refresh_steps).
+    refresh = cfg.epochs * len(train_loader) < cfg.bn_refresh_steps
+    plain_train = DeviceLoader(data.x_train, data.y_train, mean, std, cfg.eval_batch_size, device, train=False,
+                               augment=None) if refresh else None
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     eval_model = ema.model if ema is not None else model
     history: list[EpochStats] = []
@@ -421,20 +450,20 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         if not math.isfinite(float(loss_sum)):
             status, message = "diverged", f"non-finite training loss in epoch {epoch}"
             break
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)  # this run's device (cuda:N), not the current one
         seconds = time.perf_counter() - t0
         val_loss = val_acc = val_acc_tta = float("nan")
         if cfg.eval_every >= 0 and (epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)):
-            val_logits, val_labels, val_loss = predict(eval_model, eval_loader, device, cfg.amp)
+            scored = refresh_bn(eval_model, plain_train, device, cfg.amp) if refresh else eval_model
+            val_logits, val_labels, val_loss = predict(scored, eval_loader, device, cfg.amp)
             val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
             if cfg.tta:
-                flipped, _, _ = predict(eval_model, eval_loader, device, cfg.amp, flip=True)
+                flipped, _, _ = predict(scored, eval_loader, device, cfg.amp, flip=True)
                 val_acc_tta = tta_accuracy(val_logits, flipped, val_labels)
         stats = EpochStats(epoch, float(loss_sum) / seen, int(correct) / seen, val_loss, val_acc,
                            scheduler.get_last_lr()[0], seconds, seen / seconds, val_acc_tta)
         history.append(stats)
-        if cfg.progress:
+        if cfg.progress and cfg.epoch_lines:
             held_out = f"  {cfg.held_out} loss {val_loss:.3f} acc {val_acc:.4f}" if math.isfinite(val_acc) else ""
             held_out += f" (flip-TTA {val_acc_tta:.4f})" if math.isfinite(val_acc_tta) else ""
             print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}"
@@ -448,6 +477,8 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
             status, message = "stopped", f"stopped by the caller after epoch {epoch}"
             break
     model = eval_model  # the EMA weights, when there is an EMA, are the result
+    if refresh and history:
+        model = refresh_bn(model, plain_train, device, cfg.amp)
     if cfg.channels_last:
         model = model.to(memory_format=torch.contiguous_format)
     return TrainResult(status, history, model, message, str(device), resumed_epochs=start_epoch - 1)

@@ -51,13 +51,14 @@ def default_out(spec: str, dataset: str) -> Path:
     return RESULTS / "train" / f"{name}-{dataset}"
 
 
-def write_outputs(out: Path, result: TrainResult, data, extra: dict) -> dict:
+def write_outputs(out: Path, result: TrainResult, data, extra: dict, tta: bool = True) -> dict:
     """Test metrics, history and weights of a finished run under `out`; returns the metrics dict.
-    test_acc is the plain figure; test_acc_tta (flip-TTA) is reported beside it, never instead."""
+    test_acc is the plain figure; test_acc_tta (flip-TTA) is reported beside it, never instead, and only
+    with `tta` (where training flipped the images: None otherwise)."""
     scores = score_test_set(result.model, data, result.device)
     text, per_class, cm = classification_summary(scores.labels.numpy(), scores.pred.numpy(), data.classes)
     metrics = {**extra, "status": result.status, "message": result.message, "epochs": result.epochs,
-               "test_acc": scores.acc, "test_acc_tta": scores.acc_tta, "test_loss": scores.loss,
+               "test_acc": scores.acc, "test_acc_tta": scores.acc_tta if tta else None, "test_loss": scores.loss,
                "train_seconds": round(result.train_seconds, 2), "images_per_s": round(result.images_per_s, 1),
                "device": result.device, "per_class": per_class, "confusion_matrix": cm.tolist()}
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     add_rule_flags(p)
     p.add_argument("--force", action="store_true", help="train a genome that breaks the rules (default: refuse it)")
     args = p.parse_args(argv)
-    check_device(args.device)  # before any data is loaded or output written
+    device = check_device(args.device)  # before any data is loaded or output written; canonical from here on
     try:
         rules = rules_from_args(args)
     except RulesError as e:
@@ -153,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     if violations:
         print(f"training despite the rules (--force): {'; '.join(violations)}", file=sys.stderr)
     out = Path(args.out) if args.out else default_out(args.spec, data.name)
-    device = resolve_device(args.device)
     batch = args.batch_size or d.batch_size
     augment = d.augment if args.augment is None else args.augment
     config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=str(device),
                                         seed=args.seed, eval_every=1 if args.val_size else 0,
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
                                         progress_bar=args.progress or sys.stderr.isatty(),
-                                        compile=args.compile, held_out="val" if args.val_size else "test"),
+                                        compile=args.compile, held_out="val" if args.val_size else "test",
+                                        tta=augment),  # flip-TTA only where training flips
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
                             ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
                             weight_decay=args.weight_decay, pct_start=args.warmup,
@@ -176,19 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     result = train(genome, config, data)
     if result.status == "diverged":
         fail(f"training diverged: {result.message}; try a lower --lr", code=1)
-    held_out = {"val_size": args.val_size, "val_acc": result.val_acc, "val_acc_tta": result.history[-1].val_acc_tta} \
-        if args.val_size else {}
+    held_out = {"val_size": args.val_size, "val_acc": result.val_acc,
+                "val_acc_tta": result.history[-1].val_acc_tta if augment else None} if args.val_size else {}
     metrics = write_outputs(out, result, test_data, {**held_out, "spec": args.spec, "genome": genome.to_dict(), "params": a.params,
                                                 "rf": a.rf, "dataset": data.name, "config": asdict(config),
-                                                "wall_seconds": round(time.perf_counter() - t0, 1)})
+                                                "wall_seconds": round(time.perf_counter() - t0, 1)}, tta=augment)
     if result.resumed_epochs >= result.epochs:
         print(f"reused the finished run in {out}/ (checkpoint of {plural(result.epochs, 'epoch')}): nothing trained; "
               "delete it or give another --out to train again")
     elif result.resumed_epochs:
         print(f"resumed from {out}/checkpoint.pt after epoch {result.resumed_epochs}")
+    tta = (lambda key: f" (flip-TTA {metrics[key]:.4f})") if augment else (lambda key: "")
     if args.val_size:
-        print(f"validation accuracy {metrics['val_acc']:.4f} (flip-TTA {metrics['val_acc_tta']:.4f})")
-    print(f"test accuracy {metrics['test_acc']:.4f} (flip-TTA {metrics['test_acc_tta']:.4f}) after {plural(result.epochs, 'epoch')} "
+        print(f"validation accuracy {metrics['val_acc']:.4f}{tta('val_acc_tta')}")
+    print(f"test accuracy {metrics['test_acc']:.4f}{tta('test_acc_tta')} after {plural(result.epochs, 'epoch')} "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
     if args.onnx:  # after the line above, which a failed export leaves printed
         try:

@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default="data")
     args = p.parse_args()
-    state = torch.load(args.checkpoint, weights_only=True)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)  # a GPU run's checkpoint too
     net = build(load_spec(args.spec))
     net.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
     print(f"epochs in the checkpoint: {[h['epoch'] for h in state['history']]}")

@@ -16,9 +16,14 @@ OUT/<part>.log: a part that crashes, hangs or is cut off loses nothing of the ot
   syncs        (e) the CUDA batched augmentation (on the device, same seed same batch), and one epoch of
                seed003_net on two slice sizes under torch.cuda.set_sync_debug_mode("warn"): the host syncs
                per epoch must not grow with the steps;
-  train_bench  (c) `train.bench seed003_net --compile --cuda-graphs`: eager against torch.compile and against
-               CUDA graphs (mode "reduce-overhead");
-  search_bench (d) `search.bench --json` at 1, 2 and 4 jobs, with what `--jobs auto` picks on this node.
+  train_bench  (c) `train.bench seed003_net --cuda-graphs`: eager against torch.compile with CUDA graphs (mode
+               "reduce-overhead"); one cold compilation, not two, to fit its limit; a failed compile still
+               leaves the eager figures and the error in train.bench's JSON;
+  search_bench (d) `search.bench --json` at 1 and 2 jobs (at least 2 runs each: 4 spawned measurements of about
+               15 s), with what `--jobs auto` picks on this node.
+The per-part limits add up to the budget at most (`fit_limits`, printed at the start); a smaller --budget
+shrinks them in proportion. The report is saved before anything touches CUDA (a CUDA that fails to
+initialise is recorded in it, as "gpu_error").
 The exit code is 0 only if every part exited 0 and passed its own check; `--fail PART` (or the environment
 variable GPU_CHECK_FAIL=PART) makes that part fail on purpose, to see that the others still report.
 
@@ -45,7 +50,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 PARTS = ("search", "resume", "syncs", "train_bench", "search_bench")
-LIMITS = {"search": 45, "resume": 110, "syncs": 45, "train_bench": 100, "search_bench": 80}  # seconds, estimates
+# Seconds, estimates that add up to the default --budget (330): search one 2-epoch trial plus start-up; resume
+# three runs; train_bench start-up, ~10 s eager and one cold compile; search_bench 4 spawned measurements.
+LIMITS = {"search": 40, "resume": 100, "syncs": 35, "train_bench": 85, "search_bench": 70}
+
+
+def fit_limits(limits: dict[str, float], budget: float) -> dict[str, float]:
+    """The part limits, shrunk in proportion where they add up to more than `budget` seconds."""
+    total = sum(limits.values())
+    return dict(limits) if total <= budget else {k: v * budget / total for k, v in limits.items()}
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -211,12 +224,12 @@ def part_command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
                 "--storage", str(out / "search" / "study.db"), "--out", str(out / "search"), "--json"]
     if name == "train_bench":
         timing = ["--seconds", "1", "--repeats", "1"] if args.quick else ["--seconds", "3", "--repeats", "1",
-                                                                           "--compile", "--cuda-graphs"]
+                                                                           "--cuda-graphs"]
         return ["-m", "train.bench", "seed003_net", "--dataset", "cifar10", "--data-dir", args.data_dir,
                 "--device", args.device, *timing, "--json"]
     if name == "search_bench":
         sizes = ["--jobs", "1", "--seconds", "1", "--genomes", "1"] if args.quick else \
-            ["--jobs", "1,2,4", "--seconds", "6", "--genomes", "2", "--steps", "10"]
+            ["--jobs", "1,2", "--seconds", "4", "--genomes", "2", "--steps", "10", "--repeats", "2"]
         return ["-m", "search.bench", "--device", args.device, *sizes, "--json"]
     return self_call  # resume, syncs: functions of this file, in their own process
 
@@ -252,7 +265,8 @@ def main() -> int:
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)  # run one in-process part (a subprocess)
     args = p.parse_args()
     args.scale = args.scale or (6.0 if args.quick else 1.0)
-    limits = {k: v * args.scale for k, v in LIMITS.items()}
+    budget = args.budget * args.scale
+    limits = fit_limits({k: v * args.scale for k, v in LIMITS.items()}, budget)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -263,19 +277,26 @@ def main() -> int:
         print(json.dumps(part_resume(args, out, time.perf_counter() + limits["resume"] - 5)))
         return 0
 
-    import torch
     report: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "torch": torch.__version__, "device": args.device, "quick": args.quick,
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                    "made_to_fail": args.fail, "parts": {}}
+                    "device": args.device, "quick": args.quick, "made_to_fail": args.fail, "budget": round(budget, 1),
+                    "limits": {k: round(v, 1) for k, v in limits.items()}, "parts": {}}
 
     def save() -> None:
         tmp = out / "gpu_check.json.tmp"
         tmp.write_text(json.dumps(report, indent=1))
         os.replace(tmp, out / "gpu_check.json")
 
+    save()  # before torch, let alone CUDA: a failing CUDA initialisation still leaves this file
+    print(f"[gpu_check] limits: {' + '.join(f'{k} {v:.0f}' for k, v in limits.items())} = "
+          f"{sum(limits.values()):.0f} s of a budget of {budget:.0f} s", file=sys.stderr, flush=True)
+    t_end = time.perf_counter() + budget
+    try:
+        import torch
+        report["torch"] = torch.__version__
+        report["gpu"] = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
+    except Exception as e:  # noqa: BLE001 - recorded; the parts, each in its own process, say the rest
+        report["gpu_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     save()
-    t_end = time.perf_counter() + args.budget * args.scale
     parts = [q for q in PARTS if args.only is None or q in args.only.split(",")]
     for name in parts:
         left = t_end - time.perf_counter()

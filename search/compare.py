@@ -1,0 +1,217 @@
+"""Did the search pay off? The winner and its baselines retrained under one final recipe, from the same seeds.
+
+The final retrain of a winner is one draw from its seed's noise (at CPU scale about +-0.5 point of test
+accuracy). `--final-seeds N` retrains it from N seeds (study seed, seed + 1, ...); `--compare NAMES` retrains
+each baseline with exactly the winner's final recipe (the study's, `SearchSettings.train_config`) on the same
+images and from the same seeds, so that seed k of the winner and seed k of a baseline see the same data order,
+augmentations and initialisation stream. Differences are therefore paired by seed: the table gives, per
+baseline, the mean of (winner - baseline) over the seeds with a paired t interval (95 %) and the paired
+t-test's two-sided p-value. With one seed there is no interval: one run each says nothing about noise.
+
+Baselines (`--compare`, comma-separated): a seed preset's name (space.PRESETS), a trial number of this
+study, or `study:NAME` (the best trial of another study, e.g. the random-search control `X-random`, in this
+storage or in `--compare-storage`). Default `presets`: the seed presets that meet the study's rules; `none`:
+no baselines. Every run is cached under <out>/runs/ by what it trains (genome, recipe, seed, images): a crash
+or Ctrl-C loses at most the epoch in progress (each run checkpoints), and the same command resumes, reusing
+every finished run. The test set is scored once per run, after its last epoch; nothing is selected on it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import optuna
+
+from space import PRESETS, Genome, analyze, get_preset
+from space.rules import check
+from space.spec import plural
+from train.data import ImageData
+from train.engine import resolve_device, train
+from train.files import write_json
+from train.testset import score_test_set
+
+from .cli import DEFAULT_COMPARE, STUDY_PREFIX
+from .settings import SearchError, SearchSettings
+from .trials import genome_of, pick_trial, trained_val_acc, val_acc
+
+__all__ = ["RUNS_DIR", "Entrant", "final_seeds", "resolve_entrants", "seed_run", "seed_stats", "paired", "verdict",
+           "compare_rows"]
+
+RUNS_DIR = "runs"  # under the output folder: one checkpoint and one result file per (net, seed)
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Entrant:
+    """A net in the comparison: its name in the table, where it came from, and its genome."""
+    name: str
+    genome: Genome
+    origin: str  # "preset", "trial N" or "study NAME, trial N"
+    val_acc: float | None = None  # its search validation accuracy, when it was a trial
+    breaks: str = ""  # the study's rules it breaks, if any (an explicit name may; the default list never does)
+
+
+def final_seeds(settings: SearchSettings, n: int) -> list[int]:
+    """The seeds of the final retrains: the study's seed first (the exported weights are that run's)."""
+    if n < 1:
+        raise SearchError(f"--final-seeds must be a positive integer, got {n}")
+    return [settings.seed + k for k in range(n)]
+
+
+def resolve_entrants(names: list[str], study: optuna.Study, settings: SearchSettings, winner: Genome,
+                     num_classes: int, other_storage: Callable[[], optuna.storages.BaseStorage] | None = None
+                     ) -> list[Entrant]:
+    """The baselines named by search.cli.parse_compare's names; the winner itself (same genome) is left out. A
+    SearchError names a trial or study that is not there, before anything is trained. `other_storage`
+    opens the storage that study:NAME entries are looked up in."""
+    out: list[Entrant] = []
+    for name in names:
+        if name == DEFAULT_COMPARE:
+            out += [Entrant(p, g, "preset") for p, g in PRESETS.items()
+                    if not check(g, settings.rules) and g.num_classes == num_classes]
+        elif name in PRESETS:
+            g = get_preset(name)
+            out.append(Entrant(name, g, "preset", breaks="; ".join(check(g, settings.rules))))
+        elif name.isdigit():
+            t = pick_trial(study, int(name), force=True)
+            g = genome_of(t)
+            out.append(Entrant(f"trial {t.number}", g, f"trial {t.number}", trained_val_acc(t),
+                               "; ".join(check(g, settings.rules))))
+        else:
+            out.append(_other_study_winner(name[len(STUDY_PREFIX):], study, other_storage))
+    for e in out:
+        if e.genome.num_classes != num_classes:
+            raise SearchError(f"--compare {e.name}: {e.genome.num_classes} classes, the data has {num_classes}")
+    trained = {}  # genome JSON -> the study's trained trial of it: a preset's search validation accuracy
+    for t in study.get_trials(deepcopy=False):
+        if trained_val_acc(t) is not None and "genome" in t.user_attrs:
+            trained.setdefault(t.user_attrs["genome"], t)
+    seen = {winner.to_json()}
+    kept = []
+    for e in out:
+        js = e.genome.to_json()
+        if js in seen:
+            continue
+        seen.add(js)
+        t = trained.get(js)
+        if e.val_acc is None and t is not None and e.origin == "preset":
+            e = replace(e, origin=f"preset (trial {t.number})", val_acc=trained_val_acc(t))
+        kept.append(e)
+    return kept
+
+
+def _other_study_winner(name: str, study: optuna.Study, other_storage) -> Entrant:
+    from .study import load_study
+
+    if other_storage is None:
+        raise SearchError(f"--compare study:{name}: no storage to look it up in")
+    from .study import stored_settings
+
+    other = load_study(other_storage(), name, "the --compare storage")
+    theirs, ours = stored_settings(other), stored_settings(study)
+    if theirs and ours and theirs.dataset != ours.dataset:
+        raise SearchError(f"--compare study:{name} searched {theirs.dataset}, this study {ours.dataset}")
+    t = pick_trial(other, None, trained=True)
+    return Entrant(f"{name} winner", genome_of(t), f"study {name}, trial {t.number}", val_acc(t))
+
+
+def _run_key(genome: Genome, fingerprint: str, data: ImageData) -> str:
+    """What a run trains and is tested on, as a file name: a changed recipe, seed or image set is another run."""
+    ident = json.dumps([genome.to_json(), fingerprint, data.name, len(data.y_train), len(data.y_test)])
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def seed_run(genome: Genome, settings: SearchSettings, data: ImageData, epochs: int, device: str, seed: int,
+             out: Path, label: str, log: Callable[[str], None] = print, progress: bool = False,
+             bar: bool = True) -> dict:
+    """One final retrain of `genome` from `seed` under the study's final recipe, scored once on data's test
+    part: {"test_acc", "test_acc_tta", "test_loss", "seed", "train_seconds", ...}. Cached in <out>/runs/ (a
+    finished run is read back, an interrupted one resumes from its checkpoint)."""
+    config = settings.train_config(epochs, device, eval_every=-1, progress=progress, progress_bar=bar)
+    config = replace(config, seed=seed)
+    key = _run_key(genome, config.fingerprint(), data)
+    runs = out / RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    done_path = runs / f"{key}.json"
+    try:
+        done = json.loads(done_path.read_text())
+        log(f"{label}, seed {seed}: test accuracy {done['test_acc']:.4f} (finished earlier, {done_path})")
+        return {**done, "reused": True}
+    except (OSError, ValueError, KeyError):
+        pass
+    log(f"{label}: retraining from seed {seed} for {plural(epochs, 'epoch')} on {len(data.y_train):,} images")
+    t0 = time.time()
+    try:  # eval_every=-1: never evaluated during training, the test set is scored once below
+        result = train(genome, replace(config, checkpoint=str(runs / f"{key}.pt")), data)
+    except ValueError as e:
+        raise SearchError(f"retrain of {label} (seed {seed}): {e}") from None
+    if result.status != "completed":
+        raise SearchError(f"retrain of {label} (seed {seed}) {result.status}: {result.message}")
+    scores = score_test_set(result.model, data, resolve_device(result.device))  # fp32, as final.py scores
+    record = {"label": label, "genome": genome.to_json(), "seed": seed, "epochs": epochs,
+              "test_acc": scores.acc, "test_acc_tta": scores.acc_tta if settings.augment else None,
+              "test_loss": scores.loss, "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
+              "train_seconds": round(result.train_seconds, 2), "wall_seconds": round(time.time() - t0, 2),
+              "device": result.device, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(done_path, record)
+    log(f"{label}, seed {seed}: test accuracy {scores.acc:.4f} ({len(data.y_test):,} images, evaluated once)")
+    return record
+
+
+def seed_stats(accs: list[float]) -> dict:
+    """mean, std (sample, ddof 1; None for one run), min, max of test accuracies over seeds."""
+    a = np.asarray(accs, dtype=float)
+    return {"n": len(a), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else None,
+            "min": float(a.min()), "max": float(a.max())}
+
+
+def paired(winner: list[float], other: list[float]) -> dict:
+    """Winner minus baseline, paired by seed: mean difference, and for two or more seeds the paired t
+    interval (CONFIDENCE) and the paired t-test's two-sided p-value (scipy, which scikit-learn brings)."""
+    from scipy import stats
+
+    d = np.asarray(winner, dtype=float) - np.asarray(other, dtype=float)
+    res = {"diff": float(d.mean()), "ci_low": None, "ci_high": None, "p": None, "test": "paired t over seeds"}
+    if len(d) < 2:
+        return {**res, "test": "one seed: no test"}
+    sd = float(d.std(ddof=1))
+    if sd < 1e-6:  # the same difference at every seed (accuracies are float32 k/n: exact to ~1e-7): no spread to test against, so no interval is claimed
+        return {**res, "test": "paired t undefined: the same difference at every seed"}
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1)) * sd / math.sqrt(len(d))
+    return {**res, "ci_low": float(d.mean()) - half, "ci_high": float(d.mean()) + half,
+            "p": float(stats.ttest_rel(winner, other).pvalue)}
+
+
+def verdict(p: dict) -> str:
+    """A paired comparison in words: better/worse only where the interval excludes 0."""
+    if p["ci_low"] is None:
+        return "one seed: cannot tell" if p["test"].startswith("one seed") else "no spread over seeds: cannot test"
+    if p["ci_low"] > 0:
+        return "winner better"
+    if p["ci_high"] < 0:
+        return "winner worse"
+    return "within noise"
+
+
+def compare_rows(winner: dict, entrants: list[Entrant], runs: dict[str, list[dict]]) -> list[dict]:
+    """final.json's "compare" rows: the winner first (its seeds' figures), then each baseline with the
+    paired difference to the winner."""
+    w_accs = [r["test_acc"] for r in runs["winner"]]
+    rows = [{"name": "winner", "origin": f"trial {winner['trial']}", "summary": winner["summary"],
+             "params": winner["params"], "macs": winner["macs"], "rf": winner["rf"], "val_acc": winner["val_acc"],
+             "seeds": [r["seed"] for r in runs["winner"]], "test_accs": w_accs, **seed_stats(w_accs)}]
+    for e in entrants:
+        accs = [r["test_acc"] for r in runs[e.name]]
+        a = analyze(e.genome)
+        p = paired(w_accs, accs)
+        rows.append({"name": e.name, "origin": e.origin, "summary": e.genome.summary(), "params": a.params,
+                     "macs": a.macs, "rf": a.rf, "val_acc": e.val_acc, "breaks": e.breaks or None,
+                     "seeds": [r["seed"] for r in runs[e.name]], "test_accs": accs, **seed_stats(accs),
+                     "vs_winner": {**p, "verdict": verdict(p)}})
+    return rows
