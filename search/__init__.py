@@ -2,8 +2,9 @@
 
 To follow one trial from ask to tell, read two modules: loop (Search.step: ask, propose, claim, train,
 tell) and lifecycle (the trial's state: Phase, Outcome, claim, the heartbeat, the values told, requeue);
-space/ and train/ do the rest, and settings is the config they read. --prescreen's scorer is injected into
-loop as the training is (prescreen).
+space/ and train/ do the rest (space also says, before any training, whether the rules can be met at
+all), and settings is the config they read. --prescreen's scorer is injected into loop as the training is
+(prescreen).
 
 Modules, one concept each:
     settings     SearchSettings (the study's resolved config, stored with a schema version; migrate),
@@ -14,17 +15,17 @@ Modules, one concept each:
     data         the train/validation split the search sees; the full data of the final retrain
     storage      --storage parsed into an Optuna storage (SQLite, server databases, journal files)
     liveness     whether a trial's worker is alive: its identity, host/pid checks, heartbeat, death verdict
-    constraints  before any training: can the rules be met at all (the constraints: space.constraint_values)
     prescreen    --prescreen K: the best of K proposals by a zero-cost proxy
     study        create / resume a study, its sampler, pruner and warm-start presets
-    workers      --jobs N: worker processes on one node, the lock they claim places under, --jobs auto
-    placement    which device each worker trains on (every GPU of the node, round-robin), --jobs auto per GPU
+    workers      --jobs N: worker processes on one node, the lock they claim places under, which device each
+                 trains on (every GPU of the node, round-robin), --jobs auto per GPU
     memory       workers sharing a GPU: memory caps, cache release, out-of-memory retried once or "too large"
     trials       reading trials: the winner, the Pareto front, the leaderboard, the trial a user names
     final        retrain the winner on all training images (--final-seeds seeds), test once, write the model files
     compare      --compare: baselines retrained under the winner's recipe and seeds, paired t intervals
     plots, report  report.md, leaderboard.csv and the PNG plots
-    locate, cli  which study a reading command means; the commands' shared parser pieces
+    cli          the commands' shared parser pieces, the errors they print as one line, which study a reading
+                 command means (locate)
     run, retrain, export, report   the commands (python -m search.<name>)
     bench        aggregate images/s of 1, 2, 4, ... jobs and the projected time of a 100-trial run
 """

@@ -52,12 +52,12 @@ AGREE = 0.25  # two runs of one job count agree when they differ by at most this
 SPEEDUP_SLACK = 1.15  # a speed-up above jobs/first jobs x this is noise, not parallelism (timer and scheduling slack)
 
 
-def sample_typical(n: int, seed: int = 0, max_params: int = 200_000, min_rf: int = 44) -> list:
-    """The first n feasible genomes the search space's uniform sampler draws."""
+def sample_typical(n: int, seed: int = 0, rules=None) -> list:
+    """The first n genomes the search space's uniform sampler draws that meet `rules` (default: space.Rules())."""
     from space import Rules, check
     from space.sample import sample_genomes
 
-    out, rules = [], Rules(max_params, min_rf)
+    out, rules = [], rules or Rules()
     for g in sample_genomes(100 * n + 100, seed=seed, rules=rules):
         if not check(g, rules):
             out.append(g)
@@ -101,7 +101,7 @@ def _job(index: int, genomes_json: list[str], device: str, batch: int, steps: in
 
 def job_devices(devices: list[str], jobs: int) -> list[str]:
     """The device of each of `jobs` jobs: round-robin over `devices`, as search.run places its workers."""
-    from .placement import place
+    from .workers import place
     return list(place(devices, jobs).devices)
 
 

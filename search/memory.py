@@ -1,6 +1,6 @@
 """Device memory shared on purpose, and what an out-of-memory does to a trial.
 
-Workers sharing one GPU (search.placement) each cap their share of it (`apply_share`: the device's memory
+Workers sharing one GPU (search.workers) each cap their share of it (`apply_share`: the device's memory
 less every worker's CUDA context, split evenly, by torch.cuda.set_per_process_memory_fraction) and hand
 their cached blocks back after every trial, so that no worker keeps its peak for the rest of the search.
 

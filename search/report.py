@@ -13,13 +13,12 @@ import optuna
 import pandas as pd
 
 from train.files import RESULTS
-from space import Genome, analyze
+from space import Genome, analyze, random_rejection_rate
 from space.describe import table
 from space.spec import plural
 
 from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
-from .constraints import random_rejection_rate
 from .final import load_final
 from .settings import COSTS, cost_name
 from .storage import dashboard_command

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare_url(args, name: str) -> str:
     """--compare-storage, else this study's own storage (unredacted: it is opened, never printed)."""
-    from .locate import locate
+    from .cli import locate
     from .storage import resolve_url
 
     return resolve_url(args.compare_storage, "") if args.compare_storage else locate(args.storage, name).url

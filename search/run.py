@@ -35,18 +35,20 @@ from pathlib import Path
 
 import optuna
 
+from space import check_satisfiable
 from space.rules import add_rule_flags
 from space.spec import plural
 from train.device import check_devices
 from train.files import DATA_DIR, RESULTS, removed_on_error
 
 from .cli import ERRORS, add_final_args, add_study_args, make_parser, parse_compare, positive_int
-from .constraints import check_satisfiable
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
+from .loop import SearchStopped
 from .settings import (DEFAULTS, SearchError, SearchSettings, cost_name, default_val_size, parse_objectives,
                        defaults_text, parse_val_size, resolve, resolve_settings)
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
+from .study import PRUNERS, SAMPLERS
 
 __all__ = ["main", "machine_info"]
 
@@ -153,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
                             + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""),
                             val_note if settings.val_size == asked.val_size else "")
         signal.signal(signal.SIGTERM, _sigterm)
-    from .loop import SearchStopped  # after argument errors: these import torch
 
     t0 = time.time()
     trained_before = count(study.get_trials(deepcopy=False)).trained
@@ -209,7 +210,7 @@ def _interrupted_final(out: Path) -> int:
 
 
 def _sayer(worker: int | None):
-    """print, or for a --jobs worker print behind its tag: [w3], or [w3 cuda:1] on a GPU (search.placement)."""
+    """print, or for a --jobs worker print behind its tag: [w3], or [w3 cuda:1] on a GPU (search.workers)."""
     if worker is None:
         return lambda line: print(line, flush=True)
     gpu = os.environ.get("TINYNAS_GPU", "")
@@ -221,7 +222,6 @@ def _config(args: argparse.Namespace) -> tuple[dict, SearchSettings, int, int, s
     """(the settings given, the settings for a new study, final epochs, jobs, a note on the validation split)
     from the flags and the dataset's defaults; SearchError for a bad one."""
     from .prescreen import parse_prescreen
-    from .study import PRUNERS, SAMPLERS  # after argument errors: importing optuna's samplers takes a moment
     from .workers import parse_jobs, plan_workers
 
     if args.dataset not in DEFAULTS:
@@ -328,7 +328,7 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
     """The one search path: this process trains (one process, or a worker), or it starts `jobs` workers
     that do, and waits. KeyboardInterrupt when stopped; SearchStopped when it, or a worker, gave up."""
     from .prescreen import make_prescreen
-    from .loop import Search, SearchStopped, make_train_fn
+    from .loop import Search, make_train_fn
     from .workers import SlotLock, cpu_threads, run_workers
 
     if jobs > 1 and args.worker is None:
@@ -353,9 +353,9 @@ def _search(args, argv, study, settings, full, split, jobs, url, say) -> Counts:
 
 def _device_share(device: str, key: str):
     """This process's share of its device (search.memory): a --jobs worker's from its environment
-    (search.placement), its memory capped when others share the GPU; a lone run's all of it."""
+    (search.workers), its memory capped when others share the GPU; a lone run's all of it."""
     from .memory import DeviceShare, apply_share
-    from .placement import worker_device
+    from .workers import worker_device
 
     named, workers = worker_device()
     apply_share(device, workers)

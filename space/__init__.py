@@ -4,14 +4,15 @@ from .genome import OPS, Genome, GenomeError, Head, Layer
 from .layers import GenomeNet, build
 from .presets import PRESETS, get_preset
 from .rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Rules, RulesError, check, constraint_values
-from .searchspace import (CONSTRUCTION_VERSION, SPACE_VERSION, Construction, RandomTrial, construct,
-                          params_from_genome, suggest_genome)
+from .searchspace import (CONSTRUCTION_VERSION, SPACE_VERSION, Construction, RandomTrial, check_satisfiable,
+                          construct, params_from_genome, random_rejection_rate, suggest_genome)
 from .spec import load_spec
 
 __all__ = ["Genome", "Layer", "Head", "GenomeError", "OPS", "analyze", "check", "Analysis", "LayerInfo",
            "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF", "build", "GenomeNet", "PRESETS", "get_preset", "suggest_genome",
            "params_from_genome", "RandomTrial", "SPACE_VERSION", "load_spec", "export_code", "Rules", "construct",
-           "Construction", "CONSTRUCTION_VERSION", "RulesError", "constraint_values"]
+           "Construction", "CONSTRUCTION_VERSION", "RulesError", "constraint_values", "check_satisfiable",
+           "random_rejection_rate"]
 
 
 def __getattr__(name: str):

@@ -24,6 +24,25 @@ def _call(name: str, args: tuple, kwargs: dict) -> str:
     return f"{name}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
 
 
+def _net_init(blocks, a) -> list[str]:
+    """The lines of class Net down to its blocks: one nn.Sequential (or Residual) per block, each layer
+    commented with its output shape, RF and parameters (from the analysis `a`)."""
+    lines = ["", "class Net(nn.Module):", "    def __init__(self):", "        super().__init__()"]
+    infos, shortcuts = iter(a.layers), iter(a.shortcuts)
+    for b, (calls, skip) in enumerate(blocks, 1):
+        lines.append(f"        self.c{b} = {'nn.Sequential' if skip is None else 'Residual'}(")
+        for call in calls:
+            info = next(infos)
+            lines.append(f"            {_call(*call)},  # {info.name}: out {info.size}x{info.size}x{info.layer.out}, "
+                         f"RF {info.rf}, jump {info.jump}, params {info.params:,}")
+        if skip is not None:
+            s = next(shortcuts)
+            lines.append(f"            skip={_call(*skip)},  # {s.name}: {s.kind}, out {s.size}x{s.size}x{s.cout}, "
+                         f"params {s.params:,}; block output = layers + skip, RF {s.rf}")
+        lines.append("        )")
+    return lines
+
+
 def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF) -> str:
     """The standalone file; with mean/std (RGB, [0, 1] units) it also records the input normalisation the
@@ -55,19 +74,7 @@ def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequen
     residual = any(skip is not None for _, skip in blocks)
     for cls in (ConvBN, SepConvBN, *((Projection, Residual) if residual else ()), Classifier):
         lines += ["", inspect.getsource(cls).rstrip(), ""]
-    lines += ["", "class Net(nn.Module):", "    def __init__(self):", "        super().__init__()"]
-    infos, shortcuts = iter(a.layers), iter(a.shortcuts)
-    for b, (calls, skip) in enumerate(blocks, 1):
-        lines.append(f"        self.c{b} = {'nn.Sequential' if skip is None else 'Residual'}(")
-        for call in calls:
-            info = next(infos)
-            lines.append(f"            {_call(*call)},  # {info.name}: out {info.size}x{info.size}x{info.layer.out}, "
-                         f"RF {info.rf}, jump {info.jump}, params {info.params:,}")
-        if skip is not None:
-            s = next(shortcuts)
-            lines.append(f"            skip={_call(*skip)},  # {s.name}: {s.kind}, out {s.size}x{s.size}x{s.cout}, "
-                         f"params {s.params:,}; block output = layers + skip, RF {s.rf}")
-        lines.append("        )")
+    lines += _net_init(blocks, a)
     lines += [
         f"        self.head = {_call(*head)}  # GAP -> classifier, params {a.head_params:,}",
         "",

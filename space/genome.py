@@ -137,10 +137,6 @@ class Genome:
     def layers(self) -> tuple[Layer, ...]:
         return tuple(layer for block in self.blocks for layer in block)
 
-    def named_layers(self) -> list[tuple[str, Layer]]:
-        """('c1.0', layer), ... : the same names as the built module's submodules."""
-        return [(f"c{b}.{i}", layer) for b, block in enumerate(self.blocks, 1) for i, layer in enumerate(block)]
-
     @property
     def out_channels(self) -> int:
         return self.blocks[-1][-1].out

@@ -1,18 +1,25 @@
-"""Test doubles for the search: a fake training function, in-memory studies, CLI runners."""
+"""The tests' shared helpers: a fake training function, in-memory studies, a command's main run in-process
+(`call`) and its one `error:` line (`one_error_line`), subprocess runners, CIFAR-10 files written from arrays."""
 from __future__ import annotations
 
 import hashlib
+import pickle
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pytest
 
+from search.cli import ERRORS
 from search.settings import SearchSettings
 from search.study import enqueue_presets, make_pruner, open_study
 from space import Genome, analyze
+from space.spec import run_cli
+from train.data import ImageData
 from train.engine import EpochStats, TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +98,54 @@ def run_threads(workers, timeout: float = 120) -> None:
         t.start()
     for t in threads:
         t.join(timeout=timeout)
+
+
+def call(main, argv: list[str], capsys, errors=ERRORS) -> tuple[int, str, str]:
+    """A command's main run in-process the way `python -m` runs it (space.spec.run_cli turns `errors` into
+    one `error:` line and exit 2): (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(argv), errors=errors)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def one_error_line(err: str, *texts: str) -> None:
+    """stderr is one `error:` line holding every one of `texts`, and no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert all(t in lines[0] for t in texts), err
+
+
+def last_error_line(err: str, text: str) -> str:
+    """The single `error:` line of stderr, its last line (info lines may come before it), holding `text`; no
+    traceback. Returns it."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0] and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def write_cifar_batches(folder: str | Path, data: ImageData, n_train_batches: int = 5) -> Path:
+    """Write `data` as data_batch_1..5, test_batch and batches.meta in the official CIFAR-10 python format
+    (protocol-2 pickles of dicts with bytes keys, channel-major uint8 rows); returns the folder. The training
+    images are spread over `n_train_batches` files and the remaining of the five are written empty."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_files = [f"data_batch_{i}" for i in range(1, 6)]
+
+    def dump(name: str, x: np.ndarray, y: np.ndarray, label: str) -> None:
+        rows = np.ascontiguousarray(x.transpose(0, 3, 1, 2).reshape(len(x), 3 * 32 * 32))
+        payload = {b"batch_label": label.encode(), b"labels": [int(v) for v in y], b"data": rows,
+                   b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(len(x))]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+
+    chunks = np.array_split(np.arange(len(data.x_train)), n_train_batches)
+    chunks += [np.arange(0)] * (len(train_files) - n_train_batches)
+    for i, (name, idx) in enumerate(zip(train_files, chunks)):
+        dump(name, data.x_train[idx], data.y_train[idx], f"training batch {i + 1} of 5")
+    dump("test_batch", data.x_test, data.y_test, "testing batch 1 of 1")
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"num_cases_per_batch": 10000, b"label_names": [c.encode() for c in data.classes],
+                     b"num_vis": 3 * 32 * 32}, f, protocol=2)
+    return folder

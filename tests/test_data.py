@@ -7,8 +7,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from tests.search_helpers import write_cifar_batches
 from train.data import (DataError, ImageData, load_cifar10, load_dataset, load_digits32, make_synthetic,
-                        train_val_split, write_cifar_batches)
+                        train_val_split)
 
 
 @pytest.fixture

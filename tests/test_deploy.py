@@ -15,10 +15,10 @@ pytest.importorskip("onnxscript")
 import onnx  # noqa: E402
 
 from space import build  # noqa: E402
-from space.spec import run_cli  # noqa: E402
 from train import deploy as dp  # noqa: E402
 from train.data import load_digits32, make_synthetic  # noqa: E402
 from train.engine import TrainConfig, predict_images, train  # noqa: E402
+from tests.search_helpers import call, one_error_line  # noqa: E402
 from tests.test_engine import TINY  # noqa: E402
 
 
@@ -141,7 +141,7 @@ def test_the_report_shows_the_three_accuracies_sizes_and_speeds(digits_net):
 
 def test_train_deploy_evaluates_an_onnx_file_it_wrote(digits_net, capsys):
     _, _, record, out = digits_net
-    code, stdout, _ = _call(dp.main, [str(out / "m.int8.onnx"), "--dataset", "digits", "--json"], capsys)
+    code, stdout, _ = call(dp.main, [str(out / "m.int8.onnx"), "--dataset", "digits", "--json"], capsys, ())
     assert code == 0
     assert json.loads(stdout.strip().splitlines()[-1])["test_acc"] == record["int8"]["test_acc"]
 
@@ -160,21 +160,9 @@ def test_train_deploy_refuses_corrupt_or_foreign_files_in_one_line(tmp_path, cap
         onnx.save(helper.make_model(graph), str(path))
     else:
         path.write_bytes(content)
-    code, _, err = _call(dp.main, [str(path), "--dataset", "digits"], capsys, (dp.DeployError, DataError))
+    code, _, err = call(dp.main, [str(path), "--dataset", "digits"], capsys, (dp.DeployError, DataError))
     assert code == 2
-    _one_error_line(err, text)
-
-
-def _call(main, argv, capsys, errors=()):
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: main(argv), errors=errors)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def _one_error_line(err: str, text: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], err
+    one_error_line(err, text)
 
 
 def test_train_run_onnx_writes_both_files_and_their_figures(tmp_path, capsys):
@@ -182,7 +170,7 @@ def test_train_run_onnx_writes_both_files_and_their_figures(tmp_path, capsys):
 
     spec = tmp_path / "tiny.json"
     spec.write_text(TINY.to_json())
-    code, out, _ = _call(run.main, [str(spec), "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64",
+    code, out, _ = call(run.main, [str(spec), "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64",
                                     "--subset", "256", "--onnx", "--quiet", "--out", str(tmp_path),
                                     "--force"], capsys)  # TINY is small on purpose: it breaks the RF rule
     assert code == 0
@@ -197,9 +185,9 @@ def test_train_run_onnx_without_the_extra_is_one_line_naming_it(tmp_path, capsys
     from train import run
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
-    code, _, err = _call(run.main, ["seed003_net", "--dataset", "synthetic", "--onnx", "--out", str(tmp_path)], capsys)
+    code, _, err = call(run.main, ["seed003_net", "--dataset", "synthetic", "--onnx", "--out", str(tmp_path)], capsys, ())
     assert code == 2
-    _one_error_line(err, 'onnxruntime (the deploy extra): pip install -e ".[deploy]"')
+    one_error_line(err, 'onnxruntime (the deploy extra): pip install -e ".[deploy]"')
     assert not tmp_path.joinpath("model.pt").exists()  # refused before training
 
 
@@ -230,7 +218,7 @@ def _export(argv, capsys):
     from search import export
     from search.cli import ERRORS
 
-    return _call(export.main, argv, capsys, ERRORS)
+    return call(export.main, argv, capsys, ERRORS)
 
 
 def test_search_export_onnx_of_the_retrained_winner(retrained_study, capsys):
@@ -265,7 +253,7 @@ def test_search_export_onnx_errors_are_one_line(retrained_study, capsys, damage,
     code, _, err = _export(["--storage", str(db), "--study-name", "test", "--out", str(out), "--onnx", str(target)],
                            capsys)
     assert code == 2
-    _one_error_line(err, text)
+    one_error_line(err, text)
     if damage == "no_final":
         assert "python -m search.retrain --study-name test --trial 0" in err
     assert not target.exists()

@@ -10,7 +10,8 @@ import torch
 
 from space import Genome, Head, Layer
 from train.augment import AugmentConfig
-from train.data import load_digits32, make_synthetic, write_cifar_batches
+from tests.search_helpers import write_cifar_batches
+from train.data import load_dataset, load_digits32, make_synthetic
 from train.defaults import DEFAULTS
 from train.engine import (CheckpointError, TrainConfig, WeightEMA, augment_for_epoch, evaluate, load_weights,
                           make_optimizer, predict_images, train, tta_accuracy)
@@ -82,6 +83,13 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
 
 
+def _accuracy_is_the_confusion_matrix_diagonal(metrics: dict, n_test: int) -> None:
+    """test_acc is the share of the n_test test images on the confusion matrix's diagonal."""
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.sum() == n_test
+    assert metrics["test_acc"] == pytest.approx(np.trace(cm) / n_test, abs=1e-9)
+
+
 def test_train_run_reports_test_accuracy_and_writes_outputs(tmp_path):
     data = make_synthetic(320, 100)
     write_cifar_batches(tmp_path / "data" / "cifar-10-batches-py", data)
@@ -92,7 +100,8 @@ def test_train_run_reports_test_accuracy_and_writes_outputs(tmp_path):
             "--batch-size", "64", "--out", str(out), "--json", "--quiet", "--device", "cpu", "--min-rf", "25")
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
-    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["epochs"] == 2
+    assert metrics["epochs"] == 2
+    _accuracy_is_the_confusion_matrix_diagonal(metrics, n_test=100)
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "history.csv", "report.txt", "model.pt", "checkpoint.pt"}
     assert "precision" in (out / "report.txt").read_text()
 
@@ -243,7 +252,8 @@ def test_train_run_takes_its_defaults_from_the_dataset_table_and_flags_override_
     assert (c["batch_size"], c["lr"]) == (2 * d.batch_size, pytest.approx(2 * d.lr))  # lr scales with the batch
     assert c["augment"] is not None and (c["ema_decay"], c["augment_end"], c["label_smoothing"]) == (0, 0.5, 0)
     assert (c["weight_decay"], c["pct_start"]) == (1e-4, 0.1)
-    assert 0 <= m["test_acc"] <= 1 and 0 <= m["test_acc_tta"] <= 1
+    _accuracy_is_the_confusion_matrix_diagonal(m, n_test=len(load_dataset("synthetic", None).y_test))
+    assert isinstance(m["test_acc_tta"], float)  # --augment flips, so flip-TTA is reported beside it
 
 
 def test_train_run_val_size_reports_validation_beside_test(tmp_path):
@@ -252,10 +262,13 @@ def test_train_run_val_size_reports_validation_beside_test(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert m["config"]["lr"] == 0.01 and m["val_size"] == 64
-    assert 0 <= m["val_acc"] <= 1 and 0 <= m["test_acc"] <= 1
     assert m["val_acc_tta"] is None and m["test_acc_tta"] is None  # flip-TTA only where training flips
     history = (tmp_path / "o" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val_acc_tta" in history[0]
+    last = dict(zip(history[0].split(","), history[-1].split(",")))
+    assert float(last["val_acc"]) == pytest.approx(m["val_acc"])  # the last epoch's validation figure
+    assert round(m["val_acc"] * 64, 6) == round(m["val_acc"] * 64)  # a share of the 64 held-out images
+    _accuracy_is_the_confusion_matrix_diagonal(m, n_test=len(load_dataset("synthetic", None).y_test))
 
 
 def test_search_and_train_run_share_one_defaults_table():
@@ -297,7 +310,10 @@ def test_seed_style_loop_reports_validation_and_test_accuracy():
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["epochs"] == 1 and d["val_size"] == 64
-    assert 0 <= d["val_acc"] <= 1 and 0 <= d["test_acc"] <= 1 and d["train_seconds"] > 0
+    n_test = len(load_dataset("synthetic", None).y_test)
+    # shares of the 64 held-out and of the test images: whole counts of correct images
+    assert round(d["val_acc"] * 64, 6) == round(d["val_acc"] * 64)
+    assert round(d["test_acc"] * n_test, 6) == round(d["test_acc"] * n_test) and d["train_seconds"] > 0
 
 
 def test_bias_lr_scale_multiplies_the_peak_lr_of_bn_and_bias_parameters_only():

@@ -12,7 +12,8 @@ from search.report import _trained_on
 from search.settings import SearchError
 from search.storage import open_storage
 from tests.search_helpers import TINY, run_module, settings
-from train.data import DataError, load_cifar10, make_synthetic, write_cifar_batches
+from tests.search_helpers import write_cifar_batches
+from train.data import DataError, load_cifar10, make_synthetic
 
 
 def test_a_storage_path_through_a_file_says_it_is_a_file(tmp_path):

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from search import memory
 from search.memory import DeviceShare, TooLarge, guard, is_out_of_memory, memory_fraction
-from search.placement import DEVICE_ENV, SHARE_ENV, place
+from search.workers import DEVICE_ENV, SHARE_ENV, place
 from search.workers import plan_workers, run_workers
 from tests.search_helpers import Stats, FakeResult
 

@@ -11,7 +11,6 @@ from optuna.study import StudyDirection
 
 from search import retrain as retrain_cmd
 from search import run as run_cmd
-from search.constraints import check_satisfiable
 from search.lifecycle import classify
 from search.settings import parse_objectives
 from search.trials import pareto_front
@@ -19,9 +18,9 @@ from search.loop import Search
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, genome_of, leaderboard, pareto_trials
-from space import PRESETS, Genome, Rules, analyze, check, constraint_values
+from space import PRESETS, Genome, Rules, RulesError, analyze, check, check_satisfiable, constraint_values
 from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, memory_study, settings
-from tests.test_search_cli import call, one_error_line
+from tests.search_helpers import call, one_error_line
 from train.engine import TrainConfig
 
 
@@ -195,7 +194,7 @@ def test_a_resume_with_another_recipe_names_each_changed_setting():
 
 def test_unsatisfiable_macs_budget_is_found_before_training():
     check_satisfiable(Rules(200_000, 44, 5_000_000))
-    with pytest.raises(SearchError, match=r"--max-macs 10,000 .*the fewest MACs [\d,]+"):
+    with pytest.raises(RulesError, match=r"--max-macs 10,000 .*the fewest MACs [\d,]+"):
         check_satisfiable(Rules(200_000, 44, 10_000))
 
 

@@ -21,7 +21,7 @@ from search.lifecycle import classify, reap_dead_trials, requeue
 from search.storage import open_storage
 from tests.postgres import Server, make_template, unavailable
 from tests.search_helpers import ROOT
-from tests.test_search_cli import call, one_error_line
+from tests.search_helpers import call, one_error_line
 
 STUDY = "digits-nas"
 # 96 training / 24 validation images of digits, batches of 16, one epoch: 6 steps, about a second a candidate.

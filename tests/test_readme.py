@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -96,16 +97,36 @@ def test_the_pages_hold_the_commands():
     assert len({c for c in commands(ALL) if python_m(c)}) >= 15
 
 
-@pytest.mark.parametrize("line", sorted({c for c in commands(ALL) if python_m(c)}))
+def _dest(args: argparse.Namespace, flag: str) -> str | None:
+    """The namespace attribute a `--flag` sets (`--no-x` of a BooleanOptionalAction sets x); None if none."""
+    dest = flag[2:].split("=")[0].replace("-", "_")
+    if not hasattr(args, dest) and dest.startswith("no_"):
+        dest = dest[3:]
+    return dest if hasattr(args, dest) else None
+
+
+@pytest.mark.parametrize("line", sorted({c for c in commands(ALL) if python_m(c) and python_m(c)[0] != "pytest"}))
 def test_readme_command_parses_with_the_real_parser(line, monkeypatch, capsys):
     module, argv = python_m(line)
-    if module == "pytest":
-        return  # pytest's own parser; CI runs exactly this line
     try:
         args = parse_only(module, argv, monkeypatch)
     except SystemExit:
         pytest.fail(f"{line!r}: {capsys.readouterr().err.strip()}")
-    assert isinstance(args, argparse.Namespace)
+    # every flag the line gives arrives in the parsed arguments with a value
+    unset = [w for w in argv if w.startswith("--") and (_dest(args, w) is None or getattr(args, _dest(args, w)) is None)]
+    assert not unset, f"{line!r}: {unset} not in the parsed arguments"
+
+
+def test_the_pytest_lines_name_what_exists():
+    """pytest parses its own flags (CI runs exactly the README's line): what the line names must exist: -n needs
+    pytest-xdist, and every path it gives is in the repository."""
+    lines = [python_m(c)[1] for c in commands(ALL) if python_m(c) and python_m(c)[0] == "pytest"]
+    assert lines, "no python -m pytest line in README.md or docs/"
+    for argv in lines:
+        if "-n" in argv:
+            assert importlib.util.find_spec("xdist") is not None, "-n needs pytest-xdist"
+        paths = [w.split("::")[0] for w in argv if not w.startswith("-") and ("/" in w or w.endswith(".py"))]
+        assert all((ROOT / p).exists() for p in paths), paths
 
 
 def run_line(line: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:

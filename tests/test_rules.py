@@ -8,14 +8,12 @@ import optuna
 import pytest
 
 from search import run as run_cmd
-from search.cli import ERRORS
 from search.loop import Search, SearchStopped
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from space import Genome, Rules, analyze, check, construct
 from space.genome import GenomeError
-from space.spec import run_cli
-from tests.search_helpers import TINY, run_module, settings
+from tests.search_helpers import TINY, call, one_error_line, run_module, settings
 from train import run as train_run
 from train.data import DataError
 from train.engine import TrainError
@@ -24,19 +22,6 @@ TRAIN_ERRORS = (GenomeError, DataError, TrainError)
 # RF 25 (a stride-free stem, two stride-2 DSC layers, one dilation-2 DSC layer): breaks only the RF rule
 SHALLOW = ('{"blocks": [[{"op": "conv3", "out": 16}], [{"op": "dsc3", "out": 24, "stride": 2}], '
            '[{"op": "dsc3", "out": 32, "stride": 2}], [{"op": "dsc3", "out": 32, "dilation": 2}]]}')
-
-
-def call(main, argv, capsys, errors=ERRORS) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: main(argv), errors=errors)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_error_line(err: str, *texts: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    assert all(t in lines[0] for t in texts), err
 
 
 def test_sample_under_a_macs_cap_reports_the_feasible_share_and_keeps_the_cap():

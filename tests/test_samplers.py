@@ -12,7 +12,7 @@ from search.settings import SearchSettings, migrate
 from search.study import SAMPLERS, make_sampler, stored_settings
 from space import Genome, check
 from tests.search_helpers import TINY, FakeTrain, memory_study, settings
-from tests.test_search_cli import call, one_error_line
+from tests.search_helpers import call, one_error_line
 
 EXPECTED = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
             "gp": optuna.samplers.GPSampler, "nsga2": optuna.samplers.NSGAIISampler,

@@ -52,7 +52,11 @@ def test_a_study_written_by_6713a61_resumes_trains_one_more_and_retrains(old_db,
                                              "--final-epochs", "1", "--out", str(tmp_path / "r"), "--json"], capsys)
     assert code == 0, err
     final = json.loads(out.strip().splitlines()[-1])
-    assert 0.0 <= final["test_acc"] <= 1.0 and (tmp_path / "r" / "best_model.pt").exists()
+    assert (tmp_path / "r" / "best_model.pt").exists()
+    record = json.loads((tmp_path / "r" / "final.json").read_text())
+    assert final["test_acc"] == record["test_acc"] and record["trial"] == final["trial"]
+    n = record["n_test"]  # a share of the test images: a whole count of correct ones
+    assert n > 0 and round(final["test_acc"] * n, 6) == round(final["test_acc"] * n)
 
 
 def test_a_multi_objective_study_written_by_6713a61_resumes(old_db, tmp_path, capsys):

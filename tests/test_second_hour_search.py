@@ -17,21 +17,11 @@ import torch
 from search import bench
 from search import export as export_cmd
 from search import run as run_cmd
-from search.cli import ERRORS
 from search.data import NORMALISATION_KEY, load_full
 from search.loop import Search
 from search.settings import DATASET_SIZES, DEFAULTS, default_val_size
 from search.study import enqueue_presets, make_pruner, open_study, stored_settings
-from space.spec import run_cli
-from tests.search_helpers import ROOT, TINY, FakeTrain, settings
-
-
-def call(main, argv, capsys) -> tuple[int, str, str]:
-    """A command's main run in-process the way `python -m` runs it: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        run_cli(lambda: main(argv), errors=ERRORS)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from tests.search_helpers import ROOT, TINY, FakeTrain, call, settings
 
 
 def load_module(path):

@@ -37,9 +37,19 @@ def test_sample_is_reproducible_and_each_line_is_a_spec(tmp_path):
 
 
 def test_export_writes_loadable_code(tmp_path):
+    import importlib.util
+
+    import torch
+
+    from space import get_preset
     out = tmp_path / "m.py"
     assert run("space.export", "seed003_dilated", "-o", str(out)).returncode == 0
-    assert "class Net(nn.Module)" in out.read_text()
+    spec = importlib.util.spec_from_file_location("exported", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the file alone, torch its only import
+    net = module.Net()
+    assert sum(p.numel() for p in net.parameters()) == analyze(get_preset("seed003_dilated")).params
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("spec, text", [("no_such_preset", "neither a preset"), ("{bad json", "invalid JSON"),

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"space": ("train", "search", "optuna"), "train": ("search", "optuna")}
 # The user-attr keys of a trial's state (search.lifecycle).
 STATE_KEYS = {"phase", "trained", "rejected", "duplicate_of", "prescreen_lost_to", "failed_reason", "retry_of",
-              "retries", "status", "worker", "heartbeat_at"}
+              "retries", "status", "worker", "heartbeat_at", "too_large", "oom_retry"}
 
 
 def _modules(package: str) -> list[Path]:
@@ -87,16 +87,35 @@ def test_the_state_check_would_catch_a_stray_use():
                                                                  "heartbeat_at"]
 
 
-def _function_lengths(package: str) -> dict[str, int]:
+def _function_lengths_in(paths: list[Path], root: Path) -> dict[str, int]:
+    """'path:line name' -> lines from its def to its last line, of every function and method."""
     out = {}
-    for p in _modules(package):
+    for p in paths:
         for node in ast.walk(_tree(p)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                out[f"{p.relative_to(ROOT)}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
+                out[f"{p.relative_to(root)}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
     return out
 
 
-def test_search_functions_are_short():
-    lengths = _function_lengths("search")
+def _function_lengths(package: str) -> dict[str, int]:
+    return _function_lengths_in(_modules(package), ROOT)
+
+
+@pytest.mark.parametrize("package", ["search", "train", "space"])
+def test_no_function_is_over_60_lines(package):
+    lengths = _function_lengths(package)
+    assert lengths, f"no functions found in {package}/"
     assert not {name: n for name, n in lengths.items() if n > 60}
-    assert next(n for name, n in lengths.items() if name.startswith("search/run.py") and name.endswith(" main")) <= 80
+
+
+def test_the_length_check_counts_a_function_from_def_to_last_line(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * 60 + "\n\ndef g():\n    pass\n")
+    lengths = {k.split(" ")[1]: n for k, n in _function_lengths_in([tmp_path / "m.py"], tmp_path).items()}
+    assert lengths == {"f": 61, "g": 2}
+
+
+@pytest.mark.parametrize("package", ["search", "train", "space"])
+def test_every_module_says_in_its_first_line_what_it_holds(package):
+    missing = [str(p.relative_to(ROOT)) for p in _modules(package)
+               if not (ast.get_docstring(_tree(p)) or "").strip().splitlines()[:1]]
+    assert not missing

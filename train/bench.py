@@ -69,11 +69,8 @@ def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.devi
             return seen / (now - start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from space import build, load_spec
-    from space.spec import CliParser, fail
-    from .baseline import seed_loop_throughput
-    from .data import load_dataset
+def build_parser():
+    from space.spec import CliParser
 
     p = CliParser(prog="python -m train.bench", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
@@ -89,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each figure (median)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from space import load_spec
+    from space.spec import fail
+    from .data import load_dataset
+
+    args = build_parser().parse_args(argv)
     device = check_device(args.device)  # before the data is loaded
     if args.seconds <= 0 or args.repeats < 1 or args.batch_size < 1:
         fail("--seconds, --repeats and --batch-size must be positive")
@@ -103,77 +108,94 @@ def main(argv: list[str] | None = None) -> int:
               "machine": platform.processor() or platform.machine()}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    # Measurements interleave (model-only, pipeline, baseline, model-only, ...) so that a slow spell of a
-    # shared machine hits all of them alike; each figure is the median over the repeats.
-    runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": [], "compiled": [], "graphs": []}
-    first_epoch: dict[str, list[float]] = {"pipeline": [], "compiled": [], "graphs": []}  # seconds, warm-up (and compilation)
-    # Seconds per repeat: model-only warms up for a quarter of --seconds then measures; the pipeline trains
-    # two epochs of about --seconds each; the baseline measures --seconds after a short warm-up.
-    per_repeat = args.seconds * (1.25 + 2 + (1 if args.baseline else 0) + (2 if args.compile else 0)
-                                 + (2 if args.cuda_graphs else 0))
-    kinds = (["model_only", "pipeline"] + ["baseline"] * args.baseline + ["compiled"] * args.compile
-             + ["graphs"] * args.cuda_graphs)
-    compiling = args.compile or args.cuda_graphs
-    total = args.repeats * len(kinds)
-    print(f"{args.repeats} x {', '.join(kinds)} on {device}, {args.seconds:g} s each: about "
-          f"{args.repeats * per_repeat / 60:.1f} min{' plus compilation' if compiling else ''}", file=sys.stderr,
-          flush=True)
-    t_start = time.perf_counter()
+    bench = _Measurements(args)
+    print(f"{args.repeats} x {', '.join(bench.kinds)} on {device}, {args.seconds:g} s each: about "
+          f"{args.repeats * bench.per_repeat / 60:.1f} min{' plus compilation' if args.compile or args.cuda_graphs else ''}",
+          file=sys.stderr, flush=True)
+    interrupted = False
+    try:
+        _measure_all(args, genome, data, cfg, device, bench)
+    except KeyboardInterrupt:  # what was measured is still printed
+        interrupted = True
+    _summarise(result, bench.runs, bench.first_epoch, bench.sliced)
+    if bench.errors:
+        result["errors"] = bench.errors
+    if interrupted:
+        result["interrupted"] = True
+    _print_figures(result, bench.errors)
+    if args.json:
+        print(json.dumps(result), flush=True)
+    return 130 if interrupted else (1 if bench.errors else 0)
 
-    def progress(key: str) -> None:
-        done = sum(len(v) for v in runs.values())
-        print(f"[{done}/{total}] {key}: {runs[key][-1]:,.1f} images/s ({time.perf_counter() - t_start:.0f} s of about "
-              f"{args.repeats * per_repeat:.0f} s)", file=sys.stderr, flush=True)
 
-    errors: dict[str, str] = {}  # a measurement that raised: its error; its later repeats are skipped
+class _Measurements:
+    """The figures measured so far, interleaved (model-only, pipeline, baseline, model-only, ...) so that a slow
+    spell of a shared machine hits all of them alike; each figure is later the median over the repeats."""
 
-    def measure(key: str, fn) -> None:
+    def __init__(self, args) -> None:
+        self.runs: dict[str, list[float]] = {"model_only": [], "pipeline": [], "baseline": [], "compiled": [],
+                                             "graphs": []}
+        # seconds of the first epoch: warm-up (and compilation)
+        self.first_epoch: dict[str, list[float]] = {"pipeline": [], "compiled": [], "graphs": []}
+        self.errors: dict[str, str] = {}  # a measurement that raised: its error; its later repeats are skipped
+        self.sliced = None  # the training slice the pipeline figures train on (sized by the first model-only one)
+        # Seconds per repeat: model-only warms up for a quarter of --seconds then measures; the pipeline trains
+        # two epochs of about --seconds each; the baseline measures --seconds after a short warm-up.
+        self.per_repeat = args.seconds * (1.25 + 2 + (1 if args.baseline else 0) + (2 if args.compile else 0)
+                                          + (2 if args.cuda_graphs else 0))
+        self.kinds = (["model_only", "pipeline"] + ["baseline"] * args.baseline + ["compiled"] * args.compile
+                      + ["graphs"] * args.cuda_graphs)
+        self.repeats = args.repeats
+        self.t_start = time.perf_counter()
+
+    def measure(self, key: str, fn) -> None:
         """Run one measurement; a failure (no C compiler for Triton, out of memory, ...) is recorded, and the
         figures already measured are kept."""
-        if key in errors:
+        if key in self.errors:
             return
         try:
             value = fn()
         except Exception as e:  # noqa: BLE001 - any failure of one figure must not lose the others
             lines = str(e).strip().splitlines()
-            errors[key] = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-            print(f"{key}: failed: {errors[key]}", file=sys.stderr, flush=True)
+            self.errors[key] = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+            print(f"{key}: failed: {self.errors[key]}", file=sys.stderr, flush=True)
             return
         if isinstance(value, tuple):  # (images/s, first epoch's seconds)
             value, first = value
-            first_epoch[key].append(first)
-        runs[key].append(value)
-        progress(key)
+            self.first_epoch[key].append(first)
+        self.runs[key].append(value)
+        done, total = sum(len(v) for v in self.runs.values()), self.repeats * len(self.kinds)
+        print(f"[{done}/{total}] {key}: {value:,.1f} images/s ({time.perf_counter() - self.t_start:.0f} s of about "
+              f"{self.repeats * self.per_repeat:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _measure_all(args, genome, data, cfg: TrainConfig, device: torch.device, bench: _Measurements) -> None:
+    """--repeats rounds of every figure asked for, into `bench`."""
+    from space import build
+    from .baseline import seed_loop_throughput
 
     def pipeline(**changes) -> tuple[float, float]:
-        run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, **changes}), sliced)
+        run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, **changes}), bench.sliced)
         return run.history[-1].images_per_s, run.history[0].seconds
 
-    sliced = None
-    interrupted = False
-    try:
-        for _ in range(args.repeats):
-            measure("model_only", lambda: model_only_throughput(build(genome, seed=0), cfg, device, args.seconds,
-                                                                num_classes=data.num_classes))
-            if sliced is None:  # two epochs over a slice sized to last about --seconds each; the second is timed
-                rate = runs["model_only"][0] if runs["model_only"] else 1000.0
-                n = min(len(data.y_train), max(4 * args.batch_size, int(rate * args.seconds)))
-                sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
-            measure("pipeline", pipeline)
-            for key, mode, wanted in (("compiled", "default", args.compile),
-                                      ("graphs", "reduce-overhead", args.cuda_graphs)):
-                if wanted:
-                    measure(key, lambda mode=mode: pipeline(compile=True, compile_mode=mode))
-            if args.baseline:
-                measure("baseline", lambda: seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
-                                                                 data.mean, data.std, args.seconds, device=device))
-    except KeyboardInterrupt:  # what was measured is still printed
-        interrupted = True
-    _summarise(result, runs, first_epoch, sliced)
-    if errors:
-        result["errors"] = errors
-    if interrupted:
-        result["interrupted"] = True
+    for _ in range(args.repeats):
+        bench.measure("model_only", lambda: model_only_throughput(build(genome, seed=0), cfg, device, args.seconds,
+                                                                  num_classes=data.num_classes))
+        if bench.sliced is None:  # two epochs over a slice sized to last about --seconds each; the second is timed
+            rate = bench.runs["model_only"][0] if bench.runs["model_only"] else 1000.0
+            n = min(len(data.y_train), max(4 * args.batch_size, int(rate * args.seconds)))
+            bench.sliced = data.subset(n, min(len(data.y_test), 512), seed=0)
+        bench.measure("pipeline", pipeline)
+        for key, mode, wanted in (("compiled", "default", args.compile),
+                                  ("graphs", "reduce-overhead", args.cuda_graphs)):
+            if wanted:
+                bench.measure(key, lambda mode=mode: pipeline(compile=True, compile_mode=mode))
+        if args.baseline:
+            bench.measure("baseline", lambda: seed_loop_throughput(build(genome, seed=0), data.x_train, data.y_train,
+                                                                   data.mean, data.std, args.seconds, device=device))
+
+
+def _print_figures(result: dict, errors: dict[str, str]) -> None:
     for k in ("model_only_images_per_s", "pipeline_images_per_s", "baseline_images_per_s", "compiled_images_per_s",
               "graphs_images_per_s"):
         if k in result:
@@ -183,9 +205,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k:>24}: {result[k]:>9.2f}x")
     for k, error in errors.items():
         print(f"{k:>24}: failed: {error}")
-    if args.json:
-        print(json.dumps(result), flush=True)
-    return 130 if interrupted else (1 if errors else 0)
 
 
 def _summarise(result: dict, runs: dict[str, list[float]], first_epoch: dict[str, list[float]], sliced) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from .files import removed_on_error
 
 __all__ = ["DataError", "ImageData", "DATASETS", "CIFAR10_URL", "CIFAR10_MD5", "load_dataset", "load_cifar10",
-           "load_digits32", "make_synthetic", "train_val_split", "write_cifar_batches"]
+           "load_digits32", "make_synthetic", "train_val_split"]
 
 DATASETS = ("cifar10", "digits", "synthetic")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -252,31 +252,6 @@ def _extract(archive: Path, data_dir: Path) -> None:
         if not (Path(tmp) / _FOLDER).is_dir():
             raise DataError(f"{archive}: has no {_FOLDER}/ folder; it is not the CIFAR-10 python archive")
         shutil.move(str(Path(tmp) / _FOLDER), str(data_dir / _FOLDER))
-
-
-def write_cifar_batches(folder: str | Path, data: ImageData, n_train_batches: int = 5) -> Path:
-    """Write `data` as data_batch_1..5, test_batch and batches.meta in the official format (protocol-2
-    pickles of dicts with bytes keys, channel-major uint8 rows); returns the folder. The training images are
-    spread over `n_train_batches` files and the remaining of the five are written empty."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def dump(name: str, x: np.ndarray, y: np.ndarray, label: str) -> None:
-        rows = np.ascontiguousarray(x.transpose(0, 3, 1, 2).reshape(len(x), _PIXELS))
-        payload = {b"batch_label": label.encode(), b"labels": [int(v) for v in y], b"data": rows,
-                   b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(len(x))]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(payload, f, protocol=2)
-
-    chunks = np.array_split(np.arange(len(data.x_train)), n_train_batches)
-    chunks += [np.arange(0)] * (len(_TRAIN_FILES) - n_train_batches)
-    for i, (name, idx) in enumerate(zip(_TRAIN_FILES, chunks)):
-        dump(name, data.x_train[idx], data.y_train[idx], f"training batch {i + 1} of 5")
-    dump("test_batch", data.x_test, data.y_test, "testing batch 1 of 1")
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"num_cases_per_batch": 10000, b"label_names": [c.encode() for c in data.classes],
-                     b"num_vis": _PIXELS}, f, protocol=2)
-    return folder
 
 
 # ---------------------------------------------------------------- offline datasets and splits

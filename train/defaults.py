@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DatasetDefaults", "DEFAULTS", "defaults_for"]
+__all__ = ["DatasetDefaults", "DEFAULTS"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,3 @@ DEFAULTS: dict[str, DatasetDefaults] = {
     "synthetic": DatasetDefaults(batch_size=32, lr=0.025, trial_epochs=2, final_epochs=3, val_size=0.25,
                                  augment=False),
 }
-
-
-def defaults_for(dataset: str) -> DatasetDefaults:
-    """The dataset's row; KeyError for an unknown name (callers check DATASETS first)."""
-    return DEFAULTS[dataset]

@@ -354,6 +354,136 @@ def _save_atomic(obj: dict, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
+@dataclass
+class _Run:
+    """What one training run trains and scores with: built by _build, shared by train's helpers."""
+
+    model: nn.Module
+    train_loader: DeviceLoader
+    eval_loader: DeviceLoader
+    plain_train: DeviceLoader | None  # the training images unaugmented, for a BatchNorm refresh (None: no refresh)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    ema: WeightEMA | None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and returned: the EMA of the weights when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+
+def _build(genome_or_model, cfg: TrainConfig, data: ImageData, device: torch.device) -> _Run:
+    model = _as_model(genome_or_model).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = data.mean, data.std
+    train_loader = DeviceLoader(data.x_train, data.y_train, mean, std, cfg.batch_size, device, train=True,
+                                augment=cfg.augment, seed=cfg.seed, alternate_flip=cfg.alternate_flip)
+    eval_loader = DeviceLoader(data.x_test, data.y_test, mean, std, cfg.eval_batch_size, device, train=False,
+                               augment=None)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(train_loader))
+    # A short run is evaluated (and returned) with its BatchNorm statistics recomputed (Recipe.bn_refresh_steps).
+    refresh = cfg.epochs * len(train_loader) < cfg.bn_refresh_steps
+    plain_train = DeviceLoader(data.x_train, data.y_train, mean, std, cfg.eval_batch_size, device, train=False,
+                               augment=None) if refresh else None
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    return _Run(model, train_loader, eval_loader, plain_train, optimizer, scheduler, ema)
+
+
+def _resume(run: _Run, path: Path | None, identity: dict, device: torch.device) -> list[EpochStats]:
+    """Load the checkpoint at `path` into `run` and return its history; [] when there is none."""
+    if path is None or not path.exists():
+        return []
+    # onto the CPU: load_state_dict copies each tensor to its parameter's device, and the RNG states
+    # must be CPU ByteTensors whatever device the rest was on
+    state = load_weights(path, map_location="cpu")
+    if state.get("identity") != identity:
+        raise CheckpointError(f"checkpoint {path} belongs to another model, config or dataset; "
+                              "delete it or choose another --out")
+    run.model.load_state_dict(state["model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:  # the saved groups carry the saving run's fused/foreach choice
+        group.update({"fused": None, "foreach": None, **_multi_tensor(run.model)})
+    run.scheduler.load_state_dict(state["scheduler"])
+    restore_rng_states(state, device)
+    return [EpochStats(**h) for h in state["history"]]
+
+
+def _checkpoint(run: _Run, path: Path, identity: dict, history: list[EpochStats], device: torch.device) -> None:
+    _save_atomic({"identity": identity, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                  "scheduler": run.scheduler.state_dict(), "history": [asdict(h) for h in history],
+                  "ema": run.ema.state_dict() if run.ema is not None else None, **rng_states(device)}, path)
+
+
+def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, step: Callable, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One epoch's steps: (summed loss, correct predictions, images seen), the first two on the device (no
+    host sync per step); a non-finite loss ends the epoch early (checked every cfg.nan_check_every steps)."""
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    batches = run.train_loader
+    if cfg.progress and cfg.progress_bar:
+        from tqdm import tqdm
+        batches = tqdm(run.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch")
+    for i, (x, y) in enumerate(batches, 1):
+        out, loss = step(x, y)
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if cfg.nan_check_every and i % cfg.nan_check_every == 0 and not torch.isfinite(loss_sum):
+            break
+    return loss_sum, correct, seen
+
+
+def _stepper(run: _Run, cfg: TrainConfig, device: torch.device):
+    """step(x, y) -> (logits, loss): one optimiser step (and EMA update) on one batch."""
+    # mode "reduce-overhead" replays the forward and backward as CUDA graphs: one launch instead of one per
+    # kernel, for nets whose kernels are too small to hide the launch cost (results/benchmarks/ops_per_step_cpu.md)
+    step_model = torch.compile(run.model, mode=cfg.compile_mode) if cfg.compile else run.model
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(device, cfg.amp))
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(**autocast):
+            out = step_model(x)
+            loss = criterion(out.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update()
+        return out, loss
+
+    return step
+
+
+def _evaluate(run: _Run, cfg: TrainConfig, epoch: int, device: torch.device) -> tuple[float, float, float]:
+    """(loss, accuracy, flip-TTA accuracy) on the held-out images after `epoch`; NaN where not evaluated
+    (cfg.eval_every; flip-TTA only with cfg.tta)."""
+    val_loss = val_acc = val_acc_tta = float("nan")
+    if cfg.eval_every >= 0 and (epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)):
+        scored = refresh_bn(run.eval_model, run.plain_train, device, cfg.amp) if run.plain_train is not None \
+            else run.eval_model
+        val_logits, val_labels, val_loss = predict(scored, run.eval_loader, device, cfg.amp)
+        val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+        if cfg.tta:
+            flipped, _, _ = predict(scored, run.eval_loader, device, cfg.amp, flip=True)
+            val_acc_tta = tta_accuracy(val_logits, flipped, val_labels)
+    return val_loss, val_acc, val_acc_tta
+
+
+def _epoch_line(cfg: TrainConfig, stats: EpochStats) -> str:
+    held_out = (f"  {cfg.held_out} loss {stats.val_loss:.3f} acc {stats.val_acc:.4f}"
+                if math.isfinite(stats.val_acc) else "")
+    held_out += f" (flip-TTA {stats.val_acc_tta:.4f})" if math.isfinite(stats.val_acc_tta) else ""
+    return (f"epoch {stats.epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}"
+            f"{held_out}  {stats.images_per_s:,.0f} img/s")
+
+
 def train(genome_or_model, config: TrainConfig, data: ImageData,
           on_epoch: Callable[[EpochStats], bool | None] | None = None) -> TrainResult:
     """Train on data's training part, evaluating on its held-out part after every epoch.
@@ -377,108 +507,39 @@ def train(genome_or_model, config: TrainConfig, data: ImageData,
         # backward pass make them do anyway; the data order, augmentations and RNG streams stay the same.
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
-    model = _as_model(genome_or_model).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    mean, std = data.mean, data.std
-    train_loader = DeviceLoader(data.x_train, data.y_train, mean, std, cfg.batch_size, device, train=True,
-                                augment=cfg.augment, seed=cfg.seed, alternate_flip=cfg.alternate_flip)
-    eval_loader = DeviceLoader(data.x_test, data.y_test, mean, std, cfg.eval_batch_size, device, train=False,
-                               augment=None)
-    optimizer, scheduler = make_optimizer(model, cfg, total_steps=cfg.epochs * len(train_loader))
-    # A short run is evaluated (and returned) with its BatchNorm statistics recomputed (Recipe.bn_refresh_steps).
-    refresh = cfg.epochs * len(train_loader) < cfg.bn_refresh_steps
-    plain_train = DeviceLoader(data.x_train, data.y_train, mean, std, cfg.eval_batch_size, device, train=False,
-                               augment=None) if refresh else None
-    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    eval_model = ema.model if ema is not None else model
-    history: list[EpochStats] = []
-    start_epoch = 1
+    run = _build(genome_or_model, cfg, data, device)
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
     identity = {"model": _identity(genome_or_model), "config": cfg.fingerprint(), "data": data.name,
                 "n_train": len(data.y_train)}
-    if ckpt_path and ckpt_path.exists():
-        # onto the CPU: load_state_dict copies each tensor to its parameter's device, and the RNG states
-        # must be CPU ByteTensors whatever device the rest was on
-        state = load_weights(ckpt_path, map_location="cpu")
-        if state.get("identity") != identity:
-            raise CheckpointError(f"checkpoint {ckpt_path} belongs to another model, config or dataset; "
-                                  "delete it or choose another --out")
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the saved groups carry the saving run's fused/foreach choice
-            group.update({"fused": None, "foreach": None, **_multi_tensor(model)})
-        scheduler.load_state_dict(state["scheduler"])
-        history = [EpochStats(**h) for h in state["history"]]
-        restore_rng_states(state, device)
-        start_epoch = len(history) + 1
-    # mode "reduce-overhead" replays the forward and backward as CUDA graphs: one launch instead of one per
-    # kernel, for nets whose kernels are too small to hide the launch cost (results/benchmarks/ops_per_step_cpu.md)
-    step_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(device, cfg.amp))
+    history = _resume(run, ckpt_path, identity, device)
+    start_epoch = len(history) + 1
+    step = _stepper(run, cfg, device)
     status, message = "completed", ""
     for epoch in range(start_epoch, cfg.epochs + 1):
-        train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
-        train_loader.set_augment(augment_for_epoch(cfg, epoch))  # the schedule; once per epoch, off the hot path
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        run.train_loader.set_epoch(epoch)  # the epoch's order and augmentations depend on (seed, epoch) only
+        run.train_loader.set_augment(augment_for_epoch(cfg, epoch))  # the schedule; once per epoch, off the hot path
+        run.model.train()
         t0 = time.perf_counter()
-        batches = train_loader
-        if cfg.progress and cfg.progress_bar:
-            from tqdm import tqdm
-            batches = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch")
-        for i, (x, y) in enumerate(batches, 1):
-            with torch.autocast(**autocast):
-                out = step_model(x)
-                loss = criterion(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-            if cfg.nan_check_every and i % cfg.nan_check_every == 0 and not torch.isfinite(loss_sum):
-                break
+        loss_sum, correct, seen = _train_epoch(run, cfg, epoch, step, device)
         if not math.isfinite(float(loss_sum)):
             status, message = "diverged", f"non-finite training loss in epoch {epoch}"
             break
         synchronize(device)  # this run's device (cuda:N), not the current one
         seconds = time.perf_counter() - t0
-        val_loss = val_acc = val_acc_tta = float("nan")
-        if cfg.eval_every >= 0 and (epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)):
-            scored = refresh_bn(eval_model, plain_train, device, cfg.amp) if refresh else eval_model
-            val_logits, val_labels, val_loss = predict(scored, eval_loader, device, cfg.amp)
-            val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
-            if cfg.tta:
-                flipped, _, _ = predict(scored, eval_loader, device, cfg.amp, flip=True)
-                val_acc_tta = tta_accuracy(val_logits, flipped, val_labels)
+        val_loss, val_acc, val_acc_tta = _evaluate(run, cfg, epoch, device)
         stats = EpochStats(epoch, float(loss_sum) / seen, int(correct) / seen, val_loss, val_acc,
-                           scheduler.get_last_lr()[0], seconds, seen / seconds, val_acc_tta)
+                           run.scheduler.get_last_lr()[0], seconds, seen / seconds, val_acc_tta)
         history.append(stats)
         if cfg.progress and cfg.epoch_lines:
-            held_out = f"  {cfg.held_out} loss {val_loss:.3f} acc {val_acc:.4f}" if math.isfinite(val_acc) else ""
-            held_out += f" (flip-TTA {val_acc_tta:.4f})" if math.isfinite(val_acc_tta) else ""
-            print(f"epoch {epoch}/{cfg.epochs}: train loss {stats.train_loss:.3f} acc {stats.train_acc:.4f}"
-                  f"{held_out}  {stats.images_per_s:,.0f} img/s", flush=True)
+            print(_epoch_line(cfg, stats), flush=True)
         if ckpt_path and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            _save_atomic({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "history": [asdict(h) for h in history],
-                          "ema": ema.state_dict() if ema is not None else None,
-                          **rng_states(device)}, ckpt_path)
+            _checkpoint(run, ckpt_path, identity, history, device)
         if on_epoch is not None and on_epoch(stats):
             status, message = "stopped", f"stopped by the caller after epoch {epoch}"
             break
-    model = eval_model  # the EMA weights, when there is an EMA, are the result
-    if refresh and history:
-        model = refresh_bn(model, plain_train, device, cfg.amp)
+    model = run.eval_model  # the EMA weights, when there is an EMA, are the result
+    if run.plain_train is not None and history:
+        model = refresh_bn(model, run.plain_train, device, cfg.amp)
     if cfg.channels_last:
         model = model.to(memory_format=torch.contiguous_format)
     return TrainResult(status, history, model, message, str(device), resumed_epochs=start_epoch - 1)

@@ -73,7 +73,7 @@ def write_outputs(out: Path, result: TrainResult, data, extra: dict, tta: bool =
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> CliParser:
     p = CliParser(prog="python -m train.run", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS)}")
@@ -113,8 +113,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     add_rule_flags(p)
     p.add_argument("--force", action="store_true", help="train a genome that breaks the rules (default: refuse it)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     device = check_device(args.device)  # before any data is loaded or output written; canonical from here on
+    rules, epochs = _checked(args)
+    genome, data, test_data = _load(args, rules)
+    out = Path(args.out) if args.out else default_out(args.spec, data.name)
+    augment = DEFAULTS[args.dataset].augment if args.augment is None else args.augment
+    config = _config(args, epochs, str(device), out, augment)
+    a = analyze(genome)
+    print(f"{genome.summary()}\n{a.params:,} parameters, RF {a.rf}; {data.name}: {len(data.y_train):,} train / "
+          f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {plural(epochs, 'epoch')}, "
+          f"batch {config.batch_size}, lr {config.lr:g}; outputs in {out}/", file=sys.stderr)
+    t0 = time.perf_counter()
+    result = train(genome, config, data)
+    if result.status == "diverged":
+        fail(f"training diverged: {result.message}; try a lower --lr", code=1)
+    held_out = {"val_size": args.val_size, "val_acc": result.val_acc,
+                "val_acc_tta": result.history[-1].val_acc_tta if augment else None} if args.val_size else {}
+    metrics = write_outputs(out, result, test_data, {**held_out, "spec": args.spec, "genome": genome.to_dict(), "params": a.params,
+                                                "rf": a.rf, "dataset": data.name, "config": asdict(config),
+                                                "wall_seconds": round(time.perf_counter() - t0, 1)}, tta=augment)
+    _say_result(args, result, metrics, out, augment)
+    if args.onnx:  # after the lines above, which a failed export leaves printed
+        try:
+            metrics["deploy"] = deploy(result.model, out / "model.onnx", test_data, metrics["test_acc"],
+                                       int8_path=out / "model.int8.onnx", seed=args.seed)
+        except DeployError as e:
+            fail(str(e), code=1)
+        write_json(out / "metrics.json", metrics, indent=2)
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}))
+    return 0
+
+
+def _checked(args: argparse.Namespace) -> tuple:
+    """(rules, epochs) from the flags; one error line (space.spec.fail) for a bad one."""
     try:
         rules = rules_from_args(args)
     except RulesError as e:
@@ -136,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                             ("--augment-end", args.augment_end, lambda v: 0 <= v <= 1)):
         if value is not None and not ok(value):
             fail(f"{flag} {value:g} is out of range")
+    return rules, epochs
+
+
+def _load(args: argparse.Namespace, rules) -> tuple:
+    """(genome, the data trained on, the data whose test set is scored): with --val-size the training images
+    are split and the test set is scored once at the end; a genome that breaks the rules is refused (as
+    search.run rejects candidates: before anything is trained or written) unless --force."""
     genome = load_spec(args.spec)
     data = load_dataset(args.dataset, args.data_dir)
     if args.subset:
@@ -153,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
              "give other --max-params/--min-rf/--max-macs, or --force to train it anyway")
     if violations:
         print(f"training despite the rules (--force): {'; '.join(violations)}", file=sys.stderr)
-    out = Path(args.out) if args.out else default_out(args.spec, data.name)
+    return genome, data, test_data
+
+
+def _config(args: argparse.Namespace, epochs: int, device: str, out: Path, augment: bool) -> TrainConfig:
+    """The run's TrainConfig: the dataset's row of train.defaults, the recipe's defaults, the flags over both."""
+    d = DEFAULTS[args.dataset]
     batch = args.batch_size or d.batch_size
-    augment = d.augment if args.augment is None else args.augment
-    config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=str(device),
+    config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=device,
                                         seed=args.seed, eval_every=1 if args.val_size else 0,
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
                                         progress_bar=args.progress or sys.stderr.isatty(),
@@ -167,21 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                             weight_decay=args.weight_decay, pct_start=args.warmup,
                             bias_lr_scale=args.bias_lr_scale, alternate_flip=args.alternate_flip,
                             anneal=args.anneal)
-    if not augment:
-        config = replace(config, augment=None)
-    a = analyze(genome)
-    print(f"{genome.summary()}\n{a.params:,} parameters, RF {a.rf}; {data.name}: {len(data.y_train):,} train / "
-          f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {plural(epochs, 'epoch')}, "
-          f"batch {config.batch_size}, lr {config.lr:g}; outputs in {out}/", file=sys.stderr)
-    t0 = time.perf_counter()
-    result = train(genome, config, data)
-    if result.status == "diverged":
-        fail(f"training diverged: {result.message}; try a lower --lr", code=1)
-    held_out = {"val_size": args.val_size, "val_acc": result.val_acc,
-                "val_acc_tta": result.history[-1].val_acc_tta if augment else None} if args.val_size else {}
-    metrics = write_outputs(out, result, test_data, {**held_out, "spec": args.spec, "genome": genome.to_dict(), "params": a.params,
-                                                "rf": a.rf, "dataset": data.name, "config": asdict(config),
-                                                "wall_seconds": round(time.perf_counter() - t0, 1)}, tta=augment)
+    return config if augment else replace(config, augment=None)
+
+
+def _say_result(args: argparse.Namespace, result: TrainResult, metrics: dict, out: Path, augment: bool) -> None:
     if result.resumed_epochs >= result.epochs:
         print(f"reused the finished run in {out}/ (checkpoint of {plural(result.epochs, 'epoch')}): nothing trained; "
               "delete it or give another --out to train again")
@@ -192,16 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"validation accuracy {metrics['val_acc']:.4f}{tta('val_acc_tta')}")
     print(f"test accuracy {metrics['test_acc']:.4f}{tta('test_acc_tta')} after {plural(result.epochs, 'epoch')} "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
-    if args.onnx:  # after the line above, which a failed export leaves printed
-        try:
-            metrics["deploy"] = deploy(result.model, out / "model.onnx", test_data, metrics["test_acc"],
-                                       int8_path=out / "model.int8.onnx", seed=args.seed)
-        except DeployError as e:
-            fail(str(e), code=1)
-        write_json(out / "metrics.json", metrics, indent=2)
-    if args.json:
-        print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}))
-    return 0
 
 
 if __name__ == "__main__":

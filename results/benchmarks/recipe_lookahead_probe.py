@@ -21,7 +21,7 @@ import torch
 import train.engine as engine
 from space import load_spec
 from train.data import load_dataset, train_val_split
-from train.defaults import defaults_for
+from train.defaults import DEFAULTS
 from train.engine import TrainConfig, train
 
 out, mode = sys.argv[1], sys.argv[2]
@@ -56,7 +56,7 @@ def make_optimizer_with_lookahead(model, cfg, total_steps):
 
 
 engine.make_optimizer = make_optimizer_with_lookahead
-d = defaults_for("cifar10")
+d = DEFAULTS["cifar10"]
 cfg = TrainConfig(epochs=5, batch_size=d.batch_size, lr=d.lr, device="cpu", seed=0, checkpoint=out + "/checkpoint.pt")
 result = train(load_spec("seed003_net"), cfg, data)
 print(json.dumps({"mode": mode, "val_acc": [h.val_acc for h in result.history],
