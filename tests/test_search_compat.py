@@ -56,7 +56,7 @@ def test_a_study_written_by_6713a61_resumes_trains_one_more_and_retrains(old_db,
     record = json.loads((tmp_path / "r" / "final.json").read_text())
     assert final["test_acc"] == record["test_acc"] and record["trial"] == final["trial"]
     n = record["n_test"]  # a share of the test images: a whole count of correct ones
-    assert n > 0 and round(final["test_acc"] * n, 6) == round(final["test_acc"] * n)
+    assert n > 0 and abs(final["test_acc"] * n - round(final["test_acc"] * n)) < 1e-3  # float32 figure
 
 
 def test_a_multi_objective_study_written_by_6713a61_resumes(old_db, tmp_path, capsys):
