@@ -4,7 +4,7 @@
 
 `search.retrain --final-seeds N --compare ...` trains its runs one after another. On a machine with idle
 cores, this script trains the named nets (seed presets, or study:NAME@STORAGE for another study's winner)
-from seeds s..s+SEEDS-1 under STUDY's final recipe through the same function and into the same cache
+from seeds s..s+SEEDS-1 (or only seed K, for SEEDS `seed=K`: one process per seed) under STUDY's final recipe through the same function and into the same cache
 (OUT/runs/, search.compare.seed_run), so that the retrain command, run afterwards with the same OUT,
 EPOCHS and seeds, finds them finished and reuses them. Nothing here picks a net or reads a test figure to
 decide anything: it only runs earlier what the command would run anyway.
@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
             genome, label = genome_of(pick_trial(other, None, trained=True)), f"{other_name} winner"
         else:
             genome, label = get_preset(net), net
-        for seed in range(settings.seed, settings.seed + int(seeds)):
+        chosen = [int(seeds[5:])] if seeds.startswith("seed=") else range(settings.seed, settings.seed + int(seeds))
+        for seed in chosen:
             seed_run(genome, settings, data, int(epochs), "cpu", seed, Path(out), label)
     return 0
 
