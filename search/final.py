@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import optuna
 import torch
@@ -157,7 +157,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
 def retrain_and_compare(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
                         device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
                         trial_number: int | None = None, bar: bool = True, seeds: int = 1,
-                        compare: list[str] = (), other_storage=None) -> dict:
+                        compare: Sequence[str] = (), other_storage=None) -> dict:
     """retrain_best (the first seed: its weights are the exported ones), then the winner's other `seeds`
     and each --compare baseline from every seed, under the same recipe (search.compare); final.json gains
     "seeds" (the winner's test accuracy per seed, mean, std, min, max) and "compare" (the table's rows)."""
