@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from .analysis import analyze
 from .genome import Genome
+from .latency import LatencyError, LatencyTable, load_table, predict
 
 __all__ = ["Rules", "RulesError", "check", "constraint_values", "add_rule_flags", "rules_from_args", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
 
@@ -27,8 +28,17 @@ class Rules:
     max_params: int = DEFAULT_MAX_PARAMS  # trainable parameters (as torchsummary counts them)
     min_rf: int = DEFAULT_MIN_RF  # receptive field, input pixels
     max_macs: int | None = None  # multiply-accumulates per image; None: no limit
+    # predicted milliseconds per image (batch 1) on the target of `latency` (space.latency); None: no limit
+    max_latency_ms: float | None = None
+    latency: LatencyTable | None = None  # the target's table: predicts for max_latency_ms and the latency objective
 
     def __post_init__(self) -> None:
+        if self.max_latency_ms is not None:
+            value = self.max_latency_ms
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise RulesError(f"max_latency_ms must be a positive number, got {value!r}")
+            if self.latency is None:
+                raise RulesError("a latency budget needs a latency table (--latency-table FILE)")
         for name in ("max_params", "min_rf", "max_macs"):
             value = getattr(self, name)
             if name == "max_macs" and value is None:
@@ -39,7 +49,9 @@ class Rules:
     def describe(self) -> str:
         """The rules in words, e.g. '<= 200,000 parameters, <= 20,000,000 MACs per image, RF >= 44'."""
         macs = f"<= {self.max_macs:,} MACs per image, " if self.max_macs is not None else ""
-        return f"<= {self.max_params:,} parameters, {macs}RF >= {self.min_rf}"
+        latency = (f"<= {self.max_latency_ms:g} ms per image predicted for {self.latency.runtime}, "
+                   if self.max_latency_ms is not None else "")
+        return f"<= {self.max_params:,} parameters, {macs}{latency}RF >= {self.min_rf}"
 
 
 def check(genome: Genome, rules: Rules | None = None, *, max_params: int | None = None, min_rf: int | None = None,
@@ -57,6 +69,10 @@ def check(genome: Genome, rules: Rules | None = None, *, max_params: int | None 
         violations.append(f"{a.params:,} parameters > {rules.max_params:,}")
     if rules.max_macs is not None and a.macs > rules.max_macs:
         violations.append(f"{a.macs:,} MACs > {rules.max_macs:,}")
+    if rules.max_latency_ms is not None:
+        ms = predict(genome, rules.latency).ms
+        if ms > rules.max_latency_ms:
+            violations.append(f"predicted {ms:.3f} ms > {rules.max_latency_ms:g} ms ({rules.latency.runtime})")
     if a.rf < rules.min_rf:
         violations.append(f"RF {a.rf} < {rules.min_rf}")
     if not any(l.separable for l in genome.layers):
@@ -76,6 +92,7 @@ def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
         dilation  1 if the net has no dilated conv, else 0
         macs      MACs / max_macs - 1                  (only with max_macs: the same keys for every trial
                                                         of a study, whose rules are fixed)
+        latency   predicted ms / max_latency_ms - 1    (only with max_latency_ms)
     """
     a = analyze(genome)
     values = {
@@ -86,17 +103,23 @@ def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
     }
     if rules.max_macs is not None:
         values["macs"] = a.macs / rules.max_macs - 1.0
+    if rules.max_latency_ms is not None:
+        values["latency"] = predict(genome, rules.latency).ms / rules.max_latency_ms - 1.0
     return values
 
 
 def add_rule_flags(parser: argparse.ArgumentParser) -> None:
-    """--max-params, --min-rf and --max-macs, as search.run takes them."""
+    """--max-params, --min-rf, --max-macs, --latency-table and --max-latency-ms, as search.run takes them."""
     parser.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS,
                         help=f"parameter budget (default {DEFAULT_MAX_PARAMS:,})")
     parser.add_argument("--min-rf", type=int, default=DEFAULT_MIN_RF,
                         help=f"smallest receptive field, pixels (default {DEFAULT_MIN_RF})")
     parser.add_argument("--max-macs", type=int, default=None,
                         help="multiply-accumulates per image (default: no limit)")
+    parser.add_argument("--latency-table", default=None, metavar="FILE",
+                        help="a latency table of the target (python -m train.latency build): predicted ms per layer")
+    parser.add_argument("--max-latency-ms", type=float, default=None,
+                        help="predicted milliseconds per image on the table's target (default: no limit)")
 
 
 def rules_from_args(args: argparse.Namespace) -> Rules:
@@ -105,4 +128,12 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise RulesError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-    return Rules(args.max_params, args.min_rf, args.max_macs)
+    table = None
+    if getattr(args, "latency_table", None):
+        try:
+            table = load_table(args.latency_table)
+        except LatencyError as e:
+            raise RulesError(str(e)) from None
+    if getattr(args, "max_latency_ms", None) is not None and table is None:
+        raise RulesError("--max-latency-ms needs --latency-table FILE (the target's table)")
+    return Rules(args.max_params, args.min_rf, args.max_macs, getattr(args, "max_latency_ms", None), table)

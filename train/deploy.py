@@ -44,7 +44,7 @@ from .files import DATA_DIR
 
 __all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "SECONDS", "SECONDS_ENV", "OnnxInfo",
            "missing", "cpu_name", "timing_seconds", "normalize", "calibration_images", "export_onnx", "read_onnx",
-           "verify_onnx", "quantize_int8", "evaluate_onnx", "measure_speed", "deploy", "summary", "main"]
+           "verify_onnx", "quantize_int8", "quantize_float", "evaluate_onnx", "measure_speed", "deploy", "summary", "main"]
 
 DEPLOY_EXTRA = 'pip install -e ".[deploy]"'
 _PACKAGES = ("onnx", "onnxruntime", "onnxscript")
@@ -219,12 +219,18 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calib_uint8: np.
     """Static int8 post-training quantization of an fp32 ONNX file (QDQ format, MinMax calibration on
     `calib_uint8`, training images; reduce_range: 7-bit weights, see the module docstring); `exclude` names
     nodes kept in fp32. The metadata is carried over."""
+    return quantize_float(fp32_path, int8_path, normalize(calib_uint8, mean, std), per_channel, reduce_range, exclude)
+
+
+def quantize_float(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray, per_channel: bool = True,
+                   reduce_range: bool = True, exclude: tuple[str, ...] = ()) -> Path:
+    """quantize_int8 with the calibration input given as the model's float32 input `x` (any shape the model
+    takes: train.latency quantizes single blocks this way, with the same settings as a whole net)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
-    x = normalize(calib_uint8, mean, std)
     with tempfile.TemporaryDirectory(prefix="tinynas-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:

@@ -1,0 +1,259 @@
+"""A latency table for one target (runtime, threads, batch 1, machine) and the prediction it gives a genome.
+
+The table is a JSON file written by `python -m train.latency build` on the target. It holds the measured
+milliseconds of the building blocks the space produces, each keyed by what changes its kernel:
+    conv3/s{stride}/d{dilation}/{input size}   a 3x3 conv + BN + ReLU, over a grid of (cin, cout)
+    dw3/s{stride}/d{dilation}/{input size}     the depthwise 3x3 part of a separable conv, over cin
+    pw/{size}                                  a 1x1 conv + BN + ReLU (a separable conv's pointwise part, a
+                                               conv1 layer), over (cin, cout)
+    proj/s{stride}/{input size}                a residual block's projection shortcut, over (cin, cout)
+    add/{size}                                 a residual block's add, over channels
+    head/{size}                                global average pooling + the classifier, over cin
+Between grid points the figure is interpolated (bilinear over (cin, cout), linear over one width). Each block
+was measured alone, so each carries the runtime's per-call cost (and, for int8, the quantize/dequantize of
+its input and output) that a whole net pays once; the build therefore also measures a few whole sampled
+nets and fits `overhead`: net = fixed_ms + sum over blocks of (block ms + per_kelem_ms * thousands of
+elements the block reads and writes). Pure Python: no torch, no measurement here (that is train.latency).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .analysis import analyze
+from .genome import Genome
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "BLOCKS_VERSION", "RUNTIMES", "LatencyError", "LatencyTable", "Prediction",
+           "LayerLatency", "block_keys", "load_table", "predict"]
+
+FORMAT = "tinynas-latency-table"
+FORMAT_VERSION = 1  # the JSON layout
+BLOCKS_VERSION = 1  # what the blocks are (their modules and keys): a table of another version is rebuilt
+RUNTIMES = ("onnxruntime-int8", "onnxruntime-fp32", "torch-cpu")
+
+
+class LatencyError(ValueError):
+    """A latency table that is missing, corrupt, foreign or of another runtime/version; one line."""
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    name: str  # "c2.1", "c2.skip", "head"
+    ms: float  # predicted milliseconds, overhead share included
+    blocks: tuple[str, ...]  # the table keys it was read from
+
+
+@dataclass(frozen=True)
+class Prediction:
+    ms: float  # the whole net, batch 1
+    fixed_ms: float  # of which the per-inference fixed cost
+    layers: tuple[LayerLatency, ...]
+    notes: tuple[str, ...] = ()  # parts outside the table (approximated), if any
+
+
+@dataclass(eq=False)
+class LatencyTable:
+    """A loaded table; equal to another when their contents are (compared by digest)."""
+
+    data: dict[str, Any]
+    source: str = ""  # the file it was read from
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        text = json.dumps(self.data, sort_keys=True, separators=(",", ":"))
+        self.digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LatencyTable) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __repr__(self) -> str:
+        return f"LatencyTable({self.runtime}, {self.threads} thread(s) on {self.machine}, {self.digest})"
+
+    @property
+    def runtime(self) -> str:
+        return self.data["runtime"]
+
+    @property
+    def threads(self) -> int:
+        return self.data["threads"]
+
+    @property
+    def machine(self) -> str:
+        return self.data["machine"]["cpu"]
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        """What the build found on its calibration nets: the table's and MACs' errors (see train.latency)."""
+        return self.data.get("calibration", {}).get("verdict", {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def lookup(self, key: str, cin: int, cout: int | None = None) -> tuple[float, bool]:
+        """(ms, exact): the interpolated figure of block `key` at these widths; exact False when the key or
+        the widths lie outside the table (then nearest key/point, scaled by the work)."""
+        entry = self.data["entries"].get(key)
+        exact = entry is not None
+        if entry is None:
+            entry, scale = _nearest_key(self.data["entries"], key)
+        else:
+            scale = 1.0
+        if cout is None:
+            return scale * _interp1(entry["cin"], entry["ms"], cin), exact
+        value, inside = _interp2(entry, cin, cout)
+        return scale * value, exact and inside
+
+
+def _interp1(xs: list[int], ys: list[float], x: float) -> float:
+    if x <= xs[0]:
+        i = 0
+    elif x >= xs[-1]:
+        i = len(xs) - 2
+    else:
+        i = bisect_right(xs, x) - 1
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    t = (x - xs[i]) / (xs[i + 1] - xs[i])
+    return max(ys[i] + t * (ys[i + 1] - ys[i]), 0.0)
+
+
+def _cell(xs: list[int], x: float) -> int:
+    if x <= xs[0]:
+        return 0
+    if x >= xs[-1]:
+        return len(xs) - 2
+    return bisect_right(xs, x) - 1
+
+
+def _interp2(entry: dict[str, Any], cin: int, cout: int) -> tuple[float, bool]:
+    """Bilinear over the (cin, cout) grid (None: a point not measured, beyond the parameter cap of the
+    build); (value, inside: all four corners measured and the point within the grid)."""
+    xs, ys, ms = entry["cin"], entry["cout"], entry["ms"]
+    i, j = _cell(xs, cin), _cell(ys, cout)
+    corners = [ms[i][j], ms[i + 1][j], ms[i][j + 1], ms[i + 1][j + 1]]
+    inside = xs[0] <= cin <= xs[-1] and ys[0] <= cout <= ys[-1]
+    if any(c is None for c in corners):  # the nearest measured point, scaled by cin * cout
+        _, a, b = min((abs(xs[p] - cin) + abs(ys[q] - cout), p, q) for p in range(len(xs)) for q in range(len(ys))
+                      if ms[p][q] is not None)
+        return ms[a][b] * cin * cout / (xs[a] * ys[b]), False
+    t, u = (cin - xs[i]) / (xs[i + 1] - xs[i]), (cout - ys[j]) / (ys[j + 1] - ys[j])
+    v = (corners[0] * (1 - t) * (1 - u) + corners[1] * t * (1 - u) + corners[2] * (1 - t) * u
+         + corners[3] * t * u)
+    return max(v, 0.0), inside
+
+
+def _nearest_key(entries: dict[str, Any], key: str) -> tuple[dict[str, Any], float]:
+    """A key the table lacks: the same kind at the nearest size (scaled by pixels), else any of the kind."""
+    kind, *_, size = key.split("/")
+    size_n = int(size)
+    same = [k for k in entries if k.split("/")[:-1] == key.split("/")[:-1]]
+    pool = same or [k for k in entries if k.startswith(kind + "/")]
+    if not pool:
+        raise LatencyError(f"the latency table has no {kind} blocks; rebuild it with python -m train.latency build")
+    best = min(pool, key=lambda k: abs(int(k.split("/")[-1]) - size_n))
+    return entries[best], (size_n / int(best.split("/")[-1])) ** 2
+
+
+def block_keys(genome: Genome) -> list[tuple[str, list[tuple[str, int, int | None]], int]]:
+    """Per layer, shortcut and head: (name, [(table key, cin, cout or None)], thousands of elements it reads
+    and writes between blocks). The one place that maps a genome onto the table's blocks."""
+    a = analyze(genome)
+    out, size_in = [], a.input_size
+    skips = {s.name.split(".")[0]: s for s in a.shortcuts}
+    for n, info in enumerate(a.layers):
+        layer, size = info.layer, info.size
+        io = info.cin * size_in * size_in + layer.out * size * size
+        if layer.separable:
+            parts = [(f"dw3/s{layer.stride}/d{layer.dilation}/{size_in}", info.cin, None),
+                     (f"pw/{size}", info.cin, layer.out)]
+            io += info.cin * size * size * 2  # the depthwise output, written and read
+        elif layer.kernel == 1:
+            parts = [(f"pw/{size}", info.cin, layer.out)]
+        else:
+            parts = [(f"conv3/s{layer.stride}/d{layer.dilation}/{size_in}", info.cin, layer.out)]
+        out.append((info.name, parts, io))
+        block = info.name.split(".")[0]
+        s = skips.get(block)
+        last = n + 1 == len(a.layers) or a.layers[n + 1].name.split(".")[0] != block
+        if s is not None and last:
+            parts = [(f"add/{s.size}", s.cout, None)]
+            sin = s.size * s.stride
+            io = 2 * s.cout * s.size * s.size
+            if s.kind == "projection":
+                parts.insert(0, (f"proj/s{s.stride}/{min(32, sin)}", s.cin, s.cout))
+                io += s.cin * sin * sin + s.cout * s.size * s.size
+            out.append((s.name, parts, io))
+        size_in = size
+    out.append(("head", [(f"head/{a.final_size}", genome.out_channels, None)],
+                genome.out_channels * a.final_size ** 2))
+    return [(name, parts, io // 1000) for name, parts, io in out]
+
+
+def predict(genome: Genome, table: LatencyTable) -> Prediction:
+    """The predicted latency of `genome` at batch 1 on the table's target: per block the interpolated
+    figure plus the fitted per-element share, plus the fixed cost (see the module docstring)."""
+    over = table.data.get("overhead", {})
+    fixed, per_kelem = float(over.get("fixed_ms", 0.0)), float(over.get("per_kelem_ms", 0.0))
+    layers, notes = [], []
+    for name, parts, kelem in block_keys(genome):
+        ms = per_kelem * kelem
+        for key, cin, cout in parts:
+            value, exact = table.lookup(key, cin, cout)
+            ms += value
+            if not exact:
+                notes.append(f"{name}: {key} at {cin}" + (f"x{cout}" if cout else "") + " outside the table")
+        layers.append(LayerLatency(name, max(ms, 0.0), tuple(k for k, _, _ in parts)))
+    for name, layer in genome.named_layers():
+        if layer.post != "bn_relu" or layer.dw_post:
+            notes.append(f"{name}: post {layer.post}{' with dw_post' if layer.dw_post else ''} approximated by "
+                         "bn_relu")
+    if genome.num_classes != 10 or genome.head.kind != "linear":
+        notes.append("head: measured with a linear classifier to 10 classes")
+    return Prediction(fixed + sum(l.ms for l in layers), fixed, tuple(layers), tuple(notes))
+
+
+def load_table(path: str | Path, runtime: str | None = None) -> LatencyTable:
+    """The table in `path`, checked: LatencyError (one line) if it is missing, not JSON, not a latency table,
+    of another layout or block version, or (when `runtime` is given) of another runtime."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LatencyError(f"{path}: no such latency table; build one with python -m train.latency build") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LatencyError(f"{path}: cannot read it ({type(e).__name__})") from None
+    except json.JSONDecodeError as e:
+        raise LatencyError(f"{path}: not a latency table (invalid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise LatencyError(f"{path}: not a latency table (no \"format\": \"{FORMAT}\"); build one with "
+                           "python -m train.latency build")
+    return table_from_dict(data, str(path), runtime)
+
+
+def table_from_dict(data: dict[str, Any], source: str = "the latency table", runtime: str | None = None
+                    ) -> LatencyTable:
+    """As load_table, from the parsed JSON (e.g. as stored with a study)."""
+    if data.get("version") != FORMAT_VERSION or data.get("blocks_version") != BLOCKS_VERSION:
+        raise LatencyError(f"{source}: layout {data.get('version')} / blocks {data.get('blocks_version')}, this "
+                           f"version reads layout {FORMAT_VERSION} / blocks {BLOCKS_VERSION}; rebuild it with "
+                           "python -m train.latency build")
+    try:
+        entries, rt = data["entries"], data["runtime"]
+        ok = (isinstance(entries, dict) and entries and rt in RUNTIMES and isinstance(data["threads"], int)
+              and isinstance(data["machine"]["cpu"], str)
+              and all(isinstance(e["ms"], list) and len(e["ms"]) == len(e["cin"]) for e in entries.values()))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise LatencyError(f"{source}: a corrupt latency table (entries, runtime, threads or machine missing or "
+                           "malformed); build it again")
+    if runtime is not None and rt != runtime:
+        raise LatencyError(f"{source} was measured with {rt}, not {runtime}; build a table for {runtime}")
+    return LatencyTable(data, source)

@@ -1,0 +1,351 @@
+"""`python -m train.latency build --runtime R --threads 1 -o FILE.json`: measure, on the machine that will run
+the net, the building blocks the search space produces, and write the latency table (space.latency reads it).
+
+Runtimes: onnxruntime-fp32 and onnxruntime-int8 (each block exported with torch's exporter as train.deploy
+exports a net, and quantized with train.deploy's settings), torch-cpu (PyTorch eager, inference mode). Every
+block is timed at batch 1 with `--threads` intra-op threads: warm-up runs, then the minimum over repeats of
+the median of a series of runs (the minimum of medians resists a busy machine). Then a few whole nets
+sampled from the space (seed 1000: never the validation's) are measured the same way and the fixed cost
+and the per-element share are fitted (space.latency), and the table's error on them is set beside the best
+linear fit of latency on MACs: the table says if it does not beat MACs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from space import Rules, analyze, check
+from space.latency import BLOCKS_VERSION, FORMAT, FORMAT_VERSION, RUNTIMES, LatencyError, LatencyTable, predict
+from space.layers import Classifier, ConvBN, Projection, build
+from space.sample import sample_genomes
+
+__all__ = ["SIZES", "Timing", "QUICK", "FULL", "block_specs", "make_block", "Runner", "measure", "build_table",
+           "net_latency", "main"]
+
+WIDTHS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)  # channels of the grid
+CALIBRATION_SEED = 1000  # the whole nets the overhead is fitted on (validation samples use other seeds)
+
+
+class Timing:
+    """How long each figure is measured: warm-up runs, then `repeats` series of at least `runs` runs
+    (and at least `seconds` each); the figure is the minimum of the series' medians."""
+
+    def __init__(self, warmup: int, repeats: int, runs: int, seconds: float, widths: tuple[int, ...], nets: int):
+        self.warmup, self.repeats, self.runs, self.seconds, self.widths, self.nets = (warmup, repeats, runs, seconds,
+                                                                                       widths, nets)
+
+
+FULL = Timing(warmup=5, repeats=5, runs=15, seconds=0.01, widths=WIDTHS, nets=12)
+QUICK = Timing(warmup=1, repeats=1, runs=2, seconds=0.0, widths=(8, 32), nets=2)  # tests: shape, not figures
+
+
+def _conv_keys() -> list[tuple[int, int, int]]:
+    """(stride, dilation, input size) of the 3x3 convs the space produces: stride 2 only undilated."""
+    keys = [(1, d, s) for d in (1, 2, 4, 8) for s in (32, 16, 8, 4)]
+    return keys + [(2, 1, s) for s in (32, 16, 8)]
+
+
+def _grid2(widths: tuple[int, ...], k2: int, max_params: int, first: tuple[int, ...] = ()) -> tuple[list, list, list]:
+    """(cin axis, cout axis, mask): a point is measured when the cell below it is within max_params (so any
+    layer within the budget finds its four corners)."""
+    xs, ys = [*first, *widths], list(widths)
+    prev = lambda axis, i: axis[max(i - 1, 0)]  # noqa: E731
+    mask = [[prev(xs, i) * prev(ys, j) * k2 <= max_params for j in range(len(ys))] for i in range(len(xs))]
+    return xs, ys, mask
+
+
+def block_specs(widths: tuple[int, ...], max_params: int) -> dict[str, dict]:
+    """Every table key with its axes: {"kind", "stride", "dilation", "size", "cin", "cout" (2-D kinds),
+    "mask"}."""
+    specs: dict[str, dict] = {}
+    for s, d, size in _conv_keys():
+        xs, ys, mask = _grid2(widths, 9, max_params, (3,) if size == 32 else ())
+        specs[f"conv3/s{s}/d{d}/{size}"] = dict(kind="conv3", stride=s, dilation=d, size=size, cin=xs, cout=ys, mask=mask)
+        specs[f"dw3/s{s}/d{d}/{size}"] = dict(kind="dw3", stride=s, dilation=d, size=size, cin=list(widths))
+    for size in (32, 16, 8, 4):
+        xs, ys, mask = _grid2(widths, 1, max_params)
+        specs[f"pw/{size}"] = dict(kind="pw", stride=1, dilation=1, size=size, cin=xs, cout=ys, mask=mask)
+        specs[f"add/{size}"] = dict(kind="add", stride=1, dilation=1, size=size, cin=list(widths))
+        specs[f"head/{size}"] = dict(kind="head", stride=1, dilation=1, size=size, cin=list(widths))
+        for s in (1, 2) if size > 4 else (1,):
+            xs, ys, mask = _grid2(widths, 1, max_params, (3,) if size == 32 else ())
+            specs[f"proj/s{s}/{size}"] = dict(kind="proj", stride=s, dilation=1, size=size, cin=xs, cout=ys, mask=mask)
+    return specs
+
+
+class _Add(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x
+
+
+def make_block(kind: str, cin: int, cout: int | None, stride: int, dilation: int) -> nn.Module:
+    """The module a table entry times, built from the same classes as the net (space.layers)."""
+    if kind == "conv3":
+        return ConvBN(cin, cout, 3, stride, dilation)
+    if kind == "dw3":
+        return nn.Conv2d(cin, cin, 3, stride, padding=dilation, dilation=dilation, groups=cin, bias=False)
+    if kind == "pw":
+        return ConvBN(cin, cout, 1)
+    if kind == "proj":
+        return Projection(cin, cout, stride)
+    if kind == "add":
+        return _Add()
+    if kind == "head":
+        return Classifier(cin, 10)
+    raise ValueError(f"unknown block kind {kind!r}")
+
+
+def _best_median(run: Callable[[], object], t: Timing) -> float:
+    """Milliseconds: the minimum over t.repeats series of the median run time."""
+    for _ in range(t.warmup):
+        run()
+    medians = []
+    for _ in range(t.repeats):
+        times: list[float] = []
+        end = time.perf_counter() + t.seconds
+        while len(times) < t.runs or time.perf_counter() < end:
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        medians.append(statistics.median(times))
+    return min(medians) * 1e3
+
+
+class Runner:
+    """Times torch modules with one runtime: ONNX Runtime fp32/int8 (exported, quantized, then a session),
+    or PyTorch eager on the CPU."""
+
+    def __init__(self, runtime: str, threads: int, timing: Timing, workdir: Path):
+        self.runtime, self.threads, self.timing, self.workdir = runtime, threads, timing, workdir
+        torch.set_num_threads(threads)
+
+    def time_many(self, modules: list[nn.Module], inputs: list[torch.Tensor]) -> list[float]:
+        """Milliseconds of each module on its input, batch 1."""
+        if self.runtime == "torch-cpu":
+            out = []
+            for m, x in zip(modules, inputs):
+                m = m.eval()
+                with torch.inference_mode():
+                    out.append(_best_median(lambda: m(x), self.timing))
+            return out
+        paths = self._export(modules, inputs)
+        return [self._time_onnx(p, x) for p, x in zip(paths, inputs)]
+
+    def _export(self, modules: list[nn.Module], inputs: list[torch.Tensor]) -> list[Path]:
+        """Each block as its own ONNX model (and quantized for int8 with train.deploy's settings). The blocks
+        use torch's TorchScript exporter: 10 ms a block instead of the dynamo exporter's 0.5 s, and the same
+        ONNX ops once ONNX Runtime has fused BatchNorm into the conv (Conv, Relu, Add, Slice, ...)."""
+        from train.deploy import _quiet, quantize_float
+
+        paths = []
+        for i, (m, x) in enumerate(zip(modules, inputs)):
+            p = self.workdir / f"b{i}.onnx"
+            with _quiet(), torch.no_grad():
+                torch.onnx.export(m.eval(), (x,), str(p), dynamo=False, input_names=["input"], output_names=["y"])
+            if self.runtime == "onnxruntime-int8":
+                q = self.workdir / f"b{i}.int8.onnx"
+                quantize_float(p, q, np.random.default_rng(i).standard_normal(tuple(x.shape)).astype(np.float32))
+                p = q
+            paths.append(p)
+        return paths
+
+    def _time_onnx(self, path: Path, x: torch.Tensor) -> float:
+        from train.deploy import _session
+
+        session = _session(path, self.threads)
+        name = session.get_inputs()[0].name
+        feed = {name: x.numpy()}
+        return _best_median(lambda: session.run(None, feed), self.timing)
+
+    def time_net(self, genome, path: Path | None = None) -> float:
+        """Milliseconds of the whole net at batch 1, exported (and quantized) as train.deploy does."""
+        model = build(genome, seed=0).eval()
+        x = torch.randn(1, genome.in_channels, 32, 32)
+        if self.runtime == "torch-cpu":
+            with torch.inference_mode():
+                return _best_median(lambda: model(x), self.timing)
+        from train.deploy import export_onnx, quantize_float
+
+        fp32 = self.workdir / "net.onnx"
+        export_onnx(model, fp32, [0.5] * 3, [0.25] * 3)
+        if self.runtime == "onnxruntime-int8":
+            calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+            quantize_float(fp32, self.workdir / "net.int8.onnx", calib)
+            fp32 = self.workdir / "net.int8.onnx"
+        return self._time_onnx(fp32, x)
+
+
+def measure(runner: Runner, specs: dict[str, dict], progress: Callable[[int, int], None], chunk: int = 48
+            ) -> dict[str, dict]:
+    """The table's entries: every spec's grid timed with `runner`."""
+    jobs = []  # (key, i, j or None, module, input)
+    for key, sp in specs.items():
+        for i, cin in enumerate(sp["cin"]):
+            size = sp["size"]
+            x = torch.randn(1, cin, size, size)
+            if "cout" in sp:
+                jobs += [(key, i, j, make_block(sp["kind"], cin, cout, sp["stride"], sp["dilation"]), x)
+                         for j, cout in enumerate(sp["cout"]) if sp["mask"][i][j]]
+            else:
+                jobs.append((key, i, None, make_block(sp["kind"], cin, None, sp["stride"], sp["dilation"]), x))
+    entries = {k: {"cin": sp["cin"], **({"cout": sp["cout"], "ms": [[None] * len(sp["cout"]) for _ in sp["cin"]]}
+                                         if "cout" in sp else {"ms": [None] * len(sp["cin"])})}
+               for k, sp in specs.items()}
+    done = 0
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start:start + chunk]
+        times = runner.time_many([j[3] for j in part], [j[4] for j in part])
+        for (key, i, j, _, _), ms in zip(part, times):
+            if j is None:
+                entries[key]["ms"][i] = round(ms, 5)
+            else:
+                entries[key]["ms"][i][j] = round(ms, 5)
+        done += len(part)
+        progress(done, len(jobs))
+    return entries
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def calibration_genomes(n: int, rules: Rules = Rules()) -> list:
+    """n feasible genomes sampled with CALIBRATION_SEED (distinct from any validation sample's seed)."""
+    out = []
+    for g in sample_genomes(20 * n + 20, seed=CALIBRATION_SEED, rules=rules):
+        if not check(g, rules):
+            out.append(g)
+        if len(out) == n:
+            break
+    return out
+
+
+def fit_overhead(data: dict, genomes: list, measured: list[float]) -> dict:
+    """Least squares of (measured - sum of the blocks) on [1, kilo-elements]: the fixed cost and the
+    per-element share (the blocks were timed alone); then the table's and the MACs fit's errors on these nets."""
+    from space.latency import block_keys
+
+    base = LatencyTable({**data, "overhead": {"fixed_ms": 0.0, "per_kelem_ms": 0.0}})
+    sums = [predict(g, base).ms for g in genomes]
+    kelem = [sum(k for _, _, k in block_keys(g)) for g in genomes]
+    resid = np.array(measured) - np.array(sums)
+    if len(genomes) >= 4:  # fewer nets: only the fixed cost (two unknowns would fit two nets exactly)
+        A = np.stack([np.ones(len(kelem)), np.array(kelem, float)], 1)
+        fixed, per = np.linalg.lstsq(A, resid, rcond=None)[0]
+    else:
+        fixed, per = float(resid.mean()), 0.0
+    overhead = {"fixed_ms": round(float(fixed), 5), "per_kelem_ms": float(per)}
+    pred = [p + fixed + per * k for p, k in zip(sums, kelem)]
+    macs = np.array([analyze(g).macs for g in genomes], float)
+    coef = np.polyfit(macs, measured, 1) if len(genomes) >= 2 else (0.0, float(np.mean(measured)))
+    lin = np.polyval(coef, macs)
+    err = lambda p: [abs(a - b) / b * 100 for a, b in zip(p, measured)]  # noqa: E731
+    verdict = {"nets": len(genomes), "table_median_err_pct": round(statistics.median(err(pred)), 2),
+               "macs_median_err_pct": round(statistics.median(err(lin)), 2)}
+    verdict["beats_macs"] = bool(verdict["table_median_err_pct"] < verdict["macs_median_err_pct"])
+    return {"overhead": overhead, "calibration": {"seed": CALIBRATION_SEED, "measured_ms": [round(m, 5) for m in measured],
+                                                  "genomes": [g.to_dict() for g in genomes], "verdict": verdict}}
+
+
+def build_table(runtime: str, threads: int, timing: Timing, max_params: int = 200_000,
+                log: Callable[[str], None] = print) -> dict:
+    """Measure and return the table (a JSON-able dict)."""
+    from train.deploy import cpu_name
+
+    specs = block_specs(timing.widths, max_params)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tinynas-latency-") as tmp:
+        runner = Runner(runtime, threads, timing, Path(tmp))
+
+        def progress(done: int, total: int) -> None:
+            log(f"blocks {done}/{total} measured ({time.perf_counter() - t0:.0f} s)")
+
+        entries = measure(runner, specs, progress)
+        data = {"format": FORMAT, "version": FORMAT_VERSION, "blocks_version": BLOCKS_VERSION, "runtime": runtime,
+                "threads": threads, "batch": 1, "max_params": max_params, "widths": list(timing.widths),
+                "machine": {"cpu": cpu_name(), "arch": platform.machine(), "host": platform.node(),
+                            "platform": platform.platform()},
+                "versions": _versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "entries": entries}
+        genomes = calibration_genomes(timing.nets, Rules(max_params=max_params))
+        measured = []
+        for n, g in enumerate(genomes, 1):
+            measured.append(runner.time_net(g))
+            log(f"whole nets {n}/{len(genomes)} measured ({time.perf_counter() - t0:.0f} s)")
+    data.update(fit_overhead(data, genomes, measured))
+    data["seconds"] = round(time.perf_counter() - t0, 1)
+    return data
+
+
+def net_latency(genome, runtime: str, threads: int = 1, timing: Timing = FULL) -> float:
+    """The measured milliseconds of a whole net at batch 1 (exported and quantized like a deployed one)."""
+    with tempfile.TemporaryDirectory(prefix="tinynas-latency-") as tmp:
+        return Runner(runtime, threads, timing, Path(tmp)).time_net(genome)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from space.spec import CliParser
+
+    from .deploy import DEPLOY_EXTRA, missing
+
+    p = CliParser(prog="python -m train.latency", description=__doc__.split(":", 1)[1].strip())
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="measure the blocks and write a latency table")
+    b.add_argument("--runtime", required=True, help=f"one of: {', '.join(RUNTIMES)}")
+    b.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    b.add_argument("--max-params", type=int, default=200_000, help="the widest blocks measured: those of nets "
+                   "within this many parameters (default 200,000)")
+    b.add_argument("--quick", action="store_true", help="a tiny table in seconds (tests; its figures are rough)")
+    b.add_argument("-o", "--out", required=True, help="the table, a .json file")
+    b.error = p.error  # type: ignore[method-assign]  # one error line, not usage
+    args = p.parse_args(argv)
+    if args.runtime not in RUNTIMES:
+        raise LatencyError(f"unknown --runtime {args.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    if args.threads < 1 or args.max_params < 1:
+        raise LatencyError("--threads and --max-params must be positive integers")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise LatencyError(f"{out.parent}: no such folder for -o")
+    if args.runtime.startswith("onnxruntime") and missing():
+        raise LatencyError(f"--runtime {args.runtime} needs {', '.join(missing())} (the deploy extra): {DEPLOY_EXTRA}")
+    timing = QUICK if args.quick else FULL
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    data = build_table(args.runtime, args.threads, timing, args.max_params, log)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, out)  # never a half-written table
+    v = data["calibration"]["verdict"]
+    print(f"{out}: {args.runtime}, {args.threads} thread(s) on {data['machine']['cpu']}, {data['seconds']:.0f} s; "
+          f"on {v['nets']} sampled nets the table's median error is {v['table_median_err_pct']:.1f} %, the best "
+          f"linear fit on MACs' {v['macs_median_err_pct']:.1f} %")
+    if not v["beats_macs"]:
+        print(f"warning: on this target the table does not beat MACs (median error {v['table_median_err_pct']:.1f} % "
+              f"vs {v['macs_median_err_pct']:.1f} %); a --max-macs budget predicts as well", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from space.spec import run_cli
+
+    from .deploy import DeployError
+
+    run_cli(main, (LatencyError, DeployError))
