@@ -22,8 +22,9 @@ from typing import Callable, Sequence
 import optuna
 import torch
 
-from space import analyze
+from space import Genome, analyze
 from space.export import export_code
+from space.latency import LatencyTable, predict
 from space.spec import plural
 from train.data import ImageData
 from train.engine import resolve_device, train
@@ -35,7 +36,7 @@ from .settings import SearchError, SearchSettings
 from .trials import genome_of, pick_trial, val_acc
 
 __all__ = ["FINAL_JSON", "CHECKPOINT", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "retrain_and_compare",
-           "deploy_final", "load_final"]
+           "deploy_final", "load_final", "latency_check"]
 
 FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
@@ -150,7 +151,37 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     tta = f"flip-TTA {test_acc_tta:.4f}; " if test_acc_tta is not None else ""
     log(f"test accuracy {test_acc:.4f} ({tta}{len(data.y_test):,} images, evaluated once)")
     record["deploy"] = deploy_final(result.model, out, data, test_acc, settings.seed, log)
+    if settings.latency_table is not None:
+        record["latency"] = latency_check(settings.latency_table, genome, record["deploy"], log)
     write_json(out / FINAL_JSON, record)
+    return record
+
+
+def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callable[[str], None] = print) -> dict:
+    """The winner's latency predicted by the study's table beside the latency measured here with the table's
+    runtime (the deploy step's batch-1 median for ONNX Runtime, a fresh measurement for torch-cpu), compared
+    only when the table was measured on this machine (same CPU, threads and runtime version)."""
+    from train.deploy import cpu_name
+
+    predicted = predict(genome, table).ms
+    record = {"runtime": table.runtime, "threads": table.threads, "table_machine": table.machine,
+              "predicted_ms": round(predicted, 4), "measured_ms": None, "error_pct": None}
+    kind = {"onnxruntime-fp32": "fp32", "onnxruntime-int8": "int8"}.get(table.runtime)
+    same = (table.machine == cpu_name() and table.threads == (deploy.get("fp32", {}).get("threads", 1) if kind else 1)
+            and (kind is None or table.data.get("versions", {}).get("onnxruntime") == deploy.get("onnxruntime")))
+    if kind is not None and kind in deploy:
+        record["measured_ms"] = deploy[kind]["latency_ms_b1"]
+    elif kind is None:
+        from train.latency import net_latency
+        record["measured_ms"] = round(net_latency(genome, table.runtime, table.threads), 4)
+    record["same_machine"] = bool(same)
+    if same and record["measured_ms"]:
+        record["error_pct"] = round((predicted - record["measured_ms"]) / record["measured_ms"] * 100, 1)
+        log(f"latency ({table.runtime}): predicted {predicted:.3f} ms, measured {record['measured_ms']:.3f} ms "
+            f"({record['error_pct']:+.1f} %)")
+    else:
+        log(f"latency ({table.runtime}): predicted {predicted:.3f} ms on {table.machine}; the table is for another "
+            "machine or runtime version, so this machine's figure is not compared")
     return record
 
 

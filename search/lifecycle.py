@@ -212,10 +212,12 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Heartbeat:
     return Heartbeat(study._storage, trial._trial_id, _HEARTBEAT_AT)
 
 
-def objective_values(accuracy: float, a: Analysis, objectives: str) -> list[float]:
+def objective_values(accuracy: float, a: Analysis, objectives: str, latency_ms: float | None = None) -> list[float]:
     """The values to tell Optuna: [accuracy], or [accuracy, cost] in a multi-objective study (the cost is
-    analytic: a's params or macs; see search.settings.cost_name)."""
+    analytic: a's params or macs, or the predicted `latency_ms`; see search.settings.cost_name)."""
     cost = cost_name(objectives)
+    if cost == "latency":
+        return [float(accuracy), float(latency_ms)]
     return [float(accuracy)] + ([float(getattr(a, cost))] if cost else [])
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import optuna
 
 from space import Analysis, Genome, analyze, check, construct, constraint_values
+from space.latency import predict
 
 from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, duplicate_of, failed, free_places,
                         heartbeat, is_enqueued, mark, not_trained, objective_values, reap_dead_trials, rejected,
@@ -54,6 +55,7 @@ class _Candidate:
     genome: Genome
     analysis: Analysis  # its exact params, MACs, RF, peak activations
     tag: str  # "  [preset]" or ""
+    latency_ms: float | None = None  # predicted by the study's latency table (None without one)
 
 
 class SearchStopped(RuntimeError):
@@ -166,7 +168,7 @@ class Search:
         except TooLarge as e:
             self.last_failure = str(e)
             return too_large(self.last_failure, objective_values(REJECTED_VALUE, cand.analysis,
-                                                                  self.settings.objectives))
+                                                                  self.settings.objectives, cand.latency_ms))
         except Exception as e:
             self.last_failure = one_line(e)
             return failed(self.last_failure)
@@ -239,16 +241,18 @@ class Search:
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
         genome = Genome.from_json(carried) if carried else built.genome
         a = analyze(genome)
+        ms = predict(genome, s.latency_table).ms if s.latency_table is not None else None
         for key, value in constraint_values(genome, s.rules).items():
             trial.set_constraint(key, value)
         for key, value in {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params,
-                           "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations}.items():
+                           "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations,
+                           **({"latency_ms": round(ms, 4)} if ms is not None else {})}.items():
             trial.set_user_attr(key, value)
-        cand = _Candidate(genome, a, f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else "")
+        cand = _Candidate(genome, a, f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else "", ms)
         violations = check(genome, s.rules)
         if violations:
             reason = "; ".join(violations + ([built.note] if built.note and not carried else []))
-            return cand, rejected(reason, objective_values(REJECTED_VALUE, a, s.objectives))
+            return cand, rejected(reason, objective_values(REJECTED_VALUE, a, s.objectives, ms))
         return cand, duplicate_of(self.study, trial, genome.to_json())
 
     def _screen(self, first: optuna.Trial, cand: _Candidate) -> tuple[optuna.Trial, _Candidate, Verdict | None]:
@@ -328,7 +332,8 @@ class Search:
             self.last_failure = result.message or "diverged"
             return failed(self.last_failure)
         a = cand.analysis
-        values = None if result.status == "stopped" else objective_values(result.val_acc, a, self.settings.objectives)
+        values = None if result.status == "stopped" else objective_values(result.val_acc, a, self.settings.objectives,
+                                                                           cand.latency_ms)
         return dataclasses.replace(trained(values, oom_retry), note=(
             f"val {result.val_acc:.4f}  {a.params:>9,} params  {a.macs / 1e6:6.1f} M MACs  "
             f"{a.peak_activations / 1e3:5.0f} k peak act  RF {a.rf:>3}  {result.epochs} ep  "

@@ -72,6 +72,17 @@ def _per_class(final: dict) -> tuple[str, str]:
     return text, confusion_text(cm, classes)
 
 
+def _latency_section(latency: dict | None) -> list[str]:
+    """The winner's predicted latency (the study's --latency-table) beside the measured one, when comparable."""
+    if not latency:
+        return []
+    head = (f"Latency ({latency['runtime']}, {latency['threads']} thread(s), batch 1): predicted "
+            f"**{latency['predicted_ms']:.3f} ms** by the study's table (measured on {latency['table_machine']})")
+    if latency.get("error_pct") is not None:
+        return [head + f", measured **{latency['measured_ms']:.3f} ms** here ({latency['error_pct']:+.1f} %).", ""]
+    return [head + "; the table is for another machine or runtime version, so no measurement here is compared.", ""]
+
+
 def _deploy_section(deploy: dict | None) -> list[str]:
     """report.md's lines on the ONNX files (train.deploy's figures in final.json), or why there are none."""
     if not deploy:
@@ -107,7 +118,9 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
     board.to_csv(paths["leaderboard"], index=False)
     rejected = rejected_fraction(trials)
     cost = (cost_name(settings.objectives) if settings else None) or "params"  # the front's cost axis
-    budget_of = {"params": settings.max_params, "macs": settings.max_macs} if settings else {}
+    budget_of = ({"params": settings.max_params, "macs": settings.max_macs, "latency_ms": settings.max_latency_ms}
+                 if settings else {})
+    cost = "latency_ms" if cost == "latency" else cost  # the leaderboard's column
     paths["plot_pareto"] = plots.plot_pareto(board, out / "plots" / "pareto.png", budget_of.get(cost), cost)
     paths["plot_history"] = plots.plot_history(board, out / "plots" / "history.png")
     baseline = random_rejection_rate(settings.rules, construction=settings.construction) if settings else None
@@ -181,7 +194,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
                f"{final['train_seconds']:.1f} s of training ({final['images_per_s']:,.0f} images/s) on "
                f"{_device(final)}, {final['wall_seconds']:.1f} s wall; seed {final['seed']}, "
                f"batch {final['batch_size']}, peak lr {final['lr']}, augmentation {'on' if final['augment'] else 'off'}.", ""]
-        md += _deploy_section(final.get("deploy"))
+        md += _deploy_section(final.get("deploy")) + _latency_section(final.get("latency"))
     elif len(best):
         b = best.iloc[0]
         g = Genome.from_json(next(t for t in trials if t.number == b.number).user_attrs["genome"])
@@ -262,6 +275,8 @@ def _search_section(trials: list, settings, rejected: list[bool], baseline: floa
         md += [f"Settings: dataset {settings.dataset}, objectives {settings.objectives}, "
                f"<= {settings.max_params:,} parameters, "
                + (f"<= {settings.max_macs:,} MACs per image, " if settings.max_macs else "")
+               + (f"<= {settings.max_latency_ms:g} ms per image predicted by {settings.latency_table!r}, "
+                  if settings.max_latency_ms else "")
                + f"RF >= {settings.min_rf}, "
                f"{plural(settings.trial_epochs, 'epoch')} per trial, validation split {settings.val_size}, "
                f"training subset {settings.subset_train or 'none'}, batch {settings.batch_size}, "
@@ -276,7 +291,8 @@ def _search_section(trials: list, settings, rejected: list[bool], baseline: floa
 def _front(board: pd.DataFrame, settings, cost: str) -> list[str]:
     """The Pareto front, the plots and the top 10."""
     md: list[str] = []
-    front = board[board.pareto].sort_values(cost)[["number", "val_acc", "params", "macs", "peak_act", "rf", "summary"]]
+    front = board[board.pareto].sort_values(cost)[["number", "val_acc", "params", "macs", "latency_ms", "peak_act",
+                                                   "rf", "summary"]]
     md += ["### Pareto front", "",
            f"Completed, feasible trials that no other beats on both validation accuracy and {COSTS[cost]} "
            + ("(the study's objectives). " if settings and cost_name(settings.objectives) else

@@ -45,7 +45,7 @@ from .cli import ERRORS, add_final_args, add_study_args, make_parser, parse_comp
 from .lifecycle import Counts, count, requeue, stopped_by_interrupt
 from .loop import SearchStopped
 from .settings import (DEFAULTS, SearchError, SearchSettings, cost_name, default_val_size, parse_objectives,
-                       defaults_text, parse_val_size, resolve, resolve_settings)
+                       defaults_text, latency_settings, parse_val_size, resolve, resolve_settings)
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 from .study import PRUNERS, SAMPLERS
@@ -97,8 +97,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default: train.defaults, per dataset)")
     add_rule_flags(p)
     p.add_argument("--objectives", default="accuracy",
-                   help="accuracy (default), accuracy,params or accuracy,macs: maximise accuracy and minimise the "
-                        "cost (multi-objective, not pruned)")
+                   help="accuracy (default), accuracy,params, accuracy,macs or accuracy,latency: maximise accuracy "
+                        "and minimise the cost (multi-objective, not pruned)")
     p.add_argument("--prescreen", type=int, default=1, metavar="K",
                    help="train only the best of K feasible proposals by a zero-cost proxy, recording the others as "
                         "screened out (default 1: off)")
@@ -248,7 +248,8 @@ def _config(args: argparse.Namespace) -> tuple[dict, SearchSettings, int, int, s
     given = dict(dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf, trial_epochs=args.trial_epochs,
                  val_size=parse_val_size(args.val_size) if args.val_size else None, seed=args.seed,
                  subset_train=args.subset_train, batch_size=args.batch_size, max_macs=args.max_macs,
-                 objectives=objectives, prescreen=prescreen, proxy=proxy, sampler=args.sampler)
+                 objectives=objectives, prescreen=prescreen, proxy=proxy, sampler=args.sampler,
+                 **latency_settings(args.latency_table, args.max_latency_ms, objectives))
     settings, _ = resolve_settings(given)
     val_note = "" if args.val_size else default_val_size(args.dataset, args.subset_train)[1]
     check_satisfiable(settings.rules)  # before any data or training

@@ -12,13 +12,14 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from space import CONSTRUCTION_VERSION, SPACE_VERSION, Rules
+from space.latency import LatencyError, LatencyTable, load_table, table_from_dict
 from space.rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
 
 __all__ = ["OBJECTIVES", "COSTS", "parse_objectives", "directions", "cost_name", "DEFAULT_PROXY", "DATASET_SIZES", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS",
-           "SearchSettings", "migrate", "parse_val_size", "default_val_size", "resolve", "RESUMED", "resolve_settings", "defaults_text"]
+           "SearchSettings", "migrate", "parse_val_size", "default_val_size", "resolve", "RESUMED", "resolve_settings", "defaults_text", "latency_settings"]
 
 
 class SearchError(Exception):
@@ -32,16 +33,17 @@ def one_line(e: BaseException) -> str:
 
 
 # What a study optimises (--objectives): validation accuracy alone (the default; pruning works), or accuracy and
-# an analytic cost (space.analyze), a multi-objective study: maximise accuracy, minimise parameters or MACs per
-# image. A rejected candidate is told (0, its cost) with its constraint violations, (0,) in a single-objective
+# an analytic cost (space.analyze), a multi-objective study: maximise accuracy, minimise parameters, MACs per
+# image or the latency predicted by the study's --latency-table (space.latency). A rejected candidate is told (0, its cost) with its constraint violations, (0,) in a single-objective
 # study (search.lifecycle.objective_values). Optuna cannot prune multi-objective studies (Trial.report raises),
 # so they train every candidate for the whole --trial-epochs. Their Pareto front: search.trials.pareto_trials.
-OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,macs")
-COSTS = {"params": "parameters", "macs": "MACs per image"}
+OBJECTIVES = ("accuracy", "accuracy,params", "accuracy,macs", "accuracy,latency")
+COSTS = {"params": "parameters", "macs": "MACs per image", "latency": "predicted ms per image",
+         "latency_ms": "predicted ms per image"}  # the leaderboard's column of the latency cost
 
 
 def parse_objectives(text: str) -> str:
-    """The canonical objectives string ('accuracy', 'accuracy,params' or 'accuracy,macs')."""
+    """The canonical objectives string (one of OBJECTIVES)."""
     canon = ",".join(p.strip() for p in text.split(","))
     if canon not in OBJECTIVES:
         raise SearchError(f"unknown --objectives {text!r}; choose one of: {', '.join(OBJECTIVES)}")
@@ -53,7 +55,7 @@ def directions(objectives: str) -> list[str]:
 
 
 def cost_name(objectives: str) -> str | None:
-    """'params' or 'macs' for a multi-objective study, None for accuracy alone."""
+    """'params', 'macs' or 'latency' for a multi-objective study, None for accuracy alone."""
     names = objectives.split(",")
     return names[1] if len(names) > 1 else None
 
@@ -129,13 +131,19 @@ class SearchSettings:
     # augmentation's settings), as sorted (name, value) pairs: a study resumed after those defaults changed
     # trains its later trials, and its final retrain, as it began.
     recipe: tuple[tuple[str, Any], ...] = field(default_factory=lambda: _pairs(TrainConfig().recipe()))
+    # A latency budget (space.latency): predicted ms per image on the target of the table, stored whole with
+    # the study so that a resume (or a worker elsewhere) predicts with the same figures.
+    max_latency_ms: float | None = None
+    latency_table: LatencyTable | None = None
 
     @property
     def rules(self) -> Rules:
-        return Rules(self.max_params, self.min_rf, self.max_macs)
+        return Rules(self.max_params, self.min_rf, self.max_macs, self.max_latency_ms, self.latency_table)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "recipe": dict(self.recipe), "schema": SCHEMA}
+        table = self.latency_table.to_dict() if self.latency_table is not None else None
+        return {**asdict(replace(self, latency_table=None)), "latency_table": table, "recipe": dict(self.recipe),
+                "schema": SCHEMA}
 
     def with_recipe(self, **changes: Any) -> SearchSettings:
         """A copy whose recipe has some settings changed (names as in TrainConfig.recipe())."""
@@ -153,7 +161,13 @@ class SearchSettings:
             TrainConfig().with_recipe(d["recipe"])
         except (TypeError, ValueError) as e:
             raise SearchError(f"the study's stored recipe does not fit this version: {e}") from None
-        return cls(**{**{k: d[k] for k in names}, "recipe": _pairs(d["recipe"])})
+        table = d["latency_table"]
+        if table is not None and not isinstance(table, LatencyTable):
+            try:
+                table = table_from_dict(table, "the study's stored latency table")
+            except LatencyError as e:
+                raise SearchError(str(e)) from None
+        return cls(**{**{k: d[k] for k in names}, "recipe": _pairs(d["recipe"]), "latency_table": table})
 
     def differing(self, stored: SearchSettings) -> list[str]:
         """The names of the settings that differ from `stored`, in field order."""
@@ -201,9 +215,11 @@ def resolve(given: Any = None, stored: Any = None, per_dataset: Any = None, buil
 
 # The settings a resumed study takes from its stored settings when no flag gives them: the per-dataset
 # defaults, the recipe and the construction, whose defaults may change between versions while the study's
-# trials were measured with the old ones, and the sampler (a study resumes with its own). The others have no stored rung: a flag's value (or its built-in
-# default) that differs from the stored one is refused (search.study.open_study).
-RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction", "sampler")
+# trials were measured with the old ones; the sampler (a study resumes with its own); the latency table and
+# budget (the stored table predicts, even where its file is gone). The others have no stored rung: a flag's
+# value (or its built-in default) that differs from the stored one is refused (search.study.open_study).
+RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction", "sampler",
+           "max_latency_ms", "latency_table")
 
 
 def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
@@ -231,6 +247,28 @@ def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
     return settings, kept
 
 
+def latency_settings(path: str | None, max_latency_ms: float | None, objectives: str) -> dict[str, Any]:
+    """The given values of --latency-table (loaded and checked, space.latency) and --max-latency-ms, by field
+    name; SearchError (one line) for a bad one. Says so when the table's build found it no better than MACs
+    on its target."""
+    if path is None:
+        if max_latency_ms is not None or cost_name(objectives) == "latency":
+            raise SearchError("--max-latency-ms and --objectives accuracy,latency need --latency-table FILE (the "
+                              "target's table: python -m train.latency build)")
+        return {"latency_table": None, "max_latency_ms": None}
+    if max_latency_ms is not None and not max_latency_ms > 0:
+        raise SearchError(f"--max-latency-ms must be a positive number, got {max_latency_ms:g}")
+    try:
+        table = load_table(path)
+    except LatencyError as e:
+        raise SearchError(str(e)) from None
+    v = table.verdict
+    if v and not v.get("beats_macs", True):
+        print(f"note: {path}'s build found it no better than MACs on its target (median error "
+              f"{v['table_median_err_pct']:.1f} % vs {v['macs_median_err_pct']:.1f} %)", flush=True)
+    return {"latency_table": table, "max_latency_ms": max_latency_ms}
+
+
 def _pairs(recipe: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(recipe.items()))
 
@@ -241,8 +279,10 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     Schema 1 (no "schema" key) gained keys over time; a key it lacks means the value from before the key
     existed: no MACs limit, accuracy alone, search space 1 and construction 1, no prescreen, and the recipe
     of that time. Schema 2 lacks the sampler: it was TPE. (Schema 3 is refused by the versions before it, so
-    that none of them resumes a study of another sampler with TPE.)
+    that none of them resumes a study of another sampler with TPE.) A layout without the latency keys had no
+    latency budgets.
     """
+    d = {"max_latency_ms": None, "latency_table": None, **d}
     version = d.get("schema", 1)
     if not isinstance(version, int) or version > SCHEMA:
         raise SearchError(f"the study's settings were stored by a later version of tinynas (layout {version}, "

@@ -114,7 +114,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: the ranked completed trials first, then pruned, duplicate, failed, too large
     (for the device: its reason in rejected_reason), screened, rejected.
     `pareto`: on the study's Pareto front (pareto_trials); `peak_act`: peak activations, elements per image;
-    `proxy_score`, `proxy_rank` (1 = chosen) and `lost_to`: a --prescreen round's verdict (blank without one)."""
+    `latency_ms`: predicted by the study's latency table (blank without one); `proxy_score`, `proxy_rank`
+    (1 = chosen) and `lost_to`: a --prescreen round's verdict (blank without one)."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
     front = {t.number for t in pareto_trials(trials)}
@@ -125,18 +126,21 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                     if t.datetime_complete and t.datetime_start else None)
         rows.append({
             "number": t.number, "state": classify(t), "val_acc": trained_val_acc(t), "params": a.get("n_params"),
-            "macs": a.get("macs"), "peak_act": a.get("peak_act"), "rf": a.get("rf"), "epochs": a.get("epochs"),
+            "macs": a.get("macs"), "latency_ms": a.get("latency_ms"), "peak_act": a.get("peak_act"), "rf": a.get("rf"),
+            "epochs": a.get("epochs"),
             "train_seconds": a.get("train_seconds"), "images_per_s": a.get("images_per_s"),
             "wall_seconds": duration, "device": a.get("device"), "summary": a.get("summary"),
             "preset": a.get("preset"), **state_columns(t),
             "proxy_score": a.get("prescreen_score"), "proxy_rank": a.get("prescreen_rank"),
             "best": best is not None and t.number == best.number, "pareto": t.number in front,
         })
-    df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "peak_act", "rf", "epochs",
-                                     "train_seconds", "images_per_s", "wall_seconds", "device", "summary", "preset",
+    df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "latency_ms", "peak_act", "rf",
+                                     "epochs", "train_seconds", "images_per_s", "wall_seconds", "device", "summary",
+                                     "preset",
                                      "rejected_reason", "failed_reason", "duplicate_of", "retry_of", "proxy_score",
                                      "proxy_rank", "lost_to", "best", "pareto"])
     df["proxy_score"] = df["proxy_score"].astype(float)  # NaN without a prescreen
+    df["latency_ms"] = df["latency_ms"].astype(float)  # predicted (--latency-table); NaN without a table
     for col in ("params", "macs", "peak_act", "rf", "epochs", "duplicate_of", "retry_of", "proxy_rank",
                 "lost_to"):  # ints, blank if unknown
         df[col] = df[col].astype("Int64")

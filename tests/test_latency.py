@@ -1,0 +1,145 @@
+"""Latency tables (train.latency, space.latency): the build command at its tiny size, its bad inputs, the
+prediction in space.describe, and a digits search under a latency budget."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.lifecycle import classify, rejected_reason
+from search.study import stored_settings
+from space import Rules, check, constraint_values
+from space.latency import LatencyError, load_table, predict
+from space.sample import sample_genomes
+from train.deploy import missing
+
+pytestmark = pytest.mark.skipif(bool(missing()), reason="needs the deploy extra (onnx, onnxruntime, onnxscript)")
+
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+DIGITS = ["--dataset", "digits", "--subset-train", "200", "--subset-test", "50", "--trial-epochs", "1",
+          "--batch-size", "32", "--max-params", "100000", "--no-final", "--no-presets"]
+
+
+def cli(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_error(r: subprocess.CompletedProcess, *parts: str) -> None:
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latency") / "fp32.json"
+    r = cli(out.parent, "train.latency", "build", "--runtime", "onnxruntime-fp32", "--threads", "1", "--quick",
+            "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "blocks" in r.stderr and "measured" in r.stderr and "whole nets 2/2 measured" in r.stderr  # progress
+    return out
+
+
+def test_build_writes_a_table_with_its_target_and_positive_figures(table_path):
+    data = json.loads(table_path.read_text())
+    assert (data["runtime"], data["threads"], data["batch"]) == ("onnxruntime-fp32", 1, 1)
+    assert data["machine"]["cpu"] and data["versions"]["onnxruntime"] and data["versions"]["torch"]
+    assert {"conv3/s1/d1/32", "conv3/s2/d1/16", "dw3/s1/d4/16", "pw/8", "proj/s2/32", "add/4", "head/4"} <= set(
+        data["entries"])
+    values = [v for e in data["entries"].values() for row in e["ms"] for v in (row if isinstance(row, list) else [row])
+              if v is not None]
+    assert values and min(values) > 0
+    assert len(data["calibration"]["measured_ms"]) == 2 and min(data["calibration"]["measured_ms"]) > 0
+    table = load_table(table_path, runtime="onnxruntime-fp32")
+    g = next(sample_genomes(1, seed=3))
+    p = predict(g, table)
+    assert p.ms > 0 and abs(p.ms - p.fixed_ms - sum(l.ms for l in p.layers)) < 1e-9
+    assert [l.name for l in p.layers if not l.name.endswith("skip")][:-1] == [n for n, _ in g.named_layers()]
+
+
+def test_describe_shows_the_predicted_ms_per_layer(table_path, tmp_path):
+    r = cli(tmp_path, "space.describe", "seed003_net", "--latency-table", str(table_path))
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if line.startswith("layer"))
+    assert header.split()[-1] == "ms"
+    assert "predicted latency:" in r.stdout and "onnxruntime-fp32" in r.stdout
+
+
+def test_a_budget_rejects_by_the_prediction_and_feeds_the_constraints(table_path):
+    table = load_table(table_path)
+    genomes = [g for g in sample_genomes(60, seed=5) if not check(g)]
+    ms = sorted(predict(g, table).ms for g in genomes)
+    budget = statistics.median(ms)
+    rules = Rules(max_latency_ms=budget, latency=table)
+    for g in genomes:
+        slow = predict(g, table).ms > budget
+        assert any("predicted" in v and "ms >" in v for v in check(g, rules)) == slow
+        assert (constraint_values(g, rules)["latency"] > 0) == slow
+
+
+def test_bad_tables_are_one_clear_error(table_path, tmp_path):
+    with pytest.raises(LatencyError, match="no such latency table"):
+        load_table(tmp_path / "absent.json")
+    (tmp_path / "corrupt.json").write_text('{"format": "tinynas-latency-table", "vers')
+    with pytest.raises(LatencyError, match="invalid JSON"):
+        load_table(tmp_path / "corrupt.json")
+    (tmp_path / "genome.json").write_text(next(sample_genomes(1)).to_json())
+    with pytest.raises(LatencyError, match="not a latency table"):
+        load_table(tmp_path / "genome.json")
+    with pytest.raises(LatencyError, match="measured with onnxruntime-fp32, not onnxruntime-int8"):
+        load_table(table_path, runtime="onnxruntime-int8")
+    data = json.loads(table_path.read_text())
+    (tmp_path / "later.json").write_text(json.dumps({**data, "blocks_version": 99}))
+    with pytest.raises(LatencyError, match="rebuild it"):
+        load_table(tmp_path / "later.json")
+    (tmp_path / "broken.json").write_text(json.dumps({**data, "entries": {}}))
+    with pytest.raises(LatencyError, match="corrupt latency table"):
+        load_table(tmp_path / "broken.json")
+
+
+def test_bad_build_and_search_inputs_exit_2_and_write_nothing(table_path, tmp_path):
+    one_error(cli(tmp_path, "train.latency", "build", "--runtime", "tflite", "-o", "t.json"), "unknown --runtime")
+    assert not (tmp_path / "t.json").exists()
+    (tmp_path / "genome.json").write_text(next(sample_genomes(1)).to_json())
+    one_error(cli(tmp_path, "search.run", *DIGITS, "--latency-table", "genome.json", "--max-latency-ms", "5"),
+              "not a latency table")
+    one_error(cli(tmp_path, "search.run", *DIGITS, "--max-latency-ms", "5"), "need --latency-table")
+    one_error(cli(tmp_path, "search.run", *DIGITS, "--latency-table", str(table_path), "--max-latency-ms", "1e-6"),
+              "no genome of the search space meets", "--max-latency-ms 1e-06", "lowest predicted latency")
+    assert not (tmp_path / "results").exists()
+
+
+def test_digits_search_rejects_over_budget_before_training_and_keeps_the_table_on_resume(table_path, tmp_path):
+    table = load_table(table_path)
+    rules = Rules(max_params=100_000)
+    ms = sorted(predict(g, table).ms for g in sample_genomes(200, seed=11, rules=rules) if not check(g, rules))
+    budget = round(ms[len(ms) // 3], 4)  # about two thirds of the space is over it
+    r = cli(tmp_path, "search.run", *DIGITS, "--trials", "3", "--study-name", "lat", "--latency-table",
+            str(table_path), "--max-latency-ms", str(budget))
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="lat", storage=f"sqlite:///{tmp_path / 'results' / 'lat.db'}")
+    trials = study.get_trials()
+    trained = [t for t in trials if classify(t) in ("completed", "pruned")]
+    rejected = [t for t in trials if "predicted" in (rejected_reason(t) or "")]
+    assert len(trained) == 3 and rejected, [t.user_attrs.get("rejected_reason") for t in trials]
+    assert all(t.user_attrs["latency_ms"] <= budget for t in trained)
+    assert all(t.user_attrs["latency_ms"] > budget and "epochs" not in t.user_attrs for t in rejected)
+    assert all(f"> {budget:g} ms" in rejected_reason(t) for t in rejected)
+    # Resumed without the flags: the stored table and budget are kept.
+    r = cli(tmp_path, "search.run", *DIGITS, "--trials", "4", "--study-name", "lat")
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="lat", storage=f"sqlite:///{tmp_path / 'results' / 'lat.db'}")
+    s = stored_settings(study)
+    assert s.latency_table == table and s.max_latency_ms == budget
+    trained = [t for t in study.get_trials() if classify(t) in ("completed", "pruned")]
+    assert len(trained) == 4 and all(t.user_attrs["latency_ms"] <= budget for t in trained)
