@@ -143,3 +143,20 @@ def test_digits_search_rejects_over_budget_before_training_and_keeps_the_table_o
     assert s.latency_table == table and s.max_latency_ms == budget
     trained = [t for t in study.get_trials() if classify(t) in ("completed", "pruned")]
     assert len(trained) == 4 and all(t.user_attrs["latency_ms"] <= budget for t in trained)
+
+
+def test_accuracy_latency_objective_tells_the_predicted_ms_and_the_settings_round_trip(table_path):
+    from search.runner import Search
+    from search.settings import SearchSettings
+    from search.trials import leaderboard, pareto_trials
+    from tests.search_helpers import FakeTrain, memory_study, settings
+
+    table = load_table(table_path)
+    s = settings(objectives="accuracy,latency", latency_table=table)
+    study = memory_study(s)
+    Search(study, s, 10, FakeTrain(epochs=1), 4, log=lambda line: None).run()
+    done = [t for t in study.get_trials() if classify(t) == "completed"]
+    assert done and all(t.values[1] == pytest.approx(t.user_attrs["latency_ms"], abs=1e-4) for t in done)
+    assert pareto_trials(study.get_trials()) and leaderboard(study).latency_ms.notna().any()
+    again = SearchSettings.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s and again.latency_table == table and again.rules.latency == table
