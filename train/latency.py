@@ -4,7 +4,8 @@ the net, the building blocks the search space produces, and write the latency ta
 Runtimes: onnxruntime-fp32 and onnxruntime-int8 (each block exported with torch's exporter as train.deploy
 exports a net, and quantized with train.deploy's settings), torch-cpu (PyTorch eager, inference mode). Every
 block is timed at batch 1 with `--threads` intra-op threads: warm-up runs, then the minimum over repeats of
-the median of a series of runs (the minimum of medians resists a busy machine). Then a few whole nets
+the median of a series of runs (the minimum of medians resists a busy machine); with one thread the time is
+the calling thread's CPU time, which time slices lost to other processes do not inflate. Then a few whole nets
 sampled from the space (seed 1000: never the validation's) are measured the same way and the fixed cost
 and the per-element share are fitted (space.latency), and the table's error on them is set beside the best
 linear fit of latency on MACs: the table says if it does not beat MACs.
@@ -47,7 +48,7 @@ class Timing:
                                                                                        widths, nets)
 
 
-FULL = Timing(warmup=5, repeats=5, runs=15, seconds=0.01, widths=WIDTHS, nets=12)
+FULL = Timing(warmup=5, repeats=3, runs=15, seconds=0.01, widths=WIDTHS, nets=12)
 QUICK = Timing(warmup=1, repeats=1, runs=2, seconds=0.0, widths=(8, 32), nets=2)  # tests: shape, not figures
 
 
@@ -107,8 +108,8 @@ def make_block(kind: str, cin: int, cout: int | None, stride: int, dilation: int
     raise ValueError(f"unknown block kind {kind!r}")
 
 
-def _best_median(run: Callable[[], object], t: Timing) -> float:
-    """Milliseconds: the minimum over t.repeats series of the median run time."""
+def _best_median(run: Callable[[], object], t: Timing, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Milliseconds: the minimum over t.repeats series of the median run time by `clock`."""
     for _ in range(t.warmup):
         run()
     medians = []
@@ -116,9 +117,9 @@ def _best_median(run: Callable[[], object], t: Timing) -> float:
         times: list[float] = []
         end = time.perf_counter() + t.seconds
         while len(times) < t.runs or time.perf_counter() < end:
-            t0 = time.perf_counter()
+            t0 = clock()
             run()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         medians.append(statistics.median(times))
     return min(medians) * 1e3
 
@@ -130,6 +131,11 @@ class Runner:
     def __init__(self, runtime: str, threads: int, timing: Timing, workdir: Path):
         self.runtime, self.threads, self.timing, self.workdir = runtime, threads, timing, workdir
         torch.set_num_threads(threads)
+        # One thread: the run happens in this thread, so its CPU time is the latency an idle core would give,
+        # and time slices lost to other processes on a shared machine are not counted (wall time of a 2 ms
+        # run on a core shared by 4 processes is ~4x, of a 0.2 ms run ~1x: it distorts the table's shape).
+        # More threads: wall time (the other threads' work would be missed).
+        self.clock = time.thread_time if threads == 1 else time.perf_counter
 
     def time_many(self, modules: list[nn.Module], inputs: list[torch.Tensor]) -> list[float]:
         """Milliseconds of each module on its input, batch 1."""
@@ -138,7 +144,7 @@ class Runner:
             for m, x in zip(modules, inputs):
                 m = m.eval()
                 with torch.inference_mode():
-                    out.append(_best_median(lambda: m(x), self.timing))
+                    out.append(_best_median(lambda: m(x), self.timing, self.clock))
             return out
         paths = self._export(modules, inputs)
         return [self._time_onnx(p, x) for p, x in zip(paths, inputs)]
@@ -167,7 +173,7 @@ class Runner:
         session = _session(path, self.threads)
         name = session.get_inputs()[0].name
         feed = {name: x.numpy()}
-        return _best_median(lambda: session.run(None, feed), self.timing)
+        return _best_median(lambda: session.run(None, feed), self.timing, self.clock)
 
     def time_net(self, genome, path: Path | None = None) -> float:
         """Milliseconds of the whole net at batch 1, exported (and quantized) as train.deploy does."""
@@ -175,7 +181,7 @@ class Runner:
         x = torch.randn(1, genome.in_channels, 32, 32)
         if self.runtime == "torch-cpu":
             with torch.inference_mode():
-                return _best_median(lambda: model(x), self.timing)
+                return _best_median(lambda: model(x), self.timing, self.clock)
         from train.deploy import export_onnx, quantize_float
 
         fp32 = self.workdir / "net.onnx"
