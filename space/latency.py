@@ -9,11 +9,15 @@ milliseconds of the building blocks the space produces, each keyed by what chang
     proj/s{stride}/{input size}                a residual block's projection shortcut, over (cin, cout)
     add/{size}                                 a residual block's add, over channels
     head/{size}                                global average pooling + the classifier, over cin
-Between grid points the figure is interpolated (bilinear over (cin, cout), linear over one width). Each block
-was measured alone, so each carries the runtime's per-call cost (and, for int8, the quantize/dequantize of
-its input and output) that a whole net pays once; the build therefore also measures a few whole sampled
-nets and fits `overhead`: net = fixed_ms + sum over blocks of (block ms + per_kelem_ms * thousands of
-elements the block reads and writes). Pure Python: no torch, no measurement here (that is train.latency).
+    fallback/KEY (int8 tables)                 KEY's block as ONNX Runtime runs it where its int8 fusion does
+                                               not apply: dequantized weights and a float conv (_falls_back)
+Between grid points the figure is interpolated (bilinear over (cin, cout), linear over one width), the
+widths first rounded up to the channel step the runtime computes in (`channel_step`, measured by the
+build). Each block was measured alone, so each carries the runtime's per-call cost (and, for int8, the quantize/dequantize of
+its input and output, and layout transposes) that a whole net pays once per chain; the build therefore also
+measures 40 whole sampled nets and fits `overhead` by least squares: net = fixed_ms + sum over blocks of
+(block ms + per_block_ms, or per_fallback_ms for a fallback block) + per_kelem_ms * thousands of elements
+read and written between blocks. Pure Python: no torch, no measurement here (that is train.latency).
 """
 from __future__ import annotations
 
@@ -28,11 +32,11 @@ from .analysis import analyze
 from .genome import Genome
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BLOCKS_VERSION", "RUNTIMES", "LatencyError", "LatencyTable", "Prediction",
-           "LayerLatency", "block_keys", "load_table", "predict"]
+           "LayerLatency", "FALLBACK", "OVERHEAD_TERMS", "block_keys", "overhead_features", "load_table", "predict"]
 
 FORMAT = "tinynas-latency-table"
 FORMAT_VERSION = 1  # the JSON layout
-BLOCKS_VERSION = 1  # what the blocks are (their modules and keys): a table of another version is rebuilt
+BLOCKS_VERSION = 2  # what the blocks are (their modules and keys): a table of another version is rebuilt
 RUNTIMES = ("onnxruntime-int8", "onnxruntime-fp32", "torch-cpu")
 
 
@@ -96,19 +100,35 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return self.data
 
+    def channel_step(self, key: str) -> int:
+        """The channel granularity the runtime computes `key` in (train.latency measures it): ONNX Runtime's
+        fp32 convs on AVX-512 run in blocks of 16 channels, so 72 channels cost what 80 do."""
+        steps = self.data.get("channel_step", {})
+        return max(((p, v) for p, v in steps.items() if key.startswith(p)), key=lambda pv: len(pv[0]),
+                   default=("", 1))[1]
+
     def lookup(self, key: str, cin: int, cout: int | None = None) -> tuple[float, bool]:
         """(ms, exact): the interpolated figure of block `key` at these widths; exact False when the key or
         the widths lie outside the table (then nearest key/point, scaled by the work)."""
         entry = self.data["entries"].get(key)
         exact = entry is not None
+        step = self.channel_step(key)
         if entry is None:
             entry, scale = _nearest_key(self.data["entries"], key)
         else:
             scale = 1.0
         if cout is None:
-            return scale * _interp1(entry["cin"], entry["ms"], cin), exact
-        value, inside = _interp2(entry, cin, cout)
+            return scale * _interp1(entry["cin"], entry["ms"], _padded(entry["cin"], cin, step)), exact
+        value, inside = _interp2(entry, _padded(entry["cin"], cin, step), _padded(entry["cout"], cout, step))
         return scale * value, exact and inside
+
+
+def _padded(xs: list[int], x: int, step: int) -> int:
+    """x rounded up to the runtime's channel step, where that stays within x's grid cell (a grid point, like
+    the first conv's 3 input channels, is its own measurement)."""
+    if step <= 1 or x in xs or x <= xs[0] or x >= xs[-1]:
+        return x
+    return min(-(-x // step) * step, xs[bisect_right(xs, x)])
 
 
 def _interp1(xs: list[int], ys: list[float], x: float) -> float:
@@ -161,12 +181,46 @@ def _nearest_key(entries: dict[str, Any], key: str) -> tuple[dict[str, Any], flo
     return entries[best], (size_n / int(best.split("/")[-1])) ** 2
 
 
-def block_keys(genome: Genome) -> list[tuple[str, list[tuple[str, int, int | None]], int]]:
+MIN_MS = 0.001  # no net runs in under a microsecond: the floor of a prediction whose fitted terms overshoot
+FALLBACK = "fallback/"  # int8 tables: a block as ONNX Runtime runs it where its int8 fusion does not apply
+
+
+def _fans(genome: Genome) -> dict[str, tuple[bool, bool]]:
+    """Per layer name: (its input also feeds a residual shortcut, its output also does: the next block's)."""
+    a = analyze(genome)
+    blocks = [info.name.split(".")[0] for info in a.layers]
+    skip = {s.name.split(".")[0] for s in a.shortcuts}
+    out = {}
+    for n, info in enumerate(a.layers):
+        b = blocks[n]
+        first, last = n == 0 or blocks[n - 1] != b, n + 1 == len(blocks) or blocks[n + 1] != b
+        out[info.name] = (first and b in skip, last and n + 1 < len(blocks) and blocks[n + 1] in skip and b not in skip)
+    return out
+
+
+def _falls_back(key: str, separable: bool, fan_in: bool, fan_out: bool) -> bool:
+    """Whether ONNX Runtime runs this part of an int8 net in fp32 (dequantized weights, a float conv): its
+    QDQ fusion skips a conv whose input or output tensor also feeds a residual shortcut (checked on the
+    optimized graphs of 50 sampled nets, results/benchmarks/latency_cpu.md). A separable conv's depthwise
+    part sees its input, the pointwise part its output; a stride-2 projection reads a strided slice of its
+    input, which is quantized on its own, so only stride-1 projections fall back."""
+    if key.startswith("proj/"):
+        return key.startswith("proj/s1/")
+    if key.startswith("dw3/"):
+        return fan_in
+    if key.startswith("pw/") and separable:
+        return fan_out
+    return key.startswith(("conv3/", "pw/")) and (fan_in or fan_out)
+
+
+def block_keys(genome: Genome, int8: bool = False) -> list[tuple[str, list[tuple[str, int, int | None]], int]]:
     """Per layer, shortcut and head: (name, [(table key, cin, cout or None)], thousands of elements it reads
-    and writes between blocks). The one place that maps a genome onto the table's blocks."""
+    and writes between blocks). The one place that maps a genome onto the table's blocks; with `int8`, the
+    parts ONNX Runtime leaves in fp32 are keyed FALLBACK + key (_falls_back)."""
     a = analyze(genome)
     out, size_in = [], a.input_size
     skips = {s.name.split(".")[0]: s for s in a.shortcuts}
+    fans = _fans(genome)
     for n, info in enumerate(a.layers):
         layer, size = info.layer, info.size
         io = info.cin * size_in * size_in + layer.out * size * size
@@ -178,6 +232,9 @@ def block_keys(genome: Genome) -> list[tuple[str, list[tuple[str, int, int | Non
             parts = [(f"pw/{size}", info.cin, layer.out)]
         else:
             parts = [(f"conv3/s{layer.stride}/d{layer.dilation}/{size_in}", info.cin, layer.out)]
+        if int8:
+            parts = [(FALLBACK + k if _falls_back(k, layer.separable, *fans[info.name]) else k, ci, co)
+                     for k, ci, co in parts]
         out.append((info.name, parts, io))
         block = info.name.split(".")[0]
         s = skips.get(block)
@@ -187,7 +244,8 @@ def block_keys(genome: Genome) -> list[tuple[str, list[tuple[str, int, int | Non
             sin = s.size * s.stride
             io = 2 * s.cout * s.size * s.size
             if s.kind == "projection":
-                parts.insert(0, (f"proj/s{s.stride}/{min(32, sin)}", s.cin, s.cout))
+                key = f"proj/s{s.stride}/{min(32, sin)}"
+                parts.insert(0, (FALLBACK + key if int8 and _falls_back(key, False, True, False) else key, s.cin, s.cout))
                 io += s.cin * sin * sin + s.cout * s.size * s.size
             out.append((s.name, parts, io))
         size_in = size
@@ -196,27 +254,44 @@ def block_keys(genome: Genome) -> list[tuple[str, list[tuple[str, int, int | Non
     return [(name, parts, io // 1000) for name, parts, io in out]
 
 
+# The overhead model's terms (train.latency fits them on whole nets): per inference, per block measured in
+# int8, per block measured as a fallback, per thousand elements read and written between blocks.
+OVERHEAD_TERMS = ("fixed_ms", "per_block_ms", "per_fallback_ms", "per_kelem_ms")
+
+
+def overhead_features(genome: Genome, int8: bool) -> list[tuple[str, list[tuple[str, int, int | None]], list[float]]]:
+    """Per layer: (name, parts, [1 if it is the head else 0, plain parts, fallback parts, kelem]): the terms
+    of OVERHEAD_TERMS this layer contributes (the fixed cost is booked on the head)."""
+    out = []
+    for name, parts, kelem in block_keys(genome, int8):
+        fb = sum(k.startswith(FALLBACK) for k, _, _ in parts)
+        out.append((name, parts, [0.0, float(len(parts) - fb), float(fb), float(kelem)]))
+    return out
+
+
 def predict(genome: Genome, table: LatencyTable) -> Prediction:
     """The predicted latency of `genome` at batch 1 on the table's target: per block the interpolated
-    figure plus the fitted per-element share, plus the fixed cost (see the module docstring)."""
+    figure plus its share of the fitted overhead (OVERHEAD_TERMS), plus the fixed cost (module docstring)."""
     over = table.data.get("overhead", {})
-    fixed, per_kelem = float(over.get("fixed_ms", 0.0)), float(over.get("per_kelem_ms", 0.0))
+    coef = [float(over.get(t, 0.0)) for t in OVERHEAD_TERMS]
     layers, notes = [], []
-    for name, parts, kelem in block_keys(genome):
-        ms = per_kelem * kelem
+    for name, parts, feats in overhead_features(genome, table.runtime == "onnxruntime-int8"):
+        ms = sum(c * f for c, f in zip(coef[1:], feats[1:]))
         for key, cin, cout in parts:
             value, exact = table.lookup(key, cin, cout)
             ms += value
             if not exact:
                 notes.append(f"{name}: {key} at {cin}" + (f"x{cout}" if cout else "") + " outside the table")
         layers.append(LayerLatency(name, max(ms, 0.0), tuple(k for k, _, _ in parts)))
-    for name, layer in genome.named_layers():
-        if layer.post != "bn_relu" or layer.dw_post:
-            notes.append(f"{name}: post {layer.post}{' with dw_post' if layer.dw_post else ''} approximated by "
-                         "bn_relu")
+    a = analyze(genome)
+    for info in a.layers:
+        if info.layer.post != "bn_relu" or info.layer.dw_post:
+            notes.append(f"{info.name}: post {info.layer.post}{' with dw_post' if info.layer.dw_post else ''} "
+                         "approximated by bn_relu")
     if genome.num_classes != 10 or genome.head.kind != "linear":
         notes.append("head: measured with a linear classifier to 10 classes")
-    return Prediction(fixed + sum(l.ms for l in layers), fixed, tuple(layers), tuple(notes))
+    total = max(coef[0] + sum(l.ms for l in layers), MIN_MS)
+    return Prediction(total, total - sum(l.ms for l in layers), tuple(layers), tuple(notes))
 
 
 def load_table(path: str | Path, runtime: str | None = None) -> LatencyTable:

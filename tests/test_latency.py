@@ -16,6 +16,7 @@ import pytest
 from search.lifecycle import classify, rejected_reason
 from search.study import stored_settings
 from space import Rules, check, constraint_values
+from space.analysis import analyze
 from space.latency import LatencyError, load_table, predict
 from space.sample import sample_genomes
 from train.deploy import missing
@@ -60,11 +61,12 @@ def test_build_writes_a_table_with_its_target_and_positive_figures(table_path):
               if v is not None]
     assert values and min(values) > 0
     assert len(data["calibration"]["measured_ms"]) == 2 and min(data["calibration"]["measured_ms"]) > 0
+    assert data["channel_step"][""] in (8, 16, 32) and len(data["channel_probe"]["blocks"]["conv3"]) == 5
     table = load_table(table_path, runtime="onnxruntime-fp32")
     g = next(sample_genomes(1, seed=3))
     p = predict(g, table)
     assert p.ms > 0 and abs(p.ms - p.fixed_ms - sum(l.ms for l in p.layers)) < 1e-9
-    assert [l.name for l in p.layers if not l.name.endswith("skip")][:-1] == [n for n, _ in g.named_layers()]
+    assert [l.name for l in p.layers if not l.name.endswith("skip")][:-1] == [i.name for i in analyze(g).layers]
 
 
 def test_describe_shows_the_predicted_ms_per_layer(table_path, tmp_path):
@@ -146,7 +148,7 @@ def test_digits_search_rejects_over_budget_before_training_and_keeps_the_table_o
 
 
 def test_accuracy_latency_objective_tells_the_predicted_ms_and_the_settings_round_trip(table_path):
-    from search.runner import Search
+    from search.loop import Search
     from search.settings import SearchSettings
     from search.trials import leaderboard, pareto_trials
     from tests.search_helpers import FakeTrain, memory_study, settings
@@ -160,3 +162,53 @@ def test_accuracy_latency_objective_tells_the_predicted_ms_and_the_settings_roun
     assert pareto_trials(study.get_trials()) and leaderboard(study).latency_ms.notna().any()
     again = SearchSettings.from_dict(json.loads(json.dumps(s.to_dict())))
     assert again == s and again.latency_table == table and again.rules.latency == table
+
+
+def test_the_winners_measured_latency_is_compared_only_on_the_tables_machine(table_path):
+    from search.final import latency_check
+    from space.latency import LatencyTable
+
+    table = load_table(table_path)
+    g = next(sample_genomes(1, seed=3))
+    deploy = {"fp32": {"threads": 1, "latency_ms_b1": 2.0}, "onnxruntime": table.data["versions"]["onnxruntime"]}
+    here = latency_check(table, g, deploy, log=lambda line: None)
+    predicted = predict(g, table).ms
+    assert here["same_machine"] and here["measured_ms"] == 2.0
+    assert here["error_pct"] == pytest.approx((predicted - 2.0) / 2.0 * 100, abs=0.06)
+    elsewhere = LatencyTable({**table.data, "machine": {**table.data["machine"], "cpu": "Cortex-A72 (a Pi)"}})
+    lines: list[str] = []
+    there = latency_check(elsewhere, g, deploy, log=lines.append)
+    assert not there["same_machine"] and there["error_pct"] is None and there["predicted_ms"] > 0
+    assert "another machine" in lines[0]
+    older = {**deploy, "onnxruntime": "0.0.1"}  # same CPU, another runtime version: not comparable either
+    assert latency_check(table, g, older, log=lambda line: None)["error_pct"] is None
+
+
+def test_widths_inside_a_grid_cell_are_rounded_up_to_the_runtimes_channel_step():
+    from space.latency import LatencyTable
+
+    cell = {"cin": [3, 64, 96], "cout": [64, 96], "ms": [[0.5, 0.75], [1.0, 1.5], [1.5, 2.0]]}
+    table = LatencyTable({"entries": {"pw/16": cell, "fallback/pw/16": cell},
+                          "channel_step": {"": 16, "fallback/": 8}})
+    assert table.lookup("pw/16", 72, 72) == (1.5, True)  # computed as 80 x 80: the middle of the cell
+    assert table.lookup("fallback/pw/16", 72, 72) == (1.25, True)  # step 8: 72 is itself
+    assert table.lookup("pw/16", 64, 96) == (1.5, True) and table.lookup("pw/16", 3, 64) == (0.5, True)
+    assert table.lookup("pw/16", 90, 90)[0] == 2.0  # 96 at most: rounding stays inside the cell
+
+
+class _PaddingRunner:
+    """Times a conv as if the runtime computed `step` channels at a time (work ~ padded cin x cout)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def time_many(self, modules, inputs) -> list[float]:
+        return [0.01 + 1e-5 * (-(-x.shape[1] // self.step) * self.step) ** 2 for x in inputs]
+
+
+@pytest.mark.parametrize("step", [8, 16, 32])
+def test_the_build_finds_the_channel_step_the_runtime_computes_in(step):
+    from train.latency import STEP_PROBE, channel_step
+
+    found, probe = channel_step(_PaddingRunner(step))
+    assert found == step and set(probe) == {"conv3", "pw"} and len(probe["pw"]) == len(STEP_PROBE)

@@ -28,12 +28,13 @@ import torch
 from torch import nn
 
 from space import Rules, analyze, check
-from space.latency import BLOCKS_VERSION, FORMAT, FORMAT_VERSION, RUNTIMES, LatencyError, LatencyTable, predict
+from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVERHEAD_TERMS, RUNTIMES, LatencyError,
+                           LatencyTable, overhead_features, predict)
 from space.layers import Classifier, ConvBN, Projection, build
 from space.sample import sample_genomes
 
-__all__ = ["SIZES", "Timing", "QUICK", "FULL", "block_specs", "make_block", "Runner", "measure", "build_table",
-           "net_latency", "main"]
+__all__ = ["Timing", "QUICK", "FULL", "block_specs", "make_block", "Runner", "measure", "STEP_PROBE", "channel_step",
+           "build_table", "net_latency", "main"]
 
 WIDTHS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)  # channels of the grid
 CALIBRATION_SEED = 1000  # the whole nets the overhead is fitted on (validation samples use other seeds)
@@ -48,7 +49,7 @@ class Timing:
                                                                                        widths, nets)
 
 
-FULL = Timing(warmup=5, repeats=3, runs=15, seconds=0.01, widths=WIDTHS, nets=12)
+FULL = Timing(warmup=5, repeats=3, runs=15, seconds=0.01, widths=WIDTHS, nets=40)
 QUICK = Timing(warmup=1, repeats=1, runs=2, seconds=0.0, widths=(8, 32), nets=2)  # tests: shape, not figures
 
 
@@ -67,9 +68,10 @@ def _grid2(widths: tuple[int, ...], k2: int, max_params: int, first: tuple[int, 
     return xs, ys, mask
 
 
-def block_specs(widths: tuple[int, ...], max_params: int) -> dict[str, dict]:
+def block_specs(widths: tuple[int, ...], max_params: int, int8: bool = False) -> dict[str, dict]:
     """Every table key with its axes: {"kind", "stride", "dilation", "size", "cin", "cout" (2-D kinds),
-    "mask"}."""
+    "mask", "fallback"}; with `int8`, also FALLBACK + key for each conv block that can fall back to fp32
+    (space.latency._falls_back: the convs and the stride-1 projections)."""
     specs: dict[str, dict] = {}
     for s, d, size in _conv_keys():
         xs, ys, mask = _grid2(widths, 9, max_params, (3,) if size == 32 else ())
@@ -83,7 +85,9 @@ def block_specs(widths: tuple[int, ...], max_params: int) -> dict[str, dict]:
         for s in (1, 2) if size > 4 else (1,):
             xs, ys, mask = _grid2(widths, 1, max_params, (3,) if size == 32 else ())
             specs[f"proj/s{s}/{size}"] = dict(kind="proj", stride=s, dilation=1, size=size, cin=xs, cout=ys, mask=mask)
-    return specs
+    fallbacks = {FALLBACK + k: {**sp, "fallback": True} for k, sp in specs.items()
+                 if sp["kind"] in ("conv3", "dw3", "pw") or k.startswith("proj/s1/")} if int8 else {}
+    return {**specs, **fallbacks}
 
 
 class _Add(nn.Module):
@@ -91,8 +95,24 @@ class _Add(nn.Module):
         return x + x
 
 
-def make_block(kind: str, cin: int, cout: int | None, stride: int, dilation: int) -> nn.Module:
-    """The module a table entry times, built from the same classes as the net (space.layers)."""
+class _PassThrough(nn.Module):
+    """The block and its input as a second output: the input feeds two consumers, as at a residual block's
+    entry, so ONNX Runtime's int8 fusion leaves the conv in fp32 as it does there (a fallback block)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.block(x), x
+
+
+def make_block(kind: str, cin: int, cout: int | None, stride: int, dilation: int, fallback: bool = False
+               ) -> nn.Module:
+    """The module a table entry times, built from the same classes as the net (space.layers); a fallback
+    block is wrapped so that it runs as ONNX Runtime runs it inside an int8 net where it falls back."""
+    if fallback:
+        return _PassThrough(make_block(kind, cin, cout, stride, dilation))
     if kind == "conv3":
         return ConvBN(cin, cout, 3, stride, dilation)
     if kind == "dw3":
@@ -159,7 +179,7 @@ class Runner:
         for i, (m, x) in enumerate(zip(modules, inputs)):
             p = self.workdir / f"b{i}.onnx"
             with _quiet(), torch.no_grad():
-                torch.onnx.export(m.eval(), (x,), str(p), dynamo=False, input_names=["input"], output_names=["y"])
+                torch.onnx.export(m.eval(), (x,), str(p), dynamo=False, input_names=["input"])
             if self.runtime == "onnxruntime-int8":
                 q = self.workdir / f"b{i}.int8.onnx"
                 quantize_float(p, q, np.random.default_rng(i).standard_normal(tuple(x.shape)).astype(np.float32))
@@ -202,10 +222,12 @@ def measure(runner: Runner, specs: dict[str, dict], progress: Callable[[int, int
             size = sp["size"]
             x = torch.randn(1, cin, size, size)
             if "cout" in sp:
-                jobs += [(key, i, j, make_block(sp["kind"], cin, cout, sp["stride"], sp["dilation"]), x)
+                jobs += [(key, i, j, make_block(sp["kind"], cin, cout, sp["stride"], sp["dilation"],
+                                                sp.get("fallback", False)), x)
                          for j, cout in enumerate(sp["cout"]) if sp["mask"][i][j]]
             else:
-                jobs.append((key, i, None, make_block(sp["kind"], cin, None, sp["stride"], sp["dilation"]), x))
+                jobs.append((key, i, None, make_block(sp["kind"], cin, None, sp["stride"], sp["dilation"],
+                                                      sp.get("fallback", False)), x))
     entries = {k: {"cin": sp["cin"], **({"cout": sp["cout"], "ms": [[None] * len(sp["cout"]) for _ in sp["cin"]]}
                                          if "cout" in sp else {"ms": [None] * len(sp["cin"])})}
                for k, sp in specs.items()}
@@ -246,31 +268,78 @@ def calibration_genomes(n: int, rules: Rules = Rules()) -> list:
     return out
 
 
-def fit_overhead(data: dict, genomes: list, measured: list[float]) -> dict:
-    """Least squares of (measured - sum of the blocks) on [1, kilo-elements]: the fixed cost and the
-    per-element share (the blocks were timed alone); then the table's and the MACs fit's errors on these nets."""
-    from space.latency import block_keys
+def _fit(feats: np.ndarray, resid: np.ndarray, measured: np.ndarray, relative: bool) -> np.ndarray:
+    """Least squares of resid on feats; `relative`: each net weighted by 1 / its latency (relative errors)."""
+    w = 1.0 / measured if relative else np.ones_like(measured)
+    return np.linalg.lstsq(feats * w[:, None], resid * w, rcond=None)[0]
 
-    base = LatencyTable({**data, "overhead": {"fixed_ms": 0.0, "per_kelem_ms": 0.0}})
-    sums = [predict(g, base).ms for g in genomes]
-    kelem = [sum(k for _, _, k in block_keys(g)) for g in genomes]
-    resid = np.array(measured) - np.array(sums)
-    if len(genomes) >= 4:  # fewer nets: only the fixed cost (two unknowns would fit two nets exactly)
-        A = np.stack([np.ones(len(kelem)), np.array(kelem, float)], 1)
-        fixed, per = np.linalg.lstsq(A, resid, rcond=None)[0]
+
+def _held_out_errors(predict_one: Callable[[np.ndarray, int], float], measured: np.ndarray) -> list[float]:
+    """Leave-one-out: each net predicted by a fit on the others (predict_one(kept mask, i)), in % error."""
+    n = len(measured)
+    return [abs(predict_one(np.arange(n) != i, i) - measured[i]) / measured[i] * 100 for i in range(n)]
+
+
+def fit_overhead(data: dict, genomes: list, measured: list[float]) -> dict:
+    """Least squares of (measured - sum of the blocks) on the overhead terms (space.latency.OVERHEAD_TERMS:
+    the blocks were timed alone), weighted by 1 / latency or not, whichever predicts held-out nets better
+    (leave-one-out); with fewer nets than terms + 2, only the fixed cost. The verdict: the table's and the
+    linear MACs fit's leave-one-out median errors on these nets."""
+    int8 = data["runtime"] == "onnxruntime-int8"
+    base = LatencyTable({**data, "overhead": {}})
+    sums = np.array([predict(g, base).ms for g in genomes])
+    feats = np.array([[1.0] + [sum(f[k] for _, _, f in overhead_features(g, int8)) for k in range(1, 4)]
+                      for g in genomes])
+    if not int8:  # no fallback blocks: that column is all zero
+        feats[:, 2] = 0.0
+    y = np.array(measured, float)
+    resid, macs = y - sums, np.array([analyze(g).macs for g in genomes], float)
+    if len(genomes) < len(OVERHEAD_TERMS) + 2:
+        # a rough table (--quick) can overestimate its blocks: never let the fixed cost cancel half a net
+        coef, relative, held = np.array([max(resid.mean(), -0.5 * sums.min()), 0.0, 0.0, 0.0]), False, None
     else:
-        fixed, per = float(resid.mean()), 0.0
-    overhead = {"fixed_ms": round(float(fixed), 5), "per_kelem_ms": float(per)}
-    pred = [p + fixed + per * k for p, k in zip(sums, kelem)]
-    macs = np.array([analyze(g).macs for g in genomes], float)
-    coef = np.polyfit(macs, measured, 1) if len(genomes) >= 2 else (0.0, float(np.mean(measured)))
-    lin = np.polyval(coef, macs)
-    err = lambda p: [abs(a - b) / b * 100 for a, b in zip(p, measured)]  # noqa: E731
-    verdict = {"nets": len(genomes), "table_median_err_pct": round(statistics.median(err(pred)), 2),
-               "macs_median_err_pct": round(statistics.median(err(lin)), 2)}
+        held = {rel: statistics.median(_held_out_errors(
+            lambda keep, i: sums[i] + feats[i] @ _fit(feats[keep], resid[keep], y[keep], rel), y)) for rel in (False, True)}
+        relative = held[True] < held[False]
+        coef = _fit(feats, resid, y, relative)
+    if len(genomes) >= 3:
+        lin = _held_out_errors(lambda keep, i: np.polyval(np.polyfit(macs[keep], y[keep], 1), macs[i]), y)
+    else:
+        lin = [abs(float(np.mean(y)) - m) / m * 100 for m in y]
+    fitted = [abs(p - m) / m * 100 for p, m in zip(sums + feats @ coef, y)]
+    verdict = {"nets": len(genomes), "fit": "relative" if relative else "absolute",
+               "table_median_err_pct": round(float(held[relative] if held else statistics.median(fitted)), 2),
+               "macs_median_err_pct": round(float(statistics.median(lin)), 2),
+               "held_out": held is not None}
     verdict["beats_macs"] = bool(verdict["table_median_err_pct"] < verdict["macs_median_err_pct"])
-    return {"overhead": overhead, "calibration": {"seed": CALIBRATION_SEED, "measured_ms": [round(m, 5) for m in measured],
-                                                  "genomes": [g.to_dict() for g in genomes], "verdict": verdict}}
+    return {"overhead": {t: float(c) for t, c in zip(OVERHEAD_TERMS, coef)},
+            "calibration": {"seed": CALIBRATION_SEED, "measured_ms": [round(m, 5) for m in measured],
+                            "genomes": [g.to_dict() for g in genomes], "verdict": verdict}}
+
+
+STEP_PROBE = (64, 72, 80, 88, 96)  # channels of the probe's convs (16x16 input): three points inside one cell
+
+
+def channel_step(runner: Runner, fallback: bool = False) -> tuple[int, dict[str, list[float]]]:
+    """The channel granularity the runtime computes convs in, and the probe's figures: 3x3 and pointwise
+    convs at STEP_PROBE widths; the step (8, 16 or 32) whose rounding up best predicts the inner three from
+    the outer two. ONNX Runtime's fp32 convs on AVX-512 compute 16 channels at a time (72 costs what 80
+    does); its int8 convs and the fallback convs of an int8 net do not (table error 8.0 % -> 3.4 % fp32)."""
+    kinds = ("conv3", "pw")
+    ms = runner.time_many([make_block(k, w, w, 1, 1, fallback) for k in kinds for w in STEP_PROBE],
+                          [torch.randn(1, w, 16, 16) for _ in kinds for w in STEP_PROBE])
+    probe = {k: [round(v, 5) for v in ms[i * len(STEP_PROBE):(i + 1) * len(STEP_PROBE)]] for i, k in enumerate(kinds)}
+    lo, hi = STEP_PROBE[0], STEP_PROBE[-1]
+
+    def error(step: int) -> float:
+        out = 0.0
+        for t in probe.values():
+            for w, m in zip(STEP_PROBE[1:-1], t[1:-1]):
+                est = t[0] + (t[-1] - t[0]) * (min(-(-w // step) * step, hi) - lo) / (hi - lo)
+                out += ((est - m) / m) ** 2
+        return out
+
+    return min((8, 16, 32), key=error), probe
 
 
 def build_table(runtime: str, threads: int, timing: Timing, max_params: int = 200_000,
@@ -278,7 +347,7 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = 20
     """Measure and return the table (a JSON-able dict)."""
     from train.deploy import cpu_name
 
-    specs = block_specs(timing.widths, max_params)
+    specs = block_specs(timing.widths, max_params, runtime == "onnxruntime-int8")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tinynas-latency-") as tmp:
         runner = Runner(runtime, threads, timing, Path(tmp))
@@ -287,11 +356,16 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = 20
             log(f"blocks {done}/{total} measured ({time.perf_counter() - t0:.0f} s)")
 
         entries = measure(runner, specs, progress)
+        families = {"": False, **({FALLBACK: True} if runtime == "onnxruntime-int8" else {})}
+        steps = {prefix: channel_step(runner, fb) for prefix, fb in families.items()}
+        log("channel step: " + ", ".join(f"{p or 'blocks'} {s}" for p, (s, _) in steps.items()))
         data = {"format": FORMAT, "version": FORMAT_VERSION, "blocks_version": BLOCKS_VERSION, "runtime": runtime,
                 "threads": threads, "batch": 1, "max_params": max_params, "widths": list(timing.widths),
                 "machine": {"cpu": cpu_name(), "arch": platform.machine(), "host": platform.node(),
                             "platform": platform.platform()},
-                "versions": _versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "entries": entries}
+                "versions": _versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "entries": entries,
+                "channel_step": {p: s for p, (s, _) in steps.items()},
+                "channel_probe": {"widths": list(STEP_PROBE), **{p or "blocks": pr for p, (_, pr) in steps.items()}}}
         genomes = calibration_genomes(timing.nets, Rules(max_params=max_params))
         measured = []
         for n, g in enumerate(genomes, 1):
@@ -341,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, out)  # never a half-written table
     v = data["calibration"]["verdict"]
     print(f"{out}: {args.runtime}, {args.threads} thread(s) on {data['machine']['cpu']}, {data['seconds']:.0f} s; "
-          f"on {v['nets']} sampled nets the table's median error is {v['table_median_err_pct']:.1f} %, the best "
-          f"linear fit on MACs' {v['macs_median_err_pct']:.1f} %")
+          f"on {v['nets']} sampled nets the table's median error is {v['table_median_err_pct']:.1f} %, a linear fit "
+          f"on MACs' {v['macs_median_err_pct']:.1f} %" + (" (each net predicted by a fit on the others)"
+                                                          if v.get("held_out") else ""))
     if not v["beats_macs"]:
         print(f"warning: on this target the table does not beat MACs (median error {v['table_median_err_pct']:.1f} % "
               f"vs {v['macs_median_err_pct']:.1f} %); a --max-macs budget predicts as well", file=sys.stderr)

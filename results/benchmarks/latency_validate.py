@@ -41,7 +41,7 @@ def figures(pred, meas) -> dict:
 
 
 def measure(args) -> None:
-    calib = {g.to_json() for g in calibration_genomes(12)}  # the table's calibration nets (train.latency)
+    calib = {g.to_json() for g in calibration_genomes(FULL.nets)}  # the table's calibration nets (train.latency)
     genomes = []
     for g in sample_genomes(40 * args.n, seed=args.seed, rules=Rules()):
         if not check(g) and g.to_json() not in calib and g.to_json() not in {x.to_json() for x in genomes}:
