@@ -93,6 +93,18 @@ def deploy_final(model: torch.nn.Module, out: Path, data: ImageData, test_acc: f
         raise SearchError(f"ONNX export of the winner: {e}") from None
 
 
+def _already_retrained(out: Path, key: list, log: Callable[[str], None]) -> dict | None:
+    """final.json of `out` when it is this very retrain (study, trial, genome, epochs, n_train, n_test = key)
+    and its weights exist, marked "reused" (not in the file; the caller reports the original times)."""
+    done = load_final(out)
+    if not (done and (out / "best_model.pt").exists()
+            and [done.get(k) for k in ("study", "trial", "genome", "epochs", "n_train", "n_test")] == key):
+        return None
+    log(f"trial {key[1]} was already retrained for {plural(key[3], 'epoch')}: test accuracy "
+        f"{done['test_acc']:.4f} (from {out / FINAL_JSON}, {done.get('finished', 'earlier')})")
+    return {**done, "reused": True}
+
+
 def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData, out: Path, epochs: int,
                  device: str = "auto", progress: bool = False, log: Callable[[str], None] = print,
                  trial_number: int | None = None, bar: bool = True) -> dict:
@@ -104,13 +116,10 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         raise SearchError(f"trial {trial.number} has {genome.num_classes} classes but {data.name} has "
                           f"{data.num_classes}")
     out.mkdir(parents=True, exist_ok=True)
-    done = load_final(out)
-    if (done and (out / "best_model.pt").exists()
-            and [done.get(k) for k in ("study", "trial", "genome", "epochs", "n_train", "n_test")]
-            == [study.study_name, trial.number, genome.to_json(), epochs, len(data.y_train), len(data.y_test)]):
-        log(f"trial {trial.number} was already retrained for {plural(epochs, 'epoch')}: test accuracy "
-            f"{done['test_acc']:.4f} (from {out / FINAL_JSON}, {done.get('finished', 'earlier')})")
-        return {**done, "reused": True}  # "reused": not in the file; the caller reports the original times
+    done = _already_retrained(out, [study.study_name, trial.number, genome.to_json(), epochs, len(data.y_train),
+                                    len(data.y_test)], log)
+    if done:
+        return done
     config = settings.train_config(epochs, device, eval_every=-1, progress=progress, progress_bar=bar)
     owner = {"study": study.study_name, "trial": trial.number, "genome": genome.to_json(),
              "config": config.fingerprint(), "n_train": int(len(data.y_train))}
