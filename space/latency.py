@@ -13,11 +13,11 @@ milliseconds of the building blocks the space produces, each keyed by what chang
                                                not apply: dequantized weights and a float conv (_falls_back)
 Between grid points the figure is interpolated (bilinear over (cin, cout), linear over one width), the
 widths first rounded up to the channel step the runtime computes in (`channel_step`, measured by the
-build). Each block was measured alone, so each carries the runtime's per-call cost (and, for int8, the quantize/dequantize of
-its input and output, and layout transposes) that a whole net pays once per chain; the build therefore also
-measures 40 whole sampled nets and fits `overhead` by least squares: net = fixed_ms + sum over blocks of
-(block ms + per_block_ms, or per_fallback_ms for a fallback block) + per_kelem_ms * thousands of elements
-read and written between blocks. Pure Python: no torch, no measurement here (that is train.latency).
+build). Each block was measured alone, so each carries the runtime's per-call cost (and, for int8, the
+quantize/dequantize of its input and output, and layout transposes) that a whole net pays once per chain;
+the build therefore also measures 40 whole sampled nets and fits `overhead` by least squares: net =
+fixed_ms + sum over blocks of (block ms + per_block_ms, or per_fallback_ms for a fallback block) +
+per_kelem_ms * thousands of elements read and written between blocks. Pure Python: no torch, no measurement here (that is train.latency).
 """
 from __future__ import annotations
 
@@ -185,9 +185,9 @@ MIN_MS = 0.001  # no net runs in under a microsecond: the floor of a prediction 
 FALLBACK = "fallback/"  # int8 tables: a block as ONNX Runtime runs it where its int8 fusion does not apply
 
 
-def _fans(genome: Genome) -> dict[str, tuple[bool, bool]]:
-    """Per layer name: (its input also feeds a residual shortcut, its output also does: the next block's)."""
-    a = analyze(genome)
+def _fans(a) -> dict[str, tuple[bool, bool]]:
+    """Per layer name of analysis `a`: (its input also feeds a residual shortcut, its output also does: the
+    next block's)."""
     blocks = [info.name.split(".")[0] for info in a.layers]
     skip = {s.name.split(".")[0] for s in a.shortcuts}
     out = {}
@@ -220,7 +220,7 @@ def block_keys(genome: Genome, int8: bool = False) -> list[tuple[str, list[tuple
     a = analyze(genome)
     out, size_in = [], a.input_size
     skips = {s.name.split(".")[0]: s for s in a.shortcuts}
-    fans = _fans(genome)
+    fans = _fans(a)
     for n, info in enumerate(a.layers):
         layer, size = info.layer, info.size
         io = info.cin * size_in * size_in + layer.out * size * size
@@ -245,7 +245,8 @@ def block_keys(genome: Genome, int8: bool = False) -> list[tuple[str, list[tuple
             io = 2 * s.cout * s.size * s.size
             if s.kind == "projection":
                 key = f"proj/s{s.stride}/{min(32, sin)}"
-                parts.insert(0, (FALLBACK + key if int8 and _falls_back(key, False, True, False) else key, s.cin, s.cout))
+                key = FALLBACK + key if int8 and _falls_back(key, False, True, False) else key
+                parts.insert(0, (key, s.cin, s.cout))
                 io += s.cin * sin * sin + s.cout * s.size * s.size
             out.append((s.name, parts, io))
         size_in = size

@@ -299,7 +299,8 @@ def fit_overhead(data: dict, genomes: list, measured: list[float]) -> dict:
         coef, relative, held = np.array([max(resid.mean(), -0.5 * sums.min()), 0.0, 0.0, 0.0]), False, None
     else:
         held = {rel: statistics.median(_held_out_errors(
-            lambda keep, i: sums[i] + feats[i] @ _fit(feats[keep], resid[keep], y[keep], rel), y)) for rel in (False, True)}
+            lambda keep, i: sums[i] + feats[i] @ _fit(feats[keep], resid[keep], y[keep], rel), y))
+            for rel in (False, True)}
         relative = held[True] < held[False]
         coef = _fit(feats, resid, y, relative)
     if len(genomes) >= 3:
@@ -324,7 +325,7 @@ def channel_step(runner: Runner, fallback: bool = False) -> tuple[int, dict[str,
     """The channel granularity the runtime computes convs in, and the probe's figures: 3x3 and pointwise
     convs at STEP_PROBE widths; the step (8, 16 or 32) whose rounding up best predicts the inner three from
     the outer two. ONNX Runtime's fp32 convs on AVX-512 compute 16 channels at a time (72 costs what 80
-    does); its int8 convs and the fallback convs of an int8 net do not (table error 8.0 % -> 3.4 % fp32)."""
+    does); its int8 convs and the fallback convs of an int8 net do not (fp32 table error 8.0 % -> 4.2 %)."""
     kinds = ("conv3", "pw")
     ms = runner.time_many([make_block(k, w, w, 1, 1, fallback) for k in kinds for w in STEP_PROBE],
                           [torch.randn(1, w, 16, 16) for _ in kinds for w in STEP_PROBE])
