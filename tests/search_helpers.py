@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import subprocess
 import sys
@@ -149,3 +150,46 @@ def write_cifar_batches(folder: str | Path, data: ImageData, n_train_batches: in
         pickle.dump({b"num_cases_per_batch": 10000, b"label_names": [c.encode() for c in data.classes],
                      b"num_vis": 3 * 32 * 32}, f, protocol=2)
     return folder
+
+
+# A sitecustomize.py for commands a test starts (see oom_env): the first candidate any process trains runs
+# out of memory every time (as a cuDNN allocation failure), the second once (torch.OutOfMemoryError); the
+# files under TINYNAS_TEST_OOM record which genomes they were.
+OOM_HOOK = '''
+import os
+from pathlib import Path
+if os.environ.get("TINYNAS_TEST_OOM"):
+    import torch
+    import train.engine as engine
+    real, marks = engine.train, Path(os.environ["TINYNAS_TEST_OOM"])
+
+    def claim(name, genome):  # the first training run anywhere to claim a mark owns it
+        try:
+            fd = os.open(marks / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return (marks / name).read_text() == genome
+        os.write(fd, genome.encode())
+        os.close(fd)
+        return True
+
+    def train(genome, config, data, on_epoch=None):
+        js = genome.to_json()
+        if claim("never_fits", js):  # this candidate runs out of memory every time (a cuDNN allocation)
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+        if claim("once", js) and not (marks / "once.done").exists():  # this one once
+            (marks / "once.done").write_text("")
+            held = torch.zeros(1000)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(genome, config, data, on_epoch=on_epoch)
+
+    engine.train = train
+'''
+
+
+def oom_env(tmp_path: Path) -> tuple[dict, Path]:
+    """An environment whose Python processes load OOM_HOOK, and the folder of its marks (never_fits, once)."""
+    hook, marks = tmp_path / "hook", tmp_path / "marks"
+    hook.mkdir(), marks.mkdir()
+    (hook / "sitecustomize.py").write_text(OOM_HOOK)
+    return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TINYNAS_TEST_OOM": str(marks),
+            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}, marks

@@ -384,7 +384,11 @@ def test_every_command_runs_on_the_canonical_device_whatever_its_spelling(capsys
     import argparse
     study, _ = open_existing(argparse.Namespace(storage=None, study_name="s"))
     assert {t.user_attrs.get("device") for t in study.get_trials() if "device" in t.user_attrs} == {"cpu"}
-    final = run("search.retrain", ["--study-name", "s", "--final-epochs", "1", "--device", "cpu:01", "--json"])
+    # The retrain alone: no baselines beside it, no ONNX files (deploy runs on ONNX Runtime's CPU whatever the
+    # device; test_deploy covers it).
+    monkeypatch.setattr("search.final.deploy_final", lambda *a, **k: {"skipped": "not under test"})
+    final = run("search.retrain", ["--study-name", "s", "--final-epochs", "1", "--device", "cpu:01", "--compare",
+                                   "none", "--json"])
     assert json.loads((tmp_path / final["out"] / "final.json").read_text())["device"] == "cpu"
     out = run("train.run", ["seed003_net", "--dataset", "synthetic", "--epochs", "1", "--device", "CPU:0",
                             "--quiet", "--json", "--out", "r"])

@@ -3,13 +3,8 @@ what its environment holds), --jobs auto per GPU, memory shared on purpose (mock
 search that runs out of memory (injected errors) yet trains exactly N, with every failure explained."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,8 +12,8 @@ import torch
 from optuna.trial import TrialState
 
 from search import memory
-from search.memory import DeviceShare, TooLarge, guard, is_out_of_memory, memory_fraction
-from search.workers import DEVICE_ENV, SHARE_ENV, place
+from search.memory import DeviceShare, guard, is_out_of_memory, memory_fraction
+from search.workers import DEVICE_ENV, SHARE_ENV
 from search.workers import plan_workers, run_workers
 from tests.search_helpers import Stats, FakeResult
 
@@ -231,65 +226,3 @@ def test_a_candidate_that_never_fits_is_too_large_and_the_sampler_sees_it(tmp_pa
     assert "too large for this device" in big[0].user_attrs["too_large"]
     c = count(trials)
     assert c.trained == 4 and c.too_large == 1 and "1 too large for this device" in c.line()
-
-
-# --- a real --jobs 2 search, with out-of-memory injected into its workers --------------------------------
-
-INJECT = '''
-import os
-from pathlib import Path
-from types import SimpleNamespace
-if os.environ.get("TINYNAS_TEST_OOM"):
-    import torch
-    import train.engine as engine
-    real, marks = engine.train, Path(os.environ["TINYNAS_TEST_OOM"])
-
-    def claim(name, genome):  # the first training run anywhere to claim a mark owns it
-        try:
-            fd = os.open(marks / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return (marks / name).read_text() == genome
-        os.write(fd, genome.encode())
-        os.close(fd)
-        return True
-
-    def train(genome, config, data, on_epoch=None):
-        js = genome.to_json()
-        if claim("never_fits", js):  # this candidate runs out of memory every time (a cuDNN allocation)
-            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
-        if claim("once", js) and not (marks / "once.done").exists():  # this one once
-            (marks / "once.done").write_text("")
-            held = torch.zeros(1000)
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(genome, config, data, on_epoch=on_epoch)
-
-    engine.train = train
-'''
-
-
-def test_a_jobs_2_search_with_out_of_memory_trains_exactly_n_and_explains_every_failure(tmp_path):
-    from tests.test_jobs import DIGITS, journal_study
-    from search.lifecycle import classify
-    hook, marks = tmp_path / "hook", tmp_path / "marks"
-    hook.mkdir(), marks.mkdir()
-    (hook / "sitecustomize.py").write_text(INJECT)
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TINYNAS_TEST_OOM": str(marks),
-           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "search.run", *DIGITS, "--trials", "4", "--jobs", "2",
-                        "--study-name", "oom", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr + r.stdout
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["trained"] == 4 and summary["too_large"] == 1
-    trials = journal_study(tmp_path, "oom").get_trials()
-    by_genome = {t.user_attrs.get("genome"): t for t in trials if classify(t) != "duplicate"}
-    retried = by_genome[(marks / "once").read_text()]
-    assert classify(retried) in ("completed", "pruned")
-    assert "trained alone on its device (shared by 2 workers)" in retried.user_attrs["oom_retry"]
-    never = by_genome[(marks / "never_fits").read_text()]
-    assert classify(never) == "too large" and never.constraints["memory"] == 1.0
-    assert "CUDNN_STATUS_ALLOC_FAILED" in never.user_attrs["too_large"]
-    for t in trials:  # nothing FAIL without a reason
-        if t.state == TrialState.FAIL:
-            assert t.user_attrs.get("failed_reason") or t.user_attrs.get("status"), t
-    assert "too large for this device" in r.stdout and "retried" in r.stdout

@@ -4,7 +4,6 @@ skip it; a killed or interrupted round resumes to exactly N; several workers cou
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from search.study import make_pruner, open_study
 from search.trials import best_trial, leaderboard
 from space import PRESETS, analyze
 from tests.search_helpers import FakeTrain, memory_study, run_threads, settings
-from tests.test_jobs import DIGITS, cli, journal_study
 
 
 def quiet(_line: str) -> None:
@@ -232,25 +230,6 @@ def test_the_report_shows_the_screened_proposals_and_the_proxy_columns(tmp_path)
     md = paths["report"].read_text()
     assert "screened out (never trained)" in md and "best of 2 feasible proposals by params" in md
     assert "proxy_score | proxy_rank" in md  # in the top-10 table
-
-
-def test_jobs_2_with_prescreen_3_trains_exactly_n(tmp_path):
-    # --proxy params: no forward pass, so the run costs what its training costs (the real proxies: above).
-    # Resuming is covered in-process above (an interrupted round, a killed one).
-    args = [*DIGITS, "--jobs", "2", "--prescreen", "3", "--proxy", "params", "--study-name", "ps"]
-    r = cli(tmp_path, "search.run", *args, "--trials", "5", "--json")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["trained"] == 5 and out["screened"] > 0 and "best of 3 by params" in r.stdout
-    trials = journal_study(tmp_path, "ps").get_trials()
-    assert sum(classify(t) in ("completed", "pruned") for t in trials) == 5
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    winners = {t.user_attrs["prescreen_lost_to"] for t in trials if classify(t) == "screened"}
-    assert winners and all(classify(t) in ("completed", "pruned") for t in trials if t.number in winners)
-    for t in trials:
-        if classify(t) == "screened":  # lost to a larger net of its round
-            winner = next(u for u in trials if u.number == t.user_attrs["prescreen_lost_to"])
-            assert t.user_attrs["n_params"] <= winner.user_attrs["n_params"]
 
 
 def test_the_settings_default_proxy_is_the_prescreen_default():

@@ -101,6 +101,13 @@ def test_bench_with_agreeing_runs_recommends_the_fastest_job_count(monkeypatch, 
     assert fake.calls == [1, 1, 2, 2] and err == ""
     assert result["reliable"] and result["warnings"] == [] and result["best_jobs"] == 2
     assert [r["images_per_s"] for r in result["rows"]] == [105, 175] and result["rows"][1]["speedup"] == 1.67
+    first = result["rows"][0]
+    for row in result["rows"]:  # the projection: the search takes proportionally less time, the retrain the same
+        assert row["total_seconds"] == pytest.approx(row["search_seconds"] + row["final_seconds"], abs=0.2)
+        assert row["final_seconds"] == first["final_seconds"]
+        assert row["search_seconds"] * row["images_per_s"] == pytest.approx(
+            first["search_seconds"] * first["images_per_s"], rel=0.01)
+    assert result["rows"][1]["search_seconds"] < first["search_seconds"]
     assert "fastest: --jobs 2" in out and "unreliable" not in out
 
 
