@@ -92,6 +92,33 @@ def run_module(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
+def run_main(module: str, *args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in this process: the module's own `__main__` block runs (its run_cli and the
+    error classes it turns into one `error:` line), without a new interpreter's seconds of imports. Returns
+    what run_module does (returncode, stdout, stderr); stdout and stderr are captured here, not by pytest.
+    For mistakes a command catches before it trains: one real subprocess per command stays elsewhere."""
+    import contextlib
+    import io
+    import runpy
+    import warnings
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, here = sys.argv, os.getcwd()
+    try:
+        sys.argv = [module, *args]
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules" (it is imported here)
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 def run_threads(workers, timeout: float = 120) -> None:
     """Run each worker's `run` in its own thread and wait for all (several workers of one process)."""
     threads = [threading.Thread(target=w.run) for w in workers]

@@ -21,7 +21,7 @@ from space import PRESETS, check
 from train.data import make_synthetic
 from train.engine import train
 from train.testset import score_test_set
-from tests.search_helpers import TINY, FakeTrain, memory_study, run_module, settings
+from tests.search_helpers import TINY, FakeTrain, memory_study, run_main, run_module, settings
 
 
 def quiet(_line: str) -> None:
@@ -165,6 +165,6 @@ def test_search_run_final_seeds_and_compare_write_the_table_and_every_seed(tmp_p
 @pytest.mark.parametrize("flags, message", [(["--compare", "seed9"], "--compare: 'seed9'"),
                                             (["--final-seeds", "0"], "--final-seeds must be a positive integer")])
 def test_a_bad_compare_or_final_seeds_is_one_error_line_before_anything_is_made(tmp_path, flags, message):
-    r = run_module("search.run", *TINY, "--trials", "1", "--storage", str(tmp_path / "s.db"), *flags)
+    r = run_main("search.run", *TINY, "--trials", "1", "--storage", str(tmp_path / "s.db"), *flags)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
     assert message in r.stderr and not (tmp_path / "s.db").exists()

@@ -10,7 +10,7 @@ import torch
 
 from space import Genome, Head, Layer
 from train.augment import AugmentConfig
-from tests.search_helpers import write_cifar_batches
+from tests.search_helpers import run_main, write_cifar_batches
 from train.data import load_dataset, load_digits32, make_synthetic
 from train.defaults import DEFAULTS
 from train.engine import (CheckpointError, TrainConfig, WeightEMA, augment_for_epoch, evaluate, load_weights,
@@ -115,7 +115,7 @@ def test_train_run_reports_test_accuracy_and_writes_outputs(tmp_path):
     (["seed003_net", "--dataset", "digits", "--lr", "0"], "--lr 0 is out of range"),
 ])
 def test_train_run_bad_input_gives_one_line_and_exit_2(args, text):
-    r = run("train.run", *args)
+    r = run_main("train.run", *args)
     assert r.returncode == 2
     assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -226,8 +226,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_unexecuted(tmp_path, capsys
 def test_train_run_garbage_checkpoint_gives_one_line_and_exit_2(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "checkpoint.pt").write_text("garbage")
-    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "out"),
-            "--quiet", "--device", "cpu")
+    r = run_main("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out",
+                 str(tmp_path / "out"), "--quiet", "--device", "cpu")
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "checkpoint" in errors[0] and "Traceback" not in r.stderr

@@ -17,7 +17,7 @@ from search.report import _md_table
 from search.loop import Search
 from search.study import enqueue_presets, make_pruner, open_study
 from space.genome import GenomeError
-from tests.search_helpers import ROOT, FakeTrain, call, last_error_line, run_module, settings
+from tests.search_helpers import ROOT, FakeTrain, call, last_error_line, run_main, run_module, settings
 from train import run as train_run
 from train.data import DataError
 from train.engine import TrainError
@@ -137,7 +137,7 @@ def test_bench_help_shows_defaults_and_a_run_shows_its_estimate_and_progress(tmp
     (["space.export", "seed001", "-o", "/proc/nope/x.py"], "cannot write /proc/nope/x.py"),
 ])
 def test_cli_mistakes_are_one_error_line_and_exit_2(args, text):
-    r = run_module(*args)
+    r = run_main(*args)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ") and text in r.stderr
 

@@ -20,7 +20,7 @@ from search.loop import Search
 from search.storage import default_journal, migrate_to_journal, open_storage, resolve_url
 from search.study import stored_settings
 from search.workers import SlotLock, worker_argv
-from tests.search_helpers import FakeTrain, memory_study, oom_env, run_threads, settings
+from tests.search_helpers import FakeTrain, memory_study, oom_env, run_main, run_threads, settings
 
 # digits, tiny: 200 training images (160 train / 40 validation), 1 epoch of 5 steps per trial; at most 100k
 # parameters, so that the slowest preset (seed003_dilated: full resolution throughout) is rejected.
@@ -197,10 +197,10 @@ def test_a_sqlite_study_is_copied_to_the_journal_with_its_trials_and_settings(tm
 
 
 def test_jobs_with_an_explicit_sqlite_storage_is_refused(tmp_path):
-    r = cli(tmp_path, "search.run", *DIGITS, "--jobs", "2", "--storage", "s.db")
+    r = run_main("search.run", *DIGITS, "--jobs", "2", "--storage", "s.db", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert r.stderr.startswith("error: --jobs 2 needs a storage several processes can write")
-    r = cli(tmp_path, "search.run", *DIGITS, "--jobs", "zero")
+    r = run_main("search.run", *DIGITS, "--jobs", "zero", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: --jobs must be a positive integer or auto")
 
 

@@ -19,6 +19,7 @@ from space.analysis import analyze
 from space.latency import LatencyError, load_table, predict
 from space.sample import sample_genomes
 from train.deploy import missing
+from tests.search_helpers import run_main
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason="needs the deploy extra (onnx, onnxruntime, onnxscript)")
 
@@ -112,11 +113,12 @@ def test_bad_build_and_search_inputs_exit_2_and_write_nothing(table_path, tmp_pa
     one_error(cli(tmp_path, "train.latency", "build", "--runtime", "tflite", "-o", "t.json"), "unknown --runtime")
     assert not (tmp_path / "t.json").exists()
     (tmp_path / "genome.json").write_text(next(sample_genomes(1)).to_json())
-    one_error(cli(tmp_path, "search.run", *DIGITS, "--latency-table", "genome.json", "--max-latency-ms", "5"),
+    one_error(run_main("search.run", *DIGITS, "--latency-table", "genome.json", "--max-latency-ms", "5", cwd=tmp_path),
               "not a latency table")
-    one_error(cli(tmp_path, "search.run", *DIGITS, "--max-latency-ms", "5"), "need --latency-table")
-    one_error(cli(tmp_path, "search.run", *DIGITS, "--latency-table", str(table_path), "--max-latency-ms", "1e-6"),
-              "no genome of the search space meets", "--max-latency-ms 1e-06", "lowest predicted latency")
+    one_error(run_main("search.run", *DIGITS, "--max-latency-ms", "5", cwd=tmp_path), "need --latency-table")
+    one_error(run_main("search.run", *DIGITS, "--latency-table", str(table_path), "--max-latency-ms", "1e-6",
+                       cwd=tmp_path), "no genome of the search space meets", "--max-latency-ms 1e-06",
+              "lowest predicted latency")
     assert not (tmp_path / "results").exists()
 
 

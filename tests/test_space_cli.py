@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from space import Genome, analyze, check
+from tests.search_helpers import run_main
 
 
 def run(*args):
@@ -55,7 +56,7 @@ def test_export_writes_loadable_code(tmp_path):
 @pytest.mark.parametrize("spec, text", [("no_such_preset", "neither a preset"), ("{bad json", "invalid JSON"),
                                         ("missing.json", "cannot read")])
 def test_bad_spec_gives_one_line_and_exit_2(spec, text):
-    r = run("space.describe", spec)
+    r = run_main("space.describe", spec)
     assert r.returncode == 2
     assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
@@ -73,4 +74,4 @@ def test_describe_lists_the_shortcuts_of_a_residual_genome():
 def test_sample_fills_the_given_budget():
     lines = run("space.sample", "--n", "5", "--seed", "0", "--max-params", "50000").stdout.splitlines()
     assert len(lines) == 5 and all(analyze(Genome.from_json(l)).params <= 50_000 for l in lines)
-    assert run("space.sample", "--max-params", "0").returncode == 2
+    assert run_main("space.sample", "--max-params", "0").returncode == 2
