@@ -96,8 +96,8 @@ def test_train_run_reports_test_accuracy_and_writes_outputs(tmp_path):
     spec = tmp_path / "g.json"
     spec.write_text(TINY.to_json())
     out = tmp_path / "out"
-    r = run("train.run", str(spec), "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "2",
-            "--batch-size", "64", "--out", str(out), "--json", "--quiet", "--device", "cpu", "--min-rf", "25")
+    r = run_main("train.run", str(spec), "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "2",
+                 "--batch-size", "64", "--out", str(out), "--json", "--quiet", "--device", "cpu", "--min-rf", "25")
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
     assert metrics["epochs"] == 2
@@ -121,8 +121,8 @@ def test_train_run_bad_input_gives_one_line_and_exit_2(args, text):
 
 
 def test_bench_reports_pipeline_and_model_only_throughput():
-    r = run("train.bench", "seed003_net", "--dataset", "synthetic", "--seconds", "0.3", "--repeats", "1",
-            "--batch-size", "64", "--device", "cpu", "--json")
+    r = run_main("train.bench", "seed003_net", "--dataset", "synthetic", "--seconds", "0.3", "--repeats", "1",
+                 "--batch-size", "64", "--device", "cpu", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["images_per_s"] == d["pipeline_images_per_s"] > 0 and d["model_only_images_per_s"] > 0
@@ -236,16 +236,16 @@ def test_train_run_garbage_checkpoint_gives_one_line_and_exit_2(tmp_path):
 
 def test_train_run_takes_its_defaults_from_the_dataset_table_and_flags_override_them(tmp_path):
     d = DEFAULTS["synthetic"]
-    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "a"),
-            "--quiet", "--json", "--device", "cpu")
+    r = run_main("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "a"),
+                 "--quiet", "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     config = json.loads(r.stdout.strip().splitlines()[-1])["config"]
     assert (config["batch_size"], config["lr"], config["augment"]) == (d.batch_size, d.lr, None)
     assert config["ema_decay"] == TrainConfig.ema_decay and config["augment_end"] == TrainConfig.augment_end
-    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "b"),
-            "--quiet", "--json", "--device", "cpu", "--batch-size", str(2 * d.batch_size), "--augment",
-            "--ema-decay", "0", "--augment-end", "0.5", "--label-smoothing", "0", "--weight-decay", "1e-4",
-            "--warmup", "0.1")
+    r = run_main("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path / "b"),
+                 "--quiet", "--json", "--device", "cpu", "--batch-size", str(2 * d.batch_size), "--augment",
+                 "--ema-decay", "0", "--augment-end", "0.5", "--label-smoothing", "0", "--weight-decay", "1e-4",
+                 "--warmup", "0.1")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     c = m["config"]
@@ -257,8 +257,8 @@ def test_train_run_takes_its_defaults_from_the_dataset_table_and_flags_override_
 
 
 def test_train_run_val_size_reports_validation_beside_test(tmp_path):
-    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "2", "--val-size", "64", "--lr", "0.01",
-            "--out", str(tmp_path / "o"), "--quiet", "--json", "--device", "cpu")
+    r = run_main("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "2", "--val-size", "64", "--lr",
+                 "0.01", "--out", str(tmp_path / "o"), "--quiet", "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert m["config"]["lr"] == 0.01 and m["val_size"] == 64
@@ -293,8 +293,8 @@ def test_train_run_saves_the_weights_it_evaluated(tmp_path):
     from space import build, get_preset
     from train.data import load_dataset
     out = tmp_path / "o"
-    r = run("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "2", "--ema-decay", "0.9", "--out",
-            str(out), "--quiet", "--json", "--device", "cpu")
+    r = run_main("train.run", "seed003_net", "--dataset", "synthetic", "--epochs", "2", "--ema-decay", "0.9", "--out",
+                 str(out), "--quiet", "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
     model = build(get_preset("seed003_net"))

@@ -25,9 +25,9 @@ def test_describe_json_has_the_scriptable_keys():
 
 
 def test_sample_is_reproducible_and_each_line_is_a_spec(tmp_path):
-    a = run("space.sample", "--n", "20", "--seed", "3").stdout.splitlines()
-    assert a == run("space.sample", "--n", "20", "--seed", "3").stdout.splitlines()
-    assert a != run("space.sample", "--n", "20", "--seed", "4").stdout.splitlines()
+    a = run_main("space.sample", "--n", "20", "--seed", "3").stdout.splitlines()
+    assert a == run_main("space.sample", "--n", "20", "--seed", "3").stdout.splitlines()
+    assert a != run_main("space.sample", "--n", "20", "--seed", "4").stdout.splitlines()
     assert len(a) == 20
     spec = tmp_path / "g.json"
     spec.write_text(a[0])
@@ -64,7 +64,7 @@ def test_bad_spec_gives_one_line_and_exit_2(spec, text):
 def test_describe_lists_the_shortcuts_of_a_residual_genome():
     spec = ('{"blocks": [[{"op": "conv3", "out": 16}], [{"op": "dsc3", "out": 24, "stride": 2}], '
             '[{"op": "dsc3", "out": 24, "dilation": 4}], [{"op": "conv3", "out": 32}]], "residual": [false, true, true, false]}')
-    r = run("space.describe", spec)
+    r = run_main("space.describe", spec)
     assert r.returncode == 0 and "c2.skip" in r.stdout and "+projection" in r.stdout and "+identity" in r.stdout
     d = json.loads(run("space.describe", spec, "--json").stdout)
     # 464 + 576 + 840 + 6,976 (layers) + 432 (C2's 16 -> 24 projection: 384 + 48) + 330 (head)
