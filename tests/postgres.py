@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the tests: initdb once per test process, a fresh copy per test.
+"""A throwaway PostgreSQL server for the tests: initdb once per test process, one server per test module
+(a copy of that cluster), a fresh database per test.
 
 The server binaries come from Debian's `postgresql` package (/usr/lib/postgresql/<version>/bin, which
 .ci/run installs) or from PATH. PostgreSQL refuses to run as root, so as root the cluster belongs to the
@@ -17,11 +18,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-__all__ = ["Server", "unavailable", "make_template"]
+__all__ = ["Server", "Database", "unavailable", "make_template"]
 
 SERVER_USER = "postgres"  # Debian's package creates this user
 DATABASE = "nas"
@@ -87,7 +89,7 @@ def make_template() -> Path:
 
 
 class Server:
-    """One running server on a copy of the template cluster, with an empty database `nas`."""
+    """One running server on a copy of the template cluster; `database` adds an empty database to it."""
 
     def __init__(self, template: Path):
         self.bin = Path((template / "bin").read_text())
@@ -95,9 +97,16 @@ class Server:
         # cp -a keeps the owner and the 0700 mode that the server insists on.
         subprocess.run(["cp", "-a", str(template / "data"), str(self.root / "data")], check=True)
         self.port = _free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
         self.start()
-        _run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", DATABASE])
+        self.made = 0
+
+    def database(self) -> "Database":
+        """A new empty database on this server (nas1, nas2, ...): one per test, so that tests sharing the
+        server never see each other's studies."""
+        self.made += 1
+        name = f"{DATABASE}{self.made}"
+        _run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name])
+        return Database(self, f"postgresql://postgres@127.0.0.1:{self.port}/{name}")
 
     def start(self) -> None:
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
@@ -117,3 +126,17 @@ class Server:
         if self.running():
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class Database:
+    """One test's database: its URL, and the server under it (a test may stop and start it again)."""
+
+    server: Server
+    url: str
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()

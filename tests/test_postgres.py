@@ -46,14 +46,22 @@ def pg_template():
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres(pg_template):
+@pytest.fixture(scope="module")
+def pg_server(pg_template):
     try:
         server = Server(pg_template)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         unavailable(f"the server did not start: {e}")
     yield server
     server.remove()
+
+
+@pytest.fixture
+def postgres(pg_server):
+    """A fresh database on the module's server (a test that stops the server starts it again)."""
+    if not pg_server.running():
+        pg_server.start()
+    return pg_server.database()
 
 
 def worker(url: str, *args: str) -> subprocess.Popen:
@@ -93,26 +101,7 @@ def wait_for(condition, procs: list[subprocess.Popen], url: str, what: str):
     raise AssertionError(f"timed out waiting until {what}")
 
 
-def test_two_workers_share_one_study_train_exactly_n_and_record_each_rejection_once(postgres, tmp_path):
-    procs = [worker(postgres.url, "--trials", "4", "--out", str(tmp_path / f"w{i}")) for i in range(2)]
-    outs = [finish(p)[0] for p in procs]
-    for out in outs:  # both see the whole study's count, not their own
-        assert json.loads(out.strip().splitlines()[-1])["trained"] == 4
-    # One worker created the study (and enqueued the presets), the other joined it.
-    assert sorted(f"study {STUDY} ({'new' if '(new)' in o else 'resumed'})" in o for o in outs) == [True, True]
-    assert sum(f"study {STUDY} (new)" in o for o in outs) == 1
-    trials = trials_of(postgres.url)
-    assert len(trained(trials)) == 4
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    presets = [t.user_attrs["preset"] for t in trials if "preset" in t.user_attrs]
-    assert sorted(presets) == ["seed001", "seed003_dilated", "seed003_net"]  # each once, not once per worker
-    rejected = [t.user_attrs["genome"] for t in trials if classify(t) == "rejected"]
-    assert len(rejected) >= 2 and len(set(rejected)) == len(rejected)  # no candidate rejected twice
-    genomes = [t.user_attrs["genome"] for t in trained(trials)]
-    assert len(set(genomes)) == 4  # no candidate trained twice
-
-
-def test_a_killed_worker_is_restarted_and_its_trial_failed_and_retried(postgres, tmp_path):
+def test_two_workers_share_one_study_and_a_killed_one_is_restarted_its_trial_failed_and_retried(postgres, tmp_path):
     # 3 epochs per trial (the later flag wins): the kill must land while a trial trains. 6 trials, so that the
     # victim trains more than one after the first one is trained (with 4 an idle machine once let it finish
     # between two polls).
@@ -129,14 +118,24 @@ def test_a_killed_worker_is_restarted_and_its_trial_failed_and_retried(postgres,
     killed = wait_for(victim_training_after_first_trained, [victim, other], postgres.url,
                       "the first worker trains a trial after the study's first trained one")
     victim.kill()  # SIGKILL: nothing can be cleaned up
-    victim.communicate()
+    started = [victim.communicate()[0]]  # what it printed before (its start-up lines are flushed)
     restarted = worker(postgres.url, *args)
-    finish(restarted)
-    finish(other)
+    outs = [finish(restarted)[0], finish(other)[0]]
+    for out in outs:  # both see the whole study's count, not their own
+        assert json.loads(out.strip().splitlines()[-1])["trained"] == n
+    # One of the two first workers created the study (and enqueued the presets), the other joined it.
+    assert sorted(f"study {STUDY} (new)" in o for o in [*started, outs[1]]) == [False, True]
+    assert all(f"study {STUDY} (resumed)" in o for o in [outs[0], *started, outs[1]] if "(new)" not in o)
     trials = trials_of(postgres.url)
     by_number = {t.number: t for t in trials}
     assert len(trained(trials)) == n
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+    presets = [t.user_attrs["preset"] for t in trials if "preset" in t.user_attrs and "retry_of" not in t.user_attrs]
+    assert sorted(presets) == ["seed001", "seed003_dilated", "seed003_net"]  # each once, not once per worker
+    rejected = [t.user_attrs["genome"] for t in trials if classify(t) == "rejected"]
+    assert len(rejected) >= 2 and len(set(rejected)) == len(rejected)  # no candidate rejected twice
+    assert len({t.user_attrs["genome"] for t in trained(trials)}) == n  # no candidate trained twice
+    # The killed worker's trial: failed by the next worker to look, its candidate queued again and trained.
     assert by_number[killed].state == TrialState.FAIL
     assert f"worker pid {victim.pid} died" in by_number[killed].user_attrs["failed_reason"]
     origin = by_number[killed].user_attrs.get("retry_of", killed)
