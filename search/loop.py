@@ -39,6 +39,7 @@ from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, 
                         screened, sign, tell, too_large, trained)
 from .memory import DeviceShare, TooLarge, guard
 from .settings import SearchSettings, one_line
+from .workers import check_stop
 
 if TYPE_CHECKING:  # injected like train_fn: the round's scoring is the prescreen's business
     from .prescreen import Prescreen
@@ -114,6 +115,7 @@ class Search:
     def run(self) -> Counts:
         failures = skips = 0
         while True:
+            check_stop()
             for n in reap_dead_trials(self.study):
                 self.log(f"trial {n:>4}  failed    its worker died or went silent (a trained candidate is queued "
                          "again)")
@@ -307,6 +309,7 @@ class Search:
         multi_objective = len(self.study.directions) > 1
 
         def on_epoch(stats) -> bool:
+            check_stop()  # a stop whose KeyboardInterrupt was lost (search.workers.STOP) ends the trial here
             if self.epoch_lines:
                 self.log(f"trial {trial.number:>4}  epoch {stats.epoch}/{self.settings.trial_epochs}  train acc "
                          f"{stats.train_acc:.4f}  val {stats.val_acc:.4f}  {stats.seconds:.1f} s")

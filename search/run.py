@@ -49,6 +49,7 @@ from .settings import (DEFAULTS, SearchError, SearchSettings, cost_name, default
 from .storage import (STORAGE_ERRORS, dashboard_command, default_journal, default_storage, is_sqlite, local_file,
                       lost_storage, migrate_to_journal, open_storage, redact, resolve_url)
 from .study import PRUNERS, SAMPLERS
+from .workers import STOP, quiet_lost_interrupts, request_stop
 
 __all__ = ["main", "machine_info"]
 
@@ -73,14 +74,10 @@ def _lines(path: str) -> list[str]:
         return []
 
 
-def _sigterm(signum, frame):  # a scheduler's SIGTERM: stop like Ctrl-C, leaving a resumable study
-    raise KeyboardInterrupt
-
-
 def _stop_once(signum, frame):  # a worker: one SIGTERM/SIGINT stops it; more must not cut its cleanup short
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    request_stop(signum, frame)
 
 
 def build_parser():
@@ -139,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args.devices, args.raw_device = [str(d) for d in check_devices(args.device)], args.device
     args.device = args.devices[0]
     worker = args.worker is not None
+    STOP.clear()  # a new run (tests run several in one process)
     if worker:  # before anything slow: from here on a stop signal fails the running trial cleanly
         signal.signal(signal.SIGTERM, _stop_once)
         signal.signal(signal.SIGINT, _stop_once)
@@ -154,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                             (f"; copied from {redact(default_storage(name))} for --jobs" if migrated else "")
                             + (f"; kept the settings it was begun with: {', '.join(kept)}" if kept else ""),
                             val_note if settings.val_size == asked.val_size else "")
-        signal.signal(signal.SIGTERM, _sigterm)
+        # Ctrl-C, or a scheduler's SIGTERM: stop, leaving a resumable study (search.workers.request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
 
     t0 = time.time()
     trained_before = count(study.get_trials(deepcopy=False)).trained
@@ -410,4 +410,5 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
 
 if __name__ == "__main__":
     from space.spec import run_cli
+    sys.unraisablehook = quiet_lost_interrupts  # a lost KeyboardInterrupt is obeyed, not printed (search.workers)
     run_cli(main, errors=ERRORS)

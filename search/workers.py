@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +46,42 @@ from .settings import SearchError
 
 __all__ = ["SlotLock", "parse_jobs", "auto_jobs", "plan_workers", "cpu_threads", "worker_argv", "run_workers",
            "GIB_PER_JOB", "MAX_AUTO_JOBS", "MAX_JOBS_PER_GPU", "DEVICE_ENV", "SHARE_ENV", "Placement", "place",
-           "auto_counts", "visible_entries", "worker_device"]
+           "auto_counts", "visible_entries", "worker_device", "STOP", "request_stop", "check_stop",
+           "quiet_lost_interrupts"]
 
 GIB_PER_JOB = 4.0  # GPU memory one worker may take, GiB: CUDA context ~0.5, CIFAR-10 uint8 0.15, a 200k-parameter
 # net's bf16 activations at batch 256 ~1-2, evaluation at batch 1024 ~0.5, plus headroom for the allocator
 MAX_JOBS_PER_GPU = 8  # beyond this one GPU's queue is full: more workers only add launch overhead (a CPU core each)
 DEVICE_ENV = "TINYNAS_GPU"  # the worker's device as the parent names it, e.g. cuda:2 (the worker sees cuda:0)
 SHARE_ENV = "TINYNAS_GPU_SHARE"  # how many workers share that device
+
+
+# A stop (Ctrl-C, SIGTERM) as a flag beside the KeyboardInterrupt that search.run's handlers raise. Python runs a
+# handler between two bytecodes of whatever runs then; inside a callback whose exceptions the interpreter only
+# reports (a weakref callback of importlib, a __del__) the KeyboardInterrupt is lost: "Exception ignored in ...",
+# and the process went on training. The flag is not lost: the search loop checks it after every epoch and
+# candidate, the parent of --jobs workers every 0.2 s.
+STOP = threading.Event()
+
+
+def request_stop(signum, frame) -> None:
+    """A signal handler: the stop flag, then the KeyboardInterrupt that stops whatever runs now."""
+    STOP.set()
+    raise KeyboardInterrupt
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if a stop was asked for, whether or not its first KeyboardInterrupt got through."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
+def quiet_lost_interrupts(unraisable) -> None:
+    """sys.unraisablehook of the commands: a KeyboardInterrupt lost after a stop was asked for is said by
+    nobody (check_stop raises it again); anything else is reported as Python does."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and STOP.is_set():
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 @dataclass(frozen=True)
@@ -233,6 +263,7 @@ def run_workers(argv: list[str], jobs: int, threads: int, log=print, placement: 
             procs.append(subprocess.Popen([sys.executable, "-m", "search.run", *worker_argv(argv, k, device)],
                                           env=own, process_group=0))
         while any(p.poll() is None for p in procs):
+            check_stop()
             time.sleep(0.2)
     except KeyboardInterrupt:
         interrupted = True

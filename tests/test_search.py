@@ -136,6 +136,66 @@ def test_interrupted_trial_is_failed_requeued_and_finished_on_resume():
     assert classify(retry) == "completed" and genome_of(retry) == PRESETS["seed003_dilated"]
 
 
+@pytest.fixture
+def stop_flag():
+    from search.workers import STOP
+    STOP.clear()
+    yield STOP
+    STOP.clear()
+
+
+def test_a_stop_whose_keyboard_interrupt_was_lost_ends_the_trial_at_its_next_epoch(stop_flag):
+    # What a signal handler leaves when its KeyboardInterrupt lands in a callback the interpreter only reports
+    # (search.workers.STOP): the flag, and training that goes on. The next epoch's check stops the trial.
+    s = settings(trial_epochs=3)
+    study = memory_study(s)
+
+    class SignalDuringTraining(FakeTrain):
+        def __call__(self, genome, on_epoch):
+            stop_flag.set()
+            return super().__call__(genome, on_epoch)
+
+    fake = SignalDuringTraining(epochs=3)
+    runner = search(study, s, fake, 4)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert len(fake.calls) == 1 and fake.finished == []  # stopped after its first epoch, not trained to the end
+    t = study.get_trials()[runner.interrupted]
+    assert t.state == TrialState.FAIL and t.user_attrs["failed_reason"] == "interrupted"
+    assert [u.user_attrs.get("retry_of") for u in study.get_trials() if u.state == TrialState.WAITING][-1] == t.number
+    with pytest.raises(KeyboardInterrupt):  # and no new candidate is begun while the flag stands
+        search(study, s, FakeTrain(), 4).run()
+    assert not [u for u in study.get_trials() if u.state == TrialState.RUNNING]
+
+
+def test_a_keyboard_interrupt_lost_in_a_callback_is_obeyed_and_not_printed(stop_flag, monkeypatch, capsys):
+    import signal
+    from search.workers import check_stop, quiet_lost_interrupts, request_stop
+    monkeypatch.setattr(sys, "unraisablehook", quiet_lost_interrupts)
+
+    class SignalledInDel:
+        def __del__(self):  # the handler runs here, and Python ignores what __del__ raises
+            signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        obj = SignalledInDel()
+        del obj  # no KeyboardInterrupt gets out of this line
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stop_flag.is_set() and capsys.readouterr().err == ""  # nothing printed, not lost either
+    with pytest.raises(KeyboardInterrupt):
+        check_stop()
+
+    class RaisesInDel:
+        def __del__(self):
+            raise ValueError("other")
+
+    obj = RaisesInDel()
+    del obj
+    assert "ValueError: other" in capsys.readouterr().err  # anything else is reported as Python does
+
+
 def test_running_trial_of_a_dead_process_is_failed_and_requeued():
     s = settings()
     study = memory_study(s, presets=False)
