@@ -1,8 +1,6 @@
 """Issue 37: what a fresh run-through of the first ten minutes still tripped on, each checked."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +9,7 @@ from search import plots
 from search.report import _trained_on
 from search.settings import SearchError
 from search.storage import open_storage
-from tests.search_helpers import TINY, run_module, settings
-from tests.search_helpers import write_cifar_batches
+from tests.search_helpers import settings, write_cifar_batches
 from train.data import DataError, load_cifar10, make_synthetic
 
 
@@ -88,24 +85,6 @@ def test_accuracy_vs_cost_rings_and_names_the_seed_presets(monkeypatch, tmp_path
     rings = [c for c in ax.collections if c.get_label() == "seed preset"]
     assert len(rings) == 1 and len(rings[0].get_offsets()) == 1  # the rejected preset has no accuracy
     assert [t.get_text() for t in ax.texts] == ["seed003_net"]
-
-
-def test_a_search_prints_its_trials_epochs_and_on_resume_the_original_times(tmp_path):
-    """Per-epoch lines during trials (--quiet: none), Top N over trained trials, no flip-TTA without flips,
-    and a finished study run again reports its earlier times, not 0 s."""
-    common = [*TINY, "--trials", "2", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "out")]
-    first = run_module("search.run", *common)
-    assert first.returncode == 0, first.stderr
-    assert "epoch 1/1  train acc" in first.stdout and "  training  " in first.stdout
-    final = json.loads((tmp_path / "out" / "final.json").read_text())
-    assert final["test_acc_tta"] is None and "flip-TTA" not in first.stdout  # synthetic: trained without flips
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "of the 2 trained trials" in report
-    again = run_module("search.run", *common, "--quiet")
-    assert again.returncode == 0, again.stderr
-    assert "epoch 1/1" not in again.stdout
-    assert "already done: nothing trained in this run" in again.stdout
-    assert "(0 s)" not in again.stdout and "retrained earlier" in again.stdout
 
 
 def test_the_readme_lines_turn_a_uint8_image_into_exactly_what_the_net_was_trained_on():

@@ -15,7 +15,7 @@ from search.lifecycle import classify
 from search.settings import SearchSettings
 from search.study import make_pruner, open_study
 from train.engine import TrainConfig
-from tests.search_helpers import ROOT, TINY, call, one_error_line, run_module, write_cifar_batches
+from tests.search_helpers import ROOT, TINY, call, one_error_line, run_main, run_module, write_cifar_batches
 
 
 @pytest.mark.parametrize("args, text", [
@@ -148,6 +148,7 @@ def test_search_end_to_end_and_the_exported_winner_reproduces_its_test_accuracy(
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["trained"] == 2 and summary["rejected"] >= 2  # two presets exceed 100k parameters
+    assert "epoch 1/1  train acc" in r.stdout and "  training  " in r.stdout  # a line per trial epoch
     # the figure printed is final.json's, which the exported model reproduces below
     assert summary["test_acc"] == json.loads((out / "final.json").read_text())["test_acc"]
     assert summary["study"] == "synthetic-nas"
@@ -161,6 +162,8 @@ def test_search_end_to_end_and_the_exported_winner_reproduces_its_test_accuracy(
                  "c1.0", "rejected", "epochs without pruning", "## Evidence", "search.run",
                  "Training recipe, stored with the study", f"ema_decay {TrainConfig().ema_decay}"):
         assert text in report, text
+    assert "of the 2 trained trials" in report  # its top N counts trained trials only
+    assert final["test_acc_tta"] is None and "flip-TTA" not in r.stdout  # synthetic: trained without flips
     study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
     assert sum(classify(t) in ("completed", "pruned") for t in study.trials) == 2
     assert len((out / "leaderboard.csv").read_text().strip().splitlines()) == len(study.trials) + 1
@@ -170,15 +173,18 @@ def test_search_end_to_end_and_the_exported_winner_reproduces_its_test_accuracy(
     got = json.loads(check.stdout.strip().splitlines()[-1])
     assert abs(got["acc"] - final["test_acc"]) <= 1 / got["n"] + 1e-9
 
-    r = run_module("search.report", "--storage", str(db), "--study-name", "synthetic-nas", "--out", str(tmp_path / "r"))
+    r = run_main("search.report", "--storage", str(db), "--study-name", "synthetic-nas", "--out", str(tmp_path / "r"))
     assert r.returncode == 0 and (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "leaderboard.csv").is_file()
-    r = run_module("search.export", "--storage", str(db), "--study-name", "synthetic-nas", "-o", str(tmp_path / "m.py"))
+    r = run_main("search.export", "--storage", str(db), "--study-name", "synthetic-nas", "-o", str(tmp_path / "m.py"))
     assert r.returncode == 0 and f"trial {final['trial']}" in r.stdout
     assert "class Net(nn.Module)" in (tmp_path / "m.py").read_text()
-    # Running the finished command again trains nothing and keeps the retrained model.
-    r = run_module("search.run", *TINY, "--trials", "2", "--storage", str(db), "--out", str(out), "--json")
+    # Running the finished command again trains nothing, keeps the retrained model and reports the earlier
+    # times, not 0 s; --quiet: no epoch lines.
+    r = run_main("search.run", *TINY, "--trials", "2", "--storage", str(db), "--out", str(out), "--json", "--quiet")
     again = json.loads(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 0 and again["test_acc"] == summary["test_acc"] and "already retrained" in r.stdout
+    assert "epoch 1/1" not in r.stdout and "already done: nothing trained in this run" in r.stdout
+    assert "(0 s)" not in r.stdout and "retrained earlier" in r.stdout
 
 
 def _wait_for_training(study_name: str, db, proc, after: set[int], timeout: float = 240) -> int:
