@@ -127,8 +127,8 @@ def test_digits_search_rejects_over_budget_before_training_and_keeps_the_table_o
     rules = Rules(max_params=100_000)
     ms = sorted(predict(g, table).ms for g in sample_genomes(200, seed=11, rules=rules) if not check(g, rules))
     budget = round(ms[len(ms) // 3], 4)  # about two thirds of the space is over it
-    r = cli(tmp_path, "search.run", *DIGITS, "--trials", "3", "--study-name", "lat", "--latency-table",
-            str(table_path), "--max-latency-ms", str(budget))
+    r = run_main("search.run", *DIGITS, "--trials", "3", "--study-name", "lat", "--latency-table", str(table_path),
+                 "--max-latency-ms", str(budget), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="lat", storage=f"sqlite:///{tmp_path / 'results' / 'lat.db'}")
     trials = study.get_trials()
@@ -139,7 +139,7 @@ def test_digits_search_rejects_over_budget_before_training_and_keeps_the_table_o
     assert all(t.user_attrs["latency_ms"] > budget and "epochs" not in t.user_attrs for t in rejected)
     assert all(f"> {budget:g} ms" in rejected_reason(t) for t in rejected)
     # Resumed without the flags: the stored table and budget are kept.
-    r = cli(tmp_path, "search.run", *DIGITS, "--trials", "4", "--study-name", "lat")
+    r = run_main("search.run", *DIGITS, "--trials", "4", "--study-name", "lat", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     study = optuna.load_study(study_name="lat", storage=f"sqlite:///{tmp_path / 'results' / 'lat.db'}")
     s = stored_settings(study)
