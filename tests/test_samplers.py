@@ -55,7 +55,8 @@ def test_settings_of_the_layout_before_the_sampler_resume_as_tpe():
 def test_a_random_search_and_a_gp_search_resume_and_refuse_another_sampler(capsys, tmp_path):
     for name in ("random", "gp"):
         db, out = tmp_path / f"{name}.db", tmp_path / name
-        base = [*TINY, "--no-final", "--max-params", "200000", "--storage", str(db), "--out", str(out)]
+        # --no-presets: the sampler proposes every candidate (the presets would be the first three)
+        base = [*TINY, "--no-final", "--no-presets", "--storage", str(db), "--out", str(out)]
         code, text, err = call(run_cmd.main, [*base, "--trials", "2", "--sampler", name], capsys)
         assert code == 0, err
         assert f"sampler {name}, pruner" in text
