@@ -21,7 +21,7 @@ from space import PRESETS, check
 from train.data import make_synthetic
 from train.engine import train
 from train.testset import score_test_set
-from tests.search_helpers import TINY, FakeTrain, memory_study, run_main, run_module, settings
+from tests.search_helpers import TINY, FakeTrain, memory_study, run_main, settings
 
 
 def quiet(_line: str) -> None:
@@ -147,8 +147,8 @@ def test_another_studys_winner_joins_the_table_from_its_own_storage():
 
 def test_search_run_final_seeds_and_compare_write_the_table_and_every_seed(tmp_path):
     out = tmp_path / "o"
-    r = run_module("search.run", *TINY, "--trials", "2", "--storage", str(tmp_path / "s.db"), "--out", str(out),
-                   "--final-seeds", "2", "--compare", "seed001", "--quiet", "--json", "--device", "cpu")
+    r = run_main("search.run", *TINY, "--trials", "2", "--storage", str(tmp_path / "s.db"), "--out", str(out),
+                 "--final-seeds", "2", "--compare", "seed001", "--quiet", "--json", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     record = json.loads((out / "final.json").read_text())

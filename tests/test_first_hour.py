@@ -72,7 +72,7 @@ def test_several_studies_the_most_recent_is_used_and_the_others_listed(tmp_path,
 
 
 def test_retrain_without_any_study_is_one_error_line(tmp_path):
-    r = run_module("search.retrain", "--storage", str(tmp_path / "x.db"))
+    r = run_main("search.retrain", "--storage", str(tmp_path / "x.db"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: no study storage at {tmp_path / 'x.db'} (run search.run first, or give --storage)"]
 
@@ -105,7 +105,7 @@ def test_train_run_output_folders_checkpoints_and_labels(tmp_path, monkeypatch, 
 
 def test_train_run_through_the_real_entry_point_foreign_checkpoint(tmp_path):
     out = tmp_path / "o"
-    assert run_module("train.run", "seed003_net", *TRAIN, "--quiet", "--out", str(out)).returncode == 0
+    assert run_main("train.run", "seed003_net", *TRAIN, "--quiet", "--out", str(out)).returncode == 0
     r = run_module("train.run", "seed001", *TRAIN, "--quiet", "--out", str(out))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {out / 'checkpoint.pt'} belongs to another")
@@ -114,7 +114,7 @@ def test_train_run_through_the_real_entry_point_foreign_checkpoint(tmp_path):
 # 3. train.bench: defaults in --help, an estimate up front, a line per measurement.
 
 def test_bench_help_shows_defaults_and_a_run_shows_its_estimate_and_progress(tmp_path):
-    r = run_module("train.bench", "--help")
+    r = run_main("train.bench", "--help")
     assert r.returncode == 0
     help_text = " ".join(r.stdout.split())
     assert "(default: 20.0)" in help_text and "(default: 3)" in help_text and "(default: cifar10)" in help_text

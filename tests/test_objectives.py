@@ -252,11 +252,11 @@ def test_retrain_takes_any_trained_trial_and_refuses_a_rejected_one(capsys, tmp_
 def test_multi_objective_search_end_to_end_and_a_front_member_exports(tmp_path):
     import pandas as pd
 
-    from tests.search_helpers import TINY, run_module
+    from tests.search_helpers import TINY, run_main
 
     db, out = tmp_path / "s.db", tmp_path / "out"
-    r = run_module("search.run", *TINY, "--trials", "2", "--no-final", "--objectives", "accuracy,params",
-                   "--storage", str(db), "--out", str(out), "--json")
+    r = run_main("search.run", *TINY, "--trials", "2", "--no-final", "--objectives", "accuracy,params",
+                 "--storage", str(db), "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     assert "multi-objective studies cannot be pruned" in r.stdout and "peak act" in r.stdout
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -267,6 +267,6 @@ def test_multi_objective_search_end_to_end_and_a_front_member_exports(tmp_path):
     report = (out / "report.md").read_text()
     assert "### Pareto front" in report and "objectives accuracy,params" in report
     member = int(front.number.iloc[-1])
-    r = run_module("search.export", "--storage", str(db), "--study-name", "synthetic-nas", "--trial", str(member),
-                   "-o", str(tmp_path / "m.py"))
+    r = run_main("search.export", "--storage", str(db), "--study-name", "synthetic-nas", "--trial", str(member),
+                 "-o", str(tmp_path / "m.py"))
     assert r.returncode == 0 and f"trial {member}" in r.stdout

@@ -13,7 +13,7 @@ from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from space import Genome, Rules, analyze, check, construct
 from space.genome import GenomeError
-from tests.search_helpers import TINY, call, one_error_line, run_module, settings
+from tests.search_helpers import TINY, call, one_error_line, run_main, settings
 from train import run as train_run
 from train.data import DataError
 from train.engine import TrainError
@@ -25,14 +25,14 @@ SHALLOW = ('{"blocks": [[{"op": "conv3", "out": 16}], [{"op": "dsc3", "out": 24,
 
 
 def test_sample_under_a_macs_cap_reports_the_feasible_share_and_keeps_the_cap():
-    r = run_module("space.sample", "--n", "30", "--seed", "3", "--max-macs", "20000000")
+    r = run_main("space.sample", "--n", "30", "--seed", "3", "--max-macs", "20000000")
     assert r.returncode == 0, r.stderr
     genomes = [Genome.from_json(line) for line in r.stdout.splitlines()]
     rules = Rules(max_macs=20_000_000)
     feasible = sum(not check(g, rules) for g in genomes)
     assert len(genomes) == 30 and all(analyze(g).macs <= 20_000_000 for g in genomes)
     assert f"30 genomes, {100 * feasible / 30:.1f} % feasible under <= 200,000 parameters, <= 20,000,000 MACs" in r.stderr
-    r = run_module("space.sample", "--max-macs", "0")
+    r = run_main("space.sample", "--max-macs", "0")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --max-macs must be a positive integer, got 0"]
 
 
