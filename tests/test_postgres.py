@@ -61,7 +61,10 @@ def postgres(pg_server):
     """A fresh database on the module's server (a test that stops the server starts it again)."""
     if not pg_server.running():
         pg_server.start()
-    return pg_server.database()
+    db = pg_server.database()
+    yield db
+    if db.url in _STORAGES:
+        _STORAGES.pop(db.url).engine.dispose()
 
 
 def worker(url: str, *args: str) -> subprocess.Popen:
@@ -77,8 +80,16 @@ def finish(p: subprocess.Popen) -> tuple[str, str]:
     return out, err
 
 
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
 def trials_of(url: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=STUDY, storage=url).get_trials()
+    # One storage (one connection pool) per database: wait_for polls 20 times a second, and a storage per call
+    # left connections open until the server, now shared by the module's tests, refused more.
+    # pool_pre_ping: a connection the server dropped (stopped and started again) is replaced, not used.
+    storage = _STORAGES.get(url) or _STORAGES.setdefault(
+        url, optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}))
+    return optuna.load_study(study_name=STUDY, storage=storage).get_trials()
 
 
 def trained(trials) -> list[optuna.trial.FrozenTrial]:
