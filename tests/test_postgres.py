@@ -174,7 +174,11 @@ def test_server_stopped_mid_run_one_error_line_and_finished_trials_remain(postgr
     assert json.loads(out.strip().splitlines()[-1])["trained"] == n
     trials = trials_of(postgres.url)
     assert {t.number: t.value for t in trained(trials) if t.number in before} == before
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # Every trial the worker had signed is failed. Asking for a trial and signing it are two writes: a stop
+    # between them leaves a RUNNING trial without a worker, which only its age tells from a live worker's new
+    # one (search.liveness.death: failed after GRACE_PERIOD; tests/test_search.py). Seen once, 2026-12-06.
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    assert len(running) <= 1 and all("worker" not in t.user_attrs for t in running), running
 
 
 def test_worker_on_another_machine_that_stopped_beating_is_failed_and_requeued(postgres):

@@ -196,6 +196,23 @@ def test_a_keyboard_interrupt_lost_in_a_callback_is_obeyed_and_not_printed(stop_
     assert "ValueError: other" in capsys.readouterr().err  # anything else is reported as Python does
 
 
+def test_a_trial_asked_but_never_signed_is_failed_only_after_the_grace_period(monkeypatch):
+    # A worker stopped (or its storage lost) between study.ask() and signing the trial leaves a RUNNING trial
+    # that names no worker: a live worker's newest trial looks the same for a moment.
+    import time as real_time
+    from types import SimpleNamespace
+    from search.storage import GRACE_PERIOD
+    study = memory_study(settings(), presets=False)
+    trial = study.ask()
+    assert reap_dead_trials(study) == [] and study.get_trials()[0].state == TrialState.RUNNING
+    later = real_time.time() + GRACE_PERIOD + 1
+    monkeypatch.setattr("search.lifecycle.time", SimpleNamespace(time=lambda: later, monotonic=real_time.monotonic,
+                                                                 sleep=real_time.sleep))
+    assert reap_dead_trials(study) == [trial.number]
+    t = study.get_trials()[0]
+    assert t.state == TrialState.FAIL and "worker vanished before the trial started" in t.user_attrs["failed_reason"]
+
+
 def test_running_trial_of_a_dead_process_is_failed_and_requeued():
     s = settings()
     study = memory_study(s, presets=False)
