@@ -1,13 +1,19 @@
-"""The tests' shared helpers: a fake training function, in-memory studies, a command's main run in-process
-(`call`) and its one `error:` line (`one_error_line`), subprocess runners, CIFAR-10 files written from arrays."""
+"""The tests' shared helpers: a fake training function, in-memory studies, a command run in-process (`call`:
+its main; `run_main`: its `python -m` entry point) and its one `error:` line (`one_error_line`), subprocess
+runners, an out-of-memory hook for commands (`oom_env`), CIFAR-10 files written from arrays."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import runpy
+import signal
 import subprocess
 import sys
 import threading
+import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,30 +98,37 @@ def run_module(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
+@contextmanager
+def process_state_kept():
+    """Run a command in this process and put back what a command changes for the whole process: the
+    working folder, sys.argv, sys.unraisablehook and the SIGINT / SIGTERM handlers (search.run's stop)."""
+    argv, here, hook = sys.argv, os.getcwd(), sys.unraisablehook
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        sys.argv, sys.unraisablehook = argv, hook
+        os.chdir(here)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
 def run_main(module: str, *args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` in this process: the module's own `__main__` block runs (its run_cli and the
     error classes it turns into one `error:` line), without a new interpreter's seconds of imports. Returns
     what run_module does (returncode, stdout, stderr); stdout and stderr are captured here, not by pytest.
-    For mistakes a command catches before it trains: one real subprocess per command stays elsewhere."""
-    import contextlib
-    import io
-    import runpy
-    import warnings
-
+    Each command also has a real subprocess run in the suite."""
     out, err, code = io.StringIO(), io.StringIO(), 0
-    argv, here = sys.argv, os.getcwd()
-    try:
+    with process_state_kept():
         sys.argv = [module, *args]
         if cwd is not None:
             os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules" (it is imported here)
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-        os.chdir(here)
+        try:
+            with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules" (imported here)
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
@@ -131,7 +144,7 @@ def run_threads(workers, timeout: float = 120) -> None:
 def call(main, argv: list[str], capsys, errors=ERRORS) -> tuple[int, str, str]:
     """A command's main run in-process the way `python -m` runs it (space.spec.run_cli turns `errors` into
     one `error:` line and exit 2): (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
+    with process_state_kept(), pytest.raises(SystemExit) as e:
         run_cli(lambda: main(argv), errors=errors)
     out, err = capsys.readouterr()
     return e.value.code, out, err
