@@ -12,7 +12,8 @@ the study holds --trials trained candidates, and exits. The parent waits, then d
     alone gets the terminal's Ctrl-C and passes it on once, as SIGTERM (which silently ends a worker still
     starting up, before it can have a trial). Each worker fails its running trial as "interrupted" (queued
     again) and exits 130; the parent waits for all of them, prints one line and exits 130. The same
-    command resumes.
+    command resumes. A stop is also a flag (STOP), so that one whose KeyboardInterrupt the interpreter
+    swallowed still ends the trial at its next epoch.
   * A worker that dies (SIGKILL, out of memory) leaves a RUNNING trial whose pid is gone: the next
     `reap_dead_trials` of any worker (or of the next run) fails it and queues the candidate again.
   * `--jobs auto`: 1 on a CPU (one process already uses every core); on CUDA, per GPU, see `auto_jobs`.
