@@ -25,18 +25,16 @@ ensure_env() {
         # GPU node: keep a CUDA torch, else install PyPI's default Linux wheel (a CUDA build).
         if ! python -c 'import torch, sys; sys.exit(torch.version.cuda is None)' 2>/dev/null; then
             python -m pip uninstall -q -y torch 2>/dev/null || true
-            python -m pip install -q --no-compile torch
+            python -m pip install -q torch
         fi
     elif ! python -c 'import torch' 2>/dev/null; then
-        python -m pip install -q --no-compile torch==2.13.0
+        python -m pip install -q torch==2.13.0
     fi
-    # --no-compile (above too): Python compiles a module when it is first imported, instead of pip compiling every
-    # file of every package up front (torch and the extras: 72 s -> 34 s on the 2-core VM, 2026-12-06).
     # The project itself (editable) once, and again only when its dependencies change.
     stamp="$VENV/.tinynas-setup.cfg"
     if ! cmp -s setup.cfg "$stamp"; then
         # postgres: the driver tests/test_postgres.py needs; deploy: ONNX; dashboard: the optuna-dashboard command
-        python -m pip install -q --no-compile -e ".[test,postgres,deploy,dashboard]"
+        python -m pip install -q -e ".[test,postgres,deploy,dashboard]"
         cp setup.cfg "$stamp"
     fi
 }
