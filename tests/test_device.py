@@ -377,8 +377,8 @@ def test_every_command_runs_on_the_canonical_device_whatever_its_spelling(capsys
         assert e.value.code == 0, err
         return json.loads(out.strip().splitlines()[-1])
 
-    tiny = ["--dataset", "synthetic", "--trials", "1", "--trial-epochs", "1", "--batch-size", "64",
-            "--study-name", "s", "--no-presets", "--json"]
+    tiny = ["--dataset", "synthetic", "--trials", "1", "--trial-epochs", "1", "--batch-size", "16",
+            "--subset-train", "128", "--subset-test", "64", "--study-name", "s", "--no-presets", "--json"]
     assert run("search.run", [*tiny, "--device", " Cpu", "--no-final"])["trained"] == 1
     from search.cli import open_existing
     import argparse
@@ -390,8 +390,8 @@ def test_every_command_runs_on_the_canonical_device_whatever_its_spelling(capsys
     final = run("search.retrain", ["--study-name", "s", "--final-epochs", "1", "--device", "cpu:01", "--compare",
                                    "none", "--json"])
     assert json.loads((tmp_path / final["out"] / "final.json").read_text())["device"] == "cpu"
-    out = run("train.run", ["seed003_net", "--dataset", "synthetic", "--epochs", "1", "--device", "CPU:0",
-                            "--quiet", "--json", "--out", "r"])
+    out = run("train.run", ["seed003_net", "--dataset", "synthetic", "--epochs", "1", "--subset", "128",
+                            "--batch-size", "32", "--device", "CPU:0", "--quiet", "--json", "--out", "r"])
     assert out["device"] == "cpu"
     out = run("train.bench", ["seed003_net", "--dataset", "synthetic", "--seconds", "0.2", "--repeats", "1",
                               "--device", " cpu", "--json"])

@@ -53,17 +53,17 @@ def test_jobs_2_trains_exactly_n_trials_at_once_and_every_command_finds_the_stud
     # behaviour that needs real workers: the exact count, both at once, the prescreen's rounds (--proxy params:
     # no forward pass) and out-of-memory in a worker (OOM_HOOK: one candidate never fits, one fits alone).
     env, marks = oom_env(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "search.run", *DIGITS, "--trials", "8", "--jobs", "2", "--prescreen",
+    r = subprocess.run([sys.executable, "-m", "search.run", *DIGITS, "--trials", "6", "--jobs", "2", "--prescreen",
                         "3", "--proxy", "params", "--study-name", "jobs", "--json"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "results/jobs.journal" in r.stdout and "optuna-dashboard results/jobs.journal" in r.stdout
     assert "[w0]" in r.stdout and "[w1]" in r.stdout  # both workers trained
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["trained"] == 8 and summary["too_large"] == 1 and summary["screened"] > 0
+    assert summary["trained"] == 6 and summary["too_large"] == 1 and summary["screened"] > 0
     assert not (tmp_path / "results" / "jobs.db").exists()
     trials = journal_study(tmp_path, "jobs").get_trials()
-    assert len(trained(trials)) == 8
+    assert len(trained(trials)) == 6
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert overlapping(trained(trials))  # two trials were training at the same time
     # Neither worker reaped the other's live trial: the only failed trial a healthy run may hold is a candidate
