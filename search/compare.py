@@ -13,37 +13,27 @@ study, or `study:NAME` (the best trial of another study, e.g. the random-search 
 storage or in `--compare-storage`). Default `presets`: the seed presets that meet the study's rules; `none`:
 no baselines. Every run is cached under <out>/runs/ by what it trains (genome, recipe, seed, images): a crash
 or Ctrl-C loses at most the epoch in progress (each run checkpoints), and the same command resumes, reusing
-every finished run. The test set is scored once per run, after its last epoch; nothing is selected on it.
+every finished run (search.seedrun, the one retrain path). The test set is scored once per run, after its last epoch; nothing is selected on it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import optuna
+from scipy import stats
 
 from space import PRESETS, Genome, analyze, get_preset
 from space.rules import check
-from space.spec import plural
-from train.data import ImageData
-from train.engine import resolve_device, train
-from train.files import write_json
-from train.testset import score_test_set
 
 from .cli import DEFAULT_COMPARE, STUDY_PREFIX
+from .context import Run
 from .settings import SearchError, SearchSettings
+from .study import load_study, stored_settings
 from .trials import genome_of, pick_trial, trained_val_acc, val_acc
 
-__all__ = ["RUNS_DIR", "Entrant", "final_seeds", "resolve_entrants", "seed_run", "seed_stats", "paired", "verdict",
-           "compare_rows"]
+__all__ = ["Entrant", "final_seeds", "resolve_entrants", "seed_stats", "paired", "verdict", "compare_rows"]
 
-RUNS_DIR = "runs"  # under the output folder: one checkpoint and one result file per (net, seed)
 CONFIDENCE = 0.95
 
 
@@ -64,12 +54,11 @@ def final_seeds(settings: SearchSettings, n: int) -> list[int]:
     return [settings.seed + k for k in range(n)]
 
 
-def resolve_entrants(names: list[str], study: optuna.Study, settings: SearchSettings, winner: Genome,
-                     num_classes: int, other_storage: Callable[[], optuna.storages.BaseStorage] | None = None
-                     ) -> list[Entrant]:
+def resolve_entrants(run: Run, names: list[str], winner: Genome) -> list[Entrant]:
     """The baselines named by search.cli.parse_compare's names; the winner itself (same genome) is left out. A
-    SearchError names a trial or study that is not there, before anything is trained. `other_storage`
-    opens the storage that study:NAME entries are looked up in."""
+    SearchError names a trial or study that is not there, before anything is trained; study:NAME entries are
+    looked up in run.compare_storage()."""
+    study, settings, num_classes = run.study, run.settings, run.data.num_classes
     out: list[Entrant] = []
     for name in names:
         if name == DEFAULT_COMPARE:
@@ -84,7 +73,7 @@ def resolve_entrants(names: list[str], study: optuna.Study, settings: SearchSett
             out.append(Entrant(f"trial {t.number}", g, f"trial {t.number}", trained_val_acc(t),
                                "; ".join(check(g, settings.rules))))
         else:
-            out.append(_other_study_winner(name[len(STUDY_PREFIX):], study, other_storage))
+            out.append(_other_study_winner(name[len(STUDY_PREFIX):], run))
     for e in out:
         if e.genome.num_classes != num_classes:
             raise SearchError(f"--compare {e.name}: {e.genome.num_classes} classes, the data has {num_classes}")
@@ -106,62 +95,13 @@ def resolve_entrants(names: list[str], study: optuna.Study, settings: SearchSett
     return kept
 
 
-def _other_study_winner(name: str, study: optuna.Study, other_storage) -> Entrant:
-    from .study import load_study
-
-    if other_storage is None:
-        raise SearchError(f"--compare study:{name}: no storage to look it up in")
-    from .study import stored_settings
-
-    other = load_study(other_storage(), name, "the --compare storage")
-    theirs, ours = stored_settings(other), stored_settings(study)
+def _other_study_winner(name: str, run: Run) -> Entrant:
+    other = load_study(run.compare_storage(), name, "the --compare storage")
+    theirs, ours = stored_settings(other), run.settings
     if theirs and ours and theirs.dataset != ours.dataset:
         raise SearchError(f"--compare study:{name} searched {theirs.dataset}, this study {ours.dataset}")
     t = pick_trial(other, None, trained=True)
     return Entrant(f"{name} winner", genome_of(t), f"study {name}, trial {t.number}", val_acc(t))
-
-
-def _run_key(genome: Genome, fingerprint: str, data: ImageData) -> str:
-    """What a run trains and is tested on, as a file name: a changed recipe, seed or image set is another run."""
-    ident = json.dumps([genome.to_json(), fingerprint, data.name, len(data.y_train), len(data.y_test)])
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
-
-
-def seed_run(genome: Genome, settings: SearchSettings, data: ImageData, epochs: int, device: str, seed: int,
-             out: Path, label: str, log: Callable[[str], None] = print, progress: bool = False,
-             bar: bool = True) -> dict:
-    """One final retrain of `genome` from `seed` under the study's final recipe, scored once on data's test
-    part: {"test_acc", "test_acc_tta", "test_loss", "seed", "train_seconds", ...}. Cached in <out>/runs/ (a
-    finished run is read back, an interrupted one resumes from its checkpoint)."""
-    config = settings.train_config(epochs, device, eval_every=-1, progress=progress, progress_bar=bar)
-    config = replace(config, seed=seed)
-    key = _run_key(genome, config.fingerprint(), data)
-    runs = out / RUNS_DIR
-    runs.mkdir(parents=True, exist_ok=True)
-    done_path = runs / f"{key}.json"
-    try:
-        done = json.loads(done_path.read_text())
-        log(f"{label}, seed {seed}: test accuracy {done['test_acc']:.4f} (finished earlier, {done_path})")
-        return {**done, "reused": True}
-    except (OSError, ValueError, KeyError):
-        pass
-    log(f"{label}: retraining from seed {seed} for {plural(epochs, 'epoch')} on {len(data.y_train):,} images")
-    t0 = time.time()
-    try:  # eval_every=-1: never evaluated during training, the test set is scored once below
-        result = train(genome, replace(config, checkpoint=str(runs / f"{key}.pt")), data)
-    except ValueError as e:
-        raise SearchError(f"retrain of {label} (seed {seed}): {e}") from None
-    if result.status != "completed":
-        raise SearchError(f"retrain of {label} (seed {seed}) {result.status}: {result.message}")
-    scores = score_test_set(result.model, data, resolve_device(result.device))  # fp32, as final.py scores
-    record = {"label": label, "genome": genome.to_json(), "seed": seed, "epochs": epochs,
-              "test_acc": scores.acc, "test_acc_tta": scores.acc_tta if settings.augment else None,
-              "test_loss": scores.loss, "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
-              "train_seconds": round(result.train_seconds, 2), "wall_seconds": round(time.time() - t0, 2),
-              "device": result.device, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json(done_path, record)
-    log(f"{label}, seed {seed}: test accuracy {scores.acc:.4f} ({len(data.y_test):,} images, evaluated once)")
-    return record
 
 
 def seed_stats(accs: list[float]) -> dict:
@@ -174,8 +114,6 @@ def seed_stats(accs: list[float]) -> dict:
 def paired(winner: list[float], other: list[float]) -> dict:
     """Winner minus baseline, paired by seed: mean difference, and for two or more seeds the paired t
     interval (CONFIDENCE) and the paired t-test's two-sided p-value (scipy, which scikit-learn brings)."""
-    from scipy import stats
-
     d = np.asarray(winner, dtype=float) - np.asarray(other, dtype=float)
     res = {"diff": float(d.mean()), "ci_low": None, "ci_high": None, "p": None, "test": "paired t over seeds"}
     if len(d) < 2:

@@ -6,18 +6,26 @@ the most accurate member of the Pareto front), or trial N (e.g. another member o
 `pareto` column of leaderboard.csv), from scratch on all training images, tests it once, writes
 best_model.{py,pt}, best_genome.json, final.json and the report, and with the deploy extra
 best_model.onnx and best_model.int8.onnx (their accuracy, size and speed in final.json and the report). For studies searched by several workers with --no-final, where exactly one process should retrain. Resumable: run it
-again after a crash and it continues from <out>/final_checkpoint.pt.
+again after a crash and it continues from the checkpoint in <out>/runs/ (search.seedrun).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from train.files import DATA_DIR, RESULTS
+from space.spec import run_cli
 from train.device import check_device
+from train.files import DATA_DIR, RESULTS
 
-from .cli import ERRORS, add_final_args, add_study_args, make_parser, open_existing, parse_compare, positive_int
+from .cli import (ERRORS, add_final_args, add_study_args, locate, make_parser, open_existing, parse_compare,
+                  positive_int)
+from .context import FinalPlan, Run
+from .data import load_full, store_normalisation
+from .final import retrain_and_compare
+from .report import write_and_list
 from .settings import DEFAULTS, defaults_text
+from .study import stored_settings
+from .trials import pick_trial
 
 __all__ = ["main"]
 
@@ -43,42 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     positive_int("--final-seeds", args.final_seeds)
     names = parse_compare(args.compare)
     study, url = open_existing(args)
-
-    from .data import load_full, store_normalisation
-    from .final import retrain_and_compare
-    from .storage import open_storage
-    from .report import write_and_list
-    from .study import stored_settings
-    from .trials import pick_trial
-
     settings = stored_settings(study)
     pick_trial(study, args.trial, trained=True)  # a bad --trial fails before the data is loaded
     epochs = args.final_epochs or DEFAULTS[settings.dataset].final_epochs
-    out = Path(args.out) if args.out else RESULTS / study.study_name
     # The same training images the search split (a --subset-train of the search carries over).
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
     store_normalisation(study, data)  # a study begun before search.run stored it
-    final = retrain_and_compare(study, settings, data, out, epochs, device, args.progress, trial_number=args.trial,
-                                seeds=args.final_seeds, compare=names,
-                                other_storage=lambda: open_storage(_compare_url(args, study.study_name), create=False))
-    paths = write_and_list(study, out, url, final)
+    plan = FinalPlan(epochs, args.final_seeds, tuple(names), args.compare_storage, args.trial)
+    run = Run(study, settings, data, Path(args.out) if args.out else RESULTS / study.study_name,
+              storage=locate(args.storage, study.study_name).url, device=device, epoch_lines=args.progress,
+              bar=args.progress, final=plan)
+    final = retrain_and_compare(run)
+    paths = write_and_list(study, run.out, url, final)
     if args.json:
         print(json.dumps({"study": study.study_name, "trial": final["trial"], "val_acc": final["val_acc"],
                           "test_acc": final["test_acc"], "test_acc_seeds": final["seeds"]["test_accs"],
-                          "compare": {r["name"]: r["mean"] for r in final["compare"][1:]}, "epochs": epochs, "out": str(out),
-                          "paths": {k: str(v) for k, v in paths.items()}}))
+                          "compare": {r["name"]: r["mean"] for r in final["compare"][1:]}, "epochs": epochs,
+                          "out": str(run.out), "paths": {k: str(v) for k, v in paths.items()}}))
     return 0
 
 
-def _compare_url(args, name: str) -> str:
-    """--compare-storage, else this study's own storage (unredacted: it is opened, never printed)."""
-    from .cli import locate
-    from .storage import resolve_url
-
-    return resolve_url(args.compare_storage, "") if args.compare_storage else locate(args.storage, name).url
-
-
 if __name__ == "__main__":
-    from space.spec import run_cli
     run_cli(main, errors=ERRORS)

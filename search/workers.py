@@ -1,8 +1,8 @@
 """`search.run --jobs N`: N worker processes on one study, on one node, over its devices, and which device each
 one trains on.
 
-The parent process creates the study (settings, presets) and starts N copies of the same command in
-worker mode (`--worker K`); each loads the data once, runs the ask/train/tell loop of search.loop until
+The parent process creates the study (settings, presets) and starts N workers, `python -m search.worker
+--worker K` with the parent's flags (search.worker); each loads the data once, runs the ask/train/tell loop of search.loop until
 the study holds --trials trained candidates, and exits. The parent waits, then does the final retrain.
 
   * Exact count: a worker decides to train a candidate only while holding `SlotLock`, an exclusive file
@@ -229,7 +229,7 @@ def cpu_threads(jobs: int) -> int:
 
 
 def worker_argv(argv: list[str], index: int, device: str | None = None) -> list[str]:
-    """The parent's command line for worker `index`: same flags, --jobs 1 for itself, worker mode, no retrain;
+    """The parent's command line for worker `index` (python -m search.worker): same flags, without --jobs;
     with `device`, that --device instead of the parent's."""
     dropped = ("--jobs", "--device") if device else ("--jobs",)
     out, skip = [], False
@@ -243,12 +243,12 @@ def worker_argv(argv: list[str], index: int, device: str | None = None) -> list[
         if arg.startswith(tuple(f"{flag}=" for flag in dropped)):
             continue
         out.append(arg)
-    return [*out, *(["--device", device] if device else []), "--worker", str(index), "--no-final"]
+    return [*out, *(["--device", device] if device else []), "--worker", str(index)]
 
 
 def run_workers(argv: list[str], jobs: int, threads: int, log=print, placement: Placement | None = None
                 ) -> tuple[list[int], bool]:
-    """Run `python -m search.run ARGV` as `jobs` workers and wait for all; (exit codes, interrupted). With a
+    """Run `python -m search.worker ARGV` as `jobs` workers and wait for all; (exit codes, interrupted). With a
     `placement`, worker k trains on its device, which it sees alone (Placement.env).
 
     A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by search.run) is passed on to the workers as
@@ -261,7 +261,7 @@ def run_workers(argv: list[str], jobs: int, threads: int, log=print, placement: 
         for k in range(jobs):  # inside the try: a Ctrl-C while starting them still stops those started
             own = placement.env(k, env) if placement else env
             device = placement.argv_device(k) if placement else None
-            procs.append(subprocess.Popen([sys.executable, "-m", "search.run", *worker_argv(argv, k, device)],
+            procs.append(subprocess.Popen([sys.executable, "-m", "search.worker", *worker_argv(argv, k, device)],
                                           env=own, process_group=0))
         while any(p.poll() is None for p in procs):
             check_stop()

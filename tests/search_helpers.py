@@ -22,6 +22,7 @@ import optuna
 import pytest
 
 from search.cli import ERRORS
+from search.context import FinalPlan, Run
 from search.settings import SearchSettings
 from search.study import enqueue_presets, make_pruner, open_study
 from space import Genome, analyze
@@ -92,6 +93,13 @@ def memory_study(s: SearchSettings | None = None, pruner: str = "none", presets:
     if presets:
         enqueue_presets(study, 10)
     return study
+
+
+def final_run(study: optuna.Study, s: SearchSettings, data: ImageData, out: Path, epochs: int, *,
+              log=lambda _line: None, **plan) -> Run:
+    """The Run a final retrain of `study` into `out` takes: `epochs` epochs on the CPU, the FinalPlan's other
+    fields (seeds, compare, trial, ...) as keywords."""
+    return Run(study, s, data, Path(out), device="cpu", log=log, final=FinalPlan(epochs, **plan))
 
 
 def run_module(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-import search.compare as compare
+import search.seedrun as seedrun
 import search.final as final
 from search.cli import parse_compare
 from search.compare import paired, resolve_entrants, seed_stats, verdict
@@ -21,7 +21,7 @@ from space import PRESETS, check
 from train.data import make_synthetic
 from train.engine import train
 from train.testset import score_test_set
-from tests.search_helpers import TINY, FakeTrain, memory_study, run_main, settings
+from tests.search_helpers import TINY, FakeTrain, final_run, memory_study, run_main, settings
 
 
 def quiet(_line: str) -> None:
@@ -43,8 +43,7 @@ DATA = dict(n_train=128, n_test=64)
 def test_every_seed_and_baseline_figure_is_that_of_its_own_run(tmp_path):
     s, study = searched()
     data = make_synthetic(**DATA)
-    record = final.retrain_and_compare(study, s, data, tmp_path, epochs=2, device="cpu", log=quiet, seeds=2,
-                                       compare=["seed001"])
+    record = final.retrain_and_compare(final_run(study, s, data, tmp_path, 2, seeds=2, compare=("seed001",)))
     winner = genome_of(pick_trial(study, record["trial"]))
     row = {r["name"]: r for r in record["compare"]}["seed001"]
     figures = [*record["seeds"]["test_accs"], *row["test_accs"]]
@@ -68,10 +67,12 @@ def test_a_retrain_asked_for_more_seeds_trains_only_the_new_ones_and_an_interrup
                                                                                                  monkeypatch):
     s, study = searched()
     data = make_synthetic(**DATA)
-    kw = dict(epochs=1, device="cpu", log=quiet, compare=["seed001"])
-    first = final.retrain_and_compare(study, s, data, tmp_path, seeds=1, **kw)
+    def plan(seeds):
+        return final_run(study, s, data, tmp_path, 1, seeds=seeds, compare=("seed001",))
+
+    first = final.retrain_and_compare(plan(1))
     trained = []
-    real = compare.train
+    real = seedrun.train
 
     def counted(genome, config, data, on_epoch=None):
         trained.append((genome.summary(), config.seed))
@@ -79,18 +80,17 @@ def test_a_retrain_asked_for_more_seeds_trains_only_the_new_ones_and_an_interrup
             raise KeyboardInterrupt  # Ctrl-C in the second new run
         return real(genome, config, data)
 
-    monkeypatch.setattr(compare, "train", counted)
-    monkeypatch.setattr(final, "train", lambda *a, **k: pytest.fail("the winner's first seed was retrained"))
+    monkeypatch.setattr(seedrun, "train", counted)
     with pytest.raises(KeyboardInterrupt):
-        final.retrain_and_compare(study, s, data, tmp_path, seeds=2, **kw)
+        final.retrain_and_compare(plan(2))
     assert trained == [(first["summary"], 1), (PRESETS["seed001"].summary(), 1)]
     trained.clear()
-    again = final.retrain_and_compare(study, s, data, tmp_path, seeds=2, **kw)
+    again = final.retrain_and_compare(plan(2))
     assert trained == [(PRESETS["seed001"].summary(), 1)]  # only the interrupted run
     assert again["compare"][1]["test_accs"][0] == first["compare"][1]["test_accs"][0]
     assert again["seeds"]["n"] == 2 and "reused" not in again
     trained.clear()
-    assert final.retrain_and_compare(study, s, data, tmp_path, seeds=2, **kw)["reused"] and not trained
+    assert final.retrain_and_compare(plan(2))["reused"] and not trained
 
 
 def test_the_paired_interval_is_the_t_interval_of_the_per_seed_differences():
@@ -109,23 +109,31 @@ def test_the_paired_interval_is_the_t_interval_of_the_per_seed_differences():
     assert seed_stats([0.5])["std"] is None and seed_stats([0.5, 0.7])["std"] == pytest.approx(0.1414, abs=1e-4)
 
 
+def entrants(names, study, s, winner, num_classes=10, other_storage=None):
+    """resolve_entrants for a study's run on data of `num_classes` classes; study:NAME looked up in other_storage."""
+    run = final_run(study, s, make_synthetic(16, 8, num_classes=num_classes), ".", 1)
+    if other_storage is not None:
+        run.compare_storage = lambda: other_storage
+    return resolve_entrants(run, names, winner)
+
+
 def test_the_default_baselines_are_the_presets_that_meet_the_rules_and_never_the_winner_itself():
     s, study = searched()
     winner = genome_of(pick_trial(study))
     feasible = [n for n, g in PRESETS.items() if not check(g, s.rules)]
     assert feasible == ["seed003_net"]
-    got = resolve_entrants(parse_compare(None), study, s, winner, 10)
+    got = entrants(parse_compare(None), study, s, winner, 10)
     assert [e.name for e in got] == ([] if winner == PRESETS["seed003_net"] else ["seed003_net"])
-    assert resolve_entrants(parse_compare("seed003_net"), study, s, PRESETS["seed003_net"], 10) == []
+    assert entrants(parse_compare("seed003_net"), study, s, PRESETS["seed003_net"], 10) == []
     if got:  # trained as the study's first trial: its search accuracy comes along
         assert got[0].origin == "preset (trial 0)" and got[0].val_acc is not None
     assert parse_compare("none") == [] and parse_compare(" seed001,seed001 ") == ["seed001"]
     with pytest.raises(SearchError, match="--compare: 'seed9'"):
         parse_compare("seed001,seed9")
     with pytest.raises(SearchError, match="no trial 999"):
-        resolve_entrants(["999"], study, s, winner, 10)
+        entrants(["999"], study, s, winner, 10)
     with pytest.raises(SearchError, match="10 classes, the data has 3"):
-        resolve_entrants(["seed001"], study, s, winner, 3)
+        entrants(["seed001"], study, s, winner, 3)
 
 
 def test_another_studys_winner_joins_the_table_from_its_own_storage():
@@ -134,15 +142,15 @@ def test_another_studys_winner_joins_the_table_from_its_own_storage():
     control = memory_study(s, storage=other_storage)  # named "test" there too
     Search(control, s, 10, FakeTrain(epochs=3), 2, log=quiet).run()
     control_winner = pick_trial(control)
-    got = resolve_entrants(["study:test"], study, s, PRESETS["seed001"], 10, lambda: other_storage)
+    got = entrants(["study:test"], study, s, PRESETS["seed001"], 10, other_storage)
     assert [(e.name, e.origin, e.genome) for e in got] == [
         ("test winner", f"study test, trial {control_winner.number}", genome_of(control_winner))]
     with pytest.raises(SearchError, match="no study 'nope'"):
-        resolve_entrants(["study:nope"], study, s, PRESETS["seed001"], 10, lambda: other_storage)
+        entrants(["study:nope"], study, s, PRESETS["seed001"], 10, other_storage)
     digits_storage, d = optuna.storages.InMemoryStorage(), replace(s, dataset="digits")
     Search(memory_study(d, storage=digits_storage), d, 10, FakeTrain(epochs=3), 1, log=quiet).run()
     with pytest.raises(SearchError, match="searched digits"):
-        resolve_entrants(["study:test"], study, s, PRESETS["seed001"], 10, lambda: digits_storage)
+        entrants(["study:test"], study, s, PRESETS["seed001"], 10, digits_storage)
 
 
 def test_search_run_final_seeds_and_compare_write_the_table_and_every_seed(tmp_path):

@@ -198,7 +198,7 @@ def retrained_study(tmp_path):
     import optuna
 
     from search.loop import Search
-    from tests.search_helpers import FakeTrain, memory_study, settings
+    from tests.search_helpers import FakeTrain, final_run, memory_study, settings
 
     s = settings(max_params=100_000)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
@@ -262,7 +262,7 @@ def test_search_export_onnx_errors_are_one_line(retrained_study, capsys, damage,
 def test_the_final_retrain_without_the_extra_finishes_and_names_it(tmp_path, monkeypatch):
     import search.final as final
     from search.loop import Search
-    from tests.search_helpers import FakeTrain, memory_study, settings
+    from tests.search_helpers import FakeTrain, final_run, memory_study, settings
 
     s = settings(max_params=100_000)
     study = memory_study(s)
@@ -271,7 +271,7 @@ def test_the_final_retrain_without_the_extra_finishes_and_names_it(tmp_path, mon
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     (tmp_path / "best_model.onnx").write_bytes(b"an earlier retrain's")
     lines: list[str] = []
-    record = final.retrain_best(study, s, make_synthetic(64, 32), tmp_path, epochs=3, device="cpu", log=lines.append)
+    record = final.retrain_best(final_run(study, s, make_synthetic(64, 32), tmp_path, 3, log=lines.append))
     assert record["deploy"] == {"skipped": "onnx, onnxruntime not installed"}
     assert json.loads((tmp_path / "final.json").read_text())["deploy"] == record["deploy"]
     said = [line for line in lines if "ONNX" in line]

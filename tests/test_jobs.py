@@ -170,7 +170,7 @@ def test_slot_lock_is_exclusive_across_processes(tmp_path):
 
 def test_worker_command_line_keeps_the_flags_but_not_jobs():
     argv = ["--dataset", "digits", "--jobs", "4", "--trials", "8", "--jobs=2"]
-    assert worker_argv(argv, 3) == ["--dataset", "digits", "--trials", "8", "--worker", "3", "--no-final"]
+    assert worker_argv(argv, 3) == ["--dataset", "digits", "--trials", "8", "--worker", "3"]
 
 
 def test_commands_find_a_journal_study_before_the_sqlite_default(tmp_path, monkeypatch):

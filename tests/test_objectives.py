@@ -19,7 +19,7 @@ from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, genome_of, leaderboard, pareto_trials
 from space import PRESETS, Genome, Rules, RulesError, analyze, check, check_satisfiable, constraint_values
-from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, memory_study, settings
+from tests.search_helpers import FakeResult, FakeTrain, Stats, fake_accuracy, final_run, memory_study, settings
 from tests.search_helpers import call, one_error_line
 from train.engine import TrainConfig
 
@@ -242,7 +242,7 @@ def test_retrain_takes_any_trained_trial_and_refuses_a_rejected_one(capsys, tmp_
     # A trained trial that is not the default winner: retrained, and recorded as such.
     other = next(t for t in trials if classify(t) == "completed" and t.number != best_trial(trials).number)
     data = load_full("synthetic", None, 128, 64, seed=0)
-    final = retrain_best(study, s, data, tmp_path / "o", 1, "cpu", log=quiet, trial_number=other.number)
+    final = retrain_best(final_run(study, s, data, tmp_path / "o", 1, trial=other.number))
     assert final["trial"] == other.number and final["genome"] == genome_of(other).to_json()
     assert final["val_acc"] == other.values[0] and final["peak_act"] == analyze(genome_of(other)).peak_activations
     assert json.loads((tmp_path / "o" / "final.json").read_text())["trial"] == other.number

@@ -5,6 +5,7 @@ import dataclasses
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -407,33 +408,40 @@ def test_a_later_candidate_waits_for_an_earlier_one_still_being_checked():
 
 def test_an_interrupted_final_retrain_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     import search.final as final
+    import search.seedrun as seedrun
     from train.data import make_synthetic
+    from tests.search_helpers import final_run
 
     s = settings(max_params=100_000)
     study = memory_study(s)
     search(study, s, FakeTrain(epochs=3), 1).run()  # one trained trial: seed003_net
     data = make_synthetic(64, 32)
-    real_train = final.train
+    run = final_run(study, s, data, tmp_path, 3)
+    real_train = seedrun.train
+    checkpoints = []
 
     def crash_after_epoch_2(genome, config, data, on_epoch=None):
         def stop(stats):
             if stats.epoch == 2:  # the checkpoint of epoch 2 is on disk by now
+                checkpoints.append(config.checkpoint)
                 raise KeyboardInterrupt
         return real_train(genome, config, data, on_epoch=stop)
 
-    monkeypatch.setattr(final, "train", crash_after_epoch_2)
+    monkeypatch.setattr(seedrun, "train", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        final.retrain_best(study, s, data, tmp_path, epochs=3, device="cpu", log=quiet)
+        final.retrain_best(run)
     import torch
-    first_two = torch.load(tmp_path / final.CHECKPOINT, weights_only=True)["history"]
+    first_two = torch.load(checkpoints[0], weights_only=True)["history"]
     assert [h["epoch"] for h in first_two] == [1, 2]
+    assert Path(checkpoints[0]).parent == tmp_path / seedrun.RUNS_DIR  # the one retrain cache
 
     epochs_trained = []
-    monkeypatch.setattr(final, "train", lambda g, c, d: real_train(g, c, d, on_epoch=lambda st: epochs_trained.append(st.epoch)))
-    record = final.retrain_best(study, s, data, tmp_path, epochs=3, device="cpu", log=quiet)
+    monkeypatch.setattr(seedrun, "train", lambda g, c, d: real_train(g, c, d, on_epoch=lambda st: epochs_trained.append(st.epoch)))
+    record = final.retrain_best(run)
     assert epochs_trained == [3]  # epochs 1 and 2 came from the checkpoint
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
     assert [h["seconds"] for h in record["history"][:2]] == [h["seconds"] for h in first_two]
+    assert not Path(checkpoints[0]).exists()  # a finished run keeps its weights and record, not its checkpoint
     # the test accuracy is that of the weights it wrote, on the test images
     from space import build
     from train.engine import evaluate

@@ -1,0 +1,67 @@
+"""The run object: what one command (search.run, a --jobs worker, search.retrain) works on, built once.
+
+A `Run` carries the study, its settings, the data, the output folder, the device and how to talk; every step
+below the command line (the search loop's set-up, the final retrain, the comparison, the report) takes it
+instead of a list of loose arguments. The final phase's own choices (epochs, seeds, baselines) travel in
+its `FinalPlan`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from train.data import ImageData
+
+from .settings import SearchSettings
+from .storage import open_storage, redact, resolve_url
+
+__all__ = ["FinalPlan", "Run"]
+
+
+@dataclass(frozen=True)
+class FinalPlan:
+    """The final phase: the winner (or trial `trial`) retrained from `seeds` seeds for `epochs` epochs, beside
+    the --compare baselines (search.compare names), each from the same seeds."""
+
+    epochs: int
+    seeds: int = 1
+    compare: tuple[str, ...] = ()
+    compare_storage: str | None = None  # where study:NAME baselines are looked up (None: the study's storage)
+    trial: int | None = None  # None: the study's best trial
+
+
+@dataclass
+class Run:
+    """One command's run of one study."""
+
+    study: optuna.Study
+    settings: SearchSettings
+    data: ImageData  # the training images (a --subset-train's) and the test images: the final retrain's
+    out: Path  # outputs: report, leaderboard, the winner's files, runs/ (the retrain cache)
+    storage: str = ""  # the study's storage URL, unredacted: opened, never printed (see `label`)
+    device: str = "auto"
+    log: Callable[[str], None] = print
+    epoch_lines: bool = False  # a line per epoch of every training run
+    bar: bool = False  # a tqdm bar per epoch (with epoch_lines)
+    final: FinalPlan | None = None  # None: no final phase in this run
+    notes: list[str] = field(default_factory=list)  # said once in the announcement (e.g. settings kept)
+    split: ImageData | None = None  # the search's: training images less the validation ones, which are its "test"
+    created: bool = False  # the study was created by this run
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def label(self) -> str:
+        """The storage as printed and stored: never a password."""
+        return redact(self.storage)
+
+    def compare_storage(self) -> optuna.storages.BaseStorage:
+        """The storage study:NAME baselines are looked up in: the plan's --compare-storage, else the study's."""
+        plan = self.final
+        url = resolve_url(plan.compare_storage, "") if plan and plan.compare_storage else self.storage
+        return open_storage(url, create=False)

@@ -1,0 +1,54 @@
+"""`python -m search.worker --worker K FLAGS`: one of `search.run --jobs N`'s worker processes (search.workers).
+
+Started by the parent with the parent's own flags (its --jobs and --device replaced: search.workers.worker_argv);
+it opens the same study, trains candidates in the search loop until the study holds --trials trained, and
+exits. It never announces, enqueues presets or retrains: the parent does those, once. A SIGTERM or SIGINT
+fails its running trial cleanly (queued again) and ends it with status 130; the parent says what happened.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+
+from space.spec import run_cli
+
+from .cli import ERRORS
+from .launch import build_parser, configure, open_run, search_here
+from .loop import SearchStopped
+from .storage import STORAGE_ERRORS, lost_storage
+from .workers import STOP, quiet_lost_interrupts, request_stop
+
+__all__ = ["main"]
+
+
+def _stop_once(signum, frame):  # one SIGTERM/SIGINT stops it; more must not cut its cleanup short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    request_stop(signum, frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    STOP.clear()
+    # before anything slow: from here on a stop signal fails the running trial cleanly
+    signal.signal(signal.SIGTERM, _stop_once)
+    signal.signal(signal.SIGINT, _stop_once)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser("python -m search.worker", __doc__)
+    parser.add_argument("--worker", type=int, required=True, help="this worker's index among the parent's --jobs")
+    args = parser.parse_args(argv)
+    run = open_run(configure(args, argv), worker=args.worker)
+    try:
+        search_here(run, args.trials)
+    except KeyboardInterrupt:
+        return 130  # the parent says what happened, once
+    except SearchStopped as e:
+        print(f"error: [w{args.worker}] {e}", file=sys.stderr)
+        return 1
+    except STORAGE_ERRORS as e:
+        raise lost_storage(run.label, e) from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.unraisablehook = quiet_lost_interrupts  # a lost KeyboardInterrupt is obeyed, not printed (search.workers)
+    run_cli(main, errors=ERRORS)
