@@ -38,13 +38,14 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from .cli import ERRORS, make_parser
 from .settings import DATASET_SIZES, DEFAULTS, SearchError
 
-__all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "AGREE", "SPEEDUP_SLACK", "sample_typical", "measure",
-           "job_devices", "settle", "assess", "project", "main"]
+__all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "AGREE", "SPEEDUP_SLACK", "sample_typical", "Load", "measure",
+           "job_devices", "Workload", "settle", "assess", "project", "main"]
 
 EVAL_SPEEDUP = 3.0  # evaluation images per training image-time: forward only (no backward, no step, no augment)
 PRUNED_FRACTION = 0.5  # assumed share of trained trials the median pruner stops (it prunes below-median curves)
@@ -66,9 +67,30 @@ def sample_typical(n: int, seed: int = 0, rules=None) -> list:
     raise SearchError(f"found fewer than {n} feasible genomes")  # pragma: no cover - the space is mostly feasible
 
 
-def _job(index: int, genomes_json: list[str], device: str, batch: int, steps: int, seconds: float, threads: int,
-         augment: bool, barrier, queue) -> None:
+@dataclass(frozen=True)
+class Load:
+    """What each job of a measurement trains: `steps` batches of `batch` synthetic images an epoch, for
+    `seconds` in all (over the genomes), with the augmentations or not."""
+
+    batch: int
+    steps: int
+    seconds: float
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class _JobSpec:
+    index: int
+    genomes_json: tuple[str, ...]
+    device: str
+    threads: int
+    load: Load
+
+
+def _job(spec: _JobSpec, barrier, queue) -> None:
     """One job of a measurement (a spawned process): put (index, images, seconds) or (index, error) on queue."""
+    index, device, threads = spec.index, spec.device, spec.threads
+    batch, steps, seconds, augment = spec.load.batch, spec.load.steps, spec.load.seconds, spec.load.augment
     try:
         import torch
 
@@ -78,7 +100,7 @@ def _job(index: int, genomes_json: list[str], device: str, batch: int, steps: in
         from train.data import make_synthetic
         from train.engine import TrainConfig, train
 
-        genomes = [Genome.from_json(j) for j in genomes_json]
+        genomes = [Genome.from_json(j) for j in spec.genomes_json]
         data = make_synthetic(n_train=batch * steps, n_test=10, seed=index)
         # lr: small, so that no genome diverges; speed does not depend on it.
         cfg = TrainConfig(epochs=10_000, batch_size=batch, lr=0.01, augment=AugmentConfig() if augment else None,
@@ -105,8 +127,7 @@ def job_devices(devices: list[str], jobs: int) -> list[str]:
     return list(place(devices, jobs).devices)
 
 
-def measure(genomes: list, jobs: int, device: str | list[str], batch: int, steps: int, seconds: float,
-            augment: bool = True) -> dict:
+def measure(genomes: list, jobs: int, device: str | list[str], load: Load) -> dict:
     """Run `jobs` concurrent jobs once, over `device` (or the devices listed, round-robin); {"jobs",
     "images_per_s" (aggregate), "per_job_images_per_s"}."""
     import multiprocessing as mp
@@ -116,8 +137,8 @@ def measure(genomes: list, jobs: int, device: str | list[str], batch: int, steps
     devices = job_devices([device] if isinstance(device, str) else list(device), jobs)
     ctx = mp.get_context("spawn")  # CUDA cannot be forked; each job is a fresh process like a --jobs worker
     barrier, queue = ctx.Barrier(jobs), ctx.Queue()
-    procs = [ctx.Process(target=_job, args=(i, [g.to_json() for g in genomes], devices[i], batch, steps, seconds,
-                                            cpu_threads(jobs), augment, barrier, queue), daemon=True)
+    procs = [ctx.Process(target=_job, args=(_JobSpec(i, tuple(g.to_json() for g in genomes), devices[i],
+                                                     cpu_threads(jobs), load), barrier, queue), daemon=True)
              for i in range(jobs)]
     for p in procs:
         p.start()
@@ -173,10 +194,25 @@ def assess(rows: list[dict]) -> list[str]:
     return warnings
 
 
-def project(aggregate: float, single: float, dataset: str, n_train: int, n_test: int, trials: int,
-            trial_epochs: int, final_epochs: int, pruned_fraction: float) -> dict:
+@dataclass(frozen=True)
+class Workload:
+    """What a search command would train: `trials` trials of `trial_epochs` (a `pruned_fraction` of them
+    stopped early) on a dataset of n_train + n_test images, then a final retrain of `final_epochs`."""
+
+    dataset: str
+    n_train: int
+    n_test: int
+    trials: int
+    trial_epochs: int
+    final_epochs: int
+    pruned_fraction: float
+
+
+def project(aggregate: float, single: float, work: Workload) -> dict:
     """Seconds of the search (at `aggregate` images/s) and of the final retrain (at `single` images/s)."""
-    val = DEFAULTS[dataset].val_size
+    n_train, n_test, trial_epochs, pruned_fraction = work.n_train, work.n_test, work.trial_epochs, work.pruned_fraction
+    trials, final_epochs = work.trials, work.final_epochs
+    val = DEFAULTS[work.dataset].val_size
     n_val = round(val * n_train) if isinstance(val, float) else int(val)
     pruned_epochs = trial_epochs // 2 + 1  # search.study.make_pruner: no verdict before this many epochs
     mean_epochs = (1 - pruned_fraction) * trial_epochs + pruned_fraction * min(pruned_epochs, trial_epochs)
@@ -245,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(args.dataset, None)
         n_train, n_test = len(data.y_train), len(data.y_test)
     def run_once(jobs: int) -> dict:
-        return measure(genomes, jobs, devices, batch, steps, seconds, d.augment)
+        return measure(genomes, jobs, devices, Load(batch, steps, seconds, d.augment))
 
     rows = [settle(lambda: run_once(jobs), args.repeats) for jobs in counts]
     warnings = assess(rows)
@@ -256,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings = assess(rows)
     single = rows[0]["images_per_s"] if counts[0] == 1 else rows[0]["per_job_images_per_s"]
     for row in rows:
-        row.update(project(row["images_per_s"], single, args.dataset, n_train, n_test, args.trials,
-                           d.trial_epochs, d.final_epochs, args.pruned_fraction))
+        row.update(project(row["images_per_s"], single, Workload(args.dataset, n_train, n_test, args.trials,
+                                                                  d.trial_epochs, d.final_epochs, args.pruned_fraction)))
     reliable = [r for r in rows if r["reliable"]]
     best = min(reliable, key=lambda r: r["total_seconds"]) if reliable else None
     from space import analyze

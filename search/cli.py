@@ -157,8 +157,8 @@ def search_studies(url: str) -> list[str]:
     from .study import SETTINGS_KEY
 
     summaries = optuna.get_all_study_summaries(open_storage(url, create=False))
-    return [s.study_name for s in sorted(summaries, key=lambda s: getattr(s, "_study_id", 0))
-            if SETTINGS_KEY in s.user_attrs]
+    return [summary.study_name for summary in sorted(summaries, key=lambda s: getattr(s, "_study_id", 0))
+            if SETTINGS_KEY in summary.user_attrs]
 
 
 def _listing(pairs: list[tuple[str, str]]) -> str:

@@ -28,6 +28,7 @@ from space.rules import check
 
 from .cli import DEFAULT_COMPARE, STUDY_PREFIX
 from .context import Run
+from .record import TrialRecord
 from .settings import SearchError, SearchSettings
 from .study import load_study, stored_settings
 from .trials import genome_of, pick_trial, trained_val_acc, val_acc
@@ -79,8 +80,9 @@ def resolve_entrants(run: Run, names: list[str], winner: Genome) -> list[Entrant
             raise SearchError(f"--compare {e.name}: {e.genome.num_classes} classes, the data has {num_classes}")
     trained = {}  # genome JSON -> the study's trained trial of it: a preset's search validation accuracy
     for t in study.get_trials(deepcopy=False):
-        if trained_val_acc(t) is not None and "genome" in t.user_attrs:
-            trained.setdefault(t.user_attrs["genome"], t)
+        js = TrialRecord.of(t).genome
+        if trained_val_acc(t) is not None and js is not None:
+            trained.setdefault(js, t)
     seen = {winner.to_json()}
     kept = []
     for e in out:

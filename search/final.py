@@ -27,6 +27,7 @@ from train.files import write_json
 from .compare import compare_rows, final_seeds, resolve_entrants, seed_stats
 from .context import Run
 from .seedrun import load_model, retrain
+from .record import TrialRecord
 from .settings import SearchError
 from .trials import genome_of, pick_trial, val_acc
 
@@ -103,7 +104,7 @@ def retrain_best(run: Run) -> dict:
     (run.out / "best_model.py").write_text(export_code(genome, data.mean, data.std, s.max_params, s.min_rf))
     (run.out / "best_genome.json").write_text(genome.to_json() + "\n")
     record = {
-        "study": run.name, "trial": trial.number, "preset": trial.user_attrs.get("preset"),
+        "study": run.name, "trial": trial.number, "preset": TrialRecord.of(trial).preset,
         "summary": genome.summary(), "genome": genome.to_json(), "params": a.params, "macs": a.macs, "rf": a.rf,
         "peak_act": a.peak_activations, "val_acc": val_acc(trial),
         **{k: done[k] for k in ("train_acc", "test_acc", "test_acc_tta", "test_loss", "n_train", "n_test", "epochs")},

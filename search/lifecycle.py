@@ -17,8 +17,8 @@ one `Outcome`:
     running / waiting  in progress / enqueued
 "Trained" = completed + pruned: what --trials N counts.
 
-The state lives in the trial's user attrs under the keys below; no other module touches them
-(tests/test_structure.py checks). Its worker signs it (`sign`) and keeps a `Heartbeat` while training; a
+The state lives in the trial's stored record (search.record.TrialRecord: its state fields), written and
+read only through it (tests/test_structure.py checks). Its worker signs it (`sign`) and keeps a `Heartbeat` while training; a
 trial that did not finish (its worker died, or was interrupted) is failed and its candidate queued again
 when it had reached training or was a preset (at most MAX_RETRIES times).
 
@@ -41,7 +41,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from space import Analysis
 
-from .liveness import Heartbeat, death, worker_identity
+from .liveness import Clock, Heartbeat, death, worker_identity
+from .record import TrialRecord, carried, enqueue, write, write_stored
 from .settings import cost_name, one_line
 from .storage import is_rdb
 
@@ -52,15 +53,6 @@ __all__ = ["Phase", "Outcome", "MAX_RETRIES", "Counts", "classify", "count", "is
 
 MAX_RETRIES = 2  # times one candidate is queued again after its worker died or was interrupted
 
-# The user-attr keys of a trial's state.
-_PHASE, _TRAINED, _REJECTED, _DUPLICATE_OF = "phase", "trained", "rejected", "duplicate_of"
-_LOST_TO, _FAILED, _RETRY_OF, _RETRIES = "prescreen_lost_to", "failed_reason", "retry_of", "retries"
-_TOO_LARGE, _OOM_RETRY = "too_large", "oom_retry"  # out of memory twice: why; out of memory once: how it was retried
-# What Optuna's own tools (optuna-dashboard, `optuna trials`) show of a candidate never trained: a rejected
-# one is COMPLETE there (value 0, how TPE learns the infeasible region), so this attr tells it apart.
-_STATUS = "status"
-# Who runs a RUNNING trial (search.liveness.worker_identity), and when it last showed it was alive.
-_WORKER, _HEARTBEAT_AT = "worker", "heartbeat_at"
 INTERRUPTED = "interrupted"  # the failed_reason of a trial stopped by Ctrl-C / SIGTERM
 
 
@@ -95,18 +87,18 @@ def classify(t: FrozenTrial) -> Outcome:
         return Outcome.WAITING
     if t.state == TrialState.RUNNING:
         return Outcome.RUNNING
-    a = t.user_attrs
-    if _REJECTED in a:
+    r = TrialRecord.of(t)
+    if r.rejected is not None:
         return Outcome.REJECTED
-    if _DUPLICATE_OF in a:
+    if r.duplicate_of is not None:
         return Outcome.DUPLICATE
-    if _LOST_TO in a:
+    if r.prescreen_lost_to is not None:
         return Outcome.SCREENED
-    if _TOO_LARGE in a:
+    if r.too_large is not None:
         return Outcome.TOO_LARGE
-    if t.state == TrialState.COMPLETE and a.get(_TRAINED):
+    if t.state == TrialState.COMPLETE and r.trained:
         return Outcome.COMPLETED
-    if t.state == TrialState.PRUNED and a.get(_TRAINED):
+    if t.state == TrialState.PRUNED and r.trained:
         return Outcome.PRUNED
     return Outcome.FAILED
 
@@ -142,35 +134,37 @@ def count(trials: Iterable[FrozenTrial]) -> Counts:
     c = Counts()
     for t in trials:
         k = classify(t)
-        if k == Outcome.RUNNING and t.user_attrs.get(_PHASE) not in HOLDS_PLACE:
+        r = TrialRecord.of(t)
+        if k == Outcome.RUNNING and r.phase not in HOLDS_PLACE:
             continue  # asked, not (yet) holding a place: it may still be rejected or screened out
         setattr(c, k.replace(" ", "_"), getattr(c, k.replace(" ", "_")) + 1)
         if k in (Outcome.COMPLETED, Outcome.PRUNED):
-            c.epochs += int(t.user_attrs.get("epochs", 0))
+            c.epochs += int(r.epochs or 0)
     return c
 
 
 def is_enqueued(t: FrozenTrial) -> bool:
     """A preset or a retry: chosen by us, not by the sampler."""
-    return "preset" in t.user_attrs or _RETRY_OF in t.user_attrs
+    r = TrialRecord.of(t)
+    return r.preset is not None or r.retry_of is not None
 
 
 def rejected_reason(t: FrozenTrial) -> str | None:
     """Which rule a rejected trial broke (None for any other trial)."""
-    return t.user_attrs.get(_REJECTED)
+    return TrialRecord.of(t).rejected
 
 
 def state_columns(t: FrozenTrial) -> dict[str, Any]:
     """The leaderboard's columns of a trial's state."""
-    a = t.user_attrs
-    return {"rejected_reason": a.get(_REJECTED) or a.get(_TOO_LARGE),
-            "failed_reason": a.get(_FAILED) if classify(t) == Outcome.FAILED else None,
-            "duplicate_of": a.get(_DUPLICATE_OF), "retry_of": a.get(_RETRY_OF), "lost_to": a.get(_LOST_TO)}
+    r = TrialRecord.of(t)
+    return {"rejected_reason": r.rejected or r.too_large,
+            "failed_reason": r.failed_reason if classify(t) == Outcome.FAILED else None,
+            "duplicate_of": r.duplicate_of, "retry_of": r.retry_of, "lost_to": r.prescreen_lost_to}
 
 
 def stopped_by_interrupt(trials: Iterable[FrozenTrial], since: float) -> list[int]:
     """The trials a Ctrl-C / SIGTERM failed after `since` (a time.time())."""
-    return [t.number for t in trials if t.user_attrs.get(_FAILED) == INTERRUPTED and t.datetime_complete
+    return [t.number for t in trials if TrialRecord.of(t).failed_reason == INTERRUPTED and t.datetime_complete
             and t.datetime_complete.timestamp() >= since]
 
 
@@ -194,22 +188,23 @@ def claim(study: optuna.Study, trial: optuna.Trial, n_trials: int, phase: Phase,
             return False
         # Not waited for: trials holding a place (counted) and a round's later proposals (its place is held).
         checking = sum(t.state == TrialState.RUNNING and t.number < trial.number
-                       and t.user_attrs.get(_PHASE) not in (*HOLDS_PLACE, Phase.SCREENING) for t in trials)
+                       and TrialRecord.of(t).phase not in (*HOLDS_PLACE, Phase.SCREENING) for t in trials)
         if c.trained + c.running + checking < n_trials or time.monotonic() > end:
-            trial.set_user_attr(_PHASE, str(phase))
+            write(trial, phase=str(phase))
             return True
         time.sleep(0.05)  # an earlier trial's check takes a few storage round trips
 
 
 def sign(trial: optuna.Trial) -> None:
     """Record this process as the trial's worker: reap_dead_trials judges it by this identity."""
-    trial.set_user_attr(_WORKER, worker_identity())
+    write(trial, worker=worker_identity())
 
 
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Heartbeat:
     """`with heartbeat(study, trial):` shows other machines the trial's worker is alive while it trains
     (search.liveness.Heartbeat; journal files: the trial's heartbeat_at attr)."""
-    return Heartbeat(study._storage, trial._trial_id, _HEARTBEAT_AT)
+    storage, trial_id = study._storage, trial._trial_id
+    return Heartbeat(storage, trial_id, lambda now: write_stored(storage, trial_id, heartbeat_at=now))
 
 
 def objective_values(accuracy: float, a: Analysis, objectives: str, latency_ms: float | None = None) -> list[float]:
@@ -223,7 +218,7 @@ def objective_values(accuracy: float, a: Analysis, objectives: str, latency_ms: 
 
 def mark(trial: optuna.Trial, phase: Phase) -> None:
     """Move a RUNNING trial to `phase` (a round's proposal to screening, its winner to training)."""
-    trial.set_user_attr(_PHASE, str(phase))
+    write(trial, phase=str(phase))
 
 
 @dataclass(frozen=True)
@@ -235,7 +230,7 @@ class Verdict:
     outcome: Outcome
     state: TrialState = TrialState.COMPLETE
     values: list[float] | None = None  # COMPLETE only
-    attrs: dict[str, Any] = field(default_factory=dict)  # the trial-state user attrs to set first
+    attrs: dict[str, Any] = field(default_factory=dict)  # the TrialRecord fields to store first
     constraints: dict[str, float] = field(default_factory=dict)  # constraints to set first (> 0: infeasible)
     reports: tuple[tuple[int, float], ...] = ()  # intermediate values to report first (a pruned original's)
     requeue: bool = False  # a preset or a retry is queued again, as it was, once told
@@ -244,7 +239,7 @@ class Verdict:
 
 def rejected(reason: str, values: list[float]) -> Verdict:
     """Broke a rule: COMPLETE with a placeholder value (and its constraints), never trained."""
-    return Verdict(Outcome.REJECTED, values=values, attrs={_REJECTED: reason, _STATUS: str(Outcome.REJECTED)},
+    return Verdict(Outcome.REJECTED, values=values, attrs=dict(rejected=reason, status=str(Outcome.REJECTED)),
                    note=reason)
 
 
@@ -252,14 +247,15 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial, genome_json: str) -> 
     """The verdict copying the result of an earlier trial of the same genome instead of training it again;
     None if there is none, trained or in training."""
     for t in study.get_trials(deepcopy=False):
-        if t.number == trial.number or t.user_attrs.get("genome") != genome_json:
+        r = TrialRecord.of(t)
+        if t.number == trial.number or r.genome != genome_json:
             continue
         k = classify(t)
         if k not in (Outcome.COMPLETED, Outcome.PRUNED) and not (
-                k == Outcome.RUNNING and t.user_attrs.get(_PHASE) == Phase.TRAINING):
+                k == Outcome.RUNNING and r.phase == Phase.TRAINING):
             continue
         # Told its original's state and value; never trained. FAIL while another worker is training it.
-        attrs = {_DUPLICATE_OF: t.number, _STATUS: str(Outcome.DUPLICATE)}
+        attrs = dict(duplicate_of=t.number, status=str(Outcome.DUPLICATE))
         note = f"of trial {t.number} ({k}): not trained again"
         if k == Outcome.COMPLETED:
             return Verdict(Outcome.DUPLICATE, values=list(t.values), attrs=attrs, note=note)
@@ -273,7 +269,7 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial, genome_json: str) -> 
 def trained(values: list[float] | None, oom_retry: str | None = None) -> Verdict:
     """A finished training run: COMPLETE with `values`, or PRUNED when None; `oom_retry`: how it was retried
     after one out-of-memory (search.memory), recorded with it."""
-    attrs = {_TRAINED: True, **({_OOM_RETRY: oom_retry} if oom_retry else {})}
+    attrs = dict(trained=True, **(dict(oom_retry=oom_retry) if oom_retry else {}))
     if values is None:
         return Verdict(Outcome.PRUNED, TrialState.PRUNED, attrs=attrs)
     return Verdict(Outcome.COMPLETED, values=values, attrs=attrs)
@@ -281,31 +277,31 @@ def trained(values: list[float] | None, oom_retry: str | None = None) -> Verdict
 
 def failed(reason: str) -> Verdict:
     """Training raised or diverged."""
-    return Verdict(Outcome.FAILED, TrialState.FAIL, attrs={_FAILED: reason}, note=reason)
+    return Verdict(Outcome.FAILED, TrialState.FAIL, attrs=dict(failed_reason=reason), note=reason)
 
 
 def not_trained(reason: str) -> Verdict:
     """FAIL a trial that will not be trained (no place left); a preset or a retry is queued again."""
-    return Verdict(Outcome.NO_PLACE, TrialState.FAIL, attrs={_FAILED: reason}, requeue=True, note=reason)
+    return Verdict(Outcome.NO_PLACE, TrialState.FAIL, attrs=dict(failed_reason=reason), requeue=True, note=reason)
 
 
 def too_large(reason: str, values: list[float]) -> Verdict:
     """Out of memory twice (search.memory): never trained to the end; COMPLETE with a placeholder value and
     the constraint "memory" = 1, so TPE learns the region this device cannot train, as it learns the rules'."""
-    return Verdict(Outcome.TOO_LARGE, values=values, attrs={_TOO_LARGE: reason, _STATUS: str(Outcome.TOO_LARGE)},
+    return Verdict(Outcome.TOO_LARGE, values=values, attrs=dict(too_large=reason, status=str(Outcome.TOO_LARGE)),
                    constraints={"memory": 1.0}, note=reason)
 
 
 def screened(winner: int) -> Verdict:
     """A --prescreen round's proposal that lost to `winner` (FAIL, not PRUNED: search.prescreen says why)."""
-    return Verdict(Outcome.SCREENED, TrialState.FAIL, attrs={_LOST_TO: winner, _STATUS: str(Outcome.SCREENED)})
+    return Verdict(Outcome.SCREENED, TrialState.FAIL, attrs=dict(prescreen_lost_to=winner,
+                                                                     status=str(Outcome.SCREENED)))
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, verdict: Verdict) -> Outcome:
     """The one place a trial of this process is told: record the verdict's attrs (and reports), tell Optuna
     its state and values, and queue a preset or retry again if the verdict says so."""
-    for key, value in verdict.attrs.items():
-        trial.set_user_attr(key, value)
+    write(trial, **verdict.attrs)
     for key, value in verdict.constraints.items():
         trial.set_constraint(key, value)
     for step, value in verdict.reports:
@@ -314,8 +310,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, verdict: Verdict) -> Outcome:
     if verdict.requeue:
         frozen = study._storage.get_trial(trial._trial_id)
         if is_enqueued(frozen):
-            _enqueue_again(study, frozen, {k: frozen.user_attrs[k] for k in (_RETRY_OF, _RETRIES)
-                                           if k in frozen.user_attrs})
+            r = TrialRecord.of(frozen)
+            _enqueue_again(study, frozen, {k: v for k, v in dict(retry_of=r.retry_of, retries=r.retries).items()
+                                           if v is not None})
     return verdict.outcome
 
 
@@ -324,13 +321,14 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> int | None:
 
     Also the heartbeat_stale_trial_callback of RDB storages (then `trial` is already FAIL).
     """
-    attrs = trial.user_attrs
-    if "genome" not in attrs or (attrs.get(_PHASE) != Phase.TRAINING and "preset" not in attrs):
+    r = TrialRecord.of(trial)
+    if r.genome is None or (r.phase != Phase.TRAINING and r.preset is None):
         return None  # not yet a candidate, or not yet trained: cheap, TPE will propose again
-    retries = int(attrs.get(_RETRIES, 0))
+    retries = int(r.retries or 0)
     if retries >= MAX_RETRIES:
         return None
-    _enqueue_again(study, trial, {_RETRY_OF: attrs.get(_RETRY_OF, trial.number), _RETRIES: retries + 1})
+    _enqueue_again(study, trial, dict(retry_of=r.retry_of if r.retry_of is not None else trial.number,
+                                      retries=retries + 1))
     return retries + 1
 
 
@@ -338,9 +336,7 @@ def _enqueue_again(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any
     """Enqueue the same candidate (params, exact genome, preset name) with these retry attrs."""
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
     # A --prescreen winner's retry keeps its round's verdict (it is trained without a new round).
-    keep = {k: trial.user_attrs[k] for k in ("preset", "genome", "prescreen_proxy", "prescreen_k", "prescreen_rank",
-                                             "prescreen_score", "prescreen_values") if k in trial.user_attrs}
-    study.enqueue_trial(params, user_attrs={**keep, **attrs})
+    enqueue(study, params, **{**carried(trial), **attrs})
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
@@ -351,7 +347,7 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """
     storage = study._storage
     try:
-        storage.set_trial_user_attr(trial._trial_id, _FAILED, reason)
+        write_stored(storage, trial._trial_id, failed_reason=reason)
         done = storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except UpdateFinishedTrialError:
         return False
@@ -371,7 +367,7 @@ def abandon(study: optuna.Study, trial_ids: Iterable[int], e: BaseException) -> 
             frozen = study._storage.get_trial(trial_id)
             if frozen.state == TrialState.RUNNING:
                 fail_trial(study, frozen, why)
-                if stopped is None or frozen.user_attrs.get(_PHASE) == Phase.TRAINING:
+                if stopped is None or TrialRecord.of(frozen).phase == Phase.TRAINING:
                     stopped = frozen.number
         except Exception:  # the storage itself is gone: the next run reaps the trial; report the cause
             pass
@@ -388,8 +384,10 @@ def reap_dead_trials(study: optuna.Study) -> list[int]:
     me, now, reaped = worker_identity(), time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = t.datetime_start.timestamp() if t.datetime_start else now
-        reason = death(t.user_attrs.get(_WORKER), me, started, float(t.user_attrs.get(_HEARTBEAT_AT, started)),
-                       training=t.user_attrs.get(_PHASE) == Phase.TRAINING, rdb=is_rdb(study._storage), now=now)
+        r = TrialRecord.of(t)
+        beat = r.heartbeat_at if r.heartbeat_at is not None else started
+        reason = death(r.worker, me, Clock(started, float(beat), now), training=r.phase == Phase.TRAINING,
+                       rdb=is_rdb(study._storage))
         if reason and fail_trial(study, t, reason):
             reaped.append(t.number)
     return reaped

@@ -17,13 +17,13 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from optuna.storages import BaseStorage
 
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, is_rdb
 
-__all__ = ["worker_identity", "process_alive", "same_machine", "death", "Heartbeat"]
+__all__ = ["Clock", "worker_identity", "process_alive", "same_machine", "death", "Heartbeat"]
 
 
 def _read(path: str) -> str:
@@ -68,11 +68,19 @@ def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.get("host") == b.get("host") and a.get("boot", "") == b.get("boot", "")
 
 
-def death(worker: dict[str, Any] | None, me: dict[str, Any], started: float, last_beat: float, training: bool,
-          rdb: bool, now: float) -> str | None:
+class Clock(NamedTuple):
+    """A RUNNING trial's times, time.time() seconds: when it started, its last heartbeat, and now."""
+
+    started: float
+    last_beat: float
+    now: float
+
+
+def death(worker: dict[str, Any] | None, me: dict[str, Any], clock: Clock, training: bool, rdb: bool) -> str | None:
     """Why a RUNNING trial's worker is dead, None if it may be alive. `worker`: its recorded identity (None:
-    not signed yet); `started`, `last_beat`: time.time() seconds; `training`: it holds a training place;
-    `rdb`: the storage is a database, whose heartbeat (Optuna's fail_stale_trials) judges training trials."""
+    not signed yet); `training`: it holds a training place; `rdb`: the storage is a database, whose
+    heartbeat (Optuna's fail_stale_trials) judges training trials."""
+    started, last_beat, now = clock
     if worker is None:  # killed between ask() and the first attr: only its age tells
         return "worker vanished before the trial started" if now - started > GRACE_PERIOD else None
     if same_machine(worker, me):
@@ -85,12 +93,13 @@ def death(worker: dict[str, Any] | None, me: dict[str, Any], started: float, las
 
 
 class Heartbeat:
-    """`with Heartbeat(storage, trial_id, attr):` beats every `interval` seconds in a daemon thread, so that
+    """`with Heartbeat(storage, trial_id, write):` beats every `interval` seconds in a daemon thread, so that
     other machines can tell the trial's worker is alive. RDB storages: Optuna's own heartbeat; journal files
-    (none in Optuna 5): the trial's user attr `attr` (search.lifecycle.heartbeat names it)."""
+    (none in Optuna 5): `write(time.time())`, which stores it in the trial's record (search.lifecycle.heartbeat)."""
 
-    def __init__(self, storage: BaseStorage, trial_id: int, attr: str, interval: float = HEARTBEAT_INTERVAL):
-        self.storage, self.trial_id, self.attr, self.interval = storage, trial_id, attr, interval
+    def __init__(self, storage: BaseStorage, trial_id: int, write: Callable[[float], None],
+                 interval: float = HEARTBEAT_INTERVAL):
+        self.storage, self.trial_id, self.write, self.interval = storage, trial_id, write, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
 
@@ -99,7 +108,7 @@ class Heartbeat:
             if is_rdb(self.storage) and self.storage.get_heartbeat_interval():
                 self.storage.record_heartbeat(self.trial_id)
             else:
-                self.storage.set_trial_user_attr(self.trial_id, self.attr, time.time())
+                self.write(time.time())
         except Exception:  # a transient storage error must not kill the training it watches
             pass
 

@@ -22,7 +22,6 @@ loop without torch.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -38,6 +37,7 @@ from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, 
                         heartbeat, is_enqueued, mark, not_trained, objective_values, reap_dead_trials, rejected,
                         screened, sign, tell, too_large, trained)
 from .memory import DeviceShare, TooLarge, guard
+from .record import TrialRecord, candidate_values, prescreen_values, training_values, write
 from .settings import SearchSettings, one_line
 from .workers import check_stop
 
@@ -81,11 +81,6 @@ def make_train_fn(data, settings: SearchSettings, device: str = "auto", share: D
                                    progress=bar, progress_bar=bar, epoch_lines=False)
     return guard(lambda genome, cfg, on_epoch: engine.train(genome, cfg, data, on_epoch=on_epoch), config,
                  share or DeviceShare(f"pid {os.getpid()}", device))
-
-
-def _json_float(value: float) -> float | None:
-    """A user attr value: None for NaN and infinities (not JSON)."""
-    return float(value) if math.isfinite(value) else None
 
 
 @dataclass
@@ -240,17 +235,15 @@ class Search:
         s = self.settings
         sign(trial)
         built = construct(trial, s.rules, num_classes=self.num_classes, version=s.construction)
-        carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
-        genome = Genome.from_json(carried) if carried else built.genome
+        record = TrialRecord.of(trial)
+        carried = record.genome_of()  # presets and retries carry their exact genome
+        genome = carried or built.genome
         a = analyze(genome)
         ms = predict(genome, s.latency_table).ms if s.latency_table is not None else None
         for key, value in constraint_values(genome, s.rules).items():
             trial.set_constraint(key, value)
-        for key, value in {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params,
-                           "macs": a.macs, "rf": a.rf, "peak_act": a.peak_activations,
-                           **({"latency_ms": round(ms, 4)} if ms is not None else {})}.items():
-            trial.set_user_attr(key, value)
-        cand = _Candidate(genome, a, f"  [{trial.user_attrs['preset']}]" if "preset" in trial.user_attrs else "", ms)
+        write(trial, **candidate_values(genome, a, ms))
+        cand = _Candidate(genome, a, f"  [{record.preset}]" if record.preset is not None else "", ms)
         violations = check(genome, s.rules)
         if violations:
             reason = "; ".join(violations + ([built.note] if built.note and not carried else []))
@@ -265,10 +258,7 @@ class Search:
         p = self.prescreen
         order, scores, values = p.rank([c.genome for _, c in round_])
         for rank, i in enumerate(order, 1):
-            for key, value in {"prescreen_proxy": p.proxy, "prescreen_k": len(round_), "prescreen_rank": rank,
-                               "prescreen_score": _json_float(scores[i]),
-                               "prescreen_values": {k: _json_float(v) for k, v in values[i].items()}}.items():
-                round_[i][0].set_user_attr(key, value)
+            write(round_[i][0], **prescreen_values(p.proxy, len(round_), rank, scores[i], values[i]))
         winner, wcand = round_[order[0]]
         with self.lock:
             verdict = duplicate_of(self.study, winner, wcand.genome.to_json())  # trained by another meanwhile?
@@ -323,21 +313,16 @@ class Search:
 
     def _judge(self, trial: optuna.Trial, cand: _Candidate, result, wall_seconds: float) -> Verdict:
         """The verdict on a training run: failed if it diverged, pruned if stopped, else completed."""
-        for key, value in {"epochs": result.epochs, "train_seconds": round(result.train_seconds, 3),
-                           "images_per_s": round(result.images_per_s, 1), "device": result.device,
-                           "train_status": result.status,
-                           "wall_seconds": round(wall_seconds, 3)}.items():
-            trial.set_user_attr(key, value)
-        oom_retry = getattr(result, "oom_retry", None)  # trained after one out-of-memory (search.memory)
-        if oom_retry:
-            self.log(f"trial {trial.number:>4}  retried   {oom_retry}{cand.tag}")
+        write(trial, **training_values(result, wall_seconds))
+        if result.oom_retry:  # trained after one out-of-memory (search.memory)
+            self.log(f"trial {trial.number:>4}  retried   {result.oom_retry}{cand.tag}")
         if result.status == "diverged":
             self.last_failure = result.message or "diverged"
             return failed(self.last_failure)
         a = cand.analysis
         values = None if result.status == "stopped" else objective_values(result.val_acc, a, self.settings.objectives,
                                                                            cand.latency_ms)
-        return dataclasses.replace(trained(values, oom_retry), note=(
+        return dataclasses.replace(trained(values, result.oom_retry), note=(
             f"val {result.val_acc:.4f}  {a.params:>9,} params  {a.macs / 1e6:6.1f} M MACs  "
             f"{a.peak_activations / 1e3:5.0f} k peak act  RF {a.rf:>3}  {result.epochs} ep  "
             f"{result.train_seconds:6.1f} s"))

@@ -185,7 +185,6 @@ def guard(train_once: TrainOnce, config, share: DeviceShare) -> Callable:
         if again:
             raise TooLarge(f"too large for this device: out of memory at batch {config.batch_size} ({error}), "
                            f"and again when tried {how}" + (f" ({again})" if again != error else ""))
-        result.oom_retry = f"out of memory ({error}); trained {how}"
-        return result
+        return replace(result, oom_retry=f"out of memory ({error}); trained {how}")
 
     return train_fn

@@ -24,13 +24,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, **legend) -> Path:
+def _finish(ax, path: Path, labels: tuple[str, str, str], **legend) -> Path:
+    """Label the axes (x label, y label, title), draw the legend and grid, save the figure to `path`."""
+    xlabel, ylabel, title = labels
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(**legend)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _save(ax.figure, path)
 
 
 def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None, cost: str = "params") -> Path:
@@ -50,7 +52,7 @@ def plot_pareto(board: pd.DataFrame, path: Path, max_params: int | None = None, 
     _mark_presets(ax, board[board.state.isin(["completed", "pruned"]) & board.preset.notna() & board.val_acc.notna()])
     if max_params:
         ax.axvline(max_params, c="k", ls=":", lw=1, label=f"budget {max_params:,}")
-    return _finish(fig, ax, path, COSTS[cost], "validation accuracy", f"accuracy vs {COSTS[cost]}", fontsize=8,
+    return _finish(ax, path, (COSTS[cost], "validation accuracy", f"accuracy vs {COSTS[cost]}"), fontsize=8,
                    loc="lower right")
 
 
@@ -79,7 +81,8 @@ def plot_history(board: pd.DataFrame, path: Path) -> Path:
         ax.scatter(rejected.number, [low - 0.02] * len(rejected), marker="x", s=18, c="tab:gray",
                    label="rejected (never trained)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish(fig, ax, path, "trial number (rejected candidates included)", "validation accuracy", "optimisation history", fontsize=8, loc="lower right")
+    return _finish(ax, path, ("trial number (rejected candidates included)", "validation accuracy",
+                              "optimisation history"), fontsize=8, loc="lower right")
 
 
 def thirds(rejected: Sequence[bool]) -> tuple[float, float] | None:
@@ -108,7 +111,8 @@ def plot_rejected(rejected: Sequence[bool], path: Path, baseline: float | None =
         ax.text(0.5, 0.5, f"none of the {len(r)} proposals rejected" if len(r) else "no proposals yet",
                 transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.3")
     ax.set_ylim(-0.02, 1.02)
-    return _finish(fig, ax, path, "candidate proposed by the sampler", "fraction rejected", "infeasible candidates (rules broken, never trained)", fontsize=8)
+    return _finish(ax, path, ("candidate proposed by the sampler", "fraction rejected",
+                              "infeasible candidates (rules broken, never trained)"), fontsize=8)
 
 
 def plot_final(history: list[dict], path: Path) -> Path:

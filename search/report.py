@@ -24,7 +24,7 @@ from .settings import COSTS, cost_name
 from .storage import dashboard_command
 from .study import stored_settings
 from .lifecycle import count
-from .trials import leaderboard, rejected_fraction
+from .trials import genome_of, leaderboard, rejected_fraction
 
 __all__ = ["RUN_PREFIX", "write_report", "write_and_list", "main"]
 
@@ -197,7 +197,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
         md += _deploy_section(final.get("deploy")) + _latency_section(final.get("latency"))
     elif len(best):
         b = best.iloc[0]
-        g = Genome.from_json(next(t for t in trials if t.number == b.number).user_attrs["genome"])
+        g = genome_of(next(t for t in trials if t.number == b.number))
         md += ["## Best trial so far (not retrained yet: run `python -m search.retrain`)", "",
                f"Trial {b.number}: `{b.summary}`, validation accuracy {b.val_acc:.4f}, {int(b.params):,} parameters",
                "", "```", table(g, analyze(g)), "```", ""]

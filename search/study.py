@@ -19,6 +19,7 @@ from optuna.storages import BaseStorage
 
 from space import PRESETS, params_from_genome
 
+from .record import enqueue
 from .settings import SearchError, SearchSettings, directions
 
 __all__ = ["SETTINGS_KEY", "PRESETS_KEY", "PRUNERS", "SAMPLERS", "make_sampler", "make_pruner", "open_study",
@@ -182,6 +183,6 @@ def enqueue_presets(study: optuna.Study, num_classes: int) -> list[str]:
     for name, genome in PRESETS.items():
         genome = dataclasses.replace(genome, num_classes=num_classes)
         # params: the nearest point of the space, for TPE; genome: what is actually trained.
-        study.enqueue_trial(params_from_genome(genome), user_attrs={"preset": name, "genome": genome.to_json()})
+        enqueue(study, params_from_genome(genome), preset=name, genome=genome.to_json())
         names.append(name)
     return names

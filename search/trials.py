@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial
 from space import Genome
 
 from .lifecycle import Outcome, classify, is_enqueued, rejected_reason, state_columns
+from .record import TrialRecord
 from .settings import SearchError
 
 __all__ = ["best_trial", "pareto_trials", "val_acc", "trained_val_acc", "genome_of", "pick_trial", "rejected_fraction",
@@ -31,7 +32,14 @@ def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
 
 
 def genome_of(t: FrozenTrial) -> Genome:
-    return Genome.from_json(t.user_attrs["genome"])
+    genome = TrialRecord.of(t).genome_of()
+    if genome is None:
+        raise SearchError(f"trial {t.number} has no genome recorded")
+    return genome
+
+
+def _params(t: FrozenTrial) -> int:
+    return int(TrialRecord.of(t).n_params or 0)
 
 
 def val_acc(t: FrozenTrial) -> float | None:
@@ -48,7 +56,7 @@ def pareto_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     multi-objective study over its [accuracy, cost] values, otherwise over accuracy and parameters (as the
     report's accuracy-vs-parameters plot has always shown)."""
     done = _feasible_completed(trials)
-    cost = [float(t.values[1]) if len(t.values) > 1 else float(t.user_attrs.get("n_params", 0)) for t in done]
+    cost = [float(t.values[1]) if len(t.values) > 1 else float(_params(t)) for t in done]
     return [done[i] for i in pareto_front(cost, [val_acc(t) for t in done])]
 
 
@@ -63,7 +71,7 @@ def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
         done = pareto_trials(done)
     if not done:
         return None
-    return max(done, key=lambda t: (val_acc(t), -int(t.user_attrs.get("n_params", 0)), -t.number))
+    return max(done, key=lambda t: (val_acc(t), -_params(t), -t.number))
 
 
 def rejected_fraction(trials: Iterable[FrozenTrial]) -> list[bool]:
@@ -95,7 +103,7 @@ def pick_trial(study: optuna.Study, number: int | None = None, *, trained: bool 
         why = f": {reason}" if reason else ""
         raise SearchError(f"trial {number} is {k}{why}; only a trained trial (completed, pruned, or a duplicate "
                           "of one) can be retrained")
-    if "genome" not in trial.user_attrs:
+    if TrialRecord.of(trial).genome is None:
         raise SearchError(f"trial {number} ({k}) has no genome recorded")
     if reason and not force:
         raise SearchError(f"trial {number} was rejected by the search, it breaks the rules: {reason}; "
@@ -121,17 +129,16 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     front = {t.number for t in pareto_trials(trials)}
     rows = []
     for t in trials:
-        a = t.user_attrs
+        r = TrialRecord.of(t)
         duration = ((t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None)
         rows.append({
-            "number": t.number, "state": classify(t), "val_acc": trained_val_acc(t), "params": a.get("n_params"),
-            "macs": a.get("macs"), "latency_ms": a.get("latency_ms"), "peak_act": a.get("peak_act"), "rf": a.get("rf"),
-            "epochs": a.get("epochs"),
-            "train_seconds": a.get("train_seconds"), "images_per_s": a.get("images_per_s"),
-            "wall_seconds": duration, "device": a.get("device"), "summary": a.get("summary"),
-            "preset": a.get("preset"), **state_columns(t),
-            "proxy_score": a.get("prescreen_score"), "proxy_rank": a.get("prescreen_rank"),
+            "number": t.number, "state": classify(t), "val_acc": trained_val_acc(t), "params": r.n_params,
+            "macs": r.macs, "latency_ms": r.latency_ms, "peak_act": r.peak_act, "rf": r.rf, "epochs": r.epochs,
+            "train_seconds": r.train_seconds, "images_per_s": r.images_per_s,
+            "wall_seconds": duration, "device": r.device, "summary": r.summary,
+            "preset": r.preset, **state_columns(t),
+            "proxy_score": r.prescreen_score, "proxy_rank": r.prescreen_rank,
             "best": best is not None and t.number == best.number, "pareto": t.number in front,
         })
     df = pd.DataFrame(rows, columns=["number", "state", "val_acc", "params", "macs", "latency_ms", "peak_act", "rf",

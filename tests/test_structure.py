@@ -10,10 +10,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # What each package may import from the project and from Optuna: search uses train uses space, never back up;
 # train never imports optuna (the training knows nothing of the search around it).
 FORBIDDEN = {"space": ("train", "search", "optuna"), "train": ("search", "optuna")}
-# The user-attr keys of a trial's state (search.lifecycle).
-STATE_KEYS = {"phase", "trained", "rejected", "duplicate_of", "prescreen_lost_to", "failed_reason", "retry_of",
-              "retries", "status", "worker", "heartbeat_at", "too_large", "oom_retry"}
-
 
 def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).glob("*.py"))
@@ -41,50 +37,67 @@ def test_packages_import_only_downwards(package):
     assert not wrong
 
 
-def _state_key_uses(tree: ast.Module) -> list[tuple[int, str]]:
-    """(line, key) of every trial-state key read or written as a user attr: set_user_attr(K, ...),
-    set_trial_user_attr(id, K, ...), user_attrs.get(K), user_attrs[K], K in user_attrs."""
+def _record_keys() -> set[str]:
+    """The stored trial keys, read from search/record.py's code: the fields of its TrialRecord class."""
+    tree = _tree(ROOT / "search" / "record.py")
+    record = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrialRecord")
+    return {n.target.id for n in record.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+# Calls that only ever touch a trial's user attrs.
+_TRIAL_ONLY = {"set_trial_user_attr", "get_trial_user_attrs", "enqueue_trial"}
+
+
+def _is_study(node: ast.AST) -> bool:
+    """A receiver that is a study (or a study's summary): named so, as `study`, `self.study`, `other_study`, ..."""
+    return ast.unparse(node).lower().endswith(("study", "summary"))
+
+
+def _trial_attr_uses(tree: ast.Module, keys: set[str]) -> list[tuple[int, str]]:
+    """(line, what) of every read or write of a trial's user attrs: `.user_attrs` or `.set_user_attr` on
+    anything but a study, a trial-only storage call, and a stored key given as a string to a study's user attrs
+    (a trial key on a study is a misplaced one)."""
     uses = []
-
-    def key(node: ast.AST) -> str | None:
-        return node.value if isinstance(node, ast.Constant) and node.value in STATE_KEYS else None
-
-    def is_user_attrs(node: ast.AST) -> bool:
-        return isinstance(node, ast.Attribute) and node.attr == "user_attrs"
-
     for node in ast.walk(tree):
-        found = None
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            f = node.func
-            if f.attr == "set_user_attr" and node.args:
-                found = key(node.args[0])
-            elif f.attr == "set_trial_user_attr" and len(node.args) > 1:
-                found = key(node.args[1])
-            elif f.attr == "get" and is_user_attrs(f.value) and node.args:
-                found = key(node.args[0])
-        elif isinstance(node, ast.Subscript) and is_user_attrs(node.value):
-            found = key(node.slice)
-        elif isinstance(node, ast.Compare) and any(is_user_attrs(c) for c in node.comparators):
-            found = key(node.left)
-        if found:
-            uses.append((node.lineno, found))
+        what = None
+        if isinstance(node, ast.Attribute) and node.attr in ("user_attrs", "set_user_attr") and not _is_study(node.value):
+            what = f"{ast.unparse(node.value)}.{node.attr}"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _TRIAL_ONLY:
+            what = node.func.attr
+        elif isinstance(node, ast.Constant) and node.value in keys:
+            parent = getattr(node, "parent", None)
+            if isinstance(parent, (ast.Subscript, ast.Compare, ast.Call)) and "user_attr" in ast.unparse(parent):
+                what = f"key {node.value!r}"
+        if what:
+            uses.append((node.lineno, what))
     return uses
 
 
-def test_only_the_lifecycle_module_touches_a_trials_state():
-    outside = [f"{p.relative_to(ROOT)}:{line}: {k}" for p in _modules("search") if p.name != "lifecycle.py"
-               for line, k in _state_key_uses(_tree(p))]
+def _parented(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            child.parent = node
+    return tree
+
+
+def test_only_the_trial_record_reads_or_writes_a_trials_stored_keys():
+    keys = _record_keys()
+    assert {"genome", "n_params", "epochs", "phase", "oom_retry", "heartbeat_at"} <= keys  # the check has keys
+    outside = [f"{p.relative_to(ROOT)}:{line}: {what}" for package in ("search", "train", "space")
+               for p in _modules(package) if p != ROOT / "search" / "record.py"
+               for line, what in _trial_attr_uses(_parented(_tree(p)), keys)]
     assert not outside
-    # The check itself sees the lifecycle's own uses (through its key constants, so count them there).
-    lifecycle = (ROOT / "search" / "lifecycle.py").read_text()
-    assert all(f'"{k}"' in lifecycle for k in STATE_KEYS)
+    # and the record module itself is where they are written and read
+    assert _trial_attr_uses(_parented(_tree(ROOT / "search" / "record.py")), keys)
 
 
-def test_the_state_check_would_catch_a_stray_use():
-    code = ('t.set_user_attr("phase", "x")\nt.user_attrs.get("rejected")\nt.user_attrs["retry_of"]\n'
-            '"worker" in t.user_attrs\ns.set_trial_user_attr(1, "heartbeat_at", 0)\nt.set_user_attr("genome", 1)\n')
-    assert [k for _, k in _state_key_uses(ast.parse(code))] == ["phase", "rejected", "retry_of", "worker",
-                                                                 "heartbeat_at"]
+def test_the_trial_record_check_would_catch_a_stray_use():
+    code = ('t.set_user_attr("phase", "x")\nx = trial.user_attrs.get("rejected")\ns.set_trial_user_attr(1, "k", 0)\n'
+            'study.enqueue_trial({}, user_attrs={"genome": 1})\nstudy.user_attrs["retry_of"]\n'
+            'study.set_user_attr("settings", 1)\nother_study.user_attrs.get("normalisation")\n')
+    found = sorted(_trial_attr_uses(_parented(ast.parse(code)), {"phase", "rejected", "retry_of"}))
+    assert found == [(1, "key 'phase'"), (1, "t.set_user_attr"), (2, "key 'rejected'"), (2, "trial.user_attrs"),
+                     (3, "set_trial_user_attr"), (4, "enqueue_trial"), (5, "key 'retry_of'")]
 
 
 def _function_lengths_in(paths: list[Path], root: Path) -> dict[str, int]:
@@ -112,6 +125,33 @@ def test_the_length_check_counts_a_function_from_def_to_last_line(tmp_path):
     (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * 60 + "\n\ndef g():\n    pass\n")
     lengths = {k.split(" ")[1]: n for k, n in _function_lengths_in([tmp_path / "m.py"], tmp_path).items()}
     assert lengths == {"f": 61, "g": 2}
+
+
+def _parameter_counts(paths: list[Path], root: Path) -> dict[str, int]:
+    """'path:line name' -> parameters of every function and method (self and cls not counted; *args and
+    **kwargs one each)."""
+    out = {}
+    for p in paths:
+        for node in ast.walk(_tree(p)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                n = len(names) - (names[:1] in (["self"], ["cls"])) + (a.vararg is not None) + (a.kwarg is not None)
+                out[f"{p.relative_to(root)}:{node.lineno} {node.name}"] = n
+    return out
+
+
+def test_no_function_in_search_takes_more_than_6_parameters():
+    # A run's state travels in one object (search.context.Run), not in long parameter lists.
+    counts = _parameter_counts(_modules("search"), ROOT)
+    assert counts and not {name: n for name, n in counts.items() if n > 6}
+
+
+def test_the_parameter_count_skips_self_and_counts_star_args(tmp_path):
+    (tmp_path / "m.py").write_text("class C:\n    def m(self, a, b=1, *c, d, **e):\n        pass\n"
+                                   "def f(self_made, x, /, y):\n    pass\n")
+    counts = {k.split(" ")[1]: n for k, n in _parameter_counts([tmp_path / "m.py"], tmp_path).items()}
+    assert counts == {"m": 5, "f": 3}
 
 
 @pytest.mark.parametrize("package", ["search", "train", "space"])

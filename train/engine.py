@@ -137,6 +137,9 @@ class TrainResult:
     message: str = ""
     device: str = ""
     resumed_epochs: int = 0  # epochs taken from a checkpoint rather than trained in this call
+    # Set by a caller that ran it again after the device ran out of memory: how, and after what error
+    # (search.memory's retry alone on the device or at half the batch); None: trained at the first try.
+    oom_retry: str | None = None
 
     @property
     def epochs(self) -> int:
