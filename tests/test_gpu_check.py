@@ -1,4 +1,4 @@
-"""results/benchmarks/gpu_check.py's plumbing: every part's result reaches gpu_check.json even when another
+"""tools/gpu_check.py's plumbing: every part's result reaches gpu_check.json even when another
 part fails, and the exit code says a part failed (the parts themselves need a GPU or minutes of CPU)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.search_helpers import ROOT
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "results" / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
