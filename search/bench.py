@@ -10,7 +10,7 @@ Measurement: --genomes feasible genomes drawn from the search space (space.sampl
 200,000 parameters, RF 44), trained by train.engine.train (the real pipeline: uint8 data on the device,
 batched augmentation, channels_last, bf16 on CUDA) on synthetic 32x32 images at the dataset's batch size
 (on CPU at batch 32 by default, so that a measurement fits in seconds: CPU images/s hardly depend on the
-batch, see results/benchmarks/cpu_seed003_net.md).
+batch, see results/benchmarks/train_speed/cpu_seed003_net.md).
 Each job first trains every genome for one short epoch (warm-up: allocator, kernel selection), waits for
 the others at a barrier, then trains every genome (rotated, so jobs do not all train the same one at once)
 for --seconds / --genomes seconds each. A job's rate = its images / its training seconds; the aggregate is

@@ -16,7 +16,7 @@ prescreen_lost_to (the winner's number) and the proxy values, so they are visibl
 "screened", a row of the leaderboard) but invisible to TPE. Not PRUNED, which TPE would read as a bad trial:
 K - 1 PRUNED losers per trained trial would swell TPE's "good" set K-fold, teach it the proxy's opinion as
 if it were a measured accuracy, and end its random start-up K times too early. FAIL trials are not read at
-all (the reading of Optuna's TPE source: results/benchmarks/code_notes.md).
+all (the reading of Optuna's TPE source: results/benchmarks/notes/code_notes.md).
 While a round is being gathered its trials are RUNNING: with constant_liar TPE treats them as bad, so the K
 proposals of one round spread out instead of repeating the first one.
 """

@@ -96,7 +96,7 @@ def default_val_size(dataset: str, subset_train: int | None) -> tuple[int | floa
 
 
 # The prescreen's proxy when --proxy is not given: the one that ranked trained genomes of the space best
-# (results/benchmarks/proxies_rank_cpu.md). Here, beside the stored default, so that the two cannot differ.
+# (results/benchmarks/proxies_rank/proxies_rank_cpu.md). Here, beside the stored default, so that the two cannot differ.
 DEFAULT_PROXY = "grad_norm"
 SCHEMA = 3  # the layout of the stored settings; 1: before the "schema" key, 2: before "sampler" (see migrate)
 

@@ -201,7 +201,7 @@ def _fans(a) -> dict[str, tuple[bool, bool]]:
 def _falls_back(key: str, separable: bool, fan_in: bool, fan_out: bool) -> bool:
     """Whether ONNX Runtime runs this part of an int8 net in fp32 (dequantized weights, a float conv): its
     QDQ fusion skips a conv whose input or output tensor also feeds a residual shortcut (checked on the
-    optimized graphs of 50 sampled nets, results/benchmarks/latency_cpu.md). A separable conv's depthwise
+    optimized graphs of 50 sampled nets, results/benchmarks/latency/latency_cpu.md). A separable conv's depthwise
     part sees its input, the pointwise part its output; a stride-2 projection reads a strided slice of its
     input, which is quantized on its own, so only stride-1 projections fall back."""
     if key.startswith("proj/"):

@@ -4,7 +4,7 @@ What the seed notebooks did: a torch DataLoader with 2 workers running the album
 by image, NCHW float32 batches of 128, SGD with momentum, OneCycle (peak 0.1, starting at a tenth of it),
 plain cross-entropy. train.bench measures its throughput in the same run as the project's pipeline;
 `--epochs E` trains with it instead and reports accuracy (`--val-size N`: on N held-out training images
-after every epoch, and on the test set once at the end), the reference for results/benchmarks/recipe_cpu.md.
+after every epoch, and on the test set once at the end), the reference for results/benchmarks/recipe/recipe_cpu.md.
 """
 from __future__ import annotations
 

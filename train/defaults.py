@@ -3,7 +3,7 @@
 Command-line flags override single entries (`--batch-size`, `--lr`, `--trial-epochs`, ...). A batch given
 without an lr gets the table's lr scaled linearly with the batch (`DatasetDefaults.lr_for`).
 The recipe itself (optimizer, schedule, EMA, augmentation schedule, TTA) is `train.engine.TrainConfig`;
-how it was chosen, on a validation split, is in results/benchmarks/recipe_cpu.md.
+how it was chosen, on a validation split, is in results/benchmarks/recipe/recipe_cpu.md.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class DatasetDefaults:
 
 DEFAULTS: dict[str, DatasetDefaults] = {
     # 50,000 images: batch 128 gives 390 steps an epoch; batch and peak lr chosen on the 45k/5k validation
-    # split at 5 epochs (results/benchmarks/recipe_cpu.md: lr 0.2 beat 0.1 and 0.4). 8 trial epochs separate
+    # split at 5 epochs (results/benchmarks/recipe/recipe_cpu.md: lr 0.2 beat 0.1 and 0.4). 8 trial epochs separate
     # the seeds' ranking; 60 is the seeds' schedule.
     "cifar10": DatasetDefaults(batch_size=128, lr=0.2, trial_epochs=8, final_epochs=60, val_size=5000, augment=True),
     # 1,347 training images of 8x8 digits blown up to 32x32: batch 64 still gives 21 steps an epoch (batch 256

@@ -12,7 +12,7 @@
    per output channel in 7 bits, int8 activations, MinMax ranges), calibrated on `CALIBRATION_IMAGES`
    training images (never test images). 7-bit weights (reduce_range) because ONNX Runtime's int8 kernels on
    x86 CPUs without VNNI add pairs of uint8 x int8 products in int16, which saturates with 8-bit weights
-   (onnxruntime.quantization's documentation; the measured cost: results/benchmarks/deploy_cpu.md).
+   (onnxruntime.quantization's documentation; the measured cost: results/benchmarks/deploy/deploy_cpu.md).
 4. `evaluate_onnx` on the whole test set and `measure_speed` (median latency per image at batch 1, images/s
    at batch 256), both with ONNX Runtime on the CPU, `threads` intra-op threads.
 

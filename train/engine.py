@@ -9,7 +9,7 @@ train at a 4x higher peak lr, label smoothing, an exponential moving average (EM
 what gets evaluated and returned, and an augmentation schedule that lowers the shift-scale-rotate and
 cutout probabilities linearly over the run, from a strength that grows with the run's length
 (TrainConfig.augment_strength). Flip test-time augmentation is an evaluation option reported beside the
-plain accuracy. The defaults were chosen on a validation split (results/benchmarks/recipe_cpu.md). On
+plain accuracy. The defaults were chosen on a validation split (results/benchmarks/recipe/recipe_cpu.md). On
 CUDA: bf16 autocast (where the GPU has bf16), channels_last, non-blocking copies, optional torch.compile. Data stays uint8 until
 the on-device augmentation (train.loader.DeviceLoader).
 """
@@ -444,7 +444,7 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, step: Callable, device
 def _stepper(run: _Run, cfg: TrainConfig, device: torch.device):
     """step(x, y) -> (logits, loss): one optimiser step (and EMA update) on one batch."""
     # mode "reduce-overhead" replays the forward and backward as CUDA graphs: one launch instead of one per
-    # kernel, for nets whose kernels are too small to hide the launch cost (results/benchmarks/ops_per_step_cpu.md)
+    # kernel, for nets whose kernels are too small to hide the launch cost (results/benchmarks/ops_per_step/ops_per_step_cpu.md)
     step_model = torch.compile(run.model, mode=cfg.compile_mode) if cfg.compile else run.model
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(device, cfg.amp))

@@ -4,7 +4,7 @@ settings, `TrainConfig.recipe()`), so that its later trials and its final retrai
 
 A setting added after checkpoints and studies existed names, in its field's metadata, the value that
 reproduces the runs before it (`BEFORE`): a config at that value hashes as before (TrainConfig.fingerprint).
-How the defaults were chosen, on a validation split: results/benchmarks/recipe_cpu.md.
+How the defaults were chosen, on a validation split: results/benchmarks/recipe/recipe_cpu.md.
 """
 from __future__ import annotations
 
