@@ -5,7 +5,7 @@
 `search.retrain --final-seeds N --compare ...` trains its runs one after another. On a machine with idle
 cores, this script trains the named nets (seed presets, or study:NAME@STORAGE for another study's winner)
 from seeds s..s+SEEDS-1 (or only seed K, for SEEDS `seed=K`: one process per seed) under STUDY's final recipe through the same function and into the same cache
-(OUT/runs/, search.compare.seed_run), so that the retrain command, run afterwards with the same OUT,
+(OUT/runs/, search.seedrun.retrain; search.compare.seed_run when the 2026-12-05 figures were made), so that the retrain command, run afterwards with the same OUT,
 EPOCHS and seeds, finds them finished and reuses them. Nothing here picks a net or reads a test figure to
 decide anything: it only runs earlier what the command would run anyway.
 """
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import optuna
 
-from search.compare import seed_run
+from search.context import FinalPlan, Run
 from search.data import load_full
+from search.seedrun import retrain
 from search.study import load_study, stored_settings
 from search.storage import open_storage
 from search.trials import genome_of, pick_trial
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> int:
     study = load_study(open_storage(storage, create=False), name, storage)
     settings = stored_settings(study)
     data = load_full(settings.dataset, data_dir, settings.subset_train, None, settings.seed, download=False)
+    run = Run(study, settings, data, Path(out), storage=storage, device="cpu", final=FinalPlan(int(epochs)))
     for net in nets:
         if net.startswith("study:"):
             other_name, other_storage = net[len("study:"):].split("@", 1)
@@ -39,7 +41,7 @@ def main(argv: list[str]) -> int:
             genome, label = get_preset(net), net
         chosen = [int(seeds[5:])] if seeds.startswith("seed=") else range(settings.seed, settings.seed + int(seeds))
         for seed in chosen:
-            seed_run(genome, settings, data, int(epochs), "cpu", seed, Path(out), label)
+            retrain(run, genome, seed, label)
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python results/benchmarks/payoff/payoff_table.py OUT WINNER_LABEL
 
-Reads OUT/runs/*.json (search.compare.seed_run's records), groups them by net, and prints one markdown row
+Reads OUT/runs/*.json (search.seedrun.retrain's records; search.compare.seed_run's before 2026-12-07), groups them by net, and prints one markdown row
 per net: parameters, MACs, RF, each seed's test accuracy, mean +- sample std, and the difference to
 WINNER_LABEL's net with search.compare.paired's 95 % paired t interval and p-value (the same functions the
 report's table uses).

@@ -32,7 +32,8 @@ import optuna
 from search.report import RUN_PREFIX
 from search.run import machine_info
 from search.storage import open_storage
-from search.trials import best_trial, count, kind, val_acc
+from search.lifecycle import classify as kind, count
+from search.trials import best_trial, val_acc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
