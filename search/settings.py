@@ -17,6 +17,7 @@ from space.rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
 from train.engine import TrainConfig
+from train.recipe import before_values
 
 __all__ = ["OBJECTIVES", "COSTS", "parse_objectives", "directions", "cost_name", "DEFAULT_PROXY", "DATASET_SIZES", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS",
            "SearchSettings", "migrate", "parse_val_size", "default_val_size", "resolve", "RESUMED", "resolve_settings", "defaults_text", "latency_settings"]
@@ -295,16 +296,17 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
              "recipe": recipe, **d, "schema": 2}
     if d["schema"] == 2:
         d = {"sampler": "tpe", **d, "schema": SCHEMA}
-    if isinstance(d.get("recipe"), dict) and "bn_refresh_steps" not in d["recipe"]:
-        # stored before short runs recomputed their BatchNorm statistics (train.recipe): they did not
-        d = {**d, "recipe": {**d["recipe"], "bn_refresh_steps": 0}}
+    if isinstance(d.get("recipe"), dict):
+        # a setting added to the recipe after the study was stored: the value it trained with then (its BEFORE tag)
+        d = {**d, "recipe": {**before_values(), **d["recipe"]}}
     return d
 
 
-# The training recipe of the schema-1 studies stored before the recipe was (written out: the defaults change).
+# The training recipe of the schema-1 studies, stored before the recipe was: the defaults of that time, written
+# out because defaults change. Settings added since (their BEFORE tag) are filled in by migrate.
 _SCHEMA1_RECIPE: dict[str, Any] = {
     "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1, "pct_start": 0.25, "div_factor": 10.0,
-    "final_div_factor": 100.0, "anneal": "cos", "augment_start": None, "augment_end": 0.0, "augment_full_epochs": 25,
-    "alternate_flip": False, "ema_decay": 0.99, "bn_refresh_steps": 0,
+    "final_div_factor": 100.0, "augment_start": None, "augment_end": 0.0, "augment_full_epochs": 25,
+    "ema_decay": 0.99,
     "augment.flip_p": 0.5, "augment.affine_p": 0.5, "augment.shift": 0.1, "augment.scale": 0.1, "augment.rotate": 15.0,
     "augment.cutout_p": 0.5, "augment.cutout_size": 16}

@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -344,15 +345,30 @@ def test_settings_added_later_leave_the_fingerprints_of_older_runs_unchanged():
 
 def test_every_setting_is_either_recipe_or_the_runs_own_so_a_new_one_must_choose():
     # A study stores TrainConfig.recipe(); a setting added later that shapes training but is left out of
-    # RECIPE_FIELDS would silently change resumed studies. The run's own: size, seed, and how it runs.
+    # RECIPE_FIELDS would silently change resumed studies. The run's own carry their tag (train.recipe.OWN).
     from dataclasses import fields
-    from train.engine import RECIPE_FIELDS
-    runs_own = {"epochs", "batch_size", "lr", "seed", "augment", "tta", "device", "channels_last", "amp", "compile",
-                "eval_batch_size", "eval_every", "checkpoint", "checkpoint_every", "progress", "progress_bar", "epoch_lines", "held_out",
-                "compile_mode",
-                "nan_check_every"}
-    assert {f.name for f in fields(TrainConfig)} == set(RECIPE_FIELDS) | runs_own
-    assert not set(RECIPE_FIELDS) & runs_own
+    from train.recipe import OWN, RECIPE_FIELDS, RUNS, SHAPES
+
+    untagged = [f.name for f in fields(TrainConfig) if f.name not in RECIPE_FIELDS and OWN not in f.metadata]
+    assert not untagged
+    assert not [f.name for f in fields(TrainConfig) if f.name in RECIPE_FIELDS and OWN in f.metadata]
+    assert {f.metadata[OWN] for f in fields(TrainConfig) if OWN in f.metadata} == {SHAPES[OWN], RUNS[OWN]}
+
+
+def test_the_fingerprint_follows_the_tags_a_runs_setting_never_changes_it_a_shaping_one_does():
+    from dataclasses import fields
+    from train.recipe import OWN, RUNS, SHAPES
+
+    base = TrainConfig()
+    for f in fields(TrainConfig):
+        if OWN not in f.metadata or f.name == "augment":
+            continue
+        value = getattr(base, f.name)
+        other = (not value if isinstance(value, bool) else value + 1 if isinstance(value, (int, float))
+                 else f"{value}-other")
+        changed = replace(base, **{f.name: other}).fingerprint() != base.fingerprint()
+        assert changed == (f.metadata[OWN] == SHAPES[OWN]), f.name
+    assert replace(base, augment=None).fingerprint() != base.fingerprint()
 
 
 def test_a_recipe_round_trips_and_unknown_names_fail_loudly():

@@ -83,3 +83,21 @@ def test_settings_stored_by_a_later_layout_are_refused_in_one_line():
     assert stored["schema"] == SCHEMA and migrate(stored) == stored  # today's layout passes unchanged
     with pytest.raises(SearchError, match=rf"later version of tinynas \(layout {SCHEMA + 1}, this one reads up to "):
         migrate({**stored, "schema": SCHEMA + 1})
+
+
+def test_a_stored_recipe_that_lacks_a_later_setting_gets_the_value_it_trained_with_then():
+    # Compatibility is the fields' BEFORE tags (train.recipe), not a patch per setting in migrate.
+    from train.recipe import before_values
+    from search.settings import SearchSettings, migrate
+    from tests.search_helpers import settings
+
+    stored = settings().to_dict()
+    tagged = before_values()
+    assert tagged  # the check below has settings to check
+    for name, before in tagged.items():
+        older = {**stored, "recipe": {k: v for k, v in stored["recipe"].items() if k != name}}
+        assert migrate(older)["recipe"][name] == before
+        assert dict(SearchSettings.from_dict(older).recipe)[name] == before
+    # schema 1 (no recipe stored at all): every tagged setting at its value from before
+    schema1 = {k: v for k, v in stored.items() if k not in ("schema", "recipe", "sampler")}
+    assert all(migrate(schema1)["recipe"][k] == v for k, v in tagged.items())

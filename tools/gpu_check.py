@@ -125,6 +125,11 @@ def _run_until(argv: list[str], until, timeout: float, log: Path) -> dict:
     return {"killed": killed, "exit": code, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def _checkpoint(folder: Path) -> Path | None:
+    """The final retrain's checkpoint while it trains (search.seedrun's cache: runs/<key>.pt), if any."""
+    return next((p for p in (folder / "runs").glob("*.pt") if not p.name.endswith(".model.pt")), None)
+
+
 def part_resume(args: argparse.Namespace, out: Path, deadline: float) -> dict:
     import torch
 
@@ -133,7 +138,6 @@ def part_resume(args: argparse.Namespace, out: Path, deadline: float) -> dict:
     db, log = folder / "study.db", out / "resume.log"
     argv = ["-m", "search.run", *_search_flags(args), "--trials", "1", "--final-epochs", "2" if args.quick else "3",
             "--storage", str(db), "--out", str(folder), "--study-name", "resume", "--json"]
-    ckpt = folder / "final_checkpoint.pt"
     report: dict = {}
     first_seen: list[float] = []
 
@@ -145,8 +149,10 @@ def part_resume(args: argparse.Namespace, out: Path, deadline: float) -> dict:
         return False
 
     report["kill_in_trial"] = _run_until(argv, mid_trial, deadline - time.perf_counter(), log)
-    report["kill_in_final"] = _run_until(argv, ckpt.exists, deadline - time.perf_counter(), log)
-    if ckpt.exists():
+    report["kill_in_final"] = _run_until(argv, lambda: _checkpoint(folder) is not None,
+                                         deadline - time.perf_counter(), log)
+    ckpt = _checkpoint(folder)
+    if ckpt is not None:
         time.sleep(0.5)  # written atomically (os.replace), but let the kill land first
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         report["checkpoint_epochs_at_kill"] = len(state["history"])

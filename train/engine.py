@@ -34,7 +34,7 @@ from .data import ImageData
 from .device import resolve_device, synchronize, use_bf16
 from .files import write_atomic
 from .loader import DeviceLoader
-from .recipe import RECIPE_FIELDS, Recipe, before_values
+from .recipe import OWN, RECIPE_FIELDS, RUNS, SHAPES, Recipe, before_values
 
 __all__ = ["TrainError", "CheckpointError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate",
            "predict", "predict_images", "resolve_device", "make_optimizer", "with_overrides", "MIN_STEPS",
@@ -53,30 +53,41 @@ class TrainError(ValueError):
 class TrainConfig(Recipe):
     """A whole run: its Recipe (train.recipe) plus its size, seed, and how it runs."""
 
-    epochs: int = 30
-    batch_size: int = 128  # images per step (train.defaults sets it per dataset)
+    # The run's own settings, each tagged (train.recipe.OWN) as SHAPES (changes the result: in the fingerprint)
+    # or RUNS (only how it runs: not in the fingerprint). A field without a tag fails the tests.
+    epochs: int = field(default=30, metadata=SHAPES)
+    batch_size: int = field(default=128, metadata=SHAPES)  # images per step (train.defaults sets it per dataset)
     # OneCycle peak learning rate at that batch. Only a bare TrainConfig gets 0.1 (it is in the fingerprints
     # of older runs, so it stays); every command takes its lr from train.defaults (cifar10: 0.2 at batch 128).
-    lr: float = 0.1
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    tta: bool = True  # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
-    device: str = "auto"  # "auto" picks cuda > mps > cpu
-    channels_last: bool = True  # NHWC activations: ~2x faster convs on CPU and tensor cores on GPU
-    amp: bool = True  # bf16 autocast, on CUDA only
-    compile: bool = False  # torch.compile: pays off only for long runs
-    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead": CUDA graphs of forward + backward
-    seed: int = 0
-    eval_batch_size: int = 1024
-    eval_every: int = 1  # epochs between evaluations of data's held-out part; 0: only after the last epoch;
-    # -1: never (the caller evaluates once itself, e.g. the final retrain's single look at the test set)
-    checkpoint: str | None = None  # path; written every `checkpoint_every` epochs, resumed from if present
-    checkpoint_every: int = 1  # epochs
-    progress: bool = False  # a line per epoch, and a tqdm bar per epoch if progress_bar
-    progress_bar: bool = True  # with progress: also the tqdm bar (command lines: only on a terminal)
-    epoch_lines: bool = True  # with progress: the line per epoch (off where the caller prints its own: search trials)
-    held_out: str = "val"  # what the progress lines call data's held-out part ("test" when it is the test set)
-    nan_check_every: int = 0  # steps between non-finite-loss checks, each a host sync that drains the GPU's
-    # queue; 0: once per epoch only, when the epoch's loss is read anyway (a diverged run wastes <= 1 epoch)
+    lr: float = field(default=0.1, metadata=SHAPES)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig, metadata=SHAPES)  # None: no augmentation
+    # also report flip-TTA accuracy (mean logits of the image and its mirror) beside the plain one
+    tta: bool = field(default=True, metadata=RUNS)
+    device: str = field(default="auto", metadata=RUNS)  # "auto" picks cuda > mps > cpu
+    # NHWC activations: ~2x faster convs on CPU and tensor cores on GPU
+    channels_last: bool = field(default=True, metadata=SHAPES)
+    amp: bool = field(default=True, metadata=SHAPES)  # bf16 autocast, on CUDA only
+    compile: bool = field(default=False, metadata=RUNS)  # torch.compile: pays off only for long runs
+    # torch.compile's mode; "reduce-overhead": CUDA graphs of forward + backward
+    compile_mode: str = field(default="default", metadata=RUNS)
+    seed: int = field(default=0, metadata=SHAPES)
+    eval_batch_size: int = field(default=1024, metadata=RUNS)
+    # epochs between evaluations of data's held-out part; 0: only after the last epoch; -1: never (the caller
+    # evaluates once itself, e.g. the final retrain's single look at the test set)
+    eval_every: int = field(default=1, metadata=RUNS)
+    # path; written every `checkpoint_every` epochs, resumed from if present
+    checkpoint: str | None = field(default=None, metadata=RUNS)
+    checkpoint_every: int = field(default=1, metadata=RUNS)  # epochs
+    progress: bool = field(default=False, metadata=RUNS)  # a line per epoch, and a tqdm bar per epoch if progress_bar
+    # with progress: also the tqdm bar (command lines: only on a terminal)
+    progress_bar: bool = field(default=True, metadata=RUNS)
+    # with progress: the line per epoch (off where the caller prints its own: search trials)
+    epoch_lines: bool = field(default=True, metadata=RUNS)
+    # what the progress lines call data's held-out part ("test" when it is the test set)
+    held_out: str = field(default="val", metadata=RUNS)
+    # steps between non-finite-loss checks, each a host sync that drains the GPU's queue; 0: once per epoch
+    # only, when the epoch's loss is read anyway (a diverged run wastes <= 1 epoch)
+    nan_check_every: int = field(default=0, metadata=RUNS)
 
     def augment_strength(self) -> float:
         """The multiplier at the first epoch: augment_start, or the run-length rule when it is None."""
@@ -86,10 +97,8 @@ class TrainConfig(Recipe):
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the result (not device, progress or checkpoint place)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "progress_bar", "checkpoint",
-                                                                   "compile", "compile_mode", "checkpoint_every", "epoch_lines",
-                                                                   "eval_batch_size", "eval_every",
-                                                                   "nan_check_every", "held_out", "tta")}
+        runs_only = {f.name for f in fields(self) if f.metadata.get(OWN) == RUNS[OWN]}
+        d = {k: v for k, v in asdict(self).items() if k not in runs_only}
         for k, default in before_values().items():  # settings added later hash as before while at that value
             if d.get(k) == default:
                 del d[k]

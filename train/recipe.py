@@ -2,8 +2,13 @@
 settings. `train.engine.TrainConfig` extends it. A search study stores it (with the augmentation's own
 settings, `TrainConfig.recipe()`), so that its later trials and its final retrain train as its first ones did.
 
-A setting added after checkpoints and studies existed names, in its field's metadata, the value that
-reproduces the runs before it (`BEFORE`): a config at that value hashes as before (TrainConfig.fingerprint).
+Compatibility lives in field metadata, in one place, and everything else derives from it:
+  * a recipe setting added after checkpoints and studies existed names the value that reproduces the runs
+    before it (`BEFORE`): a config at that value hashes as before (TrainConfig.fingerprint), and a study's
+    stored recipe that lacks it gets that value (search.settings.migrate);
+  * each of TrainConfig's own settings (not the recipe's) is tagged `SHAPES` (it changes the result: in the
+    fingerprint) or `RUNS` (how it runs only: device, progress, checkpoint place, ...; not in the fingerprint).
+Adding a setting is one field with its tag; tests/test_engine.py fails for an untagged one.
 How the defaults were chosen, on a validation split: results/benchmarks/recipe/recipe_cpu.md.
 """
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Recipe", "RECIPE_FIELDS", "BEFORE", "before_values"]
+__all__ = ["Recipe", "RECIPE_FIELDS", "BEFORE", "before_values", "OWN", "SHAPES", "RUNS"]
 
 BEFORE = "before"  # field metadata key: the value that reproduces the runs made before the setting existed
+OWN = "own"  # field metadata key of a TrainConfig setting that is the run's own, not the recipe's
+SHAPES = {OWN: "shapes"}  # the run's own, and it changes the result (size, seed, ...)
+RUNS = {OWN: "runs"}  # how the run runs only (device, progress, checkpoint place, ...)
 
 
 @dataclass(frozen=True)
