@@ -92,6 +92,9 @@ def add_final_args(p: argparse.ArgumentParser) -> None:
                         "control), 'presets' (default: the seed presets that meet the study's rules) or 'none'")
     p.add_argument("--compare-storage", default=None, metavar="URL",
                    help="where --compare study:NAME is looked up (default: this study's storage)")
+    p.add_argument("--finalists", type=int, default=1, metavar="K",
+                   help="retrain the K best trials for the final epochs on the search split and make the best of "
+                        "them by validation accuracy the winner (default 1: the best trial; see docs/search.md)")
 
 
 def parse_compare(text: str | None) -> list[str]:

@@ -55,7 +55,7 @@ def final_seeds(settings: SearchSettings, n: int) -> list[int]:
     return [settings.seed + k for k in range(n)]
 
 
-def resolve_entrants(run: Run, names: list[str], winner: Genome) -> list[Entrant]:
+def resolve_entrants(run: Run, names: list[str], winner: Genome | None) -> list[Entrant]:
     """The baselines named by search.cli.parse_compare's names; the winner itself (same genome) is left out. A
     SearchError names a trial or study that is not there, before anything is trained; study:NAME entries are
     looked up in run.compare_storage()."""
@@ -83,7 +83,7 @@ def resolve_entrants(run: Run, names: list[str], winner: Genome) -> list[Entrant
         js = TrialRecord.of(t).genome
         if trained_val_acc(t) is not None and js is not None:
             trained.setdefault(js, t)
-    seen = {winner.to_json()}
+    seen = {winner.to_json()} if winner is not None else set()
     kept = []
     for e in out:
         js = e.genome.to_json()

@@ -23,14 +23,16 @@ __all__ = ["FinalPlan", "Run"]
 
 @dataclass(frozen=True)
 class FinalPlan:
-    """The final phase: the winner (or trial `trial`) retrained from `seeds` seeds for `epochs` epochs, beside
-    the --compare baselines (search.compare names), each from the same seeds."""
+    """The final phase: the winner (or trial `trial`; with `finalists` > 1 the best of the K best trials
+    re-ranked at this fidelity) retrained from `seeds` seeds for `epochs` epochs, beside the --compare
+    baselines (search.compare names), each from the same seeds."""
 
     epochs: int
     seeds: int = 1
     compare: tuple[str, ...] = ()
     compare_storage: str | None = None  # where study:NAME baselines are looked up (None: the study's storage)
-    trial: int | None = None  # None: the study's best trial
+    trial: int | None = None  # None: the study's best trial (or the best re-ranked finalist)
+    finalists: int = 1  # the best trials re-ranked at the final fidelity before the winner is chosen (search.finalists)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from optuna.trial import FrozenTrial
 
 from space import Genome, analyze
 from space.export import export_code
@@ -29,7 +30,8 @@ from .context import Run
 from .seedrun import load_model, retrain
 from .record import TrialRecord
 from .settings import SearchError
-from .trials import genome_of, pick_trial, val_acc
+from .finalists import choose_winner
+from .trials import FINALISTS_KEY, genome_of, val_acc
 
 __all__ = ["FINAL_JSON", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "retrain_and_compare", "deploy_final",
            "load_final", "latency_check"]
@@ -78,12 +80,13 @@ def _already_retrained(run: Run, key: list) -> dict | None:
     return {**done, "reused": True}
 
 
-def retrain_best(run: Run) -> dict:
-    """Retrain the study's best trial (or the plan's trial) from the study's seed on run.data's training part
+def retrain_best(run: Run, trial: FrozenTrial | None = None) -> dict:
+    """Retrain the winner (`trial`, default search.finalists.choose_winner: the plan's trial, the best
+    re-ranked finalist or the best trial) from the study's seed on run.data's training part
     (search.seedrun.retrain, the one retrain path), then write the winner's files: its weights, code, genome,
     ONNX files and final.json; returns final.json's record."""
     data, epochs = run.data, run.final.epochs
-    trial = pick_trial(run.study, run.final.trial, trained=True)
+    trial = trial if trial is not None else choose_winner(run)
     genome = genome_of(trial)
     if genome.num_classes != data.num_classes:
         raise SearchError(f"trial {trial.number} has {genome.num_classes} classes but {data.name} has "
@@ -115,9 +118,9 @@ def retrain_best(run: Run) -> dict:
         "std": [float(v) for v in data.std], "history": done["history"], "y_true": done["y_true"],
         "y_pred": done["y_pred"], "finished": done["finished"],
     }
-    tta = f"flip-TTA {done['test_acc_tta']:.4f}; " if done["test_acc_tta"] is not None else ""
-    if not done.get("reused"):
-        run.log(f"test accuracy {done['test_acc']:.4f} ({tta}{len(data.y_test):,} images, evaluated once)")
+    finalists = run.study.user_attrs.get(FINALISTS_KEY)
+    if run.final.finalists > 1 and finalists:
+        record["finalists"] = finalists
     record["deploy"] = deploy_final(model, run, done["test_acc"])
     if s.latency_table is not None:
         record["latency"] = latency_check(s.latency_table, genome, record["deploy"], run.log)
@@ -160,12 +163,14 @@ def retrain_and_compare(run: Run) -> dict:
     table's rows)."""
     plan, log = run.final, run.log
     seed_list = final_seeds(run.settings, plan.seeds)
-    winner = genome_of(pick_trial(run.study, plan.trial, trained=True))
-    entrants = resolve_entrants(run, list(plan.compare), winner)
+    entrants = resolve_entrants(run, list(plan.compare), None)  # checked before any finalist trains
+    chosen = choose_winner(run)
+    winner = genome_of(chosen)
+    entrants = [e for e in entrants if e.genome != winner]  # the winner itself is no baseline
     if entrants:  # before the first epoch: what the comparison will cost
         log(f"compare: {', '.join(e.name for e in entrants)}, each retrained from "
             f"{plural(len(seed_list), 'seed')} ({', '.join(map(str, seed_list))}) like the winner")
-    record = retrain_best(run)
+    record = retrain_best(run, chosen)
     reused = record.pop("reused", False)
     label = f"winner (trial {record['trial']})"
     runs = {"winner": [{"seed": seed_list[0], "test_acc": record["test_acc"]}]

@@ -26,6 +26,7 @@ from train.files import DATA_DIR, RESULTS, removed_on_error
 from .cli import add_final_args, add_study_args, make_parser, parse_compare, positive_int
 from .context import FinalPlan, Run
 from .data import check_steps, load_full, search_split
+from .finalists import MAX_FINALISTS
 from .lifecycle import Counts, requeue
 from .loop import Search, make_train_fn
 from .memory import DeviceShare, apply_share
@@ -144,9 +145,12 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
                           "multi-objective studies; leave --pruner out")
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise SearchError(f"unknown sampler {args.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    for flag in ("trials", "trial_epochs", "final_epochs", "final_seeds", "batch_size", "max_params", "min_rf",
+    for flag in ("trials", "trial_epochs", "final_epochs", "final_seeds", "finalists", "batch_size", "max_params", "min_rf",
                  "max_macs", "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
+    if args.finalists > MAX_FINALISTS:
+        raise SearchError(f"--finalists must lie in 1..{MAX_FINALISTS} (each is a retrain as long as the final one), "
+                          f"got {args.finalists}")
     prescreen, proxy = parse_prescreen(args.prescreen, args.proxy)
     args.compare_names = parse_compare(args.compare)
     # The flags as given (None: not given); search.settings.resolve_settings adds the study's stored values
@@ -201,7 +205,8 @@ def open_run(launch: Launch, worker: int | None = None) -> Run:
         study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs),
                                     redact(url), stream=worker or 0)
     final = None if args.no_final or worker is not None else FinalPlan(
-        launch.final_epochs, args.final_seeds, tuple(args.compare_names), args.compare_storage)
+        launch.final_epochs, args.final_seeds, tuple(args.compare_names), args.compare_storage,
+        finalists=args.finalists)
     notes = ([f"; copied from {redact(default_storage(name))} for --jobs"] if migrated else []) \
         + ([f"; kept the settings it was begun with: {', '.join(kept)}"] if kept else [])
     return Run(study, settings, full, Path(args.out) if args.out else RESULTS / name, storage=url,

@@ -179,13 +179,16 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
                f"after retraining from scratch for {plural(final['epochs'], 'epoch')} on {_trained_on(final, settings)}"
                + (f"; flip-TTA {final['test_acc_tta']:.4f}" if final.get("test_acc_tta") is not None else ""),
                *_seed_lines(final),
-               f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only this)",
+               f"* validation accuracy in the search: {final['val_acc']:.4f} (selection used only validation "
+               + ("accuracy: this and the finalists' re-ranking below)" if final.get("finalists") else "accuracy)"),
                *([f"* retrained by request (`search.retrain --trial {final['trial']}`); the default winner is trial "
-                  f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"] else []),
+                  f"{best.iloc[0].number}"] if len(best) and best.iloc[0].number != final["trial"]
+                 and not final.get("finalists") else []),
                f"* {final['params']:,} parameters, {final['macs'] / 1e6:.2f} M MACs per image, receptive field "
                f"{final['rf']} px" + (f", peak activations {final['peak_act']:,} elements per image"
                                        if "peak_act" in final else ""),
                "", "```", table(g), "```", ""]
+        md += _finalists(final.get("finalists"))
         md += _payoff(final)
         report_text, cm_text = _per_class(final)
         md += ["### Per-class report (test set)", "", "```", report_text.rstrip(), "```", "",
@@ -205,6 +208,20 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
         md += ["No completed trial yet.", ""]
 
     return md
+
+
+def _finalists(f: dict | None) -> list[str]:
+    """The --finalists re-ranking (search.finalists): each finalist's trial and re-ranked validation accuracy."""
+    if not f:
+        return []
+    rows = [{"finalist": r["rank"], "trial": r["trial"], "trial val_acc": r["trial_val_acc"],
+             f"re-ranked val_acc ({f['epochs']} ep)": r["val_acc"], "winner": "yes" if r["trial"] == f["winner"] else ""}
+            for r in f["rows"]]
+    return ["### Finalists re-ranked", "",
+            f"The {plural(len(rows), 'best trial')} by validation accuracy, each retrained for "
+            f"{plural(f['epochs'], 'epoch')} on the search's {f['n_train']:,} training images (seed {f['seed']}) "
+            f"and scored on its {f['n_val']:,} validation images; the best re-ranked accuracy is the winner. "
+            "The test set played no part.", "", _md_table(pd.DataFrame(rows)), ""]
 
 
 def _seed_lines(final: dict) -> list[str]:

@@ -20,10 +20,11 @@ from train.files import DATA_DIR, RESULTS
 from .cli import (ERRORS, add_final_args, add_study_args, locate, make_parser, open_existing, parse_compare,
                   positive_int)
 from .context import FinalPlan, Run
-from .data import load_full, store_normalisation
+from .data import load_full, search_split, store_normalisation
 from .final import retrain_and_compare
+from .finalists import MAX_FINALISTS
 from .report import write_and_list
-from .settings import DEFAULTS, defaults_text
+from .settings import DEFAULTS, SearchError, defaults_text
 from .study import stored_settings
 from .trials import pick_trial
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     positive_int("--final-epochs", args.final_epochs)
     positive_int("--subset-test", args.subset_test)
     positive_int("--final-seeds", args.final_seeds)
+    positive_int("--finalists", args.finalists)
+    if args.finalists > MAX_FINALISTS:
+        raise SearchError(f"--finalists must lie in 1..{MAX_FINALISTS}, got {args.finalists}")
     names = parse_compare(args.compare)
     study, url = open_existing(args)
     settings = stored_settings(study)
@@ -58,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
     store_normalisation(study, data)  # a study begun before search.run stored it
-    plan = FinalPlan(epochs, args.final_seeds, tuple(names), args.compare_storage, args.trial)
+    plan = FinalPlan(epochs, args.final_seeds, tuple(names), args.compare_storage, args.trial, args.finalists)
     run = Run(study, settings, data, Path(args.out) if args.out else RESULTS / study.study_name,
               storage=locate(args.storage, study.study_name).url, device=device, epoch_lines=args.progress,
-              bar=args.progress, final=plan)
+              bar=args.progress, final=plan, split=search_split(data, settings))
     final = retrain_and_compare(run)
     paths = write_and_list(study, run.out, url, final)
     if args.json:

@@ -156,8 +156,10 @@ def _over_seeds(final: dict) -> str:
 def _summary(run: Run, launch: Launch, counts: Counts, final: dict | None, seconds: dict[str, float]) -> None:
     """The report files, the winner, and the --json line."""
     best = best_trial(run.study.get_trials(deepcopy=False))
+    if final:  # the winner: the best trial, or the best re-ranked finalist (search.finalists)
+        best = next(t for t in run.study.get_trials(deepcopy=False) if t.number == final["trial"])
     best_acc = val_acc(best) if best else None
-    print(f"best trial {best.number if best else None}: validation accuracy "
+    print(f"{'winner: trial' if final else 'best trial'} {best.number if best else None}: validation accuracy "
           f"{best_acc if best else float('nan'):.4f}"
           + (f"; test accuracy {final['test_acc']:.4f}" + _over_seeds(final)
              + f" after {plural(run.final.epochs, 'epoch')} ("

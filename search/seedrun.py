@@ -49,9 +49,11 @@ def run_key(genome: Genome, fingerprint: str, data: ImageData) -> str:
 
 def retrain(run: Run, genome: Genome, seed: int, label: str, data: ImageData | None = None) -> dict:
     """Train `genome` from `seed` for the final plan's epochs under the study's recipe on data's training part
-    (default: run.data), score data's held-out part once, and return the run's record: test_acc (plain),
+    (default: run.data), score data's held-out part once, and return the run's record: test_acc (plain; on
+    other data than run.data, e.g. the search split, its held-out part's accuracy: "held_out" says which),
     test_acc_tta (None where training does not flip), test_loss, history, y_true / y_pred, seconds, "key"
     (the cache file stem) and "reused" when it was read back from the cache."""
+    held_out = "test" if data is None or data is run.data else "validation"
     data = data if data is not None else run.data
     epochs = run.final.epochs
     config = run.settings.train_config(epochs, run.device, eval_every=-1, progress=run.epoch_lines,
@@ -61,7 +63,8 @@ def retrain(run: Run, genome: Genome, seed: int, label: str, data: ImageData | N
     folder.mkdir(parents=True, exist_ok=True)
     done = _read_back(folder / f"{key}.json")
     if done is not None:
-        run.log(f"{label}, seed {seed}: test accuracy {done['test_acc']:.4f} (finished earlier, {folder / key}.json)")
+        run.log(f"{label}, seed {seed}: {held_out} accuracy {done['test_acc']:.4f} (finished earlier, "
+                f"{folder / key}.json)")
         return {**done, "key": key, "reused": True}
     run.log(f"{label}: retraining from seed {seed} for {plural(epochs, 'epoch')} on {len(data.y_train):,} images")
     t0 = time.time()
@@ -75,7 +78,7 @@ def retrain(run: Run, genome: Genome, seed: int, label: str, data: ImageData | N
     scores = score_test_set(result.model, data, device)  # float32, as the exported weights ship
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     write_atomic(folder / f"{key}.model.pt", lambda tmp: torch.save(state, tmp))
-    record = {"label": label, "genome": genome.to_json(), "seed": seed, "epochs": epochs,
+    record = {"label": label, "genome": genome.to_json(), "seed": seed, "epochs": epochs, "held_out": held_out,
               "test_acc": scores.acc, "test_acc_tta": scores.acc_tta if config.tta else None,
               "test_loss": scores.loss, "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
               "train_acc": result.history[-1].train_acc, "train_seconds": round(result.train_seconds, 2),
@@ -86,7 +89,9 @@ def retrain(run: Run, genome: Genome, seed: int, label: str, data: ImageData | N
               "y_pred": scores.pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(folder / f"{key}.json", record)  # last: from here on the run is finished
     (folder / f"{key}.pt").unlink(missing_ok=True)  # its checkpoint is no longer needed
-    run.log(f"{label}, seed {seed}: test accuracy {scores.acc:.4f} ({len(data.y_test):,} images, evaluated once)")
+    tta = f"flip-TTA {record['test_acc_tta']:.4f}; " if record["test_acc_tta"] is not None else ""
+    run.log(f"{label}, seed {seed}: {held_out} accuracy {scores.acc:.4f} ({tta}{len(data.y_test):,} images, "
+            "evaluated once)")
     return {**record, "key": key}
 
 

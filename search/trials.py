@@ -16,7 +16,11 @@ from .lifecycle import Outcome, classify, is_enqueued, rejected_reason, state_co
 from .record import TrialRecord
 from .settings import SearchError
 
-__all__ = ["best_trial", "pareto_trials", "val_acc", "trained_val_acc", "genome_of", "pick_trial", "rejected_fraction",
+# The study user attr holding the --finalists re-ranking (search.finalists): {"k", "epochs", "seed", "n_train",
+# "n_val", "rows": [{"trial", "rank", "trial_val_acc", "val_acc", "key"}], "winner"}.
+FINALISTS_KEY = "finalists"
+
+__all__ = ["FINALISTS_KEY", "best_trial", "ranked_trials", "finalists_winner", "pareto_trials", "val_acc", "trained_val_acc", "genome_of", "pick_trial", "rejected_fraction",
            "leaderboard", "pareto_front"]
 
 def pareto_front(cost: Sequence[float], acc: Sequence[float]) -> list[int]:
@@ -60,18 +64,31 @@ def pareto_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [done[i] for i in pareto_front(cost, [val_acc(t) for t in done])]
 
 
-def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
-    """Highest validation accuracy among trained, feasible, COMPLETE trials; ties: fewer parameters, then
-    the earlier trial. Pruned trials are out: their accuracy after fewer epochs is not comparable.
-    In a multi-objective study the winner is chosen the same way among the members of the Pareto front,
-    so that it is one (an equally accurate trial with a lower cost beats one with fewer parameters)."""
-    trials = list(trials)
-    done = _feasible_completed(trials)
+def ranked_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials a winner is chosen from, best first: trained, feasible, COMPLETE trials by validation
+    accuracy; ties: fewer parameters, then the earlier trial. Pruned trials are out: their accuracy after
+    fewer epochs is not comparable. In a multi-objective study only the members of the Pareto front, so that
+    the winner is one (an equally accurate trial with a lower cost beats one with fewer parameters)."""
+    done = _feasible_completed(list(trials))
     if done and len(done[0].values) > 1:
         done = pareto_trials(done)
-    if not done:
+    return sorted(done, key=lambda t: (-val_acc(t), _params(t), t.number))
+
+
+def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The first of ranked_trials (None when there is none)."""
+    ranked = ranked_trials(trials)
+    return ranked[0] if ranked else None
+
+
+def finalists_winner(study: optuna.Study) -> int | None:
+    """The trial --finalists re-ranking chose (search.finalists), while the study's best trials are still the
+    ones it re-ranked; None otherwise."""
+    stored = study.user_attrs.get(FINALISTS_KEY)
+    if not stored:
         return None
-    return max(done, key=lambda t: (val_acc(t), -_params(t), -t.number))
+    top = [t.number for t in ranked_trials(study.get_trials(deepcopy=False))[:stored["k"]]]
+    return stored["winner"] if top == [r["trial"] for r in stored["rows"]] else None
 
 
 def rejected_fraction(trials: Iterable[FrozenTrial]) -> list[bool]:
@@ -89,6 +106,8 @@ def pick_trial(study: optuna.Study, number: int | None = None, *, trained: bool 
     have been trained, or copy a trained trial's result) and search.export (a rejected trial only with
     `force`). A SearchError names what is wrong."""
     trials = study.get_trials(deepcopy=False)
+    if number is None and finalists_winner(study) is not None:
+        number = finalists_winner(study)
     if number is None:
         best = best_trial(trials)
         if best is None:
