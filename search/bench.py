@@ -248,7 +248,7 @@ def build_parser():
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per run (CPU 2, CUDA 10: two "
                    "runs that agree make a figure)")
     p.add_argument("--repeats", type=int, default=3, help="runs per job count at most; it is measured until two agree "
-                   f"within {AGREE:.0%} (at least 2; default 3)")
+                   f"within {AGREE * 100:.0f} %% (at least 2; default 3)")
     p.add_argument("--batch-size", type=int, default=None, help="measured batch (CUDA: the dataset's, CPU: 32)")
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (CPU 1, CUDA 20: one host sync per epoch)")
     p.add_argument("--trials", type=int, default=100, help="trained trials to project (default 100)")

@@ -45,7 +45,7 @@ from typing import Callable
 
 from .settings import SearchError
 
-__all__ = ["SlotLock", "parse_jobs", "auto_jobs", "plan_workers", "cpu_threads", "worker_argv", "run_workers",
+__all__ = ["PARENT_ENV", "SlotLock", "parse_jobs", "auto_jobs", "plan_workers", "cpu_threads", "worker_argv", "run_workers",
            "GIB_PER_JOB", "MAX_AUTO_JOBS", "MAX_JOBS_PER_GPU", "DEVICE_ENV", "SHARE_ENV", "Placement", "place",
            "auto_counts", "visible_entries", "worker_device", "STOP", "request_stop", "check_stop",
            "quiet_lost_interrupts"]
@@ -222,6 +222,9 @@ def plan_workers(device, jobs: int | str) -> Placement:
     return place([str(d) for d in devices], None if jobs == "auto" else int(jobs), cpus=available_cpus())
 
 
+PARENT_ENV = "TINYNAS_PARENT_PID"  # a worker's parent, which it must not outlive (search.worker)
+
+
 def cpu_threads(jobs: int) -> int:
     """Intra-op threads per worker so that N workers together use the cores once, not N times over."""
     from train.device import available_cpus
@@ -254,7 +257,7 @@ def run_workers(argv: list[str], jobs: int, threads: int, log=print, placement: 
     A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by search.run) is passed on to the workers as
     SIGTERM and waited out; further signals meanwhile are ignored, so that no worker is left behind.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
     procs: list[subprocess.Popen] = []
     interrupted = False
     try:

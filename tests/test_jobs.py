@@ -134,6 +134,48 @@ def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_to_exactly_n(tmp
         assert any(u.user_attrs.get("retry_of") == t.number for u in trials)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped by its new parent counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_die_with_a_parent_killed_by_sigkill_and_the_same_command_resumes_to_exactly_n(tmp_path):
+    args = [("3" if prev == "--trial-epochs" else a) for prev, a in zip([None, *DIGITS], DIGITS)]
+    cmd = [sys.executable, "-m", "search.run", *args, "--trials", "3", "--jobs", "2", "--study-name", "k9"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    _wait_for_two_training(tmp_path, "k9", p)
+    workers = _children(p.pid)
+    assert len(workers) == 2
+    p.kill()  # SIGKILL: the parent passes nothing on
+    p.wait()
+    end = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < end:
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)]  # every worker gone within 10 s
+    r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    trials = journal_study(tmp_path, "k9").get_trials()
+    assert len(trained(trials)) == 3 and not [t for t in trials if t.state == TrialState.RUNNING]
+
+
 def test_workers_sharing_the_slot_lock_never_train_more_than_n(monkeypatch):
     # Threads of one process stand in for worker processes; the reaper would take each other's trials for
     # orphans of this process (it is tested on its own in test_search), so it is off here.

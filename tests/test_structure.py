@@ -159,3 +159,23 @@ def test_every_module_says_in_its_first_line_what_it_holds(package):
     missing = [str(p.relative_to(ROOT)) for p in _modules(package)
                if not (ast.get_docstring(_tree(p)) or "").strip().splitlines()[:1]]
     assert not missing
+
+
+def _commands() -> list[str]:
+    """Every `python -m` command of the project: the modules with a __main__ block."""
+    return sorted(f"{p.parent.name}.{p.stem}" for package in ("search", "train", "space") for p in _modules(package)
+                  if 'if __name__ == "__main__":' in p.read_text())
+
+
+def test_there_are_commands_to_check():
+    assert {"search.run", "search.worker", "search.bench", "train.run", "space.describe"} <= set(_commands())
+
+
+@pytest.mark.parametrize("module", _commands())
+def test_every_commands_help_prints_its_usage_and_exits_0(module):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.startswith("usage: ") and "--help" in r.stdout
