@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from space import Rules, analyze, check
+from space import DEFAULT_MAX_PARAMS, Rules, analyze, check
 from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVERHEAD_TERMS, RUNTIMES, LatencyError,
                            LatencyTable, overhead_features, predict)
 from space.layers import Classifier, ConvBN, Projection, build
@@ -343,7 +343,7 @@ def channel_step(runner: Runner, fallback: bool = False) -> tuple[int, dict[str,
     return min((8, 16, 32), key=error), probe
 
 
-def build_table(runtime: str, threads: int, timing: Timing, max_params: int = 200_000,
+def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DEFAULT_MAX_PARAMS,
                 log: Callable[[str], None] = print) -> dict:
     """Measure and return the table (a JSON-able dict)."""
     from train.deploy import cpu_name
@@ -393,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="measure the blocks and write a latency table")
     b.add_argument("--runtime", required=True, help=f"one of: {', '.join(RUNTIMES)}")
     b.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    b.add_argument("--max-params", type=int, default=200_000, help="the widest blocks measured: those of nets "
-                   "within this many parameters (default 200,000)")
+    b.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS, help="the widest blocks measured: those of "
+                   f"nets within this many parameters (default {DEFAULT_MAX_PARAMS:,})")
     b.add_argument("--quick", action="store_true", help="a tiny table in seconds (tests; its figures are rough)")
     b.add_argument("-o", "--out", required=True, help="the table, a .json file")
     b.error = p.error  # type: ignore[method-assign]  # one error line, not usage
