@@ -197,6 +197,29 @@ def test_widths_inside_a_grid_cell_are_rounded_up_to_the_runtimes_channel_step()
     assert table.lookup("pw/16", 90, 90)[0] == 2.0  # 96 at most: rounding stays inside the cell
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_every_block_the_prediction_looks_up_is_a_block_the_build_measures(int8):
+    """The build names its entries and the prediction looks them up with one function (block_key): every key a
+    feasible net is predicted from is one the build writes, fallback blocks included."""
+    from space import DEFAULT_MAX_PARAMS
+    from space.latency import block_key, block_keys
+    from train.latency import WIDTHS, block_specs
+
+    built = block_specs(WIDTHS, DEFAULT_MAX_PARAMS, int8)
+    rules = Rules()
+    looked_up = {k for g in sample_genomes(200, seed=5, rules=rules) if not check(g, rules)
+                 for _, parts, _ in block_keys(g, int8) for k, _, _ in parts}
+    assert looked_up and looked_up <= set(built)
+    assert any(k.startswith("fallback/") for k in looked_up) == int8
+    for key, spec in built.items():  # the build's keys are block_key's, from the axes it measures
+        plain = block_key(spec["kind"], spec["size"], spec["stride"], spec["dilation"])
+        assert key == ("fallback/" + plain if spec.get("fallback") else plain)
+    assert (block_key("conv3", 16, 2, 1), block_key("proj", 32, 2), block_key("head", 4)) == (
+        "conv3/s2/d1/16", "proj/s2/32", "head/4")  # the layout the module docstring gives
+    with pytest.raises(ValueError, match="unknown block kind 'maxpool'"):
+        block_key("maxpool", 8)
+
+
 class _PaddingRunner:
     """Times a conv as if the runtime computed `step` channels at a time (work ~ padded cin x cout)."""
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from space import DEFAULT_MAX_PARAMS, Rules, analyze, check
 from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVERHEAD_TERMS, RUNTIMES, LatencyError,
-                           LatencyTable, overhead_features, predict)
+                           LatencyTable, block_key, overhead_features, predict)
 from space.layers import Classifier, ConvBN, Projection, build
 from space.sample import sample_genomes
 
@@ -69,24 +69,29 @@ def _grid2(widths: tuple[int, ...], k2: int, max_params: int, first: tuple[int, 
 
 
 def block_specs(widths: tuple[int, ...], max_params: int, int8: bool = False) -> dict[str, dict]:
-    """Every table key with its axes: {"kind", "stride", "dilation", "size", "cin", "cout" (2-D kinds),
-    "mask", "fallback"}; with `int8`, also FALLBACK + key for each conv block that can fall back to fp32
-    (space.latency._falls_back: the convs and the stride-1 projections)."""
+    """Every table key (space.latency.block_key) with its axes: {"kind", "stride", "dilation", "size", "cin",
+    "cout" (2-D kinds), "mask", "fallback"}; with `int8`, also FALLBACK + key for each conv block that can fall
+    back to fp32 (space.latency._falls_back: the convs and the stride-1 projections)."""
     specs: dict[str, dict] = {}
+
+    def add(kind: str, stride: int, dilation: int, size: int, **axes) -> None:
+        specs[block_key(kind, size, stride, dilation)] = dict(kind=kind, stride=stride, dilation=dilation, size=size,
+                                                              **axes)
+
     for s, d, size in _conv_keys():
         xs, ys, mask = _grid2(widths, 9, max_params, (3,) if size == 32 else ())
-        specs[f"conv3/s{s}/d{d}/{size}"] = dict(kind="conv3", stride=s, dilation=d, size=size, cin=xs, cout=ys, mask=mask)
-        specs[f"dw3/s{s}/d{d}/{size}"] = dict(kind="dw3", stride=s, dilation=d, size=size, cin=list(widths))
+        add("conv3", s, d, size, cin=xs, cout=ys, mask=mask)
+        add("dw3", s, d, size, cin=list(widths))
     for size in (32, 16, 8, 4):
         xs, ys, mask = _grid2(widths, 1, max_params)
-        specs[f"pw/{size}"] = dict(kind="pw", stride=1, dilation=1, size=size, cin=xs, cout=ys, mask=mask)
-        specs[f"add/{size}"] = dict(kind="add", stride=1, dilation=1, size=size, cin=list(widths))
-        specs[f"head/{size}"] = dict(kind="head", stride=1, dilation=1, size=size, cin=list(widths))
+        add("pw", 1, 1, size, cin=xs, cout=ys, mask=mask)
+        add("add", 1, 1, size, cin=list(widths))
+        add("head", 1, 1, size, cin=list(widths))
         for s in (1, 2) if size > 4 else (1,):
             xs, ys, mask = _grid2(widths, 1, max_params, (3,) if size == 32 else ())
-            specs[f"proj/s{s}/{size}"] = dict(kind="proj", stride=s, dilation=1, size=size, cin=xs, cout=ys, mask=mask)
+            add("proj", s, 1, size, cin=xs, cout=ys, mask=mask)
     fallbacks = {FALLBACK + k: {**sp, "fallback": True} for k, sp in specs.items()
-                 if sp["kind"] in ("conv3", "dw3", "pw") or k.startswith("proj/s1/")} if int8 else {}
+                 if sp["kind"] in ("conv3", "dw3", "pw") or (sp["kind"] == "proj" and sp["stride"] == 1)} if int8 else {}
     return {**specs, **fallbacks}
 
 
