@@ -178,12 +178,12 @@ class Runner:
         """Each block as its own ONNX model (and quantized for int8 with train.deploy's settings). The blocks
         use torch's TorchScript exporter: 10 ms a block instead of the dynamo exporter's 0.5 s, and the same
         ONNX ops once ONNX Runtime has fused BatchNorm into the conv (Conv, Relu, Add, Slice, ...)."""
-        from train.deploy import _quiet, quantize_float
+        from train.deploy import quiet_export, quantize_float
 
         paths = []
         for i, (m, x) in enumerate(zip(modules, inputs)):
             p = self.workdir / f"b{i}.onnx"
-            with _quiet(), torch.no_grad():
+            with quiet_export(), torch.no_grad():
                 torch.onnx.export(m.eval(), (x,), str(p), dynamo=False, input_names=["input"])
             if self.runtime == "onnxruntime-int8":
                 q = self.workdir / f"b{i}.int8.onnx"
@@ -193,9 +193,9 @@ class Runner:
         return paths
 
     def _time_onnx(self, path: Path, x: torch.Tensor) -> float:
-        from train.deploy import _session
+        from train.deploy import onnx_session
 
-        session = _session(path, self.threads)
+        session = onnx_session(path, self.threads)
         name = session.get_inputs()[0].name
         feed = {name: x.numpy()}
         return _best_median(lambda: session.run(None, feed), self.timing, self.clock)
