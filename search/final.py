@@ -28,7 +28,7 @@ from space.latency import LatencyTable, predict
 from space.spec import plural
 from train.data import ImageData
 from train.engine import resolve_device, train
-from train.files import write_json
+from train.files import finite_or_none, write_json
 from train.testset import score_test_set
 
 from .compare import compare_rows, final_seeds, resolve_entrants, seed_run, seed_stats
@@ -42,11 +42,6 @@ FINAL_JSON = "final.json"
 CHECKPOINT = "final_checkpoint.pt"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
 DEPLOY_FILES = ("best_model.onnx", "best_model.int8.onnx")  # and these, with the deploy extra
-
-
-def _finite(d: dict) -> dict:
-    """NaN (an epoch without evaluation) as null, so that final.json is strict JSON."""
-    return {k: None if isinstance(v, float) and v != v else v for k, v in d.items()}
 
 
 def load_final(out_dir: str | Path) -> dict | None:
@@ -154,7 +149,8 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "seed": settings.seed, "batch_size": settings.batch_size, "lr": settings.lr, "augment": settings.augment,
         "dataset": data.name, "classes": list(data.classes), "mean": [float(m) for m in data.mean],
-        "std": [float(s) for s in data.std], "history": [_finite(asdict(h)) for h in result.history],
+        "std": [float(s) for s in data.std],
+        "history": [{k: finite_or_none(v) for k, v in asdict(h).items()} for h in result.history],  # NaN: null
         "y_true": scores.labels.tolist(), "y_pred": scores.pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     tta = f"flip-TTA {test_acc_tta:.4f}; " if test_acc_tta is not None else ""

@@ -22,7 +22,6 @@ loop without torch.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -33,6 +32,7 @@ import optuna
 
 from space import Analysis, Genome, analyze, check, construct, constraint_values
 from space.latency import predict
+from train.files import finite_or_none
 
 from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, duplicate_of, failed, free_places,
                         heartbeat, is_enqueued, mark, not_trained, objective_values, reap_dead_trials, rejected,
@@ -81,11 +81,6 @@ def make_train_fn(data, settings: SearchSettings, device: str = "auto", share: D
                                    progress=bar, progress_bar=bar, epoch_lines=False)
     return guard(lambda genome, cfg, on_epoch: engine.train(genome, cfg, data, on_epoch=on_epoch), config,
                  share or DeviceShare(f"pid {os.getpid()}", device))
-
-
-def _json_float(value: float) -> float | None:
-    """A user attr value: None for NaN and infinities (not JSON)."""
-    return float(value) if math.isfinite(value) else None
 
 
 @dataclass
@@ -266,8 +261,8 @@ class Search:
         order, scores, values = p.rank([c.genome for _, c in round_])
         for rank, i in enumerate(order, 1):
             for key, value in {"prescreen_proxy": p.proxy, "prescreen_k": len(round_), "prescreen_rank": rank,
-                               "prescreen_score": _json_float(scores[i]),
-                               "prescreen_values": {k: _json_float(v) for k, v in values[i].items()}}.items():
+                               "prescreen_score": finite_or_none(scores[i]),
+                               "prescreen_values": {k: finite_or_none(v) for k, v in values[i].items()}}.items():
                 round_[i][0].set_user_attr(key, value)
         winner, wcand = round_[order[0]]
         with self.lock:
