@@ -32,7 +32,7 @@ from space import PRESETS, Genome, analyze, get_preset
 from space.rules import check
 from space.spec import plural
 from train.data import ImageData
-from train.engine import resolve_device, train
+from train.engine import resolve_device, train, tta_applies
 from train.files import write_json
 from train.testset import score_test_set
 
@@ -155,7 +155,7 @@ def seed_run(genome: Genome, settings: SearchSettings, data: ImageData, epochs: 
         raise SearchError(f"retrain of {label} (seed {seed}) {result.status}: {result.message}")
     scores = score_test_set(result.model, data, resolve_device(result.device))  # fp32, as final.py scores
     record = {"label": label, "genome": genome.to_json(), "seed": seed, "epochs": epochs,
-              "test_acc": scores.acc, "test_acc_tta": scores.acc_tta if settings.augment else None,
+              "test_acc": scores.acc, "test_acc_tta": scores.acc_tta if tta_applies(settings.augment) else None,
               "test_loss": scores.loss, "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
               "train_seconds": round(result.train_seconds, 2), "wall_seconds": round(time.time() - t0, 2),
               "device": result.device, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -27,7 +27,7 @@ from space.export import export_code
 from space.latency import LatencyTable, predict
 from space.spec import plural
 from train.data import ImageData
-from train.engine import resolve_device, train
+from train.engine import resolve_device, train, tta_applies
 from train.files import finite_or_none, write_json
 from train.testset import score_test_set
 
@@ -133,7 +133,7 @@ def retrain_best(study: optuna.Study, settings: SearchSettings, data: ImageData,
     # The one look at the test set: predictions give the accuracy and the per-class report.
     scores = score_test_set(result.model, data, dev)  # float32, as best_model.pt and the ONNX files ship
     # flip-TTA only where training flipped the images (not digits: a mirrored 2 is no 2)
-    test_acc, test_acc_tta = scores.acc, (scores.acc_tta if settings.augment else None)
+    test_acc, test_acc_tta = scores.acc, (scores.acc_tta if tta_applies(settings.augment) else None)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}  # EMA weights, if any
     torch.save(state, out / "best_model.pt")
     (out / "best_model.py").write_text(export_code(genome, data.mean, data.std, settings.max_params, settings.min_rf))
