@@ -24,7 +24,7 @@ import torch
 
 from space import Genome, analyze
 from space.export import export_code
-from space.latency import LatencyTable, predict
+from space.latency import LatencyTable, predict_latency
 from space.spec import plural
 from train.data import ImageData
 from train.engine import resolve_device, train, tta_applies
@@ -168,7 +168,7 @@ def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callab
     only when the table was measured on this machine (same CPU, threads and runtime version)."""
     from train.deploy import cpu_name
 
-    predicted = predict(genome, table).ms
+    predicted = predict_latency(genome, table).ms
     record = {"runtime": table.runtime, "threads": table.threads, "table_machine": table.machine,
               "predicted_ms": round(predicted, 4), "measured_ms": None, "error_pct": None}
     kind = {"onnxruntime-fp32": "fp32", "onnxruntime-int8": "int8"}.get(table.runtime)

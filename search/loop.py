@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import optuna
 
 from space import Analysis, Genome, analyze, check, construct, constraint_values
-from space.latency import predict
+from space.latency import predict_latency
 from train.files import finite_or_none
 
 from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, duplicate_of, failed, free_places,
@@ -238,7 +238,7 @@ class Search:
         carried = trial.user_attrs.get("genome")  # presets and retries carry their exact genome
         genome = Genome.from_json(carried) if carried else built.genome
         a = analyze(genome)
-        ms = predict(genome, s.latency_table).ms if s.latency_table is not None else None
+        ms = predict_latency(genome, s.latency_table).ms if s.latency_table is not None else None
         for key, value in constraint_values(genome, s.rules).items():
             trial.set_constraint(key, value)
         for key, value in {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params,

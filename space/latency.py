@@ -32,7 +32,8 @@ from .analysis import analyze
 from .genome import Genome
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BLOCKS_VERSION", "RUNTIMES", "LatencyError", "LatencyTable", "Prediction",
-           "LayerLatency", "FALLBACK", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table", "predict"]
+           "LayerLatency", "FALLBACK", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table",
+           "predict_latency"]
 
 FORMAT = "tinynas-latency-table"
 FORMAT_VERSION = 1  # the JSON layout
@@ -283,7 +284,7 @@ def overhead_features(genome: Genome, int8: bool) -> list[tuple[str, list[tuple[
     return out
 
 
-def predict(genome: Genome, table: LatencyTable) -> Prediction:
+def predict_latency(genome: Genome, table: LatencyTable) -> Prediction:
     """The predicted latency of `genome` at batch 1 on the table's target: per block the interpolated
     figure plus its share of the fitted overhead (OVERHEAD_TERMS), plus the fixed cost (module docstring)."""
     over = table.data.get("overhead", {})

@@ -29,7 +29,7 @@ from torch import nn
 
 from space import DEFAULT_MAX_PARAMS, Rules, analyze, check
 from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVERHEAD_TERMS, RUNTIMES, LatencyError,
-                           LatencyTable, block_key, overhead_features, predict)
+                           LatencyTable, block_key, overhead_features, predict_latency)
 from space.layers import Classifier, ConvBN, Projection, build
 from space.sample import sample_genomes
 
@@ -292,7 +292,7 @@ def fit_overhead(data: dict, genomes: list, measured: list[float]) -> dict:
     linear MACs fit's leave-one-out median errors on these nets."""
     int8 = data["runtime"] == "onnxruntime-int8"
     base = LatencyTable({**data, "overhead": {}})
-    sums = np.array([predict(g, base).ms for g in genomes])
+    sums = np.array([predict_latency(g, base).ms for g in genomes])
     feats = np.array([[1.0] + [sum(f[k] for _, _, f in overhead_features(g, int8)) for k in range(1, 4)]
                       for g in genomes])
     if not int8:  # no fallback blocks: that column is all zero
