@@ -91,8 +91,8 @@ def block_specs(widths: tuple[int, ...], max_params: int, int8: bool = False) ->
             xs, ys, mask = _grid2(widths, 1, max_params, (3,) if size == 32 else ())
             add("proj", s, 1, size, cin=xs, cout=ys, mask=mask)
     fallbacks = {FALLBACK + k: {**sp, "fallback": True} for k, sp in specs.items()
-                 if sp["kind"] in ("conv3", "dw3", "pw") or (sp["kind"] == "proj" and sp["stride"] == 1)} if int8 else {}
-    return {**specs, **fallbacks}
+                 if sp["kind"] in ("conv3", "dw3", "pw") or sp["kind"] == "proj" and sp["stride"] == 1}
+    return {**specs, **fallbacks} if int8 else specs
 
 
 class _Add(nn.Module):
