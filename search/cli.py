@@ -24,7 +24,7 @@ import optuna
 
 from space.genome import GenomeError
 from space.rules import RulesError
-from space.spec import CliParser
+from space.cli import CliParser
 from train.data import DataError
 from train.device import DeviceError
 from train.files import RESULTS

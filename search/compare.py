@@ -30,7 +30,7 @@ import optuna
 
 from space import PRESETS, Genome, analyze, get_preset
 from space.rules import check
-from space.spec import plural
+from space.cli import plural
 from train.data import ImageData
 from train.engine import resolve_device, train, tta_applies
 from train.files import write_json

@@ -25,7 +25,7 @@ import torch
 from space import Genome, analyze
 from space.export import export_code
 from space.latency import LatencyTable, predict_latency
-from space.spec import plural
+from space.cli import plural
 from train.data import ImageData
 from train.engine import resolve_device, train, tta_applies
 from train.files import finite_or_none, write_json

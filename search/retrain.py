@@ -80,5 +80,5 @@ def _compare_url(args, name: str) -> str:
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
     run_cli(main, errors=ERRORS)

@@ -37,7 +37,7 @@ import optuna
 
 from space import check_satisfiable
 from space.rules import add_rule_flags
-from space.spec import plural
+from space.cli import plural
 from train.device import check_devices
 from train.files import DATA_DIR, RESULTS, removed_on_error
 
@@ -409,6 +409,6 @@ def _summary(args, study, settings, counts, final, out, label, name, search_seco
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
     sys.unraisablehook = quiet_lost_interrupts  # a lost KeyboardInterrupt is obeyed, not printed (search.workers)
     run_cli(main, errors=ERRORS)

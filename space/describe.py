@@ -9,7 +9,7 @@ from .analysis import Analysis, analyze
 from .genome import Genome, GenomeError
 from .latency import LatencyError, LatencyTable, Prediction, predict_latency
 from .rules import Rules, RulesError, add_rule_flags, check, rules_from_args
-from .spec import CliParser, load_spec, run_cli
+from .cli import CliParser, load_spec, run_cli
 
 __all__ = ["describe", "table", "main"]
 

@@ -395,7 +395,7 @@ def _version(package: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m train.deploy MODEL.onnx --dataset D`: test accuracy, size and CPU speed of an ONNX file
     written by this module (its normalisation is read from the file)."""
-    from space.spec import CliParser
+    from space.cli import CliParser
 
     from .data import load_dataset
 
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
 
     from .data import DataError
 

@@ -389,7 +389,7 @@ def net_latency(genome, runtime: str, threads: int = 1, timing: Timing = FULL) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from space.spec import CliParser
+    from space.cli import CliParser
 
     from .deploy import DEPLOY_EXTRA, missing
 
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
 
     from .deploy import DeployError
 

@@ -27,7 +27,7 @@ import torch
 from space import analyze, check, load_spec
 from space.genome import GenomeError
 from space.rules import RulesError, add_rule_flags, rules_from_args
-from space.spec import CliParser, fail, plural, run_cli
+from space.cli import CliParser, fail, plural, run_cli
 
 from .data import DATASETS, DataError, load_dataset, train_val_split
 from .defaults import DEFAULTS
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _checked(args: argparse.Namespace) -> tuple:
-    """(rules, epochs) from the flags; one error line (space.spec.fail) for a bad one."""
+    """(rules, epochs) from the flags; one error line (space.cli.fail) for a bad one."""
     try:
         rules = rules_from_args(args)
     except RulesError as e:
