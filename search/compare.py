@@ -36,7 +36,6 @@ from train.engine import resolve_device, train, tta_applies
 from train.files import write_json
 from train.testset import score_test_set
 
-from .cli import DEFAULT_COMPARE, STUDY_PREFIX
 from .settings import SearchError, SearchSettings
 from .trials import genome_of, pick_trial, trained_val_acc, val_acc
 
@@ -45,6 +44,8 @@ __all__ = ["RUNS_DIR", "Entrant", "final_seeds", "resolve_entrants", "seed_run",
 
 RUNS_DIR = "runs"  # under the output folder: one checkpoint and one result file per (net, seed)
 CONFIDENCE = 0.95
+DEFAULT_COMPARE = "presets"  # --compare's default: the seed presets that meet the study's rules
+STUDY_PREFIX = "study:"  # --compare study:NAME: another study's winner
 
 
 @dataclass(frozen=True)
