@@ -369,5 +369,5 @@ def _hms(seconds: float) -> str:
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
     run_cli(main, errors=ERRORS)

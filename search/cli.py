@@ -24,13 +24,14 @@ import optuna
 
 from space.genome import GenomeError
 from space.rules import RulesError
-from space.spec import CliParser
+from space.cli import CliParser
 from train.data import DataError
 from train.device import DeviceError
 from train.files import RESULTS
 
 from space import PRESETS
 
+from .compare import DEFAULT_COMPARE, STUDY_PREFIX
 from .settings import SearchError
 from .storage import (_JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_journal, default_storage, local_file, open_storage,
                       redact, resolve_url)
@@ -75,10 +76,6 @@ def open_existing(args: argparse.Namespace) -> tuple[optuna.Study, str]:
 def positive_int(flag: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise SearchError(f"{flag} must be a positive integer, got {value}")
-
-
-DEFAULT_COMPARE = "presets"  # --compare's default: the seed presets that meet the study's rules
-STUDY_PREFIX = "study:"  # --compare study:NAME: another study's winner
 
 
 def add_final_args(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,6 @@ from scipy import stats
 from space import PRESETS, Genome, analyze, get_preset
 from space.rules import check
 
-from .cli import DEFAULT_COMPARE, STUDY_PREFIX
 from .context import Run
 from .record import TrialRecord
 from .settings import SearchError, SearchSettings
@@ -36,6 +35,8 @@ from .trials import genome_of, pick_trial, trained_val_acc, val_acc
 __all__ = ["Entrant", "final_seeds", "resolve_entrants", "seed_stats", "paired", "verdict", "compare_rows"]
 
 CONFIDENCE = 0.95
+DEFAULT_COMPARE = "presets"  # --compare's default: the seed presets that meet the study's rules
+STUDY_PREFIX = "study:"  # --compare study:NAME: another study's winner
 
 
 @dataclass(frozen=True)

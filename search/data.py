@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 
-from space.spec import plural
+from space.cli import plural
 from train.data import DATASETS, DataError, ImageData, load_dataset, train_val_split
 from train.engine import MIN_STEPS
 

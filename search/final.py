@@ -21,8 +21,8 @@ from optuna.trial import FrozenTrial
 
 from space import Genome, analyze
 from space.export import export_code
-from space.latency import LatencyTable, predict
-from space.spec import plural
+from space.latency import LatencyTable, predict_latency
+from space.cli import plural
 from train.files import write_json
 
 from .compare import compare_rows, final_seeds, resolve_entrants, seed_stats
@@ -134,7 +134,7 @@ def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callab
     only when the table was measured on this machine (same CPU, threads and runtime version)."""
     from train.deploy import cpu_name
 
-    predicted = predict(genome, table).ms
+    predicted = predict_latency(genome, table).ms
     record = {"runtime": table.runtime, "threads": table.threads, "table_machine": table.machine,
               "predicted_ms": round(predicted, 4), "measured_ms": None, "error_pct": None}
     kind = {"onnxruntime-fp32": "fp32", "onnxruntime-int8": "int8"}.get(table.runtime)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial
 
-from space.spec import plural
+from space.cli import plural
 
 from .context import Run
 from .seedrun import retrain

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import optuna
 
 from space import Analysis, Genome, analyze, check, construct, constraint_values
-from space.latency import predict
+from space.latency import predict_latency
 
 from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, duplicate_of, failed, free_places,
                         heartbeat, is_enqueued, mark, not_trained, objective_values, reap_dead_trials, rejected,
@@ -239,7 +239,7 @@ class Search:
         carried = record.genome_of()  # presets and retries carry their exact genome
         genome = carried or built.genome
         a = analyze(genome)
-        ms = predict(genome, s.latency_table).ms if s.latency_table is not None else None
+        ms = predict_latency(genome, s.latency_table).ms if s.latency_table is not None else None
         for key, value in constraint_values(genome, s.rules).items():
             trial.set_constraint(key, value)
         write(trial, **candidate_values(genome, a, ms))

@@ -11,7 +11,6 @@ version adds is None when an older study lacks it, and keys this version does no
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -20,9 +19,10 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from space import Analysis, Genome
+from train.files import finite_or_none
 
 __all__ = ["TrialRecord", "KEYS", "write", "write_stored", "enqueue", "carried", "candidate_values", "training_values",
-           "prescreen_values", "json_float"]
+           "prescreen_values"]
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,6 @@ def carried(trial: FrozenTrial) -> dict[str, Any]:
     return {k: getattr(r, k) for k in _CARRIED if getattr(r, k) is not None}
 
 
-def json_float(value: float) -> float | None:
-    """A stored value: None for NaN and infinities (not JSON)."""
-    return float(value) if math.isfinite(value) else None
-
-
 def candidate_values(genome: Genome, a: Analysis, latency_ms: float | None) -> dict[str, Any]:
     """The candidate's fields: its genome and what is known of it before training."""
     return {"genome": genome.to_json(), "summary": genome.summary(), "n_params": a.params, "macs": a.macs, "rf": a.rf,
@@ -136,5 +131,5 @@ def training_values(result: Any, wall_seconds: float) -> dict[str, Any]:
 
 def prescreen_values(proxy: str, k: int, rank: int, score: float, values: dict[str, float]) -> dict[str, Any]:
     """The fields of a --prescreen round's verdict on one proposal."""
-    return {"prescreen_proxy": proxy, "prescreen_k": k, "prescreen_rank": rank, "prescreen_score": json_float(score),
-            "prescreen_values": {name: json_float(v) for name, v in values.items()}}
+    return {"prescreen_proxy": proxy, "prescreen_k": k, "prescreen_rank": rank, "prescreen_score": finite_or_none(score),
+            "prescreen_values": {name: finite_or_none(v) for name, v in values.items()}}

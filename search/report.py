@@ -15,7 +15,7 @@ import pandas as pd
 from train.files import RESULTS
 from space import Genome, analyze, random_rejection_rate
 from space.describe import table
-from space.spec import plural
+from space.cli import plural
 
 from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
@@ -367,5 +367,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
     run_cli(main, errors=ERRORS)

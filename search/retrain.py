@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from space.spec import run_cli
+from space.cli import run_cli
 from train.device import check_device
 from train.files import DATA_DIR, RESULTS
 

@@ -31,7 +31,7 @@ import time
 
 import optuna
 
-from space.spec import plural, run_cli
+from space.cli import plural, run_cli
 
 from .cli import ERRORS
 from .context import Run

@@ -22,23 +22,18 @@ from pathlib import Path
 import torch
 
 from space import Genome, build
-from space.spec import plural
+from space.cli import plural
 from train.data import ImageData
 from train.engine import load_weights, resolve_device, train
-from train.files import write_atomic, write_json
+from train.files import finite_or_none, write_atomic, write_json
 from train.testset import score_test_set
 
 from .context import Run
 from .settings import SearchError
 
-__all__ = ["RUNS_DIR", "run_key", "retrain", "load_model", "finite"]
+__all__ = ["RUNS_DIR", "run_key", "retrain", "load_model"]
 
 RUNS_DIR = "runs"  # under the output folder
-
-
-def finite(d: dict) -> dict:
-    """NaN (an epoch without evaluation) as null, so that the records are strict JSON."""
-    return {k: None if isinstance(v, float) and v != v else v for k, v in d.items()}
 
 
 def run_key(genome: Genome, fingerprint: str, data: ImageData) -> str:
@@ -85,7 +80,7 @@ def retrain(run: Run, genome: Genome, seed: int, label: str, data: ImageData | N
               "images_per_s": round(result.images_per_s, 1), "wall_seconds": round(time.time() - t0, 2),
               "device": result.device,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "history": [finite(asdict(h)) for h in result.history], "y_true": scores.labels.tolist(),
+              "history": [{k: finite_or_none(v) for k, v in asdict(h).items()} for h in result.history], "y_true": scores.labels.tolist(),
               "y_pred": scores.pred.tolist(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(folder / f"{key}.json", record)  # last: from here on the run is finished
     (folder / f"{key}.pt").unlink(missing_ok=True)  # its checkpoint is no longer needed

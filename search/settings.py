@@ -16,7 +16,7 @@ from space.latency import LatencyError, LatencyTable, load_table, table_from_dic
 from space.rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF
 from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
-from train.engine import TrainConfig
+from train.engine import TrainConfig, tta_applies
 from train.recipe import before_values
 
 __all__ = ["OBJECTIVES", "COSTS", "parse_objectives", "directions", "cost_name", "DEFAULT_PROXY", "DATASET_SIZES", "SCHEMA", "SearchError", "one_line", "DatasetDefaults", "DEFAULTS",
@@ -196,7 +196,7 @@ class SearchSettings:
         setting that shapes training comes from here, so the two cannot drift apart."""
         config = TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
                              augment=AugmentConfig() if self.augment else None, device=device, seed=self.seed,
-                             tta=self.augment)  # flip-TTA only where training flips
+                             tta=tta_applies(self.augment))
         return replace(config.with_recipe(dict(self.recipe)), **changes)
 
 

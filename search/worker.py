@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from space.spec import run_cli
+from space.cli import run_cli
 
 from .cli import ERRORS
 from .launch import build_parser, configure, open_run, search_here

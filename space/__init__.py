@@ -6,7 +6,7 @@ from .presets import PRESETS, get_preset
 from .rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Rules, RulesError, check, constraint_values
 from .searchspace import (CONSTRUCTION_VERSION, SPACE_VERSION, Construction, RandomTrial, check_satisfiable,
                           construct, params_from_genome, random_rejection_rate, suggest_genome)
-from .spec import load_spec
+from .cli import load_spec
 
 __all__ = ["Genome", "Layer", "Head", "GenomeError", "OPS", "analyze", "check", "Analysis", "LayerInfo",
            "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF", "build", "GenomeNet", "PRESETS", "get_preset", "suggest_genome",

@@ -7,9 +7,9 @@ import json
 
 from .analysis import Analysis, analyze
 from .genome import Genome, GenomeError
-from .latency import LatencyError, LatencyTable, Prediction, predict
+from .latency import LatencyError, LatencyTable, Prediction, predict_latency
 from .rules import Rules, RulesError, add_rule_flags, check, rules_from_args
-from .spec import CliParser, load_spec, run_cli
+from .cli import CliParser, load_spec, run_cli
 
 __all__ = ["describe", "table", "main"]
 
@@ -50,7 +50,7 @@ def describe(genome: Genome, rules: Rules = Rules()) -> dict:
     a = analyze(genome)
     d = _describe(genome, rules, a)
     if rules.latency is not None:
-        p = predict(genome, rules.latency)
+        p = predict_latency(genome, rules.latency)
         d["latency"] = {"runtime": rules.latency.runtime, "threads": rules.latency.threads,
                         "machine": rules.latency.machine, "ms": p.ms, "fixed_ms": p.fixed_ms,
                         "layers": {l.name: l.ms for l in p.layers}, "notes": list(p.notes)}
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(d))
         return 0
     print(genome.summary())
-    prediction = predict(genome, rules.latency) if rules.latency is not None else None
+    prediction = predict_latency(genome, rules.latency) if rules.latency is not None else None
     print(table(genome, latency=prediction))
     print(f"total: {d['params']:,} parameters, {d['macs'] / 1e6:.2f} M MACs per image, RF {d['rf']}, "
           f"final map {d['final_size']}x{d['final_size']}")

@@ -15,7 +15,7 @@ from .analysis import analyze
 from .genome import Genome, GenomeError
 from .layers import Classifier, ConvBN, Projection, Residual, SepConvBN, module_calls
 from .rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF, Rules, check
-from .spec import CliParser, load_spec, run_cli
+from .cli import CliParser, load_spec, run_cli
 
 __all__ = ["export_code", "main"]
 

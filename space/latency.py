@@ -32,7 +32,8 @@ from .analysis import analyze
 from .genome import Genome
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BLOCKS_VERSION", "RUNTIMES", "LatencyError", "LatencyTable", "Prediction",
-           "LayerLatency", "FALLBACK", "OVERHEAD_TERMS", "block_keys", "overhead_features", "load_table", "predict"]
+           "LayerLatency", "FALLBACK", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table",
+           "predict_latency"]
 
 FORMAT = "tinynas-latency-table"
 FORMAT_VERSION = 1  # the JSON layout
@@ -213,6 +214,19 @@ def _falls_back(key: str, separable: bool, fan_in: bool, fan_out: bool) -> bool:
     return key.startswith(("conv3/", "pw/")) and (fan_in or fan_out)
 
 
+def block_key(kind: str, size: int, stride: int = 1, dilation: int = 1) -> str:
+    """The table key of a block (the module docstring's list): its kind, what else changes its kernel (stride
+    and dilation of a 3x3 conv, stride of a projection) and its input size. The one place the key is written:
+    the build (train.latency) names its entries with it, and block_keys looks them up with it."""
+    if kind in ("conv3", "dw3"):
+        return f"{kind}/s{stride}/d{dilation}/{size}"
+    if kind == "proj":
+        return f"proj/s{stride}/{size}"
+    if kind in ("pw", "add", "head"):
+        return f"{kind}/{size}"
+    raise ValueError(f"unknown block kind {kind!r}")
+
+
 def block_keys(genome: Genome, int8: bool = False) -> list[tuple[str, list[tuple[str, int, int | None]], int]]:
     """Per layer, shortcut and head: (name, [(table key, cin, cout or None)], thousands of elements it reads
     and writes between blocks). The one place that maps a genome onto the table's blocks; with `int8`, the
@@ -225,13 +239,13 @@ def block_keys(genome: Genome, int8: bool = False) -> list[tuple[str, list[tuple
         layer, size = info.layer, info.size
         io = info.cin * size_in * size_in + layer.out * size * size
         if layer.separable:
-            parts = [(f"dw3/s{layer.stride}/d{layer.dilation}/{size_in}", info.cin, None),
-                     (f"pw/{size}", info.cin, layer.out)]
+            parts = [(block_key("dw3", size_in, layer.stride, layer.dilation), info.cin, None),
+                     (block_key("pw", size), info.cin, layer.out)]
             io += info.cin * size * size * 2  # the depthwise output, written and read
         elif layer.kernel == 1:
-            parts = [(f"pw/{size}", info.cin, layer.out)]
+            parts = [(block_key("pw", size), info.cin, layer.out)]
         else:
-            parts = [(f"conv3/s{layer.stride}/d{layer.dilation}/{size_in}", info.cin, layer.out)]
+            parts = [(block_key("conv3", size_in, layer.stride, layer.dilation), info.cin, layer.out)]
         if int8:
             parts = [(FALLBACK + k if _falls_back(k, layer.separable, *fans[info.name]) else k, ci, co)
                      for k, ci, co in parts]
@@ -240,17 +254,17 @@ def block_keys(genome: Genome, int8: bool = False) -> list[tuple[str, list[tuple
         s = skips.get(block)
         last = n + 1 == len(a.layers) or a.layers[n + 1].name.split(".")[0] != block
         if s is not None and last:
-            parts = [(f"add/{s.size}", s.cout, None)]
+            parts = [(block_key("add", s.size), s.cout, None)]
             sin = s.size * s.stride
             io = 2 * s.cout * s.size * s.size
             if s.kind == "projection":
-                key = f"proj/s{s.stride}/{min(32, sin)}"
+                key = block_key("proj", min(32, sin), s.stride)
                 key = FALLBACK + key if int8 and _falls_back(key, False, True, False) else key
                 parts.insert(0, (key, s.cin, s.cout))
                 io += s.cin * sin * sin + s.cout * s.size * s.size
             out.append((s.name, parts, io))
         size_in = size
-    out.append(("head", [(f"head/{a.final_size}", genome.out_channels, None)],
+    out.append(("head", [(block_key("head", a.final_size), genome.out_channels, None)],
                 genome.out_channels * a.final_size ** 2))
     return [(name, parts, io // 1000) for name, parts, io in out]
 
@@ -270,7 +284,7 @@ def overhead_features(genome: Genome, int8: bool) -> list[tuple[str, list[tuple[
     return out
 
 
-def predict(genome: Genome, table: LatencyTable) -> Prediction:
+def predict_latency(genome: Genome, table: LatencyTable) -> Prediction:
     """The predicted latency of `genome` at batch 1 on the table's target: per block the interpolated
     figure plus its share of the fitted overhead (OVERHEAD_TERMS), plus the fixed cost (module docstring)."""
     over = table.data.get("overhead", {})

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from .analysis import analyze
 from .genome import Genome
-from .latency import LatencyError, LatencyTable, load_table, predict
+from .latency import LatencyError, LatencyTable, load_table, predict_latency
 
 __all__ = ["Rules", "RulesError", "check", "constraint_values", "add_rule_flags", "rules_from_args", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
 
@@ -70,7 +70,7 @@ def check(genome: Genome, rules: Rules | None = None, *, max_params: int | None 
     if rules.max_macs is not None and a.macs > rules.max_macs:
         violations.append(f"{a.macs:,} MACs > {rules.max_macs:,}")
     if rules.max_latency_ms is not None:
-        ms = predict(genome, rules.latency).ms
+        ms = predict_latency(genome, rules.latency).ms
         if ms > rules.max_latency_ms:
             violations.append(f"predicted {ms:.3f} ms > {rules.max_latency_ms:g} ms ({rules.latency.runtime})")
     if a.rf < rules.min_rf:
@@ -104,7 +104,7 @@ def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
     if rules.max_macs is not None:
         values["macs"] = a.macs / rules.max_macs - 1.0
     if rules.max_latency_ms is not None:
-        values["latency"] = predict(genome, rules.latency).ms / rules.max_latency_ms - 1.0
+        values["latency"] = predict_latency(genome, rules.latency).ms / rules.max_latency_ms - 1.0
     return values
 
 

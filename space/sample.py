@@ -16,7 +16,7 @@ from .analysis import analyze
 from .genome import Genome, GenomeError
 from .rules import Rules, RulesError, add_rule_flags, check, rules_from_args
 from .searchspace import RandomTrial, suggest_genome
-from .spec import CliParser, fail, run_cli
+from .cli import CliParser, fail, run_cli
 
 __all__ = ["sample_genomes", "summary", "main"]
 

@@ -41,7 +41,7 @@ from typing import Any, Protocol, Sequence
 
 from .analysis import analyze
 from .genome import Genome, Head, Layer
-from .latency import predict
+from .latency import predict_latency
 from .rules import DEFAULT_MAX_PARAMS, Rules, RulesError, check
 
 __all__ = ["SPACE_VERSION", "CONSTRUCTION_VERSION", "Construction", "construct", "suggest_genome",
@@ -317,8 +317,8 @@ def check_satisfiable(rules: Rules, num_classes: int = 10, probes: int = 500, se
         found += f", the fewest MACs {fewest_macs:,}"
     macs = f", --max-macs {max_macs:,}" if max_macs is not None else ""
     if rules.max_latency_ms is not None:
-        fastest = min(predict(suggest_genome(RandomTrial(rng), num_classes=num_classes, rules=rules),
-                              rules.latency).ms for _ in range(probes))
+        fastest = min(predict_latency(suggest_genome(RandomTrial(rng), num_classes=num_classes, rules=rules),
+                                      rules.latency).ms for _ in range(probes))
         macs += f", --max-latency-ms {rules.max_latency_ms:g}"
         found += f", the lowest predicted latency {fastest:.3f} ms"
     raise RulesError(f"no genome of the search space meets --max-params {max_params:,}{macs} and --min-rf {min_rf} "

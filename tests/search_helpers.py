@@ -26,7 +26,7 @@ from search.context import FinalPlan, Run
 from search.settings import SearchSettings
 from search.study import enqueue_presets, make_pruner, open_study
 from space import Genome, analyze
-from space.spec import run_cli
+from space.cli import run_cli
 from train.data import ImageData
 from train.engine import EpochStats, TrainResult
 
@@ -150,7 +150,7 @@ def run_threads(workers, timeout: float = 120) -> None:
 
 
 def call(main, argv: list[str], capsys, errors=ERRORS) -> tuple[int, str, str]:
-    """A command's main run in-process the way `python -m` runs it (space.spec.run_cli turns `errors` into
+    """A command's main run in-process the way `python -m` runs it (space.cli.run_cli turns `errors` into
     one `error:` line and exit 2): (exit code, stdout, stderr)."""
     with process_state_kept(), pytest.raises(SystemExit) as e:
         run_cli(lambda: main(argv), errors=errors)

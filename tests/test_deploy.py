@@ -41,7 +41,7 @@ def digits_net(tmp_path_factory):
 def test_exported_logits_agree_with_pytorch_at_any_batch_size(digits_net):
     model, data, record, out = digits_net
     assert record["logit_max_abs_diff"] <= dp.LOGIT_ATOL
-    session = dp._session(out / "m.onnx")
+    session = dp.onnx_session(out / "m.onnx")
     for n in (1, 7, 300):  # the batch is dynamic
         x = dp.normalize(data.x_test[:n], data.mean, data.std)
         got = session.run(None, {"input": x})[0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from space import Genome, Head, Layer
-from space.spec import run_cli
+from space.cli import run_cli
 from train.data import make_synthetic
 from train.device import (DeviceError, available_cpus, canonical_device, check_device, resolve_device, same_device,
                           use_bf16)

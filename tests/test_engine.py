@@ -272,10 +272,20 @@ def test_train_run_val_size_reports_validation_beside_test(tmp_path):
     _accuracy_is_the_confusion_matrix_diagonal(m, len(load_dataset("synthetic", None).y_test), tmp_path / "o")
 
 
-def test_search_and_train_run_share_one_defaults_table():
-    import search.settings
-    import train.defaults
-    assert search.settings.DEFAULTS is train.defaults.DEFAULTS
+@pytest.mark.parametrize("dataset", sorted(DEFAULTS))
+def test_train_run_and_the_search_train_a_dataset_with_the_defaults_of_one_table(dataset, tmp_path):
+    """No flags given: train.run and a search (its trials and final retrain) train `dataset` with
+    train.defaults' batch size, lr and augmentation, and report flip-TTA alike (a table of their own would drift)."""
+    from search.settings import resolve_settings
+    from train import run
+
+    d = DEFAULTS[dataset]
+    args = run.build_parser().parse_args(["seed003_net", "--dataset", dataset])
+    direct = run._config(args, d.final_epochs, "cpu", tmp_path, d.augment)  # d.augment: train.run with no --augment
+    searched = resolve_settings({"dataset": dataset})[0].train_config(d.final_epochs, "cpu")
+    for c in (direct, searched):
+        assert (c.batch_size, c.lr, c.augment is not None, c.tta) == (d.batch_size, d.lr, d.augment, d.augment)
+    assert direct.augment == searched.augment and direct.epochs == searched.epochs
 
 
 @pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -18,8 +19,13 @@ def test_json_round_trip_gives_an_equal_genome(genome):
 
 def test_genome_is_frozen_and_hashable():
     g = get_preset("seed003_net")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'num_classes'"):
         g.num_classes = 3
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'out'"):
+        g.blocks[0][0].out = 3
+    with pytest.raises(AttributeError, match="'tuple' object has no attribute 'append'"):  # lists given in: tuples
+        g.blocks[0].append(Layer("conv3", 8))
+    assert g == get_preset("seed003_net") and g.num_classes == 10  # nothing changed
     assert len({g, get_preset("seed003_net"), get_preset("seed001")}) == 2
 
 

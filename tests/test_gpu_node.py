@@ -107,7 +107,7 @@ def test_search_run_spreads_its_workers_over_every_gpu_and_retrains_on_one(monke
 def test_a_device_list_with_one_job_is_one_error_line(monkeypatch, tmp_path, capsys):
     from search import run
     from search.cli import ERRORS
-    from space.spec import run_cli
+    from space.cli import run_cli
     fake_node(monkeypatch, 4)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:

@@ -16,7 +16,7 @@ from search.lifecycle import classify, rejected_reason
 from search.study import stored_settings
 from space import Rules, check, constraint_values
 from space.analysis import analyze
-from space.latency import LatencyError, load_table, predict
+from space.latency import LatencyError, load_table, predict_latency
 from space.sample import sample_genomes
 from train.deploy import missing
 from tests.search_helpers import run_main
@@ -64,7 +64,7 @@ def test_build_writes_a_table_with_its_target_and_positive_figures(table_path):
     assert data["channel_step"][""] in (8, 16, 32) and len(data["channel_probe"]["blocks"]["conv3"]) == 5
     table = load_table(table_path, runtime="onnxruntime-fp32")
     g = next(sample_genomes(1, seed=3))
-    p = predict(g, table)
+    p = predict_latency(g, table)
     assert p.ms > 0 and abs(p.ms - p.fixed_ms - sum(l.ms for l in p.layers)) < 1e-9
     assert [l.name for l in p.layers if not l.name.endswith("skip")][:-1] == [i.name for i in analyze(g).layers]
 
@@ -80,11 +80,11 @@ def test_describe_shows_the_predicted_ms_per_layer(table_path, tmp_path):
 def test_a_budget_rejects_by_the_prediction_and_feeds_the_constraints(table_path):
     table = load_table(table_path)
     genomes = [g for g in sample_genomes(60, seed=5) if not check(g)]
-    ms = sorted(predict(g, table).ms for g in genomes)
+    ms = sorted(predict_latency(g, table).ms for g in genomes)
     budget = statistics.median(ms)
     rules = Rules(max_latency_ms=budget, latency=table)
     for g in genomes:
-        slow = predict(g, table).ms > budget
+        slow = predict_latency(g, table).ms > budget
         assert any("predicted" in v and "ms >" in v for v in check(g, rules)) == slow
         assert (constraint_values(g, rules)["latency"] > 0) == slow
 
@@ -125,7 +125,7 @@ def test_bad_build_and_search_inputs_exit_2_and_write_nothing(table_path, tmp_pa
 def test_digits_search_rejects_over_budget_before_training_and_keeps_the_table_on_resume(table_path, tmp_path):
     table = load_table(table_path)
     rules = Rules(max_params=100_000)
-    ms = sorted(predict(g, table).ms for g in sample_genomes(200, seed=11, rules=rules) if not check(g, rules))
+    ms = sorted(predict_latency(g, table).ms for g in sample_genomes(200, seed=11, rules=rules) if not check(g, rules))
     budget = round(ms[len(ms) // 3], 4)  # about two thirds of the space is over it
     r = run_main("search.run", *DIGITS, "--trials", "3", "--study-name", "lat", "--latency-table", str(table_path),
                  "--max-latency-ms", str(budget), cwd=tmp_path)
@@ -173,7 +173,7 @@ def test_the_winners_measured_latency_is_compared_only_on_the_tables_machine(tab
     g = next(sample_genomes(1, seed=3))
     deploy = {"fp32": {"threads": 1, "latency_ms_b1": 2.0}, "onnxruntime": table.data["versions"]["onnxruntime"]}
     here = latency_check(table, g, deploy, log=lambda line: None)
-    predicted = predict(g, table).ms
+    predicted = predict_latency(g, table).ms
     assert here["same_machine"] and here["measured_ms"] == 2.0
     assert here["error_pct"] == pytest.approx((predicted - 2.0) / 2.0 * 100, abs=0.06)
     elsewhere = LatencyTable({**table.data, "machine": {**table.data["machine"], "cpu": "Cortex-A72 (a Pi)"}})
@@ -195,6 +195,29 @@ def test_widths_inside_a_grid_cell_are_rounded_up_to_the_runtimes_channel_step()
     assert table.lookup("fallback/pw/16", 72, 72) == (1.25, True)  # step 8: 72 is itself
     assert table.lookup("pw/16", 64, 96) == (1.5, True) and table.lookup("pw/16", 3, 64) == (0.5, True)
     assert table.lookup("pw/16", 90, 90)[0] == 2.0  # 96 at most: rounding stays inside the cell
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_every_block_the_prediction_looks_up_is_a_block_the_build_measures(int8):
+    """The build names its entries and the prediction looks them up with one function (block_key): every key a
+    feasible net is predicted from is one the build writes, fallback blocks included."""
+    from space import DEFAULT_MAX_PARAMS
+    from space.latency import block_key, block_keys
+    from train.latency import WIDTHS, block_specs
+
+    built = block_specs(WIDTHS, DEFAULT_MAX_PARAMS, int8)
+    rules = Rules()
+    looked_up = {k for g in sample_genomes(200, seed=5, rules=rules) if not check(g, rules)
+                 for _, parts, _ in block_keys(g, int8) for k, _, _ in parts}
+    assert looked_up and looked_up <= set(built)
+    assert any(k.startswith("fallback/") for k in looked_up) == int8
+    for key, spec in built.items():  # the build's keys are block_key's, from the axes it measures
+        plain = block_key(spec["kind"], spec["size"], spec["stride"], spec["dilation"])
+        assert key == ("fallback/" + plain if spec.get("fallback") else plain)
+    assert (block_key("conv3", 16, 2, 1), block_key("proj", 32, 2), block_key("head", 4)) == (
+        "conv3/s2/d1/16", "proj/s2/32", "head/4")  # the layout the module docstring gives
+    with pytest.raises(ValueError, match="unknown block kind 'maxpool'"):
+        block_key("maxpool", 8)
 
 
 class _PaddingRunner:

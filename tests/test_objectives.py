@@ -151,7 +151,9 @@ def test_settings_stored_before_the_recipe_existed_load_as_their_trials_trained(
     stop18 = {k: v for k, v in settings().to_dict().items() if k not in ("recipe", "schema")}
     stop18["bias_lr_scale"] = 3.0  # stop 18 stored this one recipe setting on its own
     loaded = SearchSettings.from_dict(stop18)
-    assert dict(loaded.recipe) == {**_SCHEMA1_RECIPE, "bias_lr_scale": 3.0}
+    # the recipe of that time: written out, and the settings added since at their values from before
+    assert dict(loaded.recipe) == {**_SCHEMA1_RECIPE, "anneal": "cos", "alternate_flip": False,
+                                   "bn_refresh_steps": 0, "bias_lr_scale": 3.0}
     assert dict(loaded.recipe).keys() == TrainConfig().recipe().keys()  # a whole recipe, nothing left to defaults
     assert loaded.train_config(3, "cpu").bias_lr_scale == 3.0 and loaded.lr == settings().lr
     older = {k: v for k, v in stop18.items() if k != "bias_lr_scale"}

@@ -15,10 +15,10 @@ from optuna.trial import TrialState
 
 from search.lifecycle import classify, count
 from search.liveness import worker_identity
-from search.prescreen import DEFAULT_PROXY, Prescreen, best_first, make_prescreen, parse_prescreen, scores_of
+from search.prescreen import Prescreen, best_first, make_prescreen, parse_prescreen, scores_of
 from search.report import write_report
 from search.loop import Search
-from search.settings import SearchError, SearchSettings
+from search.settings import SearchError, SearchSettings, resolve_settings
 from search.study import make_pruner, open_study
 from search.trials import best_trial, leaderboard
 from space import PRESETS, analyze
@@ -232,5 +232,11 @@ def test_the_report_shows_the_screened_proposals_and_the_proxy_columns(tmp_path)
     assert "proxy_score | proxy_rank" in md  # in the top-10 table
 
 
-def test_the_settings_default_proxy_is_the_prescreen_default():
-    assert SearchSettings.proxy == DEFAULT_PROXY == "grad_norm"
+def test_a_prescreen_without_proxy_ranks_by_grad_norm_however_the_settings_are_made():
+    """--prescreen K without --proxy: the flags (search.run), a new study's resolved settings, and the stored
+    settings of a study from before the prescreen existed all give grad_norm (it ranked trained nets best)."""
+    assert parse_prescreen(3, None) == (3, "grad_norm")
+    assert resolve_settings({"dataset": "synthetic", "prescreen": 3})[0].proxy == "grad_norm"
+    old = {k: v for k, v in settings().to_dict().items() if k not in ("schema", "prescreen", "proxy", "sampler")}
+    stored = SearchSettings.from_dict(old)
+    assert (stored.prescreen, stored.proxy) == (1, "grad_norm")

@@ -15,12 +15,6 @@ def given(**flags):
     return {"dataset": "cifar10", **flags}
 
 
-def test_the_order_is_written_where_the_rule_is():
-    doc = resolve.__doc__
-    rungs = ["given on the command line", "stored in the study", "per-dataset default", "built-in default"]
-    assert [doc.index(r) for r in rungs] == sorted(doc.index(r) for r in rungs)
-
-
 def test_the_first_rung_that_has_a_value_wins():
     assert resolve(1, 2, 3, 4) == 1 and resolve(None, 2, 3, 4) == 2
     assert resolve(None, None, 3, 4) == 3 and resolve(None, None, None, 4) == 4

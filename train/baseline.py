@@ -93,7 +93,7 @@ def train_seed_style(model: nn.Module, data, epochs: int, batch_size: int = 128,
 
 def main(argv: list[str] | None = None) -> int:
     from space import build, load_spec
-    from space.spec import CliParser
+    from space.cli import CliParser
     from .data import load_dataset
     from .device import check_device
     from .engine import evaluate
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from space.genome import GenomeError
-    from space.spec import run_cli
+    from space.cli import run_cli
     from .data import DataError
     from .device import DeviceError
     run_cli(main, (GenomeError, DataError, DeviceError))

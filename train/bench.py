@@ -70,7 +70,7 @@ def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.devi
 
 
 def build_parser():
-    from space.spec import CliParser
+    from space.cli import CliParser
 
     p = CliParser(prog="python -m train.bench", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
@@ -91,7 +91,7 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     from space import load_spec
-    from space.spec import fail
+    from space.cli import fail
     from .data import load_dataset
 
     args = build_parser().parse_args(argv)
@@ -228,6 +228,6 @@ def _summarise(result: dict, runs: dict[str, list[float]], first_epoch: dict[str
 
 if __name__ == "__main__":
     from space.genome import GenomeError
-    from space.spec import run_cli
+    from space.cli import run_cli
     from .data import DataError
     run_cli(main, (GenomeError, DataError, DeviceError))

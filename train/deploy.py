@@ -43,8 +43,9 @@ from torch import nn
 from .files import DATA_DIR
 
 __all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "SECONDS", "SECONDS_ENV", "OnnxInfo",
-           "missing", "cpu_name", "timing_seconds", "normalize", "calibration_images", "export_onnx", "read_onnx",
-           "verify_onnx", "quantize_int8", "quantize_float", "evaluate_onnx", "measure_speed", "deploy", "summary", "main"]
+           "missing", "cpu_name", "timing_seconds", "normalize", "calibration_images", "quiet_export", "export_onnx",
+           "read_onnx", "onnx_session", "verify_onnx", "quantize_int8", "quantize_float", "evaluate_onnx",
+           "measure_speed", "deploy", "summary", "main"]
 
 DEPLOY_EXTRA = 'pip install -e ".[deploy]"'
 _PACKAGES = ("onnx", "onnxruntime", "onnxscript")
@@ -108,7 +109,7 @@ def calibration_images(x_train: np.ndarray, n: int = CALIBRATION_IMAGES, seed: i
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Silence the exporter's progress lines, deprecation warnings and 'torchvision is not installed' logs."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
@@ -131,7 +132,7 @@ def export_onnx(model: nn.Module, path: str | Path, mean, std, classes: tuple[st
     net = copy.deepcopy(model).float().cpu().eval()
     example = torch.zeros(2, 3, 32, 32)
     try:
-        with _quiet(), torch.no_grad():
+        with quiet_export(), torch.no_grad():
             program = torch.onnx.export(net, (example,), dynamo=True, verbose=False, input_names=["input"],
                                         output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as e:  # the exporter's errors run over many lines; the type and first line suffice
@@ -179,7 +180,9 @@ def read_onnx(path: str | Path) -> OnnxInfo:
     return OnnxInfo(mean, std, classes)  # type: ignore[arg-type]
 
 
-def _session(path: str | Path, threads: int = 1):
+def onnx_session(path: str | Path, threads: int = 1):
+    """An ONNX Runtime session of the model in `path` on the CPU with `threads` intra-op threads, logging errors
+    only (train.latency times its blocks in the same sessions); DeployError (one line) if it cannot load."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -204,7 +207,7 @@ def verify_onnx(model: nn.Module, path: str | Path, x_uint8: np.ndarray, mean, s
     net = copy.deepcopy(model).float().cpu().eval()
     with torch.no_grad():
         expected = torch.cat([net(torch.from_numpy(x[i:i + 256])) for i in range(0, len(x), 256)]).numpy()
-    got = _run(_session(path), x)
+    got = _run(onnx_session(path), x)
     if got.shape != expected.shape:
         raise DeployError(f"{path}: logits of shape {got.shape}, PyTorch gives {expected.shape}")
     diff = float(np.abs(got - expected).max())
@@ -234,10 +237,10 @@ def quantize_float(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray, 
     with tempfile.TemporaryDirectory(prefix="tinynas-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
-            with _quiet():
+            with quiet_export():
                 # ORT's recommended pre-processing: shape inference and graph optimisation before calibration
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-                reader = _calibration_reader(CalibrationDataReader, x, _session(prepared).get_inputs()[0].name)
+                reader = _calibration_reader(CalibrationDataReader, x, onnx_session(prepared).get_inputs()[0].name)
                 quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
@@ -276,7 +279,7 @@ def _calibration_reader(base: type, x: np.ndarray, input_name: str):
 def evaluate_onnx(path: str | Path, x_uint8: np.ndarray, y: np.ndarray, mean, std, threads: int = 1
                   ) -> tuple[float, np.ndarray]:
     """(accuracy, predicted classes) of the ONNX file on the images, with ONNX Runtime on the CPU."""
-    session = _session(path, threads)
+    session = onnx_session(path, threads)
     pred = np.concatenate([_run(session, normalize(x_uint8[i:i + 2048], mean, std)).argmax(1)
                            for i in range(0, len(x_uint8), 2048)])
     return float((pred == np.asarray(y)).mean()), pred
@@ -288,7 +291,7 @@ def measure_speed(path: str | Path, x_uint8: np.ndarray, mean, std, threads: int
     (None: timing_seconds()), and images/s at batch 256 (median of at least 3 runs); inputs are real images,
     repeated if too few."""
     seconds = timing_seconds() if seconds is None else seconds
-    session = _session(path, threads)
+    session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
     x = normalize(x_uint8[:256], mean, std)
     batch = np.ascontiguousarray(np.resize(x, (256, *x.shape[1:])))
@@ -392,7 +395,7 @@ def _version(package: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m train.deploy MODEL.onnx --dataset D`: test accuracy, size and CPU speed of an ONNX file
     written by this module (its normalisation is read from the file)."""
-    from space.spec import CliParser
+    from space.cli import CliParser
 
     from .data import load_dataset
 
@@ -428,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
 
     from .data import DataError
 

@@ -38,8 +38,8 @@ from .recipe import OWN, RECIPE_FIELDS, RUNS, SHAPES, Recipe, before_values
 
 __all__ = ["TrainError", "CheckpointError", "TrainConfig", "EpochStats", "TrainResult", "train", "evaluate",
            "predict", "predict_images", "resolve_device", "make_optimizer", "with_overrides", "MIN_STEPS",
-           "WeightEMA", "refresh_bn", "augment_for_epoch", "tta_accuracy", "load_weights", "RECIPE_FIELDS", "rng_states",
-           "restore_rng_states"]
+           "WeightEMA", "refresh_bn", "augment_for_epoch", "tta_accuracy", "tta_applies", "load_weights",
+           "RECIPE_FIELDS", "rng_states", "restore_rng_states"]
 
 
 MIN_STEPS = 4  # optimizer steps a OneCycle schedule needs: warm-up and annealing of at least one step each
@@ -226,6 +226,13 @@ def predict_images(model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, de
 def tta_accuracy(logits: torch.Tensor, flipped_logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Flip-TTA accuracy: the class of the mean logits of each image and its mirror image."""
     return float(((logits + flipped_logits).argmax(1) == labels).float().mean())
+
+
+def tta_applies(augment: bool) -> bool:
+    """Whether a run that trains with augmentation `augment` (train.defaults' per-dataset flag, or --augment)
+    reports flip-TTA accuracy: only where training flips the images. A net never shown a mirrored image has
+    not learnt that a mirror is the same class (on digits it is not: a mirrored 2 is no 2)."""
+    return bool(augment)
 
 
 def augment_for_epoch(cfg: TrainConfig, epoch: int) -> AugmentConfig | None:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["RESULTS", "DATA_DIR", "first_missing", "removed_on_error", "write_atomic", "write_json"]
+__all__ = ["RESULTS", "DATA_DIR", "first_missing", "removed_on_error", "write_atomic", "write_json", "finite_or_none"]
 
 RESULTS = Path("results")  # where every command writes by default: studies, reports, models, benchmarks
 DATA_DIR = "data"  # --data-dir's default: holds cifar-10-batches-py/ (downloaded there if absent)
@@ -24,6 +26,16 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_json(path: Path, obj: Any, indent: int = 1) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent)))
+
+
+def finite_or_none(value: Any) -> Any:
+    """`value` as strict JSON can hold it, for write_json and Optuna's user attrs: a NaN or infinite float (NaN
+    marks a figure not measured, e.g. an epoch without evaluation; json.dumps would write NaN or Infinity,
+    which is not JSON) becomes None (null), any other float (a NumPy one too) a plain float; a value that is
+    not a float (an int, a bool, a string, None) is returned as it is."""
+    if isinstance(value, numbers.Integral) or not isinstance(value, numbers.Real):
+        return value
+    return float(value) if math.isfinite(value) else None
 
 
 def first_missing(path: str | Path) -> Path | None:

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from space import Rules, analyze, check
+from space import DEFAULT_MAX_PARAMS, Rules, analyze, check
 from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVERHEAD_TERMS, RUNTIMES, LatencyError,
-                           LatencyTable, overhead_features, predict)
+                           LatencyTable, block_key, overhead_features, predict_latency)
 from space.layers import Classifier, ConvBN, Projection, build
 from space.sample import sample_genomes
 
@@ -69,25 +69,30 @@ def _grid2(widths: tuple[int, ...], k2: int, max_params: int, first: tuple[int, 
 
 
 def block_specs(widths: tuple[int, ...], max_params: int, int8: bool = False) -> dict[str, dict]:
-    """Every table key with its axes: {"kind", "stride", "dilation", "size", "cin", "cout" (2-D kinds),
-    "mask", "fallback"}; with `int8`, also FALLBACK + key for each conv block that can fall back to fp32
-    (space.latency._falls_back: the convs and the stride-1 projections)."""
+    """Every table key (space.latency.block_key) with its axes: {"kind", "stride", "dilation", "size", "cin",
+    "cout" (2-D kinds), "mask", "fallback"}; with `int8`, also FALLBACK + key for each conv block that can fall
+    back to fp32 (space.latency._falls_back: the convs and the stride-1 projections)."""
     specs: dict[str, dict] = {}
+
+    def add(kind: str, stride: int, dilation: int, size: int, **axes) -> None:
+        specs[block_key(kind, size, stride, dilation)] = dict(kind=kind, stride=stride, dilation=dilation, size=size,
+                                                              **axes)
+
     for s, d, size in _conv_keys():
         xs, ys, mask = _grid2(widths, 9, max_params, (3,) if size == 32 else ())
-        specs[f"conv3/s{s}/d{d}/{size}"] = dict(kind="conv3", stride=s, dilation=d, size=size, cin=xs, cout=ys, mask=mask)
-        specs[f"dw3/s{s}/d{d}/{size}"] = dict(kind="dw3", stride=s, dilation=d, size=size, cin=list(widths))
+        add("conv3", s, d, size, cin=xs, cout=ys, mask=mask)
+        add("dw3", s, d, size, cin=list(widths))
     for size in (32, 16, 8, 4):
         xs, ys, mask = _grid2(widths, 1, max_params)
-        specs[f"pw/{size}"] = dict(kind="pw", stride=1, dilation=1, size=size, cin=xs, cout=ys, mask=mask)
-        specs[f"add/{size}"] = dict(kind="add", stride=1, dilation=1, size=size, cin=list(widths))
-        specs[f"head/{size}"] = dict(kind="head", stride=1, dilation=1, size=size, cin=list(widths))
+        add("pw", 1, 1, size, cin=xs, cout=ys, mask=mask)
+        add("add", 1, 1, size, cin=list(widths))
+        add("head", 1, 1, size, cin=list(widths))
         for s in (1, 2) if size > 4 else (1,):
             xs, ys, mask = _grid2(widths, 1, max_params, (3,) if size == 32 else ())
-            specs[f"proj/s{s}/{size}"] = dict(kind="proj", stride=s, dilation=1, size=size, cin=xs, cout=ys, mask=mask)
+            add("proj", s, 1, size, cin=xs, cout=ys, mask=mask)
     fallbacks = {FALLBACK + k: {**sp, "fallback": True} for k, sp in specs.items()
-                 if sp["kind"] in ("conv3", "dw3", "pw") or k.startswith("proj/s1/")} if int8 else {}
-    return {**specs, **fallbacks}
+                 if sp["kind"] in ("conv3", "dw3", "pw") or sp["kind"] == "proj" and sp["stride"] == 1}
+    return {**specs, **fallbacks} if int8 else specs
 
 
 class _Add(nn.Module):
@@ -173,12 +178,12 @@ class Runner:
         """Each block as its own ONNX model (and quantized for int8 with train.deploy's settings). The blocks
         use torch's TorchScript exporter: 10 ms a block instead of the dynamo exporter's 0.5 s, and the same
         ONNX ops once ONNX Runtime has fused BatchNorm into the conv (Conv, Relu, Add, Slice, ...)."""
-        from train.deploy import _quiet, quantize_float
+        from train.deploy import quiet_export, quantize_float
 
         paths = []
         for i, (m, x) in enumerate(zip(modules, inputs)):
             p = self.workdir / f"b{i}.onnx"
-            with _quiet(), torch.no_grad():
+            with quiet_export(), torch.no_grad():
                 torch.onnx.export(m.eval(), (x,), str(p), dynamo=False, input_names=["input"])
             if self.runtime == "onnxruntime-int8":
                 q = self.workdir / f"b{i}.int8.onnx"
@@ -188,9 +193,9 @@ class Runner:
         return paths
 
     def _time_onnx(self, path: Path, x: torch.Tensor) -> float:
-        from train.deploy import _session
+        from train.deploy import onnx_session
 
-        session = _session(path, self.threads)
+        session = onnx_session(path, self.threads)
         name = session.get_inputs()[0].name
         feed = {name: x.numpy()}
         return _best_median(lambda: session.run(None, feed), self.timing, self.clock)
@@ -287,7 +292,7 @@ def fit_overhead(data: dict, genomes: list, measured: list[float]) -> dict:
     linear MACs fit's leave-one-out median errors on these nets."""
     int8 = data["runtime"] == "onnxruntime-int8"
     base = LatencyTable({**data, "overhead": {}})
-    sums = np.array([predict(g, base).ms for g in genomes])
+    sums = np.array([predict_latency(g, base).ms for g in genomes])
     feats = np.array([[1.0] + [sum(f[k] for _, _, f in overhead_features(g, int8)) for k in range(1, 4)]
                       for g in genomes])
     if not int8:  # no fallback blocks: that column is all zero
@@ -343,7 +348,7 @@ def channel_step(runner: Runner, fallback: bool = False) -> tuple[int, dict[str,
     return min((8, 16, 32), key=error), probe
 
 
-def build_table(runtime: str, threads: int, timing: Timing, max_params: int = 200_000,
+def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DEFAULT_MAX_PARAMS,
                 log: Callable[[str], None] = print) -> dict:
     """Measure and return the table (a JSON-able dict)."""
     from train.deploy import cpu_name
@@ -384,7 +389,7 @@ def net_latency(genome, runtime: str, threads: int = 1, timing: Timing = FULL) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from space.spec import CliParser
+    from space.cli import CliParser
 
     from .deploy import DEPLOY_EXTRA, missing
 
@@ -393,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="measure the blocks and write a latency table")
     b.add_argument("--runtime", required=True, help=f"one of: {', '.join(RUNTIMES)}")
     b.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    b.add_argument("--max-params", type=int, default=200_000, help="the widest blocks measured: those of nets "
-                   "within this many parameters (default 200,000)")
+    b.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS, help="the widest blocks measured: those of "
+                   f"nets within this many parameters (default {DEFAULT_MAX_PARAMS:,})")
     b.add_argument("--quick", action="store_true", help="a tiny table in seconds (tests; its figures are rough)")
     b.add_argument("-o", "--out", required=True, help="the table, a .json file")
     b.error = p.error  # type: ignore[method-assign]  # one error line, not usage
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from space.spec import run_cli
+    from space.cli import run_cli
 
     from .deploy import DeployError
 

@@ -27,14 +27,14 @@ import torch
 from space import analyze, check, load_spec
 from space.genome import GenomeError
 from space.rules import RulesError, add_rule_flags, rules_from_args
-from space.spec import CliParser, fail, plural, run_cli
+from space.cli import CliParser, fail, plural, run_cli
 
 from .data import DATASETS, DataError, load_dataset, train_val_split
 from .defaults import DEFAULTS
 from .device import DeviceError, check_device
 from .deploy import DEPLOY_EXTRA, DeployError, deploy
 from .deploy import missing as deploy_missing
-from .engine import TrainConfig, TrainError, TrainResult, resolve_device, train, with_overrides
+from .engine import TrainConfig, TrainError, TrainResult, resolve_device, train, tta_applies, with_overrides
 from .files import DATA_DIR, RESULTS, write_json
 from .report import classification_summary, confusion_text
 from .testset import score_test_set
@@ -132,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     result = train(genome, config, data)
     if result.status == "diverged":
         fail(f"training diverged: {result.message}; try a lower --lr", code=1)
+    tta = tta_applies(augment)
     held_out = {"val_size": args.val_size, "val_acc": result.val_acc,
-                "val_acc_tta": result.history[-1].val_acc_tta if augment else None} if args.val_size else {}
+                "val_acc_tta": result.history[-1].val_acc_tta if tta else None} if args.val_size else {}
     metrics = write_outputs(out, result, test_data, {**held_out, "spec": args.spec, "genome": genome.to_dict(), "params": a.params,
                                                 "rf": a.rf, "dataset": data.name, "config": asdict(config),
-                                                "wall_seconds": round(time.perf_counter() - t0, 1)}, tta=augment)
-    _say_result(args, result, metrics, out, augment)
+                                                "wall_seconds": round(time.perf_counter() - t0, 1)}, tta=tta)
+    _say_result(args, result, metrics, out, tta)
     if args.onnx:  # after the lines above, which a failed export leaves printed
         try:
             metrics["deploy"] = deploy(result.model, out / "model.onnx", test_data, metrics["test_acc"],
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _checked(args: argparse.Namespace) -> tuple:
-    """(rules, epochs) from the flags; one error line (space.spec.fail) for a bad one."""
+    """(rules, epochs) from the flags; one error line (space.cli.fail) for a bad one."""
     try:
         rules = rules_from_args(args)
     except RulesError as e:
@@ -209,7 +210,7 @@ def _config(args: argparse.Namespace, epochs: int, device: str, out: Path, augme
                                         checkpoint=str(out / "checkpoint.pt"), progress=not args.quiet,
                                         progress_bar=args.progress or sys.stderr.isatty(),
                                         compile=args.compile, held_out="val" if args.val_size else "test",
-                                        tta=augment),  # flip-TTA only where training flips
+                                        tta=tta_applies(augment)),
                             lr=args.lr, augment_start=args.augment_start, augment_end=args.augment_end,
                             ema_decay=args.ema_decay, label_smoothing=args.label_smoothing,
                             weight_decay=args.weight_decay, pct_start=args.warmup,
@@ -218,16 +219,16 @@ def _config(args: argparse.Namespace, epochs: int, device: str, out: Path, augme
     return config if augment else replace(config, augment=None)
 
 
-def _say_result(args: argparse.Namespace, result: TrainResult, metrics: dict, out: Path, augment: bool) -> None:
+def _say_result(args: argparse.Namespace, result: TrainResult, metrics: dict, out: Path, tta: bool) -> None:
     if result.resumed_epochs >= result.epochs:
         print(f"reused the finished run in {out}/ (checkpoint of {plural(result.epochs, 'epoch')}): nothing trained; "
               "delete it or give another --out to train again")
     elif result.resumed_epochs:
         print(f"resumed from {out}/checkpoint.pt after epoch {result.resumed_epochs}")
-    tta = (lambda key: f" (flip-TTA {metrics[key]:.4f})") if augment else (lambda key: "")
+    shown = (lambda key: f" (flip-TTA {metrics[key]:.4f})") if tta else (lambda key: "")
     if args.val_size:
-        print(f"validation accuracy {metrics['val_acc']:.4f}{tta('val_acc_tta')}")
-    print(f"test accuracy {metrics['test_acc']:.4f}{tta('test_acc_tta')} after {plural(result.epochs, 'epoch')} "
+        print(f"validation accuracy {metrics['val_acc']:.4f}{shown('val_acc_tta')}")
+    print(f"test accuracy {metrics['test_acc']:.4f}{shown('test_acc_tta')} after {plural(result.epochs, 'epoch')} "
           f"({metrics['train_seconds']:.0f} s training, {metrics['images_per_s']:,.0f} img/s); outputs in {out}/")
 
 

@@ -27,7 +27,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from space import Genome, Rules, analyze, check  # noqa: E402
-from space.latency import load_table, predict  # noqa: E402
+from space.latency import load_table, predict_latency  # noqa: E402
 from space.sample import sample_genomes  # noqa: E402
 from train.latency import FULL, calibration_genomes, net_latency  # noqa: E402
 
@@ -70,7 +70,7 @@ def report(args) -> None:
     band = [i for i, x in enumerate(macs) if BAND[0] <= x <= BAND[1]]
     print(f"{table.runtime}, {table.threads} thread(s), {len(rows)} genomes (seed {m['seed']}), {len(band)} within "
           f"30-100 M MACs; measured {min(meas):.3f}-{max(meas):.3f} ms")
-    for name, pred in (("table", [predict(g, table).ms for g in genomes]), ("MACs fit", lin)):
+    for name, pred in (("table", [predict_latency(g, table).ms for g in genomes]), ("MACs fit", lin)):
         for part, idx in (("all", range(len(rows))), ("30-100 M", band)):
             f = figures([pred[i] for i in idx], [meas[i] for i in idx])
             print(f"| {table.runtime} | {name} | {part} | {f['n']} | {f['median_err']:.1f} % | {f['max_err']:.1f} % | "
