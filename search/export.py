@@ -27,7 +27,9 @@ from space.genome import Genome
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing
 from .data import study_normalisation
+from .final import load_final
 from .lifecycle import rejected_reason
+from .places import recall
 from .settings import SearchError
 from .trials import genome_of, pick_trial
 
@@ -39,10 +41,17 @@ def add_onnx_args(p) -> None:
                    "and timed with ONNX Runtime)")
     p.add_argument("--int8", action="store_true", help="with --onnx: also FILE.int8.onnx, static int8 quantization")
     p.add_argument("--out", default=None, help="with --onnx: the retrain's folder holding final.json and best_model.pt "
-                   "(default: results/<study>/)")
-    p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/: with --onnx, the calibration "
-                   "and test images; for a study begun before its input normalisation was stored, MEAN and STD")
+                   "(default: the study's, as search.run stored it, else results/<study>/)")
+    p.add_argument("--data-dir", default=None, help="holds cifar-10-batches-py/: with --onnx, the calibration "
+                   "and test images; for a study begun before its input normalisation was stored, MEAN and STD "
+                   "(default: the study's, as search.run stored it, else data/)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
+
+
+def _retrained_here(folder: Path, study_name: str, number: int) -> bool:
+    final = load_final(folder)
+    return bool(final and final.get("study") == study_name and final.get("trial") == number
+                and (folder / "best_model.pt").is_file())
 
 
 def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args) -> dict:
@@ -52,7 +61,6 @@ def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args
     from train.engine import TrainError, load_weights
 
     from .data import load_full
-    from .final import load_final
     from .study import stored_settings
 
     target = Path(args.onnx)
@@ -60,13 +68,16 @@ def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args
         raise SearchError(f"--onnx {target}: the file name must end in .onnx")
     if missing():
         raise SearchError(f"--onnx needs {', '.join(missing())} (the deploy extra): {DEPLOY_EXTRA}")
-    out = Path(args.out) if args.out else RESULTS / study.study_name
+    base = Path(recall(study, "out", args.out, RESULTS / study.study_name)[0])
+    # the winner's retrain is in the study's folder, another trial's in its trial-N/ (search.retrain --trial N)
+    folders = [base] if args.out else [base, base / f"trial-{number}"]
+    out = next((f for f in folders if _retrained_here(f, study.study_name, number)), None)
+    if out is None:
+        raise SearchError(f"trial {number} of study {study.study_name!r} has no trained weights in "
+                          f"{' or '.join(f'{f}/' for f in folders)} (best_model.pt and final.json); retrain it first "
+                          f"(into its own folder, the winner's files stay): python -m search.retrain --study-name "
+                          f"{study.study_name} --trial {number}")
     final = load_final(out)
-    if not (final and final.get("study") == study.study_name and final.get("trial") == number
-            and (out / "best_model.pt").is_file()):
-        raise SearchError(f"trial {number} of study {study.study_name!r} has no trained weights in {out}/ (its "
-                          f"best_model.pt and final.json); retrain it first: python -m search.retrain --study-name "
-                          f"{study.study_name} --trial {number} --out {out}")
     model = build(genome)
     try:
         model.load_state_dict(load_weights(out / "best_model.pt"))
@@ -77,7 +88,8 @@ def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args
                           f"({str(e).splitlines()[0]}); retrain it") from None
     settings = stored_settings(study)
     # the images the retrain trained and tested on (its calibration and test images)
-    data = load_full(settings.dataset, args.data_dir, settings.subset_train, final.get("n_test"), settings.seed,
+    data_dir = recall(study, "data_dir", args.data_dir, DATA_DIR)[0]
+    data = load_full(settings.dataset, data_dir, settings.subset_train, final.get("n_test"), settings.seed,
                      download=not args.no_download)
     try:
         return deploy(model, target, data, final["test_acc"],
@@ -105,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    mean, std = study_normalisation(study, args.data_dir)  # MEAN and STD: what the final retrain normalises with
+    mean, std = study_normalisation(study, recall(study, "data_dir", args.data_dir, DATA_DIR)[0])  # MEAN and STD: what the final retrain normalises with
     out.write_text(export_code(genome, mean, std))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
     reason = rejected_reason(trial)

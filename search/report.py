@@ -24,6 +24,7 @@ from .settings import COSTS, cost_name
 from .storage import dashboard_command
 from .study import stored_settings
 from .lifecycle import count
+from .places import recall
 from .trials import genome_of, leaderboard, rejected_fraction
 
 __all__ = ["RUN_PREFIX", "write_report", "write_and_list", "main"]
@@ -358,10 +359,11 @@ def _evidence(study: optuna.Study, board: pd.DataFrame, trials: list, settings) 
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m search.report", __doc__)
     add_study_args(p)
-    p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
+    p.add_argument("--out", default=None, help="output folder (default: the study's, as search.run stored it, else "
+                   "results/<study>/)")
     args = p.parse_args(argv)
     study, url = open_existing(args)
-    out = Path(args.out) if args.out else RESULTS / study.study_name
+    out = Path(recall(study, "out", args.out, RESULTS / study.study_name)[0])
     write_and_list(study, out, url, None)
     return 0
 

@@ -23,6 +23,7 @@ from .context import FinalPlan, Run
 from .data import load_full, search_split, store_normalisation
 from .final import retrain_and_compare
 from .finalists import MAX_FINALISTS
+from .places import recall
 from .report import write_and_list
 from .settings import DEFAULTS, SearchError, defaults_text
 from .study import stored_settings
@@ -36,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     add_study_args(p)
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best trial)")
     p.add_argument("--final-epochs", type=int, default=None,
-                   help=f"epochs (default per dataset: {defaults_text('final_epochs')})")
-    p.add_argument("--out", default=None, help="output folder (default: results/<study>/)")
-    p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/")
+                   help="epochs (default: the study's --final-epochs, as search.run stored it, else per dataset: "
+                        f"{defaults_text('final_epochs')})")
+    p.add_argument("--out", default=None, help="output folder (default: the study's, as search.run stored it, else "
+                   "results/<study>/; with --trial N, its trial-N/ subfolder, so that the winner's files stay)")
+    p.add_argument("--data-dir", default=None, help="holds cifar-10-batches-py/ (default: the study's, as search.run "
+                   "stored it, else data/)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     p.add_argument("--device", default="auto")
     p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
@@ -57,13 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     study, url = open_existing(args)
     settings = stored_settings(study)
     pick_trial(study, args.trial, trained=True)  # a bad --trial fails before the data is loaded
-    epochs = args.final_epochs or DEFAULTS[settings.dataset].final_epochs
+    epochs, epochs_from = recall(study, "final_epochs", args.final_epochs, DEFAULTS[settings.dataset].final_epochs)
+    data_dir, data_from = recall(study, "data_dir", args.data_dir, DATA_DIR)
+    out, out_from = recall(study, "out", args.out, RESULTS / study.study_name)
+    out = Path(out)
+    if args.trial is not None and args.out is None:  # another trial's files never replace the winner's
+        out, out_from = out / f"trial-{args.trial}", f"{out_from}, its own folder for --trial {args.trial}"
+    print(f"retrain plan: {epochs} epochs ({epochs_from}); data {data_dir} ({data_from}); outputs in {out}/ "
+          f"({out_from})", flush=True)
     # The same training images the search split (a --subset-train of the search carries over).
-    data = load_full(settings.dataset, args.data_dir, settings.subset_train, args.subset_test, settings.seed,
+    data = load_full(settings.dataset, data_dir, settings.subset_train, args.subset_test, settings.seed,
                      download=not args.no_download)
     store_normalisation(study, data)  # a study begun before search.run stored it
     plan = FinalPlan(epochs, args.final_seeds, tuple(names), args.compare_storage, args.trial, args.finalists)
-    run = Run(study, settings, data, Path(args.out) if args.out else RESULTS / study.study_name,
+    run = Run(study, settings, data, out,
               storage=locate(args.storage, study.study_name).url, device=device, epoch_lines=args.progress,
               bar=args.progress, final=plan, split=search_split(data, settings))
     final = retrain_and_compare(run)

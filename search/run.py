@@ -39,6 +39,7 @@ from .data import store_normalisation
 from .final import retrain_and_compare
 from .launch import Launch, build_parser, configure, machine_info, open_run, search_here
 from .lifecycle import Counts, count, stopped_by_interrupt
+from .places import store_places
 from .loop import SearchStopped
 from .report import RUN_PREFIX, write_and_list
 from .settings import cost_name
@@ -99,6 +100,8 @@ def _announce(run: Run, launch: Launch) -> str:
     args, study, settings, full, split = launch.args, run.study, run.settings, run.data, run.split
     presets = enqueue_presets(study, full.num_classes) if run.created and not args.no_presets else []
     store_normalisation(study, full)  # for search.export's MEAN and STD
+    # for the commands that follow (search.retrain, export, report): the same folders and final length
+    store_places(study, run.out, args.data_dir, launch.final_epochs)
     info = machine_info(run.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     key = f"{RUN_PREFIX}{started}:{info['host']}:{info['pid']}"

@@ -1,0 +1,70 @@
+"""Issue 46: the commands after a search remember the study (final epochs, data and output folders) from any
+working directory, and a --trial N retrain never overwrites the winner's files."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import search.seedrun as seedrun
+from search import retrain as retrain_cmd
+from search import run as run_cmd
+from tests.search_helpers import call
+
+# digits, 4 trained trials of 1 epoch, a 2-epoch final retrain (the dataset's default is 15), no baselines
+SEARCH = ["--dataset", "digits", "--trials", "4", "--trial-epochs", "1", "--final-epochs", "2", "--max-macs",
+          "3000000", "--compare", "none", "--quiet"]
+WINNER_FILES = ("best_model.pt", "best_model.py", "best_genome.json", "final.json")
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in WINNER_FILES}
+
+
+def test_retrain_after_a_search_keeps_its_epochs_and_folders_from_anywhere_and_a_trial_gets_its_own_folder(
+        tmp_path, capsys, monkeypatch):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    db = home / "s.db"
+    monkeypatch.chdir(home)
+    code, out, err = call(run_cmd.main, [*SEARCH, "--storage", str(db)], capsys)
+    assert code == 0, err
+    results = home / "results" / "digits-nas"
+    winner = json.loads((results / "final.json").read_text())
+    before = digests(results)
+
+    monkeypatch.chdir(elsewhere)  # another working directory: only the storage is named
+    trained = []
+    real = seedrun.train
+
+    def counted(genome, config, data, on_epoch=None):
+        trained.append((config.seed, config.epochs))
+        return real(genome, config, data, on_epoch=on_epoch)
+
+    monkeypatch.setattr(seedrun, "train", counted)
+    code, out, err = call(retrain_cmd.main, ["--storage", str(db), "--final-seeds", "2"], capsys)
+    assert code == 0, err
+    assert trained == [(1, 2)]  # 2 epochs as the search's final retrain; seed 0 reused, only seed 1 trained
+    assert "2 epochs (stored with the study)" in out and f"outputs in {results}/ (stored with the study)" in out
+    record = json.loads((results / "final.json").read_text())
+    assert record["seeds"]["seeds"] == [0, 1] and record["seeds"]["test_accs"][0] == winner["test_acc"]
+    assert not (elsewhere / "results").exists()  # nothing written where the command ran
+
+    other = next(t for t in _trained_trials(db) if t != winner["trial"])
+    before = digests(results)
+    trained.clear()
+    code, out, err = call(retrain_cmd.main, ["--storage", str(db), "--trial", str(other)], capsys)
+    assert code == 0, err
+    assert digests(results) == before  # the winner's files, byte for byte
+    mine = json.loads((results / f"trial-{other}" / "final.json").read_text())
+    assert mine["trial"] == other and mine["epochs"] == 2 and trained == [(0, 2)]
+    assert f"trial-{other}/" in out
+
+
+def _trained_trials(db: Path) -> list[int]:
+    import optuna
+    study = optuna.load_study(study_name="digits-nas", storage=f"sqlite:///{db}")
+    return [t.number for t in study.get_trials() if t.values and t.user_attrs.get("trained")]
