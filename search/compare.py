@@ -32,9 +32,10 @@ from .settings import SearchError, SearchSettings
 from .study import load_study, stored_settings
 from .trials import genome_of, pick_trial, trained_val_acc, val_acc
 
-__all__ = ["Entrant", "final_seeds", "resolve_entrants", "seed_stats", "paired", "verdict", "compare_rows"]
+__all__ = ["MAX_FINAL_SEEDS", "Entrant", "check_final_seeds", "final_seeds", "resolve_entrants", "seed_stats", "paired", "verdict", "compare_rows"]
 
 CONFIDENCE = 0.95
+MAX_FINAL_SEEDS = 100  # --final-seeds: each seed is a whole final retrain of every net (say so beyond this)
 DEFAULT_COMPARE = "presets"  # --compare's default: the seed presets that meet the study's rules
 STUDY_PREFIX = "study:"  # --compare study:NAME: another study's winner
 
@@ -49,10 +50,16 @@ class Entrant:
     breaks: str = ""  # the study's rules it breaks, if any (an explicit name may; the default list never does)
 
 
+def check_final_seeds(n: int) -> None:
+    """SearchError (one line) for a --final-seeds outside 1..MAX_FINAL_SEEDS, before anything is trained."""
+    if not 1 <= n <= MAX_FINAL_SEEDS:
+        raise SearchError(f"--final-seeds must lie in 1..{MAX_FINAL_SEEDS} (each seed retrains every net of the "
+                          f"final phase), got {n}")
+
+
 def final_seeds(settings: SearchSettings, n: int) -> list[int]:
     """The seeds of the final retrains: the study's seed first (the exported weights are that run's)."""
-    if n < 1:
-        raise SearchError(f"--final-seeds must be a positive integer, got {n}")
+    check_final_seeds(n)
     return [settings.seed + k for k in range(n)]
 
 
@@ -99,7 +106,7 @@ def resolve_entrants(run: Run, names: list[str], winner: Genome | None) -> list[
 
 
 def _other_study_winner(name: str, run: Run) -> Entrant:
-    other = load_study(run.compare_storage(), name, "the --compare storage")
+    other = load_study(run.compare_storage(name), name, "the --compare storage")
     theirs, ours = stored_settings(other), run.settings
     if theirs and ours and theirs.dataset != ours.dataset:
         raise SearchError(f"--compare study:{name} searched {theirs.dataset}, this study {ours.dataset}")

@@ -15,8 +15,8 @@ import optuna
 
 from train.data import ImageData
 
-from .settings import SearchSettings
-from .storage import open_storage, redact, resolve_url
+from .settings import SearchError, SearchSettings
+from .storage import default_journal, default_storage, local_file, open_storage, redact, resolve_url
 
 __all__ = ["FinalPlan", "Run"]
 
@@ -62,8 +62,21 @@ class Run:
         """The storage as printed and stored: never a password."""
         return redact(self.storage)
 
-    def compare_storage(self) -> optuna.storages.BaseStorage:
-        """The storage study:NAME baselines are looked up in: the plan's --compare-storage, else the study's."""
+    def compare_storage(self, name: str) -> optuna.storages.BaseStorage:
+        """The storage a study:NAME baseline is looked up in: the plan's --compare-storage; else this study's
+        storage if it holds NAME; else NAME's own storage file beside this study's (NAME.journal, then NAME.db:
+        a control searched with its default storage, e.g. --sampler random --study-name NAME). SearchError
+        names what was looked at."""
         plan = self.final
-        url = resolve_url(plan.compare_storage, "") if plan and plan.compare_storage else self.storage
-        return open_storage(url, create=False)
+        if plan and plan.compare_storage:
+            return open_storage(resolve_url(plan.compare_storage, ""), create=False)
+        own = open_storage(self.storage, create=False)
+        if name in {s.study_name for s in optuna.get_all_study_summaries(own)}:
+            return own
+        file = local_file(self.storage)
+        beside = [default_journal(name, file.parent), default_storage(name, file.parent)] if file else []
+        for url in beside:
+            if local_file(url).is_file():
+                return open_storage(url, create=False)
+        looked = ", ".join([self.label, *(redact(u) for u in beside)])
+        raise SearchError(f"--compare study:{name}: no study {name!r} in {looked}; give --compare-storage URL")

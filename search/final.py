@@ -25,7 +25,7 @@ from space.latency import LatencyTable, predict_latency
 from space.cli import plural
 from train.files import write_json
 
-from .compare import compare_rows, final_seeds, resolve_entrants, seed_stats
+from .compare import check_final_seeds, compare_rows, final_seeds, resolve_entrants, seed_stats
 from .context import Run
 from .seedrun import load_model, retrain
 from .record import TrialRecord
@@ -33,8 +33,8 @@ from .settings import SearchError
 from .finalists import choose_winner
 from .trials import FINALISTS_KEY, genome_of, val_acc
 
-__all__ = ["FINAL_JSON", "FINAL_FILES", "DEPLOY_FILES", "retrain_best", "retrain_and_compare", "deploy_final",
-           "load_final", "latency_check"]
+__all__ = ["FINAL_JSON", "FINAL_FILES", "DEPLOY_FILES", "check_final", "describe_final", "retrain_best",
+           "retrain_and_compare", "deploy_final", "load_final", "latency_check"]
 
 FINAL_JSON = "final.json"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
@@ -156,6 +156,35 @@ def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callab
     return record
 
 
+def check_final(run: Run) -> None:
+    """Before the search: the final phase can run as planned (--final-seeds in range, every --compare preset
+    and study:NAME found; trial numbers are looked up when the search is done). SearchError otherwise."""
+    check_final_seeds(run.final.seeds)
+    resolve_entrants(run, [n for n in run.final.compare if not n.isdigit()], None)
+
+
+def describe_final(run: Run) -> str:
+    """The final phase's plan and cost, said before the search: what is retrained, how often, how long, and
+    the time that takes at the speed the study's trials measured (when some have trained)."""
+    plan, n = run.final, len(run.data.y_train)
+    baselines = [e.name for e in resolve_entrants(run, [c for c in plan.compare if not c.isdigit()], None)]
+    baselines += [f"trial {c}" for c in plan.compare if c.isdigit()]
+    nets = 1 + len(baselines)
+    image_epochs = nets * plan.seeds * plan.epochs * n
+    extra = ""
+    if plan.finalists > 1 and run.split is not None:
+        image_epochs += plan.finalists * plan.epochs * len(run.split.y_train)
+        extra = f" + {plural(plan.finalists, 'finalist')} re-ranked first"
+    speeds = [TrialRecord.of(t).images_per_s for t in run.study.get_trials(deepcopy=False)]
+    speeds = [s for s in speeds if s]
+    cost = (f"about {image_epochs / (sum(speeds) / len(speeds)) / 60:,.0f} min at the trials' "
+            f"{sum(speeds) / len(speeds):,.0f} images/s" if speeds else "its time is estimated once trials have trained")
+    what = "the winner" + (f" + {plural(len(baselines), 'baseline')} ({', '.join(baselines)})" if baselines else "")
+    return (f"final phase: {what} x {plural(plan.seeds, 'seed')} x {plural(plan.epochs, 'epoch')} on {n:,} images"
+            f"{extra} = {image_epochs:,} image-epochs, {cost}"
+            + ("; --compare none keeps it to the winner" if baselines else "") + "; --no-final skips it")
+
+
 def retrain_and_compare(run: Run) -> dict:
     """retrain_best (the first seed: its weights are the exported ones), then the winner's other seeds and
     each --compare baseline from every seed, all through search.seedrun.retrain under the same recipe;
@@ -166,7 +195,10 @@ def retrain_and_compare(run: Run) -> dict:
     entrants = resolve_entrants(run, list(plan.compare), None)  # checked before any finalist trains
     chosen = choose_winner(run)
     winner = genome_of(chosen)
-    entrants = [e for e in entrants if e.genome != winner]  # the winner itself is no baseline
+    dropped = [e.name for e in entrants if e.genome == winner]  # the winner itself is no baseline: said, not hidden
+    for name in dropped:
+        log(f"compare: {name} has the winner's genome (trial {chosen.number}): it is the winner, not a baseline")
+    entrants = [e for e in entrants if e.genome != winner]
     if entrants:  # before the first epoch: what the comparison will cost
         log(f"compare: {', '.join(e.name for e in entrants)}, each retrained from "
             f"{plural(len(seed_list), 'seed')} ({', '.join(map(str, seed_list))}) like the winner")
@@ -180,6 +212,7 @@ def retrain_and_compare(run: Run) -> dict:
     accs = [r["test_acc"] for r in runs["winner"]]
     record["seeds"] = {"seeds": seed_list, "test_accs": accs, **seed_stats(accs), "exported_seed": seed_list[0]}
     record["compare"] = compare_rows(record, entrants, runs) if entrants else []
+    record["compare_dropped"] = dropped
     fresh = any(not r.get("reused") for rs in runs.values() for r in rs if "label" in r)  # retrain's records
     write_json(run.out / FINAL_JSON, record)
     if len(seed_list) > 1:

@@ -25,7 +25,9 @@ from train.files import DATA_DIR, RESULTS, removed_on_error
 
 from .cli import add_final_args, add_study_args, make_parser, parse_compare, positive_int
 from .context import FinalPlan, Run
+from .compare import check_final_seeds
 from .data import check_steps, load_full, search_split
+from .final import check_final
 from .finalists import MAX_FINALISTS
 from .lifecycle import Counts, requeue
 from .loop import Search, make_train_fn
@@ -117,6 +119,7 @@ class Launch:
     settings: SearchSettings  # what a new study would be begun with (a resumed one may keep others)
     final_epochs: int
     placement: Placement  # the workers' devices (one job: this process's device)
+    out: Path  # the output folder (--out, else results/<study>/): checked writable, not yet created
     val_note: str = ""  # how the default validation size was scaled to a --subset-train
 
     @property
@@ -148,6 +151,9 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
     for flag in ("trials", "trial_epochs", "final_epochs", "final_seeds", "finalists", "batch_size", "max_params", "min_rf",
                  "max_macs", "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
+    check_final_seeds(args.final_seeds)
+    out = Path(args.out) if args.out else RESULTS / (args.study_name or f"{args.dataset}-nas")
+    check_out_folder(out)
     if args.finalists > MAX_FINALISTS:
         raise SearchError(f"--finalists must lie in 1..{MAX_FINALISTS} (each is a retrain as long as the final one), "
                           f"got {args.finalists}")
@@ -167,8 +173,17 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
         raise SearchError(f"--device {args.raw_device} lists {len(args.devices)} devices but --jobs 1 trains on one: "
                           "give --jobs N (or auto) to spread workers over them, or one device")
     return Launch(args, argv, given, settings, resolve(args.final_epochs, per_dataset=DEFAULTS[args.dataset].final_epochs),
-                  plan_workers(args.devices, jobs),
+                  plan_workers(args.devices, jobs), out,
                   "" if args.val_size else default_val_size(args.dataset, args.subset_train)[1])
+
+
+def check_out_folder(out: Path) -> None:
+    """SearchError (one line) unless `out` is, or can be made, a folder this process may write to."""
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SearchError(f"--out {out}: {existing} is a file, not a folder")
+    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+        raise SearchError(f"--out {out}: {existing or out} is not writable; choose another --out")
 
 
 def _storage_url(launch: Launch, name: str) -> tuple[str, bool]:
@@ -204,14 +219,17 @@ def open_run(launch: Launch, worker: int | None = None) -> Run:
             check_steps(len(full.y_train), settings.batch_size, launch.final_epochs, "the final retrain")
         study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs),
                                     redact(url), stream=worker or 0)
-    final = None if args.no_final or worker is not None else FinalPlan(
-        launch.final_epochs, args.final_seeds, tuple(args.compare_names), args.compare_storage,
-        finalists=args.finalists)
-    notes = ([f"; copied from {redact(default_storage(name))} for --jobs"] if migrated else []) \
-        + ([f"; kept the settings it was begun with: {', '.join(kept)}"] if kept else [])
-    return Run(study, settings, full, Path(args.out) if args.out else RESULTS / name, storage=url,
-               device=launch.device, log=_sayer(worker), epoch_lines=not args.quiet, bar=_bar(args, worker),
-               final=final, notes=notes, split=split, created=created)
+        final = None if args.no_final or worker is not None else FinalPlan(
+            launch.final_epochs, args.final_seeds, tuple(args.compare_names), args.compare_storage,
+            finalists=args.finalists)
+        notes = ([f"; copied from {redact(default_storage(name))} for --jobs"] if migrated else []) \
+            + ([f"; kept the settings it was begun with: {', '.join(kept)}"] if kept else [])
+        run = Run(study, settings, full, launch.out, storage=url, device=launch.device, log=_sayer(worker),
+                  epoch_lines=not args.quiet, bar=_bar(args, worker), final=final, notes=notes, split=split,
+                  created=created)
+        if final is not None:  # before the first trial: a baseline that is not there fails now, not after hours
+            check_final(run)
+    return run
 
 
 def _sayer(worker: int | None):

@@ -173,7 +173,9 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
     best = board[board.best]
     if final:
         g = Genome.from_json(final["genome"])
-        md += ["## Winner", "",
+        chosen = len(best) and best.iloc[0].number != final["trial"] and not final.get("finalists")
+        md += [f"## Trial {final['trial']}, retrained by request (the winner is trial {best.iloc[0].number})"
+               if chosen else "## Winner", "",
                f"Trial {final['trial']}{' (preset ' + final['preset'] + ')' if final.get('preset') else ''}: "
                f"`{final['summary']}`", "",
                f"* **test accuracy {final['test_acc']:.4f}** on {final['n_test']:,} test images, evaluated once "
@@ -190,6 +192,7 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
                                        if "peak_act" in final else ""),
                "", "```", table(g), "```", ""]
         md += _finalists(final.get("finalists"))
+        md += [f"* `--compare {name}` was left out: it has the winner's genome" for name in final.get("compare_dropped", [])]
         md += _payoff(final)
         report_text, cm_text = _per_class(final)
         md += ["### Per-class report (test set)", "", "```", report_text.rstrip(), "```", "",

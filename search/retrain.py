@@ -21,6 +21,7 @@ from .cli import (ERRORS, add_final_args, add_study_args, locate, make_parser, o
                   positive_int)
 from .context import FinalPlan, Run
 from .data import load_full, search_split, store_normalisation
+from .compare import check_final_seeds
 from .final import retrain_and_compare
 from .finalists import MAX_FINALISTS
 from .places import recall
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     device = str(check_device(args.device))  # before the study is opened or anything written; canonical
     positive_int("--final-epochs", args.final_epochs)
     positive_int("--subset-test", args.subset_test)
-    positive_int("--final-seeds", args.final_seeds)
+    check_final_seeds(args.final_seeds)
     positive_int("--finalists", args.finalists)
     if args.finalists > MAX_FINALISTS:
         raise SearchError(f"--finalists must lie in 1..{MAX_FINALISTS}, got {args.finalists}")

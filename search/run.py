@@ -36,7 +36,7 @@ from space.cli import plural, run_cli
 from .cli import ERRORS
 from .context import Run
 from .data import store_normalisation
-from .final import retrain_and_compare
+from .final import describe_final, retrain_and_compare
 from .launch import Launch, build_parser, configure, machine_info, open_run, search_here
 from .lifecycle import Counts, count, stopped_by_interrupt
 from .places import store_places
@@ -121,6 +121,8 @@ def _announce(run: Run, launch: Launch) -> str:
           + (f"; enqueued presets {', '.join(presets)}" if presets else "")
           + (f"; {launch.jobs} workers at once" + (f" ({launch.placement.describe()})" if info["device"] != "cpu"
                                                    else "") if launch.jobs > 1 else ""))
+    if run.final is not None:
+        print(describe_final(run))
     print(f"watch it: {dashboard_command(run.label)}", flush=True)
     return key
 

@@ -3,6 +3,7 @@ working directory, and a --trial N retrain never overwrites the winner's files."
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 from pathlib import Path
 
@@ -62,9 +63,43 @@ def test_retrain_after_a_search_keeps_its_epochs_and_folders_from_anywhere_and_a
     mine = json.loads((results / f"trial-{other}" / "final.json").read_text())
     assert mine["trial"] == other and mine["epochs"] == 2 and trained == [(0, 2)]
     assert f"trial-{other}/" in out
+    report = (results / f"trial-{other}" / "report.md").read_text()
+    assert f"## Trial {other}, retrained by request (the winner is trial {winner['trial']})" in report
+    assert "## Winner" not in report
 
 
 def _trained_trials(db: Path) -> list[int]:
     import optuna
     study = optuna.load_study(study_name="digits-nas", storage=f"sqlite:///{db}")
     return [t.number for t in study.get_trials() if t.values and t.user_attrs.get("trained")]
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--out", "afile"], "--out afile: afile is a file, not a folder"),
+    (["--compare", "study:missing"], "--compare study:missing: no study 'missing' in "),
+    (["--final-seeds", str(10 ** 12)], "--final-seeds must lie in 1..100"),
+])
+def test_a_final_phase_that_cannot_run_fails_in_one_line_before_the_first_trial(tmp_path, capsys, monkeypatch,
+                                                                               flags, text):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    t0 = time.monotonic()
+    code, out, err = call(run_cmd.main, ["--dataset", "digits", "--trials", "2", *flags], capsys)
+    assert code == 2 and err.startswith(f"error: {text}") and len(err.strip().splitlines()) == 1, err
+    assert time.monotonic() - t0 < 60 and "trial" not in out  # nothing trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no study, no output folder
+
+
+def test_the_final_phase_plan_is_said_before_the_search_with_its_nets_seeds_and_cost(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", "digits", "--trials", "1", "--trial-epochs", "1", "--final-epochs", "2", "--final-seeds", "2",
+            "--max-params", "100000", "--no-presets", "--quiet"]
+    code, out, err = call(run_cmd.main, [*argv, "--compare", "seed003_net"], capsys)
+    assert code == 0, err
+    plan = next(line for line in out.splitlines() if line.startswith("final phase:"))
+    assert plan.startswith("final phase: the winner + 1 baseline (seed003_net) x 2 seeds x 2 epochs on 1,347 images "
+                           f"= {2 * 2 * 2 * 1347:,} image-epochs")
+    assert out.index("final phase:") < out.index("\ntrial ")  # before the first trial line
+    code, out, err = call(run_cmd.main, [*argv, "--compare", "seed003_net"], capsys)  # resumed: speed is known now
+    plan = next(line for line in out.splitlines() if line.startswith("final phase:"))
+    assert "images/s" in plan and "min at the trials'" in plan

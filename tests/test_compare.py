@@ -113,7 +113,7 @@ def entrants(names, study, s, winner, num_classes=10, other_storage=None):
     """resolve_entrants for a study's run on data of `num_classes` classes; study:NAME looked up in other_storage."""
     run = final_run(study, s, make_synthetic(16, 8, num_classes=num_classes), ".", 1)
     if other_storage is not None:
-        run.compare_storage = lambda: other_storage
+        run.compare_storage = lambda name: other_storage
     return resolve_entrants(run, names, winner)
 
 
