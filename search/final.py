@@ -32,9 +32,10 @@ from .record import TrialRecord
 from .settings import SearchError
 from .finalists import choose_winner
 from .trials import FINALISTS_KEY, genome_of, val_acc
+from .workers import SlotLock
 
 __all__ = ["FINAL_JSON", "FINAL_FILES", "DEPLOY_FILES", "check_final", "describe_final", "retrain_best",
-           "retrain_and_compare", "deploy_final", "load_final", "latency_check"]
+           "retrain_and_compare", "final_lock", "deploy_final", "load_final", "latency_check"]
 
 FINAL_JSON = "final.json"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
@@ -185,7 +186,26 @@ def describe_final(run: Run) -> str:
             + ("; --compare none keeps it to the winner" if baselines else "") + "; --no-final skips it")
 
 
+def final_lock(run: Run) -> SlotLock:
+    """The lock of a study's final phase into its output folder, shared by every process on this machine."""
+    return SlotLock(f"final\n{run.storage}\n{run.name}\n{run.out.resolve()}")
+
+
 def retrain_and_compare(run: Run) -> dict:
+    """The final phase, once per study and output folder at a time: a second process that finishes the same
+    study (two search.run, or a search.retrain beside it) waits for the first, then reuses its runs."""
+    lock = final_lock(run)
+    if not lock.acquire(blocking=False):
+        run.log(f"the final phase of study {run.name} into {run.out}/ is running in another process on this "
+                "machine: waiting for it, then reusing its finished runs")
+        lock.acquire()
+    try:
+        return _retrain_and_compare(run)
+    finally:
+        lock.release()
+
+
+def _retrain_and_compare(run: Run) -> dict:
     """retrain_best (the first seed: its weights are the exported ones), then the winner's other seeds and
     each --compare baseline from every seed, all through search.seedrun.retrain under the same recipe;
     final.json gains "seeds" (the winner's test accuracy per seed, mean, std, min, max) and "compare" (the

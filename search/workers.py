@@ -178,9 +178,22 @@ class SlotLock:
         self._fd: int | None = None
 
     def __enter__(self) -> SlotLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        self.acquire()
         return self
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting for it, or not: False when another holder has it)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # released by the kernel if this process dies
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        self.__exit__()
 
     def __exit__(self, *exc: object) -> None:
         fd, self._fd = self._fd, None

@@ -103,3 +103,30 @@ def test_the_final_phase_plan_is_said_before_the_search_with_its_nets_seeds_and_
     code, out, err = call(run_cmd.main, [*argv, "--compare", "seed003_net"], capsys)  # resumed: speed is known now
     plan = next(line for line in out.splitlines() if line.startswith("final phase:"))
     assert "images/s" in plan and "min at the trials'" in plan
+
+
+def test_a_second_final_phase_of_the_same_study_waits_for_the_first_and_reuses_its_runs(tmp_path):
+    import threading
+
+    import search.final as final
+    from search.loop import Search
+    from train.data import make_synthetic
+    from tests.search_helpers import FakeTrain, final_run, memory_study, settings
+
+    s = settings(max_params=100_000)
+    study = memory_study(s)
+    Search(study, s, 10, FakeTrain(epochs=3), 1, log=lambda _: None).run()
+    lines: list[str] = []
+    run = final_run(study, s, make_synthetic(64, 32), tmp_path, 3, log=lines.append)
+    other = final.final_lock(run)  # another process's final phase holds it (flock: one per open file)
+    assert other.acquire(blocking=False)
+    done = []
+    t = threading.Thread(target=lambda: done.append(final.retrain_and_compare(run)))
+    t.start()
+    time.sleep(1.0)
+    assert t.is_alive() and not done  # waiting, not training
+    assert any("running in another process" in line for line in lines)
+    other.release()
+    t.join(timeout=120)
+    assert done and done[0]["trial"] == 0 and (tmp_path / "final.json").is_file()
+    assert final.retrain_and_compare(run).get("reused")  # the next one finds it done: nothing trained twice
