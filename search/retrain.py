@@ -11,6 +11,7 @@ again after a crash and it continues from the checkpoint in <out>/runs/ (search.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from space.cli import run_cli
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     p.add_argument("--device", default="auto")
     p.add_argument("--subset-test", type=int, default=None, help="use only this many test images (quick runs)")
-    p.add_argument("--progress", action="store_true", help="progress bar and per-epoch lines")
+    p.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is not a terminal")
+    p.add_argument("--quiet", action="store_true", help="no line per epoch and no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     add_final_args(p)
     args = p.parse_args(argv)
@@ -76,9 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     store_normalisation(study, data)  # a study begun before search.run stored it
     plan = FinalPlan(epochs, args.final_seeds, tuple(names), args.compare_storage, args.trial, args.finalists)
     run = Run(study, settings, data, out,
-              storage=locate(args.storage, study.study_name).url, device=device, epoch_lines=args.progress,
-              bar=args.progress, final=plan, split=search_split(data, settings))
-    final = retrain_and_compare(run)
+              storage=locate(args.storage, study.study_name).url, device=device, epoch_lines=not args.quiet,
+              bar=not args.quiet and (args.progress or sys.stderr.isatty()), final=plan,
+              split=search_split(data, settings))
+    try:
+        final = retrain_and_compare(run)
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished runs and the last finished epoch are in {out}/runs/; run the same command "
+              "to resume", file=sys.stderr)
+        return 130
     paths = write_and_list(study, run.out, url, final)
     if args.json:
         print(json.dumps({"study": study.study_name, "trial": final["trial"], "val_acc": final["val_acc"],

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             final = retrain_and_compare(run)
         except KeyboardInterrupt:
-            print(f"interrupted during the final retrain; its checkpoint is in {run.out}/; run the same command to "
+            print(f"interrupted during the final retrain; its checkpoint is in {run.out}/runs/; run the same command to "
                   "resume", file=sys.stderr)
             return 130
         seconds["final"] = time.time() - t1

@@ -49,7 +49,7 @@ def run_cli(main: Callable[[], int | None], errors: tuple[type[BaseException], .
     except errors as e:
         fail(str(e))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: run the same command again", file=sys.stderr)
         sys.exit(130)
 
 

@@ -49,6 +49,7 @@ def test_retrain_after_a_search_keeps_its_epochs_and_folders_from_anywhere_and_a
     code, out, err = call(retrain_cmd.main, ["--storage", str(db), "--final-seeds", "2"], capsys)
     assert code == 0, err
     assert trained == [(1, 2)]  # 2 epochs as the search's final retrain; seed 0 reused, only seed 1 trained
+    assert "epoch 2/2" in out  # it talks while it trains, as search.run does
     assert "2 epochs (stored with the study)" in out and f"outputs in {results}/ (stored with the study)" in out
     record = json.loads((results / "final.json").read_text())
     assert record["seeds"]["seeds"] == [0, 1] and record["seeds"]["test_accs"][0] == winner["test_acc"]
@@ -63,6 +64,14 @@ def test_retrain_after_a_search_keeps_its_epochs_and_folders_from_anywhere_and_a
     mine = json.loads((results / f"trial-{other}" / "final.json").read_text())
     assert mine["trial"] == other and mine["epochs"] == 2 and trained == [(0, 2)]
     assert f"trial-{other}/" in out
+
+    def stop(genome, config, data, on_epoch=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seedrun, "train", stop)
+    code, out, err = call(retrain_cmd.main, ["--storage", str(db), "--final-seeds", "3"], capsys)
+    assert code == 130 and err.strip().splitlines()[-1] == (f"interrupted: the finished runs and the last finished "
+                                                            f"epoch are in {results}/runs/; run the same command to resume")
     report = (results / f"trial-{other}" / "report.md").read_text()
     assert f"## Trial {other}, retrained by request (the winner is trial {winner['trial']})" in report
     assert "## Winner" not in report

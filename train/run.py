@@ -129,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(data.y_test):,} {'validation' if args.val_size else 'test'} images; device {device}; {plural(epochs, 'epoch')}, "
           f"batch {config.batch_size}, lr {config.lr:g}; outputs in {out}/", file=sys.stderr)
     t0 = time.perf_counter()
-    result = train(genome, config, data)
+    try:
+        result = train(genome, config, data)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last finished epoch is in {out}/checkpoint.pt; run the same command to resume",
+              file=sys.stderr)
+        return 130
     if result.status == "diverged":
         fail(f"training diverged: {result.message}; try a lower --lr", code=1)
     tta = tta_applies(augment)
