@@ -31,6 +31,11 @@ def load_full(dataset: str, data_dir: str | Path | None, subset_train: int | Non
     if dataset not in DATASETS:
         raise SearchError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
     data = load_dataset(dataset, data_dir, download=download)
+    for flag, n, have in (("--subset-train", subset_train, len(data.y_train)),
+                          ("--subset-test", subset_test, len(data.y_test))):
+        if n is not None and n > have:
+            raise SearchError(f"{flag} {n:,} asks for more images than {dataset} has ({have:,}); give at most "
+                              f"{have:,} or leave it out")
     if subset_train is not None or subset_test is not None:
         data = data.subset(subset_train, subset_test, seed=seed)
     return data

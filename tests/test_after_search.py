@@ -87,6 +87,7 @@ def _trained_trials(db: Path) -> list[int]:
     (["--out", "afile"], "--out afile: afile is a file, not a folder"),
     (["--compare", "study:missing"], "--compare study:missing: no study 'missing' in "),
     (["--final-seeds", str(10 ** 12)], "--final-seeds must lie in 1..100"),
+    (["--subset-train", "100000"], "--subset-train 100,000 asks for more images than digits has (1,347)"),
 ])
 def test_a_final_phase_that_cannot_run_fails_in_one_line_before_the_first_trial(tmp_path, capsys, monkeypatch,
                                                                                flags, text):

@@ -255,3 +255,15 @@ def test_synthetic_is_deterministic_for_a_seed_and_balanced():
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert not np.array_equal(a.x_train, c.x_train)
     assert a.x_train.shape == (100, 32, 32, 3) and np.bincount(a.y_train).tolist() == [10] * 10
+
+
+def test_the_cifar_folder_itself_is_accepted_as_the_data_dir(tmp_path):
+    from train.data import load_cifar10, make_synthetic
+    from tests.search_helpers import write_cifar_batches
+
+    data = make_synthetic(50, 20)
+    write_cifar_batches(tmp_path / "cifar-10-batches-py", data)
+    parent = load_cifar10(tmp_path, download=False)
+    itself = load_cifar10(tmp_path / "cifar-10-batches-py", download=False)  # as users point at it
+    assert (itself.x_train == parent.x_train).all() and (itself.y_test == parent.y_test).all()
+    assert not (tmp_path / "cifar-10-batches-py" / "cifar-10-batches-py").exists()

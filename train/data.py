@@ -203,6 +203,8 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> ImageData:
     """CIFAR-10 from data_dir/cifar-10-batches-py, extracting data_dir/cifar-10-python.tar.gz or (if
     `download`) downloading that archive first when the folder is absent. Smaller batches are accepted."""
     data_dir = Path(data_dir)
+    if data_dir.name == _FOLDER and (data_dir / "batches.meta").is_file():  # the folder itself, as users name it
+        data_dir = data_dir.parent
     folder = data_dir / _FOLDER
     if not folder.is_dir():
         archive = data_dir / _ARCHIVE
