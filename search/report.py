@@ -312,8 +312,8 @@ def _search_section(trials: list, settings, rejected: list[bool], baseline: floa
 def _front(board: pd.DataFrame, settings, cost: str) -> list[str]:
     """The Pareto front, the plots and the top 10."""
     md: list[str] = []
-    front = board[board.pareto].sort_values(cost)[["number", "val_acc", "params", "macs", "latency_ms", "peak_act",
-                                                   "rf", "summary"]]
+    front = board[board.pareto].sort_values(cost)[[c for c in ("number", "val_acc", "params", "macs", "latency_ms",
+                                                                "peak_act", "rf", "summary") if c in board]]
     md += ["### Pareto front", "",
            f"Completed, feasible trials that no other beats on both validation accuracy and {COSTS[cost]} "
            + ("(the study's objectives). " if settings and cost_name(settings.objectives) else

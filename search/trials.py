@@ -166,7 +166,9 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                                      "rejected_reason", "failed_reason", "duplicate_of", "retry_of", "proxy_score",
                                      "proxy_rank", "lost_to", "best", "pareto"])
     df["proxy_score"] = df["proxy_score"].astype(float)  # NaN without a prescreen
-    df["latency_ms"] = df["latency_ms"].astype(float)  # predicted (--latency-table); NaN without a table
+    df["latency_ms"] = df["latency_ms"].astype(float)  # predicted (--latency-table)
+    if df["latency_ms"].isna().all():  # a study without a latency table: no column that is always empty
+        df = df.drop(columns="latency_ms")
     for col in ("params", "macs", "peak_act", "rf", "epochs", "duplicate_of", "retry_of", "proxy_rank",
                 "lost_to"):  # ints, blank if unknown
         df[col] = df[col].astype("Int64")

@@ -322,8 +322,9 @@ def check_satisfiable(rules: Rules, num_classes: int = 10, probes: int = 500, se
         macs += f", --max-latency-ms {rules.max_latency_ms:g}"
         found += f", the lowest predicted latency {fastest:.3f} ms"
     raise RulesError(f"no genome of the search space meets --max-params {max_params:,}{macs} and --min-rf {min_rf} "
-                      f"({probes} genomes probed: {found}; the largest RF within {max_params:,} parameters "
-                      f"is {widest_rf or 'none'}); relax the constraints")
+                      f"({probes} genomes probed: {found}; "
+                      + (f"the largest RF within {max_params:,} parameters is {widest_rf}" if widest_rf else
+                         f"none of them fits within {max_params:,} parameters") + "); relax the constraints")
 
 
 def random_rejection_rate(rules: Rules, probes: int = 500, seed: int = 0,

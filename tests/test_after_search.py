@@ -140,3 +140,15 @@ def test_a_second_final_phase_of_the_same_study_waits_for_the_first_and_reuses_i
     t.join(timeout=120)
     assert done and done[0]["trial"] == 0 and (tmp_path / "final.json").is_file()
     assert final.retrain_and_compare(run).get("reused")  # the next one finds it done: nothing trained twice
+
+
+def test_a_leaderboard_without_a_latency_table_has_no_always_empty_latency_column():
+    from search.loop import Search
+    from search.trials import leaderboard
+    from tests.search_helpers import FakeTrain, memory_study, settings
+
+    s = settings(max_params=100_000)
+    study = memory_study(s)
+    Search(study, s, 10, FakeTrain(epochs=3), 2, log=lambda _: None).run()
+    board = leaderboard(study)
+    assert "latency_ms" not in board.columns and {"params", "macs", "val_acc"} <= set(board.columns)
