@@ -9,7 +9,7 @@ all), and settings is the config they read. --prescreen's scorer is injected int
 Modules, one concept each:
     settings     SearchSettings (the study's resolved config, stored with a schema version; migrate),
                  per-dataset defaults, SearchError
-    lifecycle    a trial's state, the only reader and writer of its user-attr keys: Phase, Outcome, classify,
+    lifecycle    a trial's state (through search.record): Phase, Outcome, classify,
                  count, claim (the exact --trials count), the heartbeat, tell, requeue, reap dead workers' trials
     loop         the ask/tell loop: Search.step (one ladder, one tell) and Search.run
     data         the train/validation split the search sees; the full data of the final retrain
@@ -21,6 +21,13 @@ Modules, one concept each:
                  trains on (every GPU of the node, round-robin), --jobs auto per GPU
     memory       workers sharing a GPU: memory caps, cache release, out-of-memory retried once or "too large"
     trials       reading trials: the winner, the Pareto front, the leaderboard, the trial a user names
+    context      the run object (Run, FinalPlan): what one command works on, built once
+    launch, worker  search.run's flags and the run they open; the --jobs worker's own entry point
+    record       a trial's stored record (TrialRecord): every stored key, the only reader and writer
+    seedrun      the one retrain path: a genome from a seed under the final recipe, scored once, cached
+    finalists    --finalists K: the K best trials re-ranked at the final fidelity
+    places       what a study remembers of its search.run: output and data folders, final epochs
+    best         load_best: the retrained winner for Python users
     final        retrain the winner on all training images (--final-seeds seeds), test once, write the model files
     compare      --compare: baselines retrained under the winner's recipe and seeds, paired t intervals
     plots, report  report.md, leaderboard.csv and the PNG plots

@@ -72,6 +72,16 @@ def test_retrain_after_a_search_keeps_its_epochs_and_folders_from_anywhere_and_a
     code, out, err = call(retrain_cmd.main, ["--storage", str(db), "--final-seeds", "3"], capsys)
     assert code == 130 and err.strip().splitlines()[-1] == (f"interrupted: the finished runs and the last finished "
                                                             f"epoch are in {results}/runs/; run the same command to resume")
+    # the Python entry: the winner with its weights, normalisation and class names, from anywhere
+    from search.best import load_best
+    from train.data import load_digits32
+    from train.engine import evaluate
+
+    best = load_best(storage=str(db))
+    digits = load_digits32()
+    assert best.trial == winner["trial"] and best.classes == digits.classes and not best.model.training
+    acc = evaluate(best.model, digits.x_test, digits.y_test, best.mean.flatten().tolist(), best.std.flatten().tolist())[1]
+    assert acc == pytest.approx(best.test_acc, abs=1e-6) and best.test_acc == winner["test_acc"]
     report = (results / f"trial-{other}" / "report.md").read_text()
     assert f"## Trial {other}, retrained by request (the winner is trial {winner['trial']})" in report
     assert "## Winner" not in report
