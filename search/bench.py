@@ -34,6 +34,7 @@ Not counted: rejected candidates (no training, milliseconds each), model buildin
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -41,8 +42,18 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
+from space import Genome, Rules, analyze, check
+from space.sample import sample_genomes
+from train.augment import AugmentConfig
+from train.data import load_dataset, make_synthetic
+from train.device import available_cpus, check_devices
+from train.engine import TrainConfig, train
+
 from .cli import ERRORS, make_parser
 from .settings import DATASET_SIZES, DEFAULTS, SearchError
+from .workers import auto_jobs, cpu_threads, place
 
 __all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "AGREE", "SPEEDUP_SLACK", "sample_typical", "Load", "measure",
            "job_devices", "Workload", "settle", "assess", "project", "main"]
@@ -55,9 +66,6 @@ SPEEDUP_SLACK = 1.15  # a speed-up above jobs/first jobs x this is noise, not pa
 
 def sample_typical(n: int, seed: int = 0, rules=None) -> list:
     """The first n genomes the search space's uniform sampler draws that meet `rules` (default: space.Rules())."""
-    from space import Rules, check
-    from space.sample import sample_genomes
-
     out, rules = [], rules or Rules()
     for g in sample_genomes(100 * n + 100, seed=seed, rules=rules):
         if not check(g, rules):
@@ -92,14 +100,7 @@ def _job(spec: _JobSpec, barrier, queue) -> None:
     index, device, threads = spec.index, spec.device, spec.threads
     batch, steps, seconds, augment = spec.load.batch, spec.load.steps, spec.load.seconds, spec.load.augment
     try:
-        import torch
-
         torch.set_num_threads(threads)
-        from space import Genome
-        from train.augment import AugmentConfig
-        from train.data import make_synthetic
-        from train.engine import TrainConfig, train
-
         genomes = [Genome.from_json(j) for j in spec.genomes_json]
         data = make_synthetic(n_train=batch * steps, n_test=10, seed=index)
         # lr: small, so that no genome diverges; speed does not depend on it.
@@ -123,17 +124,12 @@ def _job(spec: _JobSpec, barrier, queue) -> None:
 
 def job_devices(devices: list[str], jobs: int) -> list[str]:
     """The device of each of `jobs` jobs: round-robin over `devices`, as search.run places its workers."""
-    from .workers import place
     return list(place(devices, jobs).devices)
 
 
 def measure(genomes: list, jobs: int, device: str | list[str], load: Load) -> dict:
     """Run `jobs` concurrent jobs once, over `device` (or the devices listed, round-robin); {"jobs",
     "images_per_s" (aggregate), "per_job_images_per_s"}."""
-    import multiprocessing as mp
-
-    from .workers import cpu_threads
-
     devices = job_devices([device] if isinstance(device, str) else list(device), jobs)
     ctx = mp.get_context("spawn")  # CUDA cannot be forked; each job is a fresh process like a --jobs worker
     barrier, queue = ctx.Barrier(jobs), ctx.Queue()
@@ -232,7 +228,6 @@ def _job_counts(text: str | None, device_type: str, gpus: int = 1) -> list[int]:
         if counts[0] < 1:
             raise SearchError(f"--jobs must be positive integers separated by commas, got {text!r}")
         return counts
-    from train.device import available_cpus
     limit = available_cpus() if device_type != "cuda" else 8 * gpus  # a CPU job per core; GPUs: up to 8 each
     return [2 ** i for i in range(12) if 2 ** i <= limit]
 
@@ -262,10 +257,6 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check(args)
-
-    import torch
-    from train.device import check_devices
-
     devices = [str(d) for d in check_devices(args.device)]  # a bare cuda: every visible GPU
     dev = torch.device(devices[0])
     cuda = dev.type == "cuda"
@@ -277,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset in DATASET_SIZES:
         n_train, n_test = DATASET_SIZES[args.dataset]
     else:
-        from train.data import load_dataset
         data = load_dataset(args.dataset, None)
         n_train, n_test = len(data.y_train), len(data.y_test)
     def run_once(jobs: int) -> dict:
@@ -296,11 +286,6 @@ def main(argv: list[str] | None = None) -> int:
                                                                   d.trial_epochs, d.final_epochs, args.pruned_fraction)))
     reliable = [r for r in rows if r["reliable"]]
     best = min(reliable, key=lambda r: r["total_seconds"]) if reliable else None
-    from space import analyze
-    from train.device import available_cpus
-
-    from .workers import auto_jobs
-
     result = {
         "device": str(dev), "devices": devices, "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or
         platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "dataset": args.dataset,

@@ -35,6 +35,7 @@ from .compare import DEFAULT_COMPARE, STUDY_PREFIX
 from .settings import SearchError
 from .storage import (_JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_journal, default_storage, local_file, open_storage,
                       redact, resolve_url)
+from .study import SETTINGS_KEY, load_study
 
 __all__ = ["ERRORS", "make_parser", "add_study_args", "add_final_args", "parse_compare", "open_existing",
            "positive_int", "Found", "storage_files", "search_studies", "locate"]
@@ -63,8 +64,6 @@ def add_study_args(p: argparse.ArgumentParser, reading: bool = True) -> None:
 def open_existing(args: argparse.Namespace) -> tuple[optuna.Study, str]:
     """(study, storage URL) for commands that read a study search.run created; says on stderr which one it
     picked when --storage or --study-name left that open."""
-    from .study import load_study
-
     found = locate(args.storage, args.study_name)
     storage = open_storage(found.url, create=False)
     study = load_study(storage, found.name, redact(found.url))
@@ -154,8 +153,6 @@ def storage_files(folder: Path = RESULTS) -> list[str]:
 
 def search_studies(url: str) -> list[str]:
     """Names of the studies search.run created in the storage at `url`, newest last."""
-    from .study import SETTINGS_KEY
-
     summaries = optuna.get_all_study_summaries(open_storage(url, create=False))
     return [summary.study_name for summary in sorted(summaries, key=lambda s: getattr(s, "_study_id", 0))
             if SETTINGS_KEY in summary.user_attrs]

@@ -15,6 +15,7 @@ from train.data import DATASETS, DataError, ImageData, load_dataset, train_val_s
 from train.engine import MIN_STEPS
 
 from .settings import SearchError, SearchSettings
+from .study import stored_settings
 
 __all__ = ["NORMALISATION_KEY", "check_steps", "load_full", "search_split", "store_normalisation",
            "study_normalisation"]
@@ -54,8 +55,6 @@ def study_normalisation(study: optuna.Study, data_dir: str | Path | None) -> tup
     stored = study.user_attrs.get(NORMALISATION_KEY)
     if stored:
         return list(stored["mean"]), list(stored["std"])
-    from .study import stored_settings
-
     s = stored_settings(study)
     try:
         data = load_full(s.dataset, data_dir, s.subset_train, None, s.seed, download=False)

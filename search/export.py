@@ -21,16 +21,20 @@ from pathlib import Path
 
 import optuna
 
+from train.deploy import DEPLOY_EXTRA, DeployError, deploy, missing
+from train.engine import TrainError, load_weights
 from train.files import DATA_DIR, RESULTS
+from space import build
 from space.export import export_code
 from space.genome import Genome
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing
-from .data import study_normalisation
+from .data import load_full, study_normalisation
 from .final import load_final
 from .lifecycle import rejected_reason
 from .places import recall
 from .settings import SearchError
+from .study import stored_settings
 from .trials import genome_of, pick_trial
 
 __all__ = ["add_onnx_args", "export_retrained_onnx", "main"]
@@ -56,13 +60,6 @@ def _retrained_here(folder: Path, study_name: str, number: int) -> bool:
 
 def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args) -> dict:
     """args.onnx (and its .int8.onnx with args.int8) from trial `number`'s retrained weights in args.out."""
-    from space import build
-    from train.deploy import DEPLOY_EXTRA, DeployError, deploy, missing
-    from train.engine import TrainError, load_weights
-
-    from .data import load_full
-    from .study import stored_settings
-
     target = Path(args.onnx)
     if target.suffix != ".onnx":
         raise SearchError(f"--onnx {target}: the file name must end in .onnx")

@@ -23,7 +23,9 @@ from space import Genome, analyze
 from space.export import export_code
 from space.latency import LatencyTable, predict_latency
 from space.cli import plural
+from train.deploy import DEPLOY_EXTRA, DeployError, cpu_name, deploy, missing
 from train.files import write_json
+from train.latency import net_latency
 
 from .compare import check_final_seeds, compare_rows, final_seeds, resolve_entrants, seed_stats
 from .context import Run
@@ -53,8 +55,6 @@ def load_final(out_dir: str | Path) -> dict | None:
 def deploy_final(model: torch.nn.Module, run: Run, test_acc: float) -> dict:
     """best_model.onnx and best_model.int8.onnx in run.out and their figures (train.deploy), or, without
     the deploy extra, {"skipped": why} and one line saying which extra adds them."""
-    from train.deploy import DEPLOY_EXTRA, DeployError, deploy, missing
-
     absent = missing()
     if absent:
         why = f"{', '.join(absent)} not installed"
@@ -133,8 +133,6 @@ def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callab
     """The winner's latency predicted by the study's table beside the latency measured here with the table's
     runtime (the deploy step's batch-1 median for ONNX Runtime, a fresh measurement for torch-cpu), compared
     only when the table was measured on this machine (same CPU, threads and runtime version)."""
-    from train.deploy import cpu_name
-
     predicted = predict_latency(genome, table).ms
     record = {"runtime": table.runtime, "threads": table.threads, "table_machine": table.machine,
               "predicted_ms": round(predicted, 4), "measured_ms": None, "error_pct": None}
@@ -144,7 +142,6 @@ def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callab
     if kind is not None and kind in deploy:
         record["measured_ms"] = deploy[kind]["latency_ms_b1"]
     elif kind is None:
-        from train.latency import net_latency
         record["measured_ms"] = round(net_latency(genome, table.runtime, table.threads), 4)
     record["same_machine"] = bool(same)
     if same and record["measured_ms"]:

@@ -32,6 +32,7 @@ import optuna
 
 from space import Analysis, Genome, analyze, check, construct, constraint_values
 from space.latency import predict_latency
+from train import engine  # the module: engine.train is looked up at each call (a test's stand-in reaches it)
 
 from .lifecycle import (Counts, Outcome, Phase, Verdict, abandon, claim, count, duplicate_of, failed, free_places,
                         heartbeat, is_enqueued, mark, not_trained, objective_values, reap_dead_trials, rejected,
@@ -75,8 +76,6 @@ def make_train_fn(data, settings: SearchSettings, device: str = "auto", share: D
     accuracy only: the pruner and the leaderboard read no flip-TTA), under `share` (this worker's device and
     the workers sharing it; default: alone), retried once after an out-of-memory (search.memory); `bar`: a
     tqdm bar per epoch (the line per epoch is Search's, with the trial's number)."""
-    from train import engine
-
     config = settings.train_config(settings.trial_epochs, device, eval_every=1, checkpoint=None, tta=False,
                                    progress=bar, progress_bar=bar, epoch_lines=False)
     return guard(lambda genome, cfg, on_epoch: engine.train(genome, cfg, data, on_epoch=on_epoch), config,

@@ -27,6 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
+
 from .settings import one_line
 
 __all__ = ["CONTEXT_GIB", "TooLarge", "is_out_of_memory", "release_memory", "memory_fraction", "apply_share",
@@ -42,8 +44,6 @@ class TooLarge(RuntimeError):
 
 def is_out_of_memory(e: BaseException) -> bool:
     """torch.OutOfMemoryError, or any error (or its cause, e.g. inside torch.compile) that says memory ran out."""
-    import torch
-
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -57,7 +57,6 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 def release_memory() -> None:
     """Free what unreferenced tensors still hold: Python's cycles first, then CUDA's cached blocks."""
-    import torch
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -73,8 +72,6 @@ def memory_fraction(workers: int, total_bytes: int, alone: bool = False) -> floa
 def apply_share(device: str, workers: int, alone: bool = False) -> float | None:
     """Cap this process's allocations on a CUDA `device` shared by `workers` (none for one worker, or off
     CUDA); returns the fraction set, or None."""
-    import torch
-
     dev = torch.device(device)
     if dev.type != "cuda" or workers < 2:
         return None

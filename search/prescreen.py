@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 
 from space import Genome, build
 from train.data import ImageData
-from train.proxies import PROXIES, VOTE, rank_vote
+from train.engine import resolve_device
+from train.proxies import PROXIES, VOTE, proxy_batch, rank_vote
 from train.proxies import score as proxy_values
 
 from .settings import DEFAULT_PROXY, SearchError, SearchSettings
@@ -90,9 +91,6 @@ def make_prescreen(data: ImageData, settings: SearchSettings, device: str = "aut
     """The real scorer for settings.prescreen > 1 (None when it is off), on the search's training images."""
     if settings.prescreen < 2:
         return None
-    from train.engine import resolve_device
-    from train.proxies import proxy_batch
-
     x, y = proxy_batch(data, PROXY_BATCH, seed=settings.seed, device=resolve_device(device))
     names = proxy_names(settings.proxy)
 

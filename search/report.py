@@ -13,13 +13,14 @@ import optuna
 import pandas as pd
 
 from train.files import RESULTS
+from train.report import classification_summary, confusion_text
 from space import Genome, analyze, random_rejection_rate
 from space.describe import table
 from space.cli import plural
 
 from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
-from .final import load_final
+from .final import DEPLOY_FILES, FINAL_FILES, load_final
 from .settings import COSTS, cost_name
 from .storage import dashboard_command
 from .study import stored_settings
@@ -66,8 +67,6 @@ def _runs(study: optuna.Study) -> list[dict]:
 
 
 def _per_class(final: dict) -> tuple[str, str]:
-    from train.report import classification_summary, confusion_text
-
     classes = tuple(final["classes"])
     text, _, cm = classification_summary(np.asarray(final["y_true"]), np.asarray(final["y_pred"]), classes)
     return text, confusion_text(cm, classes)
@@ -148,8 +147,6 @@ def write_report(study: optuna.Study, out: Path, storage_url: str = "") -> dict[
 
 def write_and_list(study: optuna.Study, out: Path, storage_url: str, final: dict | None) -> dict[str, Path]:
     """write_report, then print the path of each output (with the files of the final retrain `final`)."""
-    from .final import DEPLOY_FILES, FINAL_FILES
-
     paths = write_report(study, out, storage_url)
     if final:
         deployed = DEPLOY_FILES if "files" in (final.get("deploy") or {}) else ()

@@ -43,6 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+import train.device  # the module, not its names: a stand-in for train.device.available_cpus reaches it
+
 from .settings import SearchError
 
 __all__ = ["PARENT_ENV", "SlotLock", "parse_jobs", "auto_jobs", "plan_workers", "cpu_threads", "worker_argv", "run_workers",
@@ -155,7 +159,6 @@ def place(devices: list[str], jobs: int | None, free_gib: Callable[[str], float]
 
 
 def _free_gib(device: str) -> float:
-    import torch
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     return free / 2**30
 
@@ -229,10 +232,8 @@ def auto_jobs(device) -> int:
 def plan_workers(device, jobs: int | str) -> Placement:
     """Which device each of `jobs` workers (or `auto`) trains on: `device` is a --device value (a bare cuda:
     every visible GPU) or a list of devices."""
-    from train.device import available_cpus, check_devices
-
-    devices = check_devices(device) if isinstance(device, str) else list(device)
-    return place([str(d) for d in devices], None if jobs == "auto" else int(jobs), cpus=available_cpus())
+    devices = train.device.check_devices(device) if isinstance(device, str) else list(device)
+    return place([str(d) for d in devices], None if jobs == "auto" else int(jobs), cpus=train.device.available_cpus())
 
 
 PARENT_ENV = "TINYNAS_PARENT_PID"  # a worker's parent, which it must not outlive (search.worker)
@@ -240,8 +241,7 @@ PARENT_ENV = "TINYNAS_PARENT_PID"  # a worker's parent, which it must not outliv
 
 def cpu_threads(jobs: int) -> int:
     """Intra-op threads per worker so that N workers together use the cores once, not N times over."""
-    from train.device import available_cpus
-    return max(1, available_cpus() // jobs)
+    return max(1, train.device.available_cpus() // jobs)
 
 
 def worker_argv(argv: list[str], index: int, device: str | None = None) -> list[str]:

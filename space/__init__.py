@@ -16,8 +16,9 @@ __all__ = ["Genome", "Layer", "Head", "GenomeError", "OPS", "analyze", "check", 
 
 
 def __getattr__(name: str):
-    # export_code pulls in inspect and the module sources; load it on first use only.
     if name == "export_code":
+        # space.export is also a command (python -m space.export): imported here up front, runpy would warn "found
+        # in sys.modules ... prior to execution" and run it twice. So export_code is a lazy attribute, on purpose.
         from .export import export_code
         return export_code
     raise AttributeError(name)

@@ -1,7 +1,10 @@
-"""The code's shape, read from its syntax tree: the layers, the one owner of a trial's state, short functions."""
+"""The code's shape, read from its syntax tree: the layers, imports at the top, the one owner of a trial's state,
+short functions."""
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,70 @@ def test_packages_import_only_downwards(package):
     wrong = {f"{p.relative_to(ROOT)}: {name}" for p in _modules(package)
              for name in _imported(_tree(p)) & set(FORBIDDEN[package])}
     assert not wrong
+
+
+# An import inside a function hides a dependency. One stays there only when it is of an optional extra (not installed
+# everywhere), or when a comment on its line, or a comment line just above it, gives one of these reasons.
+OPTIONAL_EXTRAS = ("onnx", "onnxruntime", "onnxscript", "psycopg", "optuna_dashboard")
+IMPORT_REASONS = ("optional extra", "start-up cost", "import cycle", "lazy")
+
+
+def _is_optional_extra(node: ast.Import | ast.ImportFrom) -> bool:
+    if isinstance(node, ast.Import):
+        return all(a.name.split(".")[0] in OPTIONAL_EXTRAS for a in node.names)
+    return node.level == 0 and (node.module or "").split(".")[0] in OPTIONAL_EXTRAS
+
+
+def _comments(source: str) -> dict[int, tuple[str, bool]]:
+    """line -> (its comment, whether the comment is the whole line)."""
+    return {t.start[0]: (t.string, t.line.lstrip().startswith("#"))
+            for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+
+
+def _gives_a_reason(node: ast.stmt, comments: dict[int, tuple[str, bool]]) -> bool:
+    """A comment on the statement's lines, or a whole-line comment just above it, names one of IMPORT_REASONS."""
+    said = [comments[n][0] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+    above = comments.get(node.lineno - 1)
+    if above and above[1]:
+        said.append(above[0])
+    return any(reason in c.lower() for c in said for reason in IMPORT_REASONS)
+
+
+def _unexplained_local_imports(source: str) -> list[tuple[int, str]]:
+    """(line, statement) of every import inside a function or method that is neither of an optional extra nor
+    commented with its reason."""
+    comments = _comments(source)
+    local = {node for fn in ast.walk(ast.parse(source)) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))}  # a set: nested defs
+    return sorted((node.lineno, ast.unparse(node)) for node in local
+                  if not (_is_optional_extra(node) or _gives_a_reason(node, comments)))
+
+
+@pytest.mark.parametrize("package", ["search", "train", "space"])
+def test_imports_sit_at_the_top_of_each_module_or_say_why_not(package):
+    unexplained = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in _modules(package)
+                   for line, what in _unexplained_local_imports(p.read_text())]
+    assert _modules(package) and not unexplained
+
+
+def test_the_import_check_catches_a_stray_import_in_a_function_and_accepts_a_reason():
+    code = ("import os\n"  # 1: at the top
+            "def f():\n"
+            "    import json\n"  # 3: no reason
+            "    import onnx\n"  # 4: an optional extra
+            "    from onnxruntime.quantization import quantize_static\n"  # 5: one too
+            "    # start-up cost: 0.7 s\n"
+            "    from sklearn.model_selection import train_test_split\n"  # 7: its reason on the line above
+            "    x = 1  # lazy, but said of this line\n"
+            "    from .export import g  # an import\n"  # 9: neither comment gives a reason
+            "    import cv2  # import cycle: a -> b -> a\n"  # 10: its reason on its line
+            "    def inner():\n"
+            "        from . import lazy_name\n"  # 12: the word in the code, not in a comment
+            "class C:\n"
+            "    def m(self):\n"
+            "        import pandas as pd\n")  # 15: a method's
+    assert _unexplained_local_imports(code) == [(3, "import json"), (9, "from .export import g"),
+                                                (12, "from . import lazy_name"), (15, "import pandas as pd")]
 
 
 def _record_keys() -> set[str]:

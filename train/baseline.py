@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from space import build, load_spec
+from space.cli import CliParser
+
 from .files import DATA_DIR
 from .augment import AugmentConfig
-from .device import synchronize
+from .data import load_dataset, train_val_split
+from .device import check_device, synchronize
+from .engine import evaluate
 from .loader import make_dataloader
 
 __all__ = ["seed_loop_throughput", "train_seed_style", "main"]
@@ -64,8 +70,6 @@ def train_seed_style(model: nn.Module, data, epochs: int, batch_size: int = 128,
                      device: torch.device | str = "cpu", log=print) -> list[dict]:
     """Train the seed notebooks' way on data's training part; per epoch {epoch, train_loss, held_out_acc, seconds}
     where held_out_acc is the accuracy on data's held-out part (the validation split, or the test set)."""
-    from .engine import evaluate
-
     device = torch.device(device)
     torch.manual_seed(seed)
     model = model.to(device)
@@ -92,12 +96,6 @@ def train_seed_style(model: nn.Module, data, epochs: int, batch_size: int = 128,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from space import build, load_spec
-    from space.cli import CliParser
-    from .data import load_dataset
-    from .device import check_device
-    from .engine import evaluate
-
     p = CliParser(prog="python -m train.baseline", description="Throughput of the seed-style loop.")
     p.add_argument("spec")
     p.add_argument("--dataset", default="cifar10")
@@ -112,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     device = check_device(args.device)  # before the data is loaded: one error line, not a traceback
     data = load_dataset(args.dataset, args.data_dir)
     if args.epochs:
-        from dataclasses import replace
-        from .data import train_val_split
         model = build(replace(load_spec(args.spec), num_classes=data.num_classes))
         result = {"spec": args.spec, "dataset": data.name, "epochs": args.epochs, "device": str(device)}
         if args.val_size:

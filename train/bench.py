@@ -28,7 +28,12 @@ import time
 import torch
 import torch.nn as nn
 
+from space import build, load_spec
+from space.cli import CliParser, fail
+
 from .files import DATA_DIR
+from .baseline import seed_loop_throughput
+from .data import load_dataset
 from .device import DeviceError, check_device, synchronize, use_bf16
 from .engine import TrainConfig, make_optimizer, train
 
@@ -70,8 +75,6 @@ def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.devi
 
 
 def build_parser():
-    from space.cli import CliParser
-
     p = CliParser(prog="python -m train.bench", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
     p.add_argument("--dataset", default="cifar10", help="cifar10, digits or synthetic")
@@ -90,10 +93,6 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from space import load_spec
-    from space.cli import fail
-    from .data import load_dataset
-
     args = build_parser().parse_args(argv)
     device = check_device(args.device)  # before the data is loaded
     if args.seconds <= 0 or args.repeats < 1 or args.batch_size < 1:
@@ -171,9 +170,6 @@ class _Measurements:
 
 def _measure_all(args, genome, data, cfg: TrainConfig, device: torch.device, bench: _Measurements) -> None:
     """--repeats rounds of every figure asked for, into `bench`."""
-    from space import build
-    from .baseline import seed_loop_throughput
-
     def pipeline(**changes) -> tuple[float, float]:
         run = train(genome, TrainConfig(**{**cfg.__dict__, "epochs": 2, **changes}), bench.sliced)
         return run.history[-1].images_per_s, run.history[0].seconds

@@ -34,12 +34,17 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+from space.cli import CliParser
+
+from .data import load_dataset
 from .files import DATA_DIR
 
 __all__ = ["DeployError", "DEPLOY_EXTRA", "LOGIT_ATOL", "CALIBRATION_IMAGES", "SECONDS", "SECONDS_ENV", "OnnxInfo",
@@ -126,7 +131,7 @@ def export_onnx(model: nn.Module, path: str | Path, mean, std, classes: tuple[st
                 extra: dict[str, str] | None = None) -> Path:
     """Write `model` (any device; a CPU copy is exported in eval mode) as fp32 ONNX with a dynamic batch and
     the normalisation in its metadata; returns the path."""
-    import onnx  # the deploy extra
+    import onnx  # optional extra (deploy)
 
     path = Path(path)
     net = copy.deepcopy(model).float().cpu().eval()
@@ -156,7 +161,7 @@ def export_onnx(model: nn.Module, path: str | Path, mean, std, classes: tuple[st
 def read_onnx(path: str | Path) -> OnnxInfo:
     """The normalisation and classes of an ONNX file written by export_onnx or quantize_int8; anything else
     (missing, corrupt, another tool's model) is a DeployError."""
-    import onnx
+    import onnx  # optional extra (deploy)
 
     path = Path(path)
     if not path.is_file():
@@ -183,7 +188,7 @@ def read_onnx(path: str | Path) -> OnnxInfo:
 def onnx_session(path: str | Path, threads: int = 1):
     """An ONNX Runtime session of the model in `path` on the CPU with `threads` intra-op threads, logging errors
     only (train.latency times its blocks in the same sessions); DeployError (one line) if it cannot load."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional extra (deploy)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -229,6 +234,7 @@ def quantize_float(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray, 
                    reduce_range: bool = True, exclude: tuple[str, ...] = ()) -> Path:
     """quantize_int8 with the calibration input given as the model's float32 input `x` (any shape the model
     takes: train.latency quantizes single blocks this way, with the same settings as a whole net)."""
+    # optional extra (deploy): onnx and onnxruntime, imported where used so that a missing one is one line
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -378,14 +384,12 @@ def summary(record: dict) -> str:
 
 
 def _opset(path: Path) -> int:
-    import onnx
+    import onnx  # optional extra (deploy)
 
     return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -395,10 +399,6 @@ def _version(package: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m train.deploy MODEL.onnx --dataset D`: test accuracy, size and CPU speed of an ONNX file
     written by this module (its normalisation is read from the file)."""
-    from space.cli import CliParser
-
-    from .data import load_dataset
-
     p = CliParser(prog="python -m train.deploy", description=main.__doc__.split(":", 1)[1].strip())
     p.add_argument("model", help="an .onnx file written by the final retrain, search.export --onnx or train.run --onnx")
     p.add_argument("--dataset", default="cifar10", help="whose test set to evaluate (cifar10, digits, synthetic)")

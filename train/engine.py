@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from space import build
 
 from .augment import AugmentConfig
 from .data import ImageData
@@ -171,7 +174,6 @@ class TrainResult:
 def _as_model(genome_or_model) -> nn.Module:
     if isinstance(genome_or_model, nn.Module):
         return genome_or_model
-    from space import build  # deferred: train/ works with any nn.Module
     return build(genome_or_model)
 
 
@@ -445,7 +447,6 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, step: Callable, device
     seen = 0
     batches = run.train_loader
     if cfg.progress and cfg.progress_bar:
-        from tqdm import tqdm
         batches = tqdm(run.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch")
     for i, (x, y) in enumerate(batches, 1):
         out, loss = step(x, y)

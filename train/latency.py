@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,9 @@ from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVE
                            LatencyTable, block_key, overhead_features, predict_latency)
 from space.layers import Classifier, ConvBN, Projection, build
 from space.sample import sample_genomes
+from space.cli import CliParser
+
+from .deploy import DEPLOY_EXTRA, cpu_name, export_onnx, missing, onnx_session, quantize_float, quiet_export
 
 __all__ = ["Timing", "QUICK", "FULL", "block_specs", "make_block", "Runner", "measure", "STEP_PROBE", "channel_step",
            "build_table", "net_latency", "main"]
@@ -178,8 +182,6 @@ class Runner:
         """Each block as its own ONNX model (and quantized for int8 with train.deploy's settings). The blocks
         use torch's TorchScript exporter: 10 ms a block instead of the dynamo exporter's 0.5 s, and the same
         ONNX ops once ONNX Runtime has fused BatchNorm into the conv (Conv, Relu, Add, Slice, ...)."""
-        from train.deploy import quiet_export, quantize_float
-
         paths = []
         for i, (m, x) in enumerate(zip(modules, inputs)):
             p = self.workdir / f"b{i}.onnx"
@@ -193,8 +195,6 @@ class Runner:
         return paths
 
     def _time_onnx(self, path: Path, x: torch.Tensor) -> float:
-        from train.deploy import onnx_session
-
         session = onnx_session(path, self.threads)
         name = session.get_inputs()[0].name
         feed = {name: x.numpy()}
@@ -207,8 +207,6 @@ class Runner:
         if self.runtime == "torch-cpu":
             with torch.inference_mode():
                 return _best_median(lambda: model(x), self.timing, self.clock)
-        from train.deploy import export_onnx, quantize_float
-
         fp32 = self.workdir / "net.onnx"
         export_onnx(model, fp32, [0.5] * 3, [0.25] * 3)
         if self.runtime == "onnxruntime-int8":
@@ -251,8 +249,6 @@ def measure(runner: Runner, specs: dict[str, dict], progress: Callable[[int, int
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for package in ("torch", "onnx", "onnxruntime", "onnxscript"):
         try:
@@ -351,8 +347,6 @@ def channel_step(runner: Runner, fallback: bool = False) -> tuple[int, dict[str,
 def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DEFAULT_MAX_PARAMS,
                 log: Callable[[str], None] = print) -> dict:
     """Measure and return the table (a JSON-able dict)."""
-    from train.deploy import cpu_name
-
     specs = block_specs(timing.widths, max_params, runtime == "onnxruntime-int8")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tinynas-latency-") as tmp:
@@ -389,10 +383,6 @@ def net_latency(genome, runtime: str, threads: int = 1, timing: Timing = FULL) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from space.cli import CliParser
-
-    from .deploy import DEPLOY_EXTRA, missing
-
     p = CliParser(prog="python -m train.latency", description=__doc__.split(":", 1)[1].strip())
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="measure the blocks and write a latency table")
