@@ -138,6 +138,17 @@ def plot_final(history: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+MIN_SPAN = 0.02  # accuracy: compare.png's x axis spans at least 2 points, so a gap within noise looks small
+
+
+def compare_xlim(accs: list[float]) -> tuple[float, float]:
+    """The x limits of compare.png: every accuracy with a margin, over at least MIN_SPAN, so that a difference
+    of a few tenths of a point is not stretched across the whole plot."""
+    lo, hi = min(accs), max(accs)
+    mid, half = (lo + hi) / 2, max(hi - lo, MIN_SPAN) / 2 * 1.15
+    return mid - half, mid + half
+
+
 def plot_compare(rows: list[dict], path: Path) -> Path:
     """The payoff (search.compare): test accuracy of the winner and each baseline, every seed a dot, the
     mean a bar with +-1 std; x: parameters would crowd, so nets are rows, named with their parameter count."""
@@ -149,6 +160,7 @@ def plot_compare(rows: list[dict], path: Path) -> Path:
         ax.errorbar(r["mean"], y, xerr=r["std"] or 0.0, fmt="D", c=color, ms=7, capsize=4, zorder=4)
     ax.set_yticks(range(len(rows)), [f"{r['name']} ({r['params']:,} params)" for r in reversed(rows)], fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlim(*compare_xlim([a for r in rows for a in r["test_accs"]]))
     seeds = len(rows[0]["test_accs"])
     ax.set_xlabel(f"test accuracy (dots: {seeds} seed{'s' if seeds > 1 else ''}; diamond: mean +- std)")
     ax.set_title("winner vs baselines, same final recipe and seeds")

@@ -162,3 +162,12 @@ def test_a_leaderboard_without_a_latency_table_has_no_always_empty_latency_colum
     Search(study, s, 10, FakeTrain(epochs=3), 2, log=lambda _: None).run()
     board = leaderboard(study)
     assert "latency_ms" not in board.columns and {"params", "macs", "val_acc"} <= set(board.columns)
+
+
+def test_compare_png_does_not_stretch_a_gap_within_noise_over_the_whole_axis():
+    from search.plots import MIN_SPAN, compare_xlim
+
+    lo, hi = compare_xlim([0.7771, 0.7789, 0.7743, 0.7795])  # a 0.5-point spread: shown within 2 points
+    assert hi - lo >= MIN_SPAN and lo < 0.7743 and hi > 0.7795
+    lo, hi = compare_xlim([0.60, 0.78])  # a real gap keeps its own scale, with a margin
+    assert lo < 0.60 and hi > 0.78 and hi - lo < 0.25
