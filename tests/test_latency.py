@@ -61,6 +61,7 @@ def test_build_writes_a_table_with_its_target_and_positive_figures(table_path):
               if v is not None]
     assert values and min(values) > 0
     assert len(data["calibration"]["measured_ms"]) == 2 and min(data["calibration"]["measured_ms"]) > 0
+    assert data["overhead"]["fixed_ms"] >= 0  # a cost, never negative (a --quick table's blocks may read high)
     assert data["channel_step"][""] in (8, 16, 32) and len(data["channel_probe"]["blocks"]["conv3"]) == 5
     table = load_table(table_path, runtime="onnxruntime-fp32")
     g = next(sample_genomes(1, seed=3))

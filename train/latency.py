@@ -296,8 +296,9 @@ def fit_overhead(data: dict, genomes: list, measured: list[float]) -> dict:
     y = np.array(measured, float)
     resid, macs = y - sums, np.array([analyze(g).macs for g in genomes], float)
     if len(genomes) < len(OVERHEAD_TERMS) + 2:
-        # a rough table (--quick) can overestimate its blocks: never let the fixed cost cancel half a net
-        coef, relative, held = np.array([max(resid.mean(), -0.5 * sums.min()), 0.0, 0.0, 0.0]), False, None
+        # a rough table (--quick) can overestimate its blocks; a fixed cost is a cost, never negative (a negative
+        # one would claim a net runs faster than its own blocks): it then predicts its blocks' sum, high
+        coef, relative, held = np.array([max(resid.mean(), 0.0), 0.0, 0.0, 0.0]), False, None
     else:
         held = {rel: statistics.median(_held_out_errors(
             lambda keep, i: sums[i] + feats[i] @ _fit(feats[keep], resid[keep], y[keep], rel), y))
