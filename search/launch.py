@@ -18,7 +18,7 @@ import optuna
 import torch
 
 from space import check_satisfiable
-from space.rules import add_rule_flags
+from space.rules import RulesError, add_rule_flags
 from train.device import check_devices
 from train.engine import resolve_device
 from train.files import DATA_DIR, RESULTS, removed_on_error
@@ -121,6 +121,9 @@ class Launch:
     placement: Placement  # the workers' devices (one job: this process's device)
     out: Path  # the output folder (--out, else results/<study>/): checked writable, not yet created
     val_note: str = ""  # how the default validation size was scaled to a --subset-train
+    # The flags' rules that no genome meets, for a new study; a resumed one begun with other settings is
+    # refused as such (search.study.open_study), which says more than "relax the constraints".
+    unsatisfiable: RulesError | None = None
 
     @property
     def jobs(self) -> int:
@@ -167,14 +170,18 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
                  objectives=objectives, prescreen=prescreen, proxy=proxy, sampler=args.sampler,
                  **latency_settings(args.latency_table, args.max_latency_ms, objectives))
     settings, _ = resolve_settings(given)
-    check_satisfiable(settings.rules)  # before any data or training
+    try:  # before any data or training; said in open_run, once it is known whether the study is new
+        check_satisfiable(settings.rules)
+        unsatisfiable = None
+    except RulesError as e:
+        unsatisfiable = e
     jobs = parse_jobs(args.jobs)
     if jobs == 1 and len(args.devices) > 1 and "," in args.raw_device:
         raise SearchError(f"--device {args.raw_device} lists {len(args.devices)} devices but --jobs 1 trains on one: "
                           "give --jobs N (or auto) to spread workers over them, or one device")
     return Launch(args, argv, given, settings, resolve(args.final_epochs, per_dataset=DEFAULTS[args.dataset].final_epochs),
                   plan_workers(args.devices, jobs), out,
-                  "" if args.val_size else default_val_size(args.dataset, args.subset_train)[1])
+                  "" if args.val_size else default_val_size(args.dataset, args.subset_train)[1], unsatisfiable)
 
 
 def check_out_folder(out: Path) -> None:
@@ -210,6 +217,8 @@ def open_run(launch: Launch, worker: int | None = None) -> Run:
     file = local_file(url)
     with removed_on_error(*([file] if file else [])):
         storage = open_storage(url, stale_callback=requeue)
+        if launch.unsatisfiable is not None and peek_settings(storage, name) is None:
+            raise launch.unsatisfiable  # a new study: before any data is loaded
         full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
                          download=not args.no_download)
         # A study begun under older defaults resumes with the values it was measured with (settings.RESUMED).
@@ -219,6 +228,8 @@ def open_run(launch: Launch, worker: int | None = None) -> Run:
             check_steps(len(full.y_train), settings.batch_size, launch.final_epochs, "the final retrain")
         study, created = open_study(storage, name, settings, make_pruner(args.pruner, settings.trial_epochs),
                                     redact(url), stream=worker or 0)
+        if launch.unsatisfiable is not None:  # resumed with the settings it was begun with: still unsatisfiable
+            check_satisfiable(settings.rules)
         final = None if args.no_final or worker is not None else FinalPlan(
             launch.final_epochs, args.final_seeds, tuple(args.compare_names), args.compare_storage,
             finalists=args.finalists)

@@ -171,3 +171,16 @@ def test_compare_png_does_not_stretch_a_gap_within_noise_over_the_whole_axis():
     assert hi - lo >= MIN_SPAN and lo < 0.7743 and hi > 0.7795
     lo, hi = compare_xlim([0.60, 0.78])  # a real gap keeps its own scale, with a margin
     assert lo < 0.60 and hi > 0.78 and hi - lo < 0.25
+
+
+def test_resuming_with_rules_nothing_meets_says_the_study_was_created_with_other_settings(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--dataset", "synthetic", "--trials", "1", "--trial-epochs", "1", "--no-final", "--quiet"]
+    code, _, err = call(run_cmd.main, [*tiny, "--max-params", "100000"], capsys)
+    assert code == 0, err
+    code, _, err = call(run_cmd.main, [*tiny, "--max-params", "500"], capsys)
+    assert code == 2 and "was created with other settings (max_params: 100000 -> 500)" in err
+    assert "relax the constraints" not in err
+    code, _, err = call(run_cmd.main, [*tiny, "--max-params", "500", "--study-name", "new"], capsys)
+    assert code == 2 and err.strip().endswith("relax the constraints")  # a new study: the rules themselves
+    assert not (tmp_path / "results" / "new.db").exists()
