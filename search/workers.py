@@ -2,8 +2,9 @@
 one trains on.
 
 The parent process creates the study (settings, presets) and starts N workers, `python -m search.worker
---worker K` with the parent's flags (search.worker); each loads the data once, runs the ask/train/tell loop of search.loop until
-the study holds --trials trained candidates, and exits. The parent waits, then does the final retrain.
+--worker K` with the parent's flags (search.worker); each loads the data once, runs the ask/train/tell loop
+of search.loop until the study holds --trials trained candidates, and exits; none outlives the parent. The
+parent waits, then does the final retrain.
 
   * Exact count: a worker decides to train a candidate only while holding `SlotLock`, an exclusive file
     lock on this machine named after the storage and study, so N workers never start more runs than
