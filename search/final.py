@@ -13,6 +13,7 @@ evaluated and timed with ONNX Runtime; the figures go into final.json under "dep
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +38,7 @@ from .trials import FINALISTS_KEY, genome_of, val_acc
 from .workers import SlotLock
 
 __all__ = ["FINAL_JSON", "FINAL_FILES", "DEPLOY_FILES", "check_final", "describe_final", "retrain_best",
-           "retrain_and_compare", "final_lock", "deploy_final", "load_final", "latency_check"]
+           "retrain_and_compare", "final_lock", "say_interrupted", "deploy_final", "load_final", "latency_check"]
 
 FINAL_JSON = "final.json"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
@@ -181,6 +182,13 @@ def describe_final(run: Run) -> str:
     return (f"final phase: {what} x {plural(plan.seeds, 'seed')} x {plural(plan.epochs, 'epoch')} on {n:,} images"
             f"{extra} = {image_epochs:,} image-epochs, {cost}"
             + ("; --compare none keeps it to the winner" if baselines else "") + "; --no-final skips it")
+
+
+def say_interrupted(run: Run) -> int:
+    """What a Ctrl-C during the final phase leaves and what to run next, on stderr; the exit status, 130."""
+    print(f"interrupted during the final retrain: the finished runs and the last finished epoch are in "
+          f"{run.out}/runs/; run the same command to resume", file=sys.stderr)
+    return 130
 
 
 def final_lock(run: Run) -> SlotLock:

@@ -23,7 +23,7 @@ from .cli import (ERRORS, add_final_args, add_study_args, locate, make_parser, o
 from .context import FinalPlan, Run
 from .data import load_full, search_split, store_normalisation
 from .compare import check_final_seeds
-from .final import retrain_and_compare
+from .final import retrain_and_compare, say_interrupted
 from .finalists import MAX_FINALISTS
 from .places import recall
 from .report import write_and_list
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         final = retrain_and_compare(run)
     except KeyboardInterrupt:
-        print(f"interrupted: the finished runs and the last finished epoch are in {out}/runs/; run the same command "
-              "to resume", file=sys.stderr)
-        return 130
+        return say_interrupted(run)
     paths = write_and_list(study, run.out, url, final)
     if args.json:
         print(json.dumps({"study": study.study_name, "trial": final["trial"], "val_acc": final["val_acc"],

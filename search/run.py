@@ -36,7 +36,7 @@ from space.cli import plural, run_cli
 from .cli import ERRORS
 from .context import Run
 from .data import store_normalisation
-from .final import describe_final, retrain_and_compare
+from .final import describe_final, retrain_and_compare, say_interrupted
 from .launch import Launch, build_parser, configure, machine_info, open_run, search_here
 from .lifecycle import Counts, count, stopped_by_interrupt
 from .places import store_places
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             final = retrain_and_compare(run)
         except KeyboardInterrupt:
-            print(f"interrupted during the final retrain; its checkpoint is in {run.out}/runs/; run the same command to "
-                  "resume", file=sys.stderr)
-            return 130
+            return say_interrupted(run)
         seconds["final"] = time.time() - t1
     _summary(run, launch, counts, final, seconds)
     return 0

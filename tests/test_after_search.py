@@ -70,8 +70,9 @@ def test_retrain_after_a_search_keeps_its_epochs_and_folders_from_anywhere_and_a
 
     monkeypatch.setattr(seedrun, "train", stop)
     code, out, err = call(retrain_cmd.main, ["--storage", str(db), "--final-seeds", "3"], capsys)
-    assert code == 130 and err.strip().splitlines()[-1] == (f"interrupted: the finished runs and the last finished "
-                                                            f"epoch are in {results}/runs/; run the same command to resume")
+    assert code == 130 and err.strip().splitlines()[-1] == (
+        f"interrupted during the final retrain: the finished runs and the last finished epoch are in {results}/runs/; "
+        "run the same command to resume")
     # the Python entry: the winner with its weights, normalisation and class names, from anywhere
     from search.best import load_best
     from train.data import load_digits32
