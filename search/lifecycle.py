@@ -5,14 +5,16 @@ one `Outcome`:
     completed  trained for all --trial-epochs (COMPLETE); value = final validation accuracy (in a
                multi-objective study: values = [accuracy, cost], see search.settings.OBJECTIVES)
     pruned     trained, stopped early by the pruner (PRUNED); value = last validation accuracy
-    rejected   broke a rule, never trained (COMPLETE with placeholder value 0 and constraints > 0,
-               so TPE learns the infeasible region; Optuna's best_trial ignores it)
+    rejected   broke a rule, never trained: PRUNED with no value and constraints > 0. TPE sorts a trial with
+               constraints > 0 into its infeasible group whatever its state, so it learns where the rules lie,
+               while optuna-dashboard's and Optuna's plots of values show no 0.0 point for a net never trained
+               (studies before 2026-12-07 told it COMPLETE(0): still classified and learned from the same)
     duplicate  the same genome as an earlier trained trial: its result is copied, not retrained
     screened   feasible, but another proposal of its --prescreen round scored higher on the proxy: never
                trained (FAIL; see search.prescreen for why FAIL)
     too large  ran out of device memory, and again when tried once more alone on its device (or at half the
-               batch): COMPLETE with placeholder value 0 and the constraint "memory" = 1, so TPE learns the region
-               this device cannot train, as it learns the rules' (search.memory)
+               batch): PRUNED with no value and the constraint "memory" = 1, so TPE learns the region this
+               device cannot train, as it learns the rules' (search.memory)
     failed     training raised or diverged, its worker died or was interrupted, or no place was left (FAIL)
     running / waiting  in progress / enqueued
 "Trained" = completed + pruned: what --trials N counts.
@@ -237,9 +239,9 @@ class Verdict:
     note: str = ""  # the log line's text after the outcome
 
 
-def rejected(reason: str, values: list[float]) -> Verdict:
-    """Broke a rule: COMPLETE with a placeholder value (and its constraints), never trained."""
-    return Verdict(Outcome.REJECTED, values=values, attrs=dict(rejected=reason, status=str(Outcome.REJECTED)),
+def rejected(reason: str) -> Verdict:
+    """Broke a rule (its constraints > 0 are set): PRUNED with no value, never trained (module docstring)."""
+    return Verdict(Outcome.REJECTED, TrialState.PRUNED, attrs=dict(rejected=reason, status=str(Outcome.REJECTED)),
                    note=reason)
 
 
@@ -285,10 +287,10 @@ def not_trained(reason: str) -> Verdict:
     return Verdict(Outcome.NO_PLACE, TrialState.FAIL, attrs=dict(failed_reason=reason), requeue=True, note=reason)
 
 
-def too_large(reason: str, values: list[float]) -> Verdict:
-    """Out of memory twice (search.memory): never trained to the end; COMPLETE with a placeholder value and
-    the constraint "memory" = 1, so TPE learns the region this device cannot train, as it learns the rules'."""
-    return Verdict(Outcome.TOO_LARGE, values=values, attrs=dict(too_large=reason, status=str(Outcome.TOO_LARGE)),
+def too_large(reason: str) -> Verdict:
+    """Out of memory twice (search.memory): never trained to the end; PRUNED with no value and the constraint
+    "memory" = 1, so TPE learns the region this device cannot train, as it learns the rules'."""
+    return Verdict(Outcome.TOO_LARGE, TrialState.PRUNED, attrs=dict(too_large=reason, status=str(Outcome.TOO_LARGE)),
                    constraints={"memory": 1.0}, note=reason)
 
 

@@ -3,7 +3,7 @@
 One candidate (Search.step), in the shape of Optuna's own `_run_trial`; its state is search.lifecycle's.
 Each arrow decides the trial's Verdict (a value), which lifecycle.tell tells, once:
     ask -> genome (space.suggest_genome, or the exact genome an enqueued trial carries)
-        -> broken rule?  constraints > 0, tell COMPLETE(0) as "rejected": never trained, not counted
+        -> broken rule?  constraints > 0, tell PRUNED (no value) as "rejected": never trained, not counted
         -> trained before? copy its result as "duplicate": not retrained, not counted
         -> claim one of the N places (lifecycle.claim, under the lock the workers of a node share);
            none left: FAIL "not trained" (a preset or retry is queued again)
@@ -11,10 +11,10 @@ Each arrow decides the trial's Verdict (a value), which lifecycle.tell tells, on
            keep the best, tell the other K - 1 FAIL as "screened" (never trained, not counted)
         -> train briefly inside one heartbeat, reporting validation accuracy per epoch to the pruner; out of
            memory: freed and tried once more (search.memory)
-        -> tell COMPLETE(val acc) / PRUNED / FAIL(reason) / "too large" (out of memory twice: COMPLETE(0) with
-           the constraint memory = 1, never trained, not counted)
-In a multi-objective study (search.settings.OBJECTIVES) every value told is [accuracy, cost]: a rejected candidate
-is COMPLETE(0, its analytic cost), and nothing is reported per epoch (Optuna cannot prune such studies).
+        -> tell COMPLETE(val acc) / PRUNED / FAIL(reason) / "too large" (out of memory twice: PRUNED with the
+           constraint memory = 1, never trained, not counted)
+In a multi-objective study (search.settings.OBJECTIVES) every value told is [accuracy, cost], and nothing is
+reported per epoch (Optuna cannot prune such studies); a rejected candidate is PRUNED there too.
 Search.run repeats it until the study holds N trained (completed or pruned) trials, counting those of
 earlier runs and of other workers. The training itself is injected (`train_fn`), so tests can drive the
 loop without torch.
@@ -45,9 +45,8 @@ from .workers import check_stop
 if TYPE_CHECKING:  # injected like train_fn: the round's scoring is the prescreen's business
     from .prescreen import Prescreen
 
-__all__ = ["REJECTED_VALUE", "SearchStopped", "TrainFn", "Search", "make_train_fn"]
+__all__ = ["SearchStopped", "TrainFn", "Search", "make_train_fn"]
 
-REJECTED_VALUE = 0.0  # placeholder accuracy of a rejected trial; TPE ranks it by its constraints instead
 
 
 @dataclass(frozen=True)
@@ -163,8 +162,7 @@ class Search:
                 result = self.train_fn(cand.genome, self._on_epoch(trial))
         except TooLarge as e:
             self.last_failure = str(e)
-            return too_large(self.last_failure, objective_values(REJECTED_VALUE, cand.analysis,
-                                                                  self.settings.objectives, cand.latency_ms))
+            return too_large(self.last_failure)
         except Exception as e:
             self.last_failure = one_line(e)
             return failed(self.last_failure)
@@ -233,7 +231,7 @@ class Search:
         or a duplicate of an earlier trial that trained (or is training) the same genome."""
         s = self.settings
         sign(trial)
-        built = construct(trial, s.rules, num_classes=self.num_classes, version=s.construction)
+        built = construct(trial, s.rules, num_classes=self.num_classes, version=s.construction, space=s.space)
         record = TrialRecord.of(trial)
         carried = record.genome_of()  # presets and retries carry their exact genome
         genome = carried or built.genome
@@ -246,7 +244,7 @@ class Search:
         violations = check(genome, s.rules)
         if violations:
             reason = "; ".join(violations + ([built.note] if built.note and not carried else []))
-            return cand, rejected(reason, objective_values(REJECTED_VALUE, a, s.objectives, ms))
+            return cand, rejected(reason)
         return cand, duplicate_of(self.study, trial, genome.to_json())
 
     def _screen(self, first: optuna.Trial, cand: _Candidate) -> tuple[optuna.Trial, _Candidate, Verdict | None]:

@@ -63,7 +63,7 @@ class TrialRecord:
     retries: int | None = None
     too_large: str | None = None  # out of device memory twice: why
     # What Optuna's own tools (optuna-dashboard, `optuna trials`) show of a candidate never trained: a rejected
-    # one is COMPLETE there (value 0, how TPE learns the infeasible region), so this tells it apart.
+    # one is PRUNED there (with constraints > 0, how TPE learns the infeasible region), so this tells it apart.
     status: str | None = None
     worker: str | None = None  # who runs a RUNNING trial (search.liveness.worker_identity)
     heartbeat_at: float | None = None  # when its worker last showed it was alive (journal storages)

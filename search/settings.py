@@ -215,11 +215,12 @@ def resolve(given: Any = None, stored: Any = None, per_dataset: Any = None, buil
 
 
 # The settings a resumed study takes from its stored settings when no flag gives them: the per-dataset
-# defaults, the recipe and the construction, whose defaults may change between versions while the study's
-# trials were measured with the old ones; the sampler (a study resumes with its own); the latency table and
+# defaults, the recipe, the construction and the search space, whose defaults may change between versions while
+# the study's trials were measured (and sampled) with the old ones (space.construct keeps every older space and
+# construction); the sampler (a study resumes with its own); the latency table and
 # budget (the stored table predicts, even where its file is gone). The others have no stored rung: a flag's
 # value (or its built-in default) that differs from the stored one is refused (search.study.open_study).
-RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction", "sampler",
+RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction", "space", "sampler",
            "max_latency_ms", "latency_table")
 
 

@@ -18,6 +18,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from space import PRESETS, params_from_genome
+from space.searchspace import RESUMABLE_SPACES
 
 from .record import enqueue
 from .settings import SearchError, SearchSettings, directions
@@ -37,7 +38,8 @@ def make_sampler(name: str, seed: int, salt: int = 0) -> optuna.samplers.BaseSam
     """The study's sampler, by its --sampler name; all read the rules' trial.set_constraint values where they
     model anything (tpe, gp, nsga2), and all serve one or several objectives.
 
-    tpe (default): TPE over the 20 joint parameters, learning the constraints from infeasible trials. The same
+    tpe (default): TPE over the space's parameters (grouped: a net asks only for the choices it has), learning
+    the constraints from infeasible trials. The same
     sampler serves multi-objective studies: Optuna's TPESampler splits good from bad trials by non-domination
     rank there (MOTPE). It is chosen over NSGA-II because a search trains ~100 candidates: NSGA-II's first
     generation (its default population, 50 trials) is random sampling and it improves only over several
@@ -53,7 +55,10 @@ def make_sampler(name: str, seed: int, salt: int = 0) -> optuna.samplers.BaseSam
     if name == "tpe":
         # multivariate: the parameters interact (widths x depths make the parameter count), so model them jointly.
         # constant_liar: concurrent workers treat each other's running trials as bad, and stay apart.
-        return optuna.samplers.TPESampler(seed=stream, multivariate=True, constant_liar=True, n_startup_trials=10)
+        # group: a trial holds only the choices its net has (space 3), so the parameters are conditional; TPE
+        # models each group of parameters that occur together jointly instead of falling back to independent.
+        return optuna.samplers.TPESampler(seed=stream, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=10)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=stream)
     if name == "gp":
@@ -70,7 +75,7 @@ def make_sampler(name: str, seed: int, salt: int = 0) -> optuna.samplers.BaseSam
 
 def make_pruner(name: str, trial_epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
-        # n_min_trials rather than n_startup_trials: the latter would count rejected (COMPLETE, infeasible)
+        # n_min_trials rather than n_startup_trials: the latter would count rejected (never trained, infeasible)
         # trials, which report no epochs. No verdict before more than half the schedule has run: during
         # OneCycle's warm-up and high-lr phase validation accuracy is noise, often chance level (measured on
         # digits, 4 epochs: judging at epoch 2 pruned nets that would have finished at 0.95-0.98).
@@ -133,10 +138,11 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, pruner
             raise SearchError(f"study {name!r} in {storage_label} has trials but no search settings; "
                               "it was not created by search.run: pick another --study-name")
         study.set_user_attr(SETTINGS_KEY, settings.to_dict())
-    elif stored.space != settings.space:
+    elif stored.space != settings.space or stored.space not in RESUMABLE_SPACES:
         raise SearchError(f"study {name!r} in {storage_label} was sampled from search space version {stored.space}, "
-                          f"this is version {settings.space}: its trials cannot guide this sampler, so it is not "
-                          "resumed; start a new one with --study-name NEW (report and export still read it)")
+                          f"this version samples {', '.join(map(str, RESUMABLE_SPACES))}: its trials cannot guide "
+                          "this sampler, so it is not resumed; start a new one with --study-name NEW (report and "
+                          "export still read it)")
     elif stored != settings:
         diff = "; ".join(settings.differences(stored))
         raise SearchError(f"study {name!r} in {storage_label} was created with other settings ({diff}); "

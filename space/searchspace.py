@@ -4,13 +4,17 @@ A trial samples the *shape* of a net; its widths are then derived so that the ne
 of the parameter budget, and its dilations so that the receptive field reaches the minimum: most
 candidates are feasible by construction, and the analytic check (space.check) stays the final gate.
 
-Twenty-six named parameters, none conditional, so TPE models each one on every trial:
+Up to twenty-six named parameters; a trial holds only those its net uses (space version 3), so that TPE and
+optuna-dashboard's importance and parallel-coordinate plots learn from choices that were made, never from a
+dilation of a block with no body layer or a skip of a net without residual blocks:
     c{b}_rel       relative width of block b (an integer on a per-block range; ordinal for TPE); every layer
                    of the block has width ~ multiplier * c{b}_rel, the multiplier solved for the budget
     c{b}_depth     layers in block b (1..3); C1's first layer is always a 3x3 conv stem
-    c{b}_op        "conv3" or "dsc3" for the block's 3x3 layers (depthwise-separable placement)
-    c{b}_dilation  dilation of the block's non-transition 3x3 layers (1, 2 or 4), raised if the RF needs it
-    c{b}_skip      whether block b is residual, if `residual` is "on"
+    c{b}_op        "conv3" or "dsc3" for the block's 3x3 layers (depthwise-separable placement); asked only
+                   where the block has a 3x3 layer besides C1's stem
+    c{b}_dilation  dilation of the block's body 3x3 layers (1, 2 or 4), raised if the RF needs it; asked only
+                   where the block has a body layer (neither the stem nor a strided or dilating transition)
+    c{b}_skip      whether block b is residual; asked only if `residual` is "on"
     down{k}        how C1..C3 end (k = 1..3): "stride" (stride-2 last layer), "dilate" (stride 1,
                    dilation 2: grows the RF, keeps resolution) or "none" (an ordinary layer)
     residual       "on" or "off": whether the c{b}_skip apply (so about half the nets have a residual add)
@@ -25,7 +29,7 @@ Construction, in order (in construct):
     3. widths: multiples of 8 of multiplier * c{b}_rel * 8 channels (at least 8), the multiplier the
        largest whose exact analytic parameter count stays <= budget and whose MACs per image stay <=
        max_macs (bisection; both counts grow with the multiplier), then each block in turn widened by 8
-       while both still fit;
+       while both still fit, in passes until none can be (construction 3; 2 made one pass);
     4. only if max_macs is set and even the narrowest widths (8 channels everywhere) exceed it: the shape
        is made cheaper and steps 2-3 repeat, first each down{k} that keeps the resolution ("dilate" or
        "none") becomes "stride", C1's first, then every 3x3 layer but the stem becomes DSC. A shape still
@@ -44,7 +48,7 @@ from .genome import Genome, Head, Layer
 from .latency import predict_latency
 from .rules import DEFAULT_MAX_PARAMS, Rules, RulesError, check
 
-__all__ = ["SPACE_VERSION", "CONSTRUCTION_VERSION", "Construction", "construct", "suggest_genome",
+__all__ = ["SPACE_VERSION", "RESUMABLE_SPACES", "CONSTRUCTION_VERSION", "Construction", "construct", "suggest_genome",
            "params_from_genome", "RandomTrial", "TrialLike", "REL_RANGES", "DILATIONS", "DOWNS", "DROPOUTS",
            "BUDGET_PERCENT", "MAX_WIDTH", "check_satisfiable", "random_rejection_rate"]
 
@@ -60,12 +64,15 @@ RESIDUAL = ("off", "on")
 DROPOUTS = (0.0, 0.05, 0.1)
 # The parameters above and their meaning. A study stores the version it was created with (search.settings):
 # TPE cannot learn from trials whose parameters mean something else, so a study of another version is not
-# resumed. 1: fixed widths per block, no residual blocks (before the budget-filling construction); 2: this.
-SPACE_VERSION = 2
+# resumed. 1: fixed widths per block, no residual blocks (before the budget-filling construction); 2: all 26
+# parameters on every trial; 3: only the choices the built net has (_sample_shape).
+SPACE_VERSION = 3
+RESUMABLE_SPACES = (2, 3)  # the versions _sample_shape still samples: a study of one of them resumes with it
 # How a point of the space becomes a genome under given rules. A study stores it too (search.settings) and
 # resumes with the construction it began with. 1: the widths fill the parameter budget, max_macs is only
-# checked afterwards; 2: the widths respect max_macs too, and a shape over it adapts (step 4 above).
-CONSTRUCTION_VERSION = 2
+# checked afterwards; 2: the widths respect max_macs too, and a shape over it adapts (step 4 above); 3: the
+# widening of step 3 repeats until no block can take 8 more channels (2 made one pass).
+CONSTRUCTION_VERSION = 3
 BUDGET_PERCENT = (65, 100, 1)  # low, high, step: percent of max_params (median 82.5)
 MAX_WIDTH = 512  # channels: caps the multiplier for shapes that cannot fill the budget
 
@@ -91,7 +98,43 @@ class _Shape:
                       num_classes=self.num_classes, residual=self.residual)
 
 
-def _sample_shape(trial: TrialLike, num_classes: int) -> tuple[_Shape, float]:
+def _sample_shape(trial: TrialLike, num_classes: int, space: int = SPACE_VERSION) -> tuple[_Shape, float]:
+    """The sampled shape and budget fraction. Space 3 asks only for the choices the net will have: a block's op
+    only where it has a 3x3 layer besides the stem, its dilation only where it has a body layer (neither the
+    stem nor a strided or dilating transition), the skips only with residual "on". Space 2 asked for all 26 on
+    every trial, so that TPE saw choices the net never made (a study of space 2 resumes with it)."""
+    if space < 3:
+        return _sample_shape_v2(trial, num_classes)
+    rel = [trial.suggest_int(f"c{b}_rel", lo, hi) for b, (lo, hi) in enumerate(REL_RANGES, 1)]
+    depth = [trial.suggest_int(f"c{b}_depth", *DEPTH_RANGE) for b in range(1, 5)]
+    downs = [trial.suggest_categorical(f"down{k}", DOWNS) for k in range(1, 4)] + ["none"]  # C4 keeps its size
+    blocks = []
+    for b in range(1, 5):
+        n, down = depth[b - 1], downs[b - 1]
+        # layer i is the stem (C1's first: a plain conv, dilation 1) or a transition (the last, unless "none")
+        stem = [b == 1 and i == 0 for i in range(n)]
+        transition = [i == n - 1 and down != "none" for i in range(n)]
+        op = trial.suggest_categorical(f"c{b}_op", BLOCK_OPS) if not all(stem) else "conv3"
+        body = [not s and not t for s, t in zip(stem, transition)]
+        dilation = trial.suggest_categorical(f"c{b}_dilation", DILATIONS) if any(body) else 1
+        layers = [["conv3" if stem[i] else op, 1, 1 if stem[i] else dilation, False] for i in range(n)]
+        if down == "stride":
+            layers[-1][1:] = [2, 1, True]
+        elif down == "dilate":
+            layers[-1][1:] = [1, 2, True]
+        blocks.append(layers)
+    on = trial.suggest_categorical("residual", RESIDUAL) == "on"
+    skips = [trial.suggest_categorical(f"c{b}_skip", (False, True)) if on else False for b in range(1, 5)]
+    lo, hi, step = BUDGET_PERCENT
+    budget = trial.suggest_int("budget", lo, hi, step=step) / 100
+    dropout = trial.suggest_categorical("dropout", DROPOUTS)
+    shape = _Shape(tuple(rel), tuple(tuple(tuple(l) for l in block) for block in blocks), tuple(skips), dropout,
+                   num_classes)
+    return shape, budget
+
+
+def _sample_shape_v2(trial: TrialLike, num_classes: int) -> tuple[_Shape, float]:
+    """Space 2: all 26 parameters on every trial, used or not."""
     rel, blocks = [], []
     for b, (lo, hi) in enumerate(REL_RANGES, 1):
         rel.append(trial.suggest_int(f"c{b}_rel", lo, hi))
@@ -149,7 +192,7 @@ def _widths(shape: _Shape, multiplier: float) -> list[int]:
     return [min(MAX_WIDTH, max(8, 8 * round(multiplier * r))) for r in shape.rel]
 
 
-def _fill(shape: _Shape, target: int, max_macs: int | None) -> list[int] | None:
+def _fill(shape: _Shape, target: int, max_macs: int | None, settle: bool = True) -> list[int] | None:
     """Step 3: the widths (multiples of 8) whose parameter count comes closest to `target` from below with
     MACs per image <= max_macs; None if even the narrowest widths break one of the two."""
     memo: dict[tuple[int, ...], bool] = {}
@@ -170,10 +213,16 @@ def _fill(shape: _Shape, target: int, max_macs: int | None) -> list[int] | None:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if fits(_widths(shape, mid)) else (lo, mid)
     widths = _widths(shape, lo)
-    for b in range(4):  # the rounding leaves up to a step of every block unspent: take what still fits
-        while widths[b] + 8 <= MAX_WIDTH and fits(widths[:b] + [widths[b] + 8] + widths[b + 1:]):
-            widths[b] += 8
-    return widths
+    while True:  # the rounding leaves up to a step of every block unspent: take what still fits
+        before = list(widths)
+        for b in range(4):
+            while widths[b] + 8 <= MAX_WIDTH and fits(widths[:b] + [widths[b] + 8] + widths[b + 1:]):
+                widths[b] += 8
+        # A second pass: the count is not monotone in a block's width where a residual shortcut turns from a
+        # projection into an identity (a later block widened to its input's width), which can free room for
+        # an earlier block. Construction 2 made one pass only (`settle` False: its studies resume as they were).
+        if widths == before or not settle:
+            return widths
 
 
 def _cheaper(shape: _Shape) -> list[_Shape]:
@@ -203,16 +252,16 @@ class Construction:
 
 
 def construct(trial: TrialLike, rules: Rules = Rules(), num_classes: int = 10,
-              version: int = CONSTRUCTION_VERSION) -> Construction:
+              version: int = CONSTRUCTION_VERSION, space: int = SPACE_VERSION) -> Construction:
     """The genome of the trial's shape, built to fill its budget fraction of rules.max_params with RF >=
     rules.min_rf and, from construction version 2 on, MACs <= rules.max_macs (see the module docstring)."""
-    if version not in (1, 2):
-        raise ValueError(f"unknown construction version {version} (this one knows 1 and 2)")
-    sampled, budget = _sample_shape(trial, num_classes)
+    if version not in (1, 2, 3):
+        raise ValueError(f"unknown construction version {version} (this one knows 1 to 3)")
+    sampled, budget = _sample_shape(trial, num_classes, space)
     target = int(budget * rules.max_params)
     max_macs = rules.max_macs if version >= 2 else None
     shape = _meet_rules(sampled, rules.min_rf)
-    widths = _fill(shape, target, max_macs)
+    widths = _fill(shape, target, max_macs, settle=version >= 3)
     if widths is not None:
         return Construction(shape.genome(widths))
     narrowest = shape.genome(_widths(shape, 0.0))
@@ -220,7 +269,7 @@ def construct(trial: TrialLike, rules: Rules = Rules(), num_classes: int = 10,
         return Construction(narrowest)  # over the parameter budget at 8 channels: the check says so
     for variant in _cheaper(sampled):
         cheaper = _meet_rules(variant, rules.min_rf)
-        widths = _fill(cheaper, target, max_macs)
+        widths = _fill(cheaper, target, max_macs, settle=version >= 3)
         if widths is not None:
             return Construction(cheaper.genome(widths))
     return Construction(cheaper.genome(_widths(cheaper, 0.0)),

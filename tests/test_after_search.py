@@ -185,3 +185,25 @@ def test_resuming_with_rules_nothing_meets_says_the_study_was_created_with_other
     code, _, err = call(run_cmd.main, [*tiny, "--max-params", "500", "--study-name", "new"], capsys)
     assert code == 2 and err.strip().endswith("relax the constraints")  # a new study: the rules themselves
     assert not (tmp_path / "results" / "new.db").exists()
+
+
+def test_every_trained_trials_params_rebuild_its_genome_and_name_only_choices_its_net_has():
+    # Optuna sees what was built: TPE and optuna-dashboard learn from the choices the nets have (space 3).
+    import optuna
+
+    from search.loop import Search
+    from search.trials import genome_of
+    from space import SPACE_VERSION, construct
+    from tests.search_helpers import FakeTrain, memory_study, settings
+    from tests.test_searchspace import _not_in_the_net
+
+    s = settings(max_params=100_000)
+    assert s.space == SPACE_VERSION == 3
+    study = memory_study(s, presets=False)
+    Search(study, s, 10, FakeTrain(epochs=2), 16, log=lambda _: None).run()  # 10 random, then TPE's proposals
+    trained = [t for t in study.get_trials() if t.user_attrs.get("trained")]
+    assert len(trained) == 16
+    for t in trained:
+        g = genome_of(t)
+        rebuilt = construct(optuna.trial.FixedTrial(t.params), s.rules, 10, s.construction, s.space).genome
+        assert rebuilt == g and not _not_in_the_net(t.params, g), (t.number, t.params)

@@ -222,7 +222,7 @@ def test_a_candidate_that_never_fits_is_too_large_and_the_sampler_sees_it(tmp_pa
     trials = study.get_trials()
     big = [t for t in trials if classify(t) == "too large"]
     assert len(big) == 1 and big[0].user_attrs["genome"] == first[0]
-    assert big[0].state == TrialState.COMPLETE and big[0].constraints["memory"] == 1.0  # infeasible for TPE
+    assert big[0].state == TrialState.PRUNED and big[0].constraints["memory"] == 1.0  # infeasible for TPE
     assert "too large for this device" in big[0].user_attrs["too_large"]
     c = count(trials)
     assert c.trained == 4 and c.too_large == 1 and "1 too large for this device" in c.line()

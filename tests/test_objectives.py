@@ -79,11 +79,12 @@ def test_multi_objective_study_tells_accuracy_and_the_analytic_cost_and_never_pr
     assert fake.finished == fake.calls  # every trained candidate ran all its epochs
     for t in study.get_trials():
         k = classify(t)
-        assert t.values[1] == t.user_attrs["n_params"]
-        if k == "rejected":  # told like a single-objective rejection: placeholder accuracy 0, infeasible
-            assert t.state == optuna.trial.TrialState.COMPLETE and t.values[0] == 0.0
+        if k == "rejected":  # told like a single-objective rejection: PRUNED, no values, infeasible for TPE
+            assert t.state == optuna.trial.TrialState.PRUNED and t.values is None
             assert max(t.constraints.values()) > 0 and t.user_attrs["genome"] not in fake.calls
-        elif k == "completed":
+            continue
+        assert t.values[1] == t.user_attrs["n_params"]
+        if k == "completed":
             assert t.values[0] == pytest.approx(fake_final(t)) and max(t.constraints.values()) <= 0
 
 

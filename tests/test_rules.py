@@ -11,7 +11,7 @@ from search import run as run_cmd
 from search.loop import Search, SearchStopped
 from search.settings import SearchError, SearchSettings
 from search.study import make_pruner, open_study
-from space import Genome, Rules, analyze, check, construct
+from space import CONSTRUCTION_VERSION, Genome, Rules, analyze, check, construct
 from space.genome import GenomeError
 from tests.search_helpers import TINY, call, one_error_line, run_main, settings
 from train import run as train_run
@@ -85,7 +85,7 @@ def test_a_study_begun_under_construction_1_resumes_with_it(tmp_path, capsys):
     code, out, err = call(run_cmd.main, [*TINY, "--max-macs", str(cap), "--trials", "3", "--no-final", "--no-presets",
                                          "--storage", str(db), "--out", str(tmp_path / "o")], capsys)
     assert code == 0, err
-    assert "kept the settings it was begun with: construction 1 (default now 2)" in out
+    assert f"kept the settings it was begun with: construction 1 (default now {CONSTRUCTION_VERSION})" in out
     study = optuna.load_study(study_name="synthetic-nas", storage=f"sqlite:///{db}")
     assert SearchSettings.from_dict(study.user_attrs["settings"]).construction == 1
     rules, rejected_v1_only = Rules(100_000, 44, cap), 0

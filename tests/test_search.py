@@ -42,7 +42,8 @@ def test_rejected_candidate_is_not_trained():
         assert t.user_attrs["genome"] not in fake.calls
         assert t.user_attrs["rejected"] == "; ".join(check(genome_of(t), Rules(100_000, 44)))
         assert {"n_params", "rf", "macs", "summary"} <= t.user_attrs.keys() and t.params
-        assert t.state == TrialState.COMPLETE and max(t.constraints.values()) > 0
+        # told PRUNED with no value (no 0.0 point in Optuna's plots), infeasible for TPE by its constraints
+        assert t.state == TrialState.PRUNED and t.values is None and max(t.constraints.values()) > 0
     assert counts.trained == 8 and len(fake.calls) == 8  # rejected ones do not count toward N
     for js in fake.calls:
         assert check(Genome.from_json(js), Rules(100_000, 44)) == []
@@ -312,7 +313,7 @@ def test_a_study_of_an_older_search_space_is_not_resumed():
     old = {k: v for k, v in settings().to_dict().items() if k not in ("space", "schema")}  # as stored before the version field
     study.set_user_attr(SETTINGS_KEY, old)
     assert stored_settings(study).space == 1
-    with pytest.raises(SearchError, match=r"search space version 1, this is version 2.*--study-name NEW"):
+    with pytest.raises(SearchError, match=r"search space version 1, this version samples 2, 3.*--study-name NEW"):
         open_study(storage, "s", settings(), make_pruner("none", 3))
 
 
@@ -450,3 +451,18 @@ def test_an_interrupted_final_retrain_resumes_from_its_last_checkpoint(tmp_path,
     assert evaluate(net, data.x_test, data.y_test, data.mean, data.std)[1] == pytest.approx(record["test_acc"], abs=1e-6)
     # flip-TTA only where training flips the images (issue 37); these settings do not
     assert not s.augment and record["test_acc_tta"] is None
+
+
+def test_tpe_learns_from_rejected_candidates_though_they_are_told_pruned_with_no_value():
+    # Optuna's TPE sorts a trial with constraints > 0 into its infeasible group whatever its state (issue 46):
+    # what keeps the rules' region learned now that a rejected candidate shows no 0.0 in the plots.
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    s = settings(max_params=100_000)
+    study = memory_study(s)
+    search(study, s, FakeTrain(epochs=3), 6).run()
+    trials = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    rejected = {t.number for t in trials if classify(t) == "rejected"}
+    assert rejected
+    below, above = _split_trials(study, trials, n_below=3)
+    assert not rejected & {t.number for t in below} and rejected <= {t.number for t in above}

@@ -48,16 +48,42 @@ def test_the_same_trial_parameters_give_the_same_genome():
     assert suggest_genome(a) == suggest_genome(b) and a.params == b.params
 
 
-def test_tpe_sees_a_fixed_unconditional_parameter_space():
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3))
-    names = []
-    for _ in range(6):
+def _not_in_the_net(params: dict, genome: Genome) -> list[str]:
+    """The stored params that name a choice the built net does not have (issue 46): an op of a block with no 3x3
+    layer besides the stem, a dilation of a block with no body layer, a skip of a net without residual blocks;
+    and the params missing for a choice it does have."""
+    wrong = []
+    on = params["residual"] == "on"
+    for b, block in enumerate(genome.blocks, 1):
+        transition = b < 4 and params[f"down{b}"] != "none"
+        has = {f"c{b}_op": len(block) > (b == 1), f"c{b}_dilation": len(block) - (b == 1) - transition > 0,
+               f"c{b}_skip": on}
+        wrong += [f"{k}={params.get(k)!r}" for k, used in has.items() if (k in params) != used]
+        if on and genome.residual[b - 1] != params[f"c{b}_skip"]:
+            wrong.append(f"c{b}_skip={params[f'c{b}_skip']} but the block is {'' if genome.residual[b - 1] else 'not '}residual")
+    return wrong
+
+
+def test_a_trials_params_are_the_choices_its_net_has_and_rebuild_its_genome_exactly():
+    rules = Rules(max_params=100_000)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=0, n_startup_trials=10, multivariate=True, group=True))
+    seen = set()
+    for _ in range(60):  # random start, then TPE's own proposals
         trial = study.ask()
-        g = suggest_genome(trial, max_params=100_000)
-        names.append(sorted(trial.params))
+        g = suggest_genome(trial, rules=rules)
+        assert not _not_in_the_net(trial.params, g), (trial.params, g.summary())
+        assert construct(optuna.trial.FixedTrial(trial.params), rules).genome == g  # the params rebuild it
+        seen |= set(trial.params)
         study.tell(trial, analyze(g).params / 100_000)
-    assert all(n == names[0] for n in names) and len(names[0]) == 26
-    assert {"budget", "residual", "c1_skip", "c4_rel"} <= set(names[0])
+    assert len(seen) == 26  # every parameter asked somewhere: the check above ran on each kind
+    assert len({frozenset(t.params) for t in study.trials}) > 1  # and conditionally: not all on every trial
+
+
+def test_the_check_of_choices_would_catch_a_dilation_or_skip_the_net_does_not_have():
+    params = {**FULL_RESOLUTION, "c1_depth": 1, "down1": "stride", "residual": "off"}
+    g = construct(optuna.trial.FixedTrial(params)).genome
+    assert set(_not_in_the_net(params, g)) >= {"c1_op='conv3'", "c1_dilation=1", "c1_skip=False", "c4_skip=False"}
 
 
 def test_presets_map_to_a_point_of_the_space():

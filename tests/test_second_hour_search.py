@@ -193,6 +193,6 @@ def test_rejected_and_duplicate_trials_are_marked_in_optunas_own_trial_list(tmp_
     rejected = [n for n, row in rows.items() if row.get("user_attrs_status") == "rejected"]
     assert {1, 2} <= set(rejected)  # the two presets above 100k parameters (and any sampled net that broke a rule)
     for n in rejected:  # Optuna itself calls them complete; the attrs say what they were
-        assert rows[n]["state"] == "COMPLETE" and "parameters" in rows[n]["user_attrs_rejected"]
+        assert rows[n]["state"] == "PRUNED" and "parameters" in rows[n]["user_attrs_rejected"]
     assert rows[3]["user_attrs_status"] == "duplicate" and rows[3]["user_attrs_duplicate_of"] == 0
     assert "user_attrs_status" not in rows[0] or rows[0]["user_attrs_status"] is None  # trained: no status
