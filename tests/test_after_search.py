@@ -207,3 +207,27 @@ def test_every_trained_trials_params_rebuild_its_genome_and_name_only_choices_it
         g = genome_of(t)
         rebuilt = construct(optuna.trial.FixedTrial(t.params), s.rules, 10, s.construction, s.space).genome
         assert rebuilt == g and not _not_in_the_net(t.params, g), (t.number, t.params)
+
+
+def test_the_report_ranks_the_choices_by_importance_and_the_one_the_accuracy_follows_comes_first(tmp_path):
+    # Here the accuracy follows one choice alone, the head's dropout (the `dropout` param): Optuna's default
+    # evaluator must put it first, and the report show the table.
+    import optuna
+
+    from search.loop import Search
+    from search.report import param_importance, write_report
+    from tests.search_helpers import FakeResult, Stats, memory_study, settings
+
+    def train(genome, on_epoch):
+        acc = 0.3 + 4 * genome.head.dropout  # dropout 0, 0.05 or 0.1
+        on_epoch(Stats(1, acc))
+        return FakeResult("completed", [Stats(1, acc)])
+
+    s = settings(max_params=100_000, trial_epochs=1)
+    study = memory_study(s, presets=False)
+    Search(study, s, 10, train, 30, log=lambda _: None).run()
+    importance = param_importance(study)
+    assert importance and abs(sum(importance.values()) - 1) < 1e-6
+    assert next(iter(importance)) == "dropout" and importance["dropout"] > 0.5
+    report = write_report(study, tmp_path)["report"].read_text()
+    assert "### Parameter importance" in report and f"| {next(iter(importance))} |" in report
