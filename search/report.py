@@ -256,7 +256,7 @@ def _payoff(final: dict) -> list[str]:
 
     table_rows = [{"net": r["name"], "from": r["origin"] + (f" (breaks the rules: {r['breaks']})" if r.get("breaks") else ""),
                    "params": r["params"], "MACs (M)": f"{r['macs'] / 1e6:.2f}", "RF": r["rf"],
-                   "search val_acc": r.get("val_acc"), f"test acc, mean +- std ({n} seeds)": acc(r),
+                   "search val_acc": r.get("val_acc"), f"test acc, mean +- std ({plural(n, 'seed')})": acc(r),
                    "min - max": f"{r['min']:.4f} - {r['max']:.4f}", "winner - net (95% CI)": diff(r),
                    "p": "" if not r.get("vs_winner") or r["vs_winner"]["p"] is None else f"{r['vs_winner']['p']:.3f}",
                    "verdict": (r.get("vs_winner") or {}).get("verdict", "")} for r in rows]

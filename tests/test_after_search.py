@@ -231,3 +231,12 @@ def test_the_report_ranks_the_choices_by_importance_and_the_one_the_accuracy_fol
     assert next(iter(importance)) == "dropout" and importance["dropout"] > 0.5
     report = write_report(study, tmp_path)["report"].read_text()
     assert "### Parameter importance" in report and f"| {next(iter(importance))} |" in report
+
+
+def test_the_payoff_table_of_one_seed_says_1_seed():
+    from search.report import _payoff
+
+    row = {"name": "winner", "origin": "trial 3", "params": 1000, "macs": 2_000_000, "rf": 50, "val_acc": 0.9,
+           "test_accs": [0.91], "mean": 0.91, "std": None, "min": 0.91, "max": 0.91, "n": 1}
+    text = "\n".join(_payoff({"compare": [row, {**row, "name": "seed001", "vs_winner": None}], "epochs": 2}))
+    assert "(1 seed)" in text and "(1 seeds)" not in text
