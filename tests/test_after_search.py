@@ -240,3 +240,27 @@ def test_the_payoff_table_of_one_seed_says_1_seed():
            "test_accs": [0.91], "mean": 0.91, "std": None, "min": 0.91, "max": 0.91, "n": 1}
     text = "\n".join(_payoff({"compare": [row, {**row, "name": "seed001", "vs_winner": None}], "epochs": 2}))
     assert "(1 seed)" in text and "(1 seeds)" not in text
+
+
+def test_a_study_name_baseline_is_found_in_its_own_storage_file_beside_the_studys(tmp_path):
+    # the random-search control as docs/search.md writes it: --compare study:NAME, NAME searched with its default
+    # storage (results/NAME.db), no --compare-storage
+    import optuna
+
+    from search.compare import resolve_entrants
+    from search.loop import Search
+    from search.study import open_study, make_pruner
+    from search.trials import genome_of, pick_trial
+    from train.data import make_synthetic
+    from tests.search_helpers import FakeTrain, final_run, settings
+
+    s = settings(max_params=100_000)
+    studies = {}
+    for name in ("main", "control"):
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name}.db")
+        studies[name], _ = open_study(storage, name, s, make_pruner("none", 3))
+        Search(studies[name], s, 10, FakeTrain(epochs=3), 2, log=lambda _: None).run()
+    run = final_run(studies["main"], s, make_synthetic(16, 8), tmp_path / "out", 1)
+    run.storage = f"sqlite:///{tmp_path / 'main.db'}"
+    got = resolve_entrants(run, ["study:control"], None)
+    assert [(e.name, e.genome) for e in got] == [("control winner", genome_of(pick_trial(studies["control"])))]
