@@ -174,6 +174,10 @@ def test_workers_die_with_a_parent_killed_by_sigkill_and_the_same_command_resume
     assert r.returncode == 0, r.stderr
     trials = journal_study(tmp_path, "k9").get_trials()
     assert len(trained(trials)) == 3 and not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("failed_reason")]
+    assert len(stopped) >= 2  # the two trials in training when the parent died
+    for t in stopped:  # each failed with its reason and its candidate queued again
+        assert any(u.user_attrs.get("retry_of") == t.number for u in trials), t.user_attrs["failed_reason"]
 
 
 def test_workers_sharing_the_slot_lock_never_train_more_than_n(monkeypatch):
