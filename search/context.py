@@ -30,7 +30,7 @@ class FinalPlan:
     epochs: int
     seeds: int = 1
     compare: tuple[str, ...] = ()
-    compare_storage: str | None = None  # where study:NAME baselines are looked up (None: the study's storage)
+    compare_storage: str | None = None  # where study:NAME baselines are looked up (None: Run.compare_storage)
     trial: int | None = None  # None: the study's best trial (or the best re-ranked finalist)
     finalists: int = 1  # the best trials re-ranked at the final fidelity before the winner is chosen (search.finalists)
 
