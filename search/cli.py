@@ -31,7 +31,7 @@ from train.files import RESULTS
 
 from space import PRESETS
 
-from .compare import DEFAULT_COMPARE, STUDY_PREFIX
+from .compare import DEFAULT_COMPARE, STUDY_PREFIX, TRIAL_MARK
 from .settings import SearchError
 from .storage import (_JOURNAL_SUFFIXES, _SQLITE_SUFFIXES, default_journal, default_storage, local_file, open_storage,
                       redact, resolve_url)
@@ -85,7 +85,7 @@ def add_final_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", default=None, metavar="NAMES",
                    help="baselines retrained with the winner's final recipe and seeds: comma-separated preset "
                         "names, trial numbers, study:NAME (another study's winner, e.g. a --sampler random "
-                        "control), 'presets' (default: the seed presets that meet the study's rules) or 'none'")
+                        "control), study:NAME#N (its trial N), 'presets' (default: the seed presets that meet the study's rules) or 'none'")
     p.add_argument("--compare-storage", default=None, metavar="URL",
                    help="where --compare study:NAME is looked up (default: this study's storage)")
     p.add_argument("--finalists", type=int, default=1, metavar="K",
@@ -101,11 +101,18 @@ def parse_compare(text: str | None) -> list[str]:
         return []
     names = [n.strip() for n in text.split(",") if n.strip()]
     for n in names or [""]:
-        if n not in PRESETS and n != DEFAULT_COMPARE and not n.isdigit() and not (
-                n.startswith(STUDY_PREFIX) and len(n) > len(STUDY_PREFIX)):
+        if n not in PRESETS and n != DEFAULT_COMPARE and not n.isdigit() and not _study_spec(n):
             raise SearchError(f"--compare: {n!r} is neither a preset ({', '.join(PRESETS)}), a trial number, "
-                              "study:NAME, 'presets' nor 'none'")
+                              "study:NAME, study:NAME#N, 'presets' nor 'none'")
     return list(dict.fromkeys(names))
+
+
+def _study_spec(n: str) -> bool:
+    """study:NAME or study:NAME#N (N a trial number)."""
+    if not n.startswith(STUDY_PREFIX) or len(n) == len(STUDY_PREFIX):
+        return False
+    name, mark, number = n[len(STUDY_PREFIX):].rpartition(TRIAL_MARK)
+    return not mark or (bool(name) and number.isdigit())
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ baseline, the mean of (winner - baseline) over the seeds with a paired t interva
 t-test's two-sided p-value. With one seed there is no interval: one run each says nothing about noise.
 
 Baselines (`--compare`, comma-separated): a seed preset's name (space.PRESETS), a trial number of this
-study, or `study:NAME` (the best trial of another study, e.g. the random-search control `X-random`, in this
-storage or in `--compare-storage`). Default `presets`: the seed presets that meet the study's rules; `none`:
+study, `study:NAME` (the best trial of another study, e.g. the random-search control `X-random`, in this
+storage or in `--compare-storage`) or `study:NAME#N` (that study's trial N, e.g. a faster net it trained). Default `presets`: the seed presets that meet the study's rules; `none`:
 no baselines. Every run is cached under <out>/runs/ by what it trains (genome, recipe, seed, images): a crash
 or Ctrl-C loses at most the epoch in progress (each run checkpoints), and the same command resumes, reusing
 every finished run (search.seedrun, the one retrain path). The test set is scored once per run, after its last epoch; nothing is selected on it.
@@ -38,6 +38,7 @@ CONFIDENCE = 0.95
 MAX_FINAL_SEEDS = 100  # --final-seeds: each seed is a whole final retrain of every net (say so beyond this)
 DEFAULT_COMPARE = "presets"  # --compare's default: the seed presets that meet the study's rules
 STUDY_PREFIX = "study:"  # --compare study:NAME: another study's winner
+TRIAL_MARK = "#"  # --compare study:NAME#N: another study's trial N
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def resolve_entrants(run: Run, names: list[str], winner: Genome | None) -> list[
             out.append(Entrant(f"trial {t.number}", g, f"trial {t.number}", trained_val_acc(t),
                                "; ".join(check(g, settings.rules))))
         else:
-            out.append(_other_study_winner(name[len(STUDY_PREFIX):], run))
+            out.append(_other_study_trial(name[len(STUDY_PREFIX):], run))
     for e in out:
         if e.genome.num_classes != num_classes:
             raise SearchError(f"--compare {e.name}: {e.genome.num_classes} classes, the data has {num_classes}")
@@ -105,13 +106,20 @@ def resolve_entrants(run: Run, names: list[str], winner: Genome | None) -> list[
     return kept
 
 
-def _other_study_winner(name: str, run: Run) -> Entrant:
+def _other_study_trial(spec: str, run: Run) -> Entrant:
+    """study:NAME (its winner) or study:NAME#N (its trial N, which must have been trained)."""
+    name, mark, number = spec.rpartition(TRIAL_MARK) if TRIAL_MARK in spec else (spec, "", "")
     other = load_study(run.compare_storage(name), name, "the --compare storage")
     theirs, ours = stored_settings(other), run.settings
     if theirs and ours and theirs.dataset != ours.dataset:
         raise SearchError(f"--compare study:{name} searched {theirs.dataset}, this study {ours.dataset}")
-    t = pick_trial(other, None, trained=True)
-    return Entrant(f"{name} winner", genome_of(t), f"study {name}, trial {t.number}", val_acc(t))
+    if not mark:
+        t = pick_trial(other, None, trained=True)
+        return Entrant(f"{name} winner", genome_of(t), f"study {name}, trial {t.number}", val_acc(t))
+    t = pick_trial(other, int(number), trained=True, force=True)
+    g = genome_of(t)
+    return Entrant(f"{name} trial {t.number}", g, f"study {name}, trial {t.number}", trained_val_acc(t),
+                   "; ".join(check(g, ours.rules)) if ours else "")
 
 
 def seed_stats(accs: list[float]) -> dict:

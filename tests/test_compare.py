@@ -16,7 +16,7 @@ from search.cli import parse_compare
 from search.compare import paired, resolve_entrants, seed_stats, verdict
 from search.loop import Search
 from search.settings import SearchError
-from search.trials import genome_of, pick_trial
+from search.trials import genome_of, pick_trial, trained_val_acc
 from space import PRESETS, check
 from train.data import make_synthetic
 from train.engine import train
@@ -147,6 +147,16 @@ def test_another_studys_winner_joins_the_table_from_its_own_storage():
         ("test winner", f"study test, trial {control_winner.number}", genome_of(control_winner))]
     with pytest.raises(SearchError, match="no study 'nope'"):
         entrants(["study:nope"], study, s, PRESETS["seed001"], 10, other_storage)
+    other = [t for t in control.trials if trained_val_acc(t) is not None and t.number != control_winner.number][0]
+    got = entrants([f"study:test#{other.number}"], study, s, PRESETS["seed001"], 10, other_storage)
+    assert [(e.name, e.origin, e.genome, e.val_acc) for e in got] == [
+        (f"test trial {other.number}", f"study test, trial {other.number}", genome_of(other), trained_val_acc(other))]
+    with pytest.raises(SearchError, match="no trial 999"):
+        entrants(["study:test#999"], study, s, PRESETS["seed001"], 10, other_storage)
+    assert parse_compare("study:a#3,study:b") == ["study:a#3", "study:b"]
+    for bad in ("study:a#x", "study:#3", "study:"):
+        with pytest.raises(SearchError, match="--compare: "):
+            parse_compare(bad)
     digits_storage, d = optuna.storages.InMemoryStorage(), replace(s, dataset="digits")
     Search(memory_study(d, storage=digits_storage), d, 10, FakeTrain(epochs=3), 1, log=quiet).run()
     with pytest.raises(SearchError, match="searched digits"):
