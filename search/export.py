@@ -87,7 +87,7 @@ def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args
     # the images the retrain trained and tested on (its calibration and test images)
     data_dir = recall(study, "data_dir", args.data_dir, DATA_DIR)[0]
     data = load_full(settings.dataset, data_dir, settings.subset_train, final.get("n_test"), settings.seed,
-                     download=not args.no_download)
+                     download=not args.no_download, test_size=settings.test_size)
     try:
         return deploy(model, target, data, final["test_acc"],
                       int8_path=target.with_suffix(".int8.onnx") if args.int8 else None, seed=settings.seed)
@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    mean, std = study_normalisation(study, recall(study, "data_dir", args.data_dir, DATA_DIR)[0])  # MEAN and STD: what the final retrain normalises with
-    out.write_text(export_code(genome, mean, std))
+    # MEAN and STD: what the final retrain normalises with; CLASSES: what its outputs mean
+    mean, std, classes = study_normalisation(study, recall(study, "data_dir", args.data_dir, DATA_DIR)[0])
+    out.write_text(export_code(genome, mean, std, classes=classes))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
     reason = rejected_reason(trial)
     if reason:
