@@ -17,7 +17,7 @@ from train.engine import MIN_STEPS
 from .settings import SearchError, SearchSettings
 from .study import stored_settings
 
-__all__ = ["NORMALISATION_KEY", "check_steps", "load_full", "search_split", "store_normalisation",
+__all__ = ["NORMALISATION_KEY", "check_steps", "load_full", "load_study_data", "search_split", "store_normalisation",
            "study_normalisation"]
 
 # The study user attr holding the input normalisation of its final retrain: {"mean": [r, g, b], "std": [r, g, b]},
@@ -28,10 +28,22 @@ NORMALISATION_KEY = "normalisation"
 
 
 def load_full(dataset: str, data_dir: str | Path | None, subset_train: int | None = None,
-              subset_test: int | None = None, seed: int = 0, download: bool = True,
-              test_size: int | float | None = None) -> ImageData:
-    """The dataset's training and test images, optionally a balanced random subset of each; `test_size`:
-    the test images carved out of a user's folder of class folders (SearchSettings.test_size)."""
+              subset_test: int | None = None, seed: int = 0, download: bool = True) -> ImageData:
+    """The dataset's training and test images, optionally a balanced random subset of each."""
+    return _load(dataset, data_dir, (subset_train, subset_test), seed, download, None)
+
+
+def load_study_data(settings: SearchSettings, data_dir: str | Path | None, subset_test: int | None = None,
+                    download: bool = True) -> ImageData:
+    """The images a study with these settings searches and retrains on: its dataset, its --subset-train, and
+    for a user's folder of class folders the test images its stored test_size carves out."""
+    return _load(settings.dataset, data_dir, (settings.subset_train, subset_test), settings.seed, download,
+                 settings.test_size)
+
+
+def _load(dataset: str, data_dir: str | Path | None, subsets: tuple[int | None, int | None], seed: int,
+          download: bool, test_size: int | float | None) -> ImageData:
+    subset_train, subset_test = subsets
     data = load_dataset(dataset, data_dir, download=download, test_size=test_size)
     for flag, n, have in (("--subset-train", subset_train, len(data.y_train)),
                           ("--subset-test", subset_test, len(data.y_test))):
@@ -61,7 +73,7 @@ def study_normalisation(study: optuna.Study, data_dir: str | Path | None
         return list(stored["mean"]), list(stored["std"]), tuple(stored["classes"])
     s = stored_settings(study)
     try:
-        data = load_full(s.dataset, data_dir, s.subset_train, None, s.seed, download=False, test_size=s.test_size)
+        data = load_study_data(s, data_dir, download=False)
     except DataError as e:
         if stored:
             return list(stored["mean"]), list(stored["std"]), ()

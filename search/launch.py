@@ -28,7 +28,7 @@ from train.files import DATA_DIR, RESULTS, removed_on_error
 from .cli import add_final_args, add_study_args, make_parser, parse_compare, positive_int
 from .context import FinalPlan, Run
 from .compare import check_final_seeds
-from .data import check_steps, load_full, search_split
+from .data import check_steps, load_study_data, search_split
 from .final import check_final
 from .finalists import MAX_FINALISTS
 from .lifecycle import Counts, requeue
@@ -250,8 +250,8 @@ def open_run(launch: Launch, worker: int | None = None) -> Run:
         # A study begun under older defaults resumes with the values it was measured with (settings.RESUMED),
         # its test split among them.
         settings, kept = resolve_settings(launch.given, peek_settings(storage, name))
-        full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
-                         download=not args.no_download, test_size=settings.test_size)
+        # settings' dataset, subset_train and seed are the flags' (none of them is resumed from the study)
+        full = load_study_data(settings, args.data_dir, args.subset_test, download=not args.no_download)
         split = search_split(full, settings)
         if not args.no_final and worker is None:
             check_steps(len(full.y_train), settings.batch_size, launch.final_epochs, "the final retrain")

@@ -22,7 +22,7 @@ from train.files import DATA_DIR, RESULTS
 from .cli import (ERRORS, add_final_args, add_study_args, locate, make_parser, open_existing, parse_compare,
                   positive_int)
 from .context import FinalPlan, Run
-from .data import load_full, search_split, store_normalisation
+from .data import load_study_data, search_split, store_normalisation
 from .compare import check_final_seeds
 from .final import retrain_and_compare, say_interrupted
 from .finalists import MAX_FINALISTS
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"retrain plan: {epochs} epochs ({epochs_from}); data {data_dir} ({data_from}); outputs in {out}/ "
           f"({out_from})", flush=True)
     # The same training images the search split (a --subset-train of the search carries over).
-    data = load_full(settings.dataset, data_dir, settings.subset_train, args.subset_test, settings.seed,
-                     download=not args.no_download, test_size=settings.test_size)
+    data = load_study_data(settings, data_dir, args.subset_test, download=not args.no_download)
     store_normalisation(study, data)  # a study begun before search.run stored it
     plan = FinalPlan(epochs, args.final_seeds, tuple(names), args.compare_storage, args.trial, args.finalists)
     run = Run(study, settings, data, out,
