@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ from search import run as run_cmd
 from search.storage import open_storage
 from search.study import load_study, stored_settings
 from tests.search_helpers import call, one_error_line, write_cifar_batches
+from tests.test_readme import README, blocks
 from train import run as train_run
 from train.data import ImageData, load_cifar10, load_dataset, make_synthetic
 from train.deploy import read_onnx
+from train.userdata import fit_image
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # A digits-size search: one trained candidate (seed003_net, the presets over 100k parameters rejected), one
@@ -140,6 +143,13 @@ def test_a_3_class_folder_trains_a_3_way_head_whose_exported_code_predicts_3_cla
     net.eval()
     x = (torch.rand(5, 3, 32, 32) - torch.tensor(module.MEAN).view(1, 3, 1, 1)) / torch.tensor(module.STD).view(1, 3, 1, 1)
     assert module.CLASSES == ("ants", "bees", "wasps") and net(x).shape == (5, 3)
+    # README's snippet on a photo of the folder: fit_image, then its two `x = ` lines, then CLASSES[argmax]
+    (code,) = [b for b in blocks(README, "python") if "permute" in b]
+    scope = {"torch": torch, "img": fit_image(Image.open(root / "bees" / "rgb0.png")), "MEAN": module.MEAN,
+             "STD": module.STD}
+    for line in (line for line in code.splitlines() if line.startswith("x = ")):
+        exec(re.sub(r"\s+#.*$", "", line), scope)
+    assert module.CLASSES[net(scope["x"]).argmax(1)] in module.CLASSES and scope["x"].shape == (1, 3, 32, 32)
     final = json.loads((o / "final.json").read_text())
     assert final["n_test"] == 6  # --test-size 6: 2 of each class, carved out, recorded with the study
     study = load_study(open_storage(f"sqlite:///{tmp_path / 's.db'}"), "bugs-nas")
