@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import DATASETS, DataError, ImageData
+from .data import DataError, ImageData
 
-__all__ = ["IMAGE_SUFFIXES", "DEFAULT_TEST_SIZE", "SPLIT_SEED", "SIZE", "cache_dir", "is_user_dataset",
+__all__ = ["IMAGE_SUFFIXES", "DEFAULT_TEST_SIZE", "SPLIT_SEED", "SIZE", "cache_dir",
            "load_user_dataset", "load_npz", "load_folder", "carve_test", "fit_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # compared lower-cased
@@ -47,11 +47,6 @@ def cache_dir() -> Path:
         return Path(os.environ["TINYNAS_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "tinynas"
-
-
-def is_user_dataset(name: str) -> bool:
-    """Whether --dataset names a path (anything but a known dataset's name)."""
-    return name not in DATASETS
 
 
 def load_user_dataset(path: str | Path, test_size: int | float | None = None) -> ImageData:
