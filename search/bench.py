@@ -47,12 +47,13 @@ import torch
 from space import Genome, Rules, analyze, check
 from space.sample import sample_genomes
 from train.augment import AugmentConfig
-from train.data import load_dataset, make_synthetic
+from train.data import canonical_dataset, load_dataset, make_synthetic
+from train.defaults import defaults_for
 from train.device import available_cpus, check_devices
 from train.engine import TrainConfig, train
 
 from .cli import ERRORS, make_parser
-from .settings import DATASET_SIZES, DEFAULTS, SearchError
+from .settings import DATASET_SIZES, SearchError
 from .workers import auto_jobs, cpu_threads, place
 
 __all__ = ["EVAL_SPEEDUP", "PRUNED_FRACTION", "DATASET_SIZES", "AGREE", "SPEEDUP_SLACK", "sample_typical", "Load", "measure",
@@ -208,7 +209,7 @@ def project(aggregate: float, single: float, work: Workload) -> dict:
     """Seconds of the search (at `aggregate` images/s) and of the final retrain (at `single` images/s)."""
     n_train, n_test, trial_epochs, pruned_fraction = work.n_train, work.n_test, work.trial_epochs, work.pruned_fraction
     trials, final_epochs = work.trials, work.final_epochs
-    val = DEFAULTS[work.dataset].val_size
+    val = defaults_for(work.dataset).val_size
     n_val = round(val * n_train) if isinstance(val, float) else int(val)
     pruned_epochs = trial_epochs // 2 + 1  # search.study.make_pruner: no verdict before this many epochs
     mean_epochs = (1 - pruned_fraction) * trial_epochs + pruned_fraction * min(pruned_epochs, trial_epochs)
@@ -236,7 +237,7 @@ def build_parser():
     p = make_parser("python -m search.bench", __doc__)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda (every GPU), cuda:1, "
                    "cuda:0,cuda:2, ...")
-    p.add_argument("--dataset", default="cifar10", help="whose batch size, epochs and sizes to project (cifar10, digits)")
+    p.add_argument("--dataset", default="cifar10", help="whose batch size, epochs and sizes to project (cifar10, digits, or the path of your own images)")
     p.add_argument("--jobs", default=None, help="job counts to measure, e.g. 1,2,4 (default: powers of 2 up to the "
                    "CPU cores on CPU, up to 8 a GPU on CUDA)")
     p.add_argument("--genomes", type=int, default=None, help="sampled genomes each job trains (CPU 2, CUDA 4)")
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device(devices[0])
     cuda = dev.type == "cuda"
     counts = _job_counts(args.jobs, dev.type, len(devices))
-    d = DEFAULTS[args.dataset]
+    d = defaults_for(args.dataset)
     genomes = sample_typical(args.genomes or (4 if cuda else 2), seed=args.seed)
     seconds, steps = args.seconds or (10.0 if cuda else 2.0), args.steps or (20 if cuda else 1)
     batch = args.batch_size or (d.batch_size if cuda else 32)
@@ -307,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(args) -> None:
     """SearchError (one line) for a flag out of range."""
-    if args.dataset not in DEFAULTS or args.dataset == "synthetic":
-        raise SearchError(f"--dataset must be cifar10 or digits, got {args.dataset!r}")
+    if args.dataset == "synthetic":
+        raise SearchError("--dataset must be cifar10, digits or the path of your own images, got 'synthetic'")
+    args.dataset = canonical_dataset(args.dataset)  # DataError (one line) for a path that is not there
     if not 0 <= args.pruned_fraction <= 1:
         raise SearchError(f"--pruned-fraction must lie in [0, 1], got {args.pruned_fraction}")
     if args.repeats < 2:

@@ -11,27 +11,40 @@ from pathlib import Path
 import optuna
 
 from space.cli import plural
-from train.data import DATASETS, DataError, ImageData, load_dataset, train_val_split
+from train.data import DataError, ImageData, load_dataset, train_val_split
 from train.engine import MIN_STEPS
 
 from .settings import SearchError, SearchSettings
 from .study import stored_settings
 
-__all__ = ["NORMALISATION_KEY", "check_steps", "load_full", "search_split", "store_normalisation",
+__all__ = ["NORMALISATION_KEY", "check_steps", "load_full", "load_study_data", "search_split", "store_normalisation",
            "study_normalisation"]
 
 # The study user attr holding the input normalisation of its final retrain: {"mean": [r, g, b], "std": [r, g, b]},
 # per channel in [0, 1] units, of the training images search.run and search.retrain load (the --subset-train
-# ones, if given); search.export writes it into the exported file as MEAN and STD.
+# ones, if given); search.export writes it into the exported file as MEAN and STD. It also holds "classes", the
+# class names in label order (since the user's own datasets), which search.export writes as CLASSES.
 NORMALISATION_KEY = "normalisation"
 
 
 def load_full(dataset: str, data_dir: str | Path | None, subset_train: int | None = None,
               subset_test: int | None = None, seed: int = 0, download: bool = True) -> ImageData:
     """The dataset's training and test images, optionally a balanced random subset of each."""
-    if dataset not in DATASETS:
-        raise SearchError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    data = load_dataset(dataset, data_dir, download=download)
+    return _load(dataset, data_dir, (subset_train, subset_test), seed, download, None)
+
+
+def load_study_data(settings: SearchSettings, data_dir: str | Path | None, subset_test: int | None = None,
+                    download: bool = True) -> ImageData:
+    """The images a study with these settings searches and retrains on: its dataset, its --subset-train, and
+    for a user's folder of class folders the test images its stored test_size carves out."""
+    return _load(settings.dataset, data_dir, (settings.subset_train, subset_test), settings.seed, download,
+                 settings.test_size)
+
+
+def _load(dataset: str, data_dir: str | Path | None, subsets: tuple[int | None, int | None], seed: int,
+          download: bool, test_size: int | float | None) -> ImageData:
+    subset_train, subset_test = subsets
+    data = load_dataset(dataset, data_dir, download=download, test_size=test_size)
     for flag, n, have in (("--subset-train", subset_train, len(data.y_train)),
                           ("--subset-test", subset_test, len(data.y_test))):
         if n is not None and n > have:
@@ -46,23 +59,30 @@ def store_normalisation(study: optuna.Study, data: ImageData) -> None:
     """Record data's per-channel mean and std in the study, once (they are fixed by its stored settings)."""
     if NORMALISATION_KEY not in study.user_attrs:
         study.set_user_attr(NORMALISATION_KEY, {"mean": [round(float(m), 6) for m in data.mean],
-                                                "std": [round(float(s), 6) for s in data.std]})
+                                                "std": [round(float(s), 6) for s in data.std],
+                                                "classes": list(data.classes)})
 
 
-def study_normalisation(study: optuna.Study, data_dir: str | Path | None) -> tuple[list[float], list[float]]:
-    """(mean, std) the study's final retrain normalises with: stored by search.run, or, for a study stored
-    before they were, computed from its dataset in data_dir (never downloaded)."""
+def study_normalisation(study: optuna.Study, data_dir: str | Path | None
+                        ) -> tuple[list[float], list[float], tuple[str, ...]]:
+    """(mean, std, class names) of the study's final retrain: stored by search.run, or, for a study stored
+    before they were, computed from its dataset in data_dir (never downloaded). A study that stored mean and
+    std before it stored class names gets () for them where its data cannot be read."""
     stored = study.user_attrs.get(NORMALISATION_KEY)
-    if stored:
-        return list(stored["mean"]), list(stored["std"])
+    if stored and "classes" in stored:
+        return list(stored["mean"]), list(stored["std"]), tuple(stored["classes"])
     s = stored_settings(study)
     try:
-        data = load_full(s.dataset, data_dir, s.subset_train, None, s.seed, download=False)
+        data = load_study_data(s, data_dir, download=False)
     except DataError as e:
+        if stored:
+            return list(stored["mean"]), list(stored["std"]), ()
         raise SearchError(f"study {study.study_name!r} stores no input normalisation (it predates it), and its "
                           f"{s.dataset} training images could not be read to compute it: {e}; give --data-dir"
                           ) from None
-    return [float(m) for m in data.mean], [float(v) for v in data.std]
+    if stored:
+        return list(stored["mean"]), list(stored["std"]), data.classes
+    return [float(m) for m in data.mean], [float(v) for v in data.std], data.classes
 
 
 def check_steps(n_images: int, batch_size: int, epochs: int, what: str) -> None:

@@ -29,7 +29,7 @@ from space.export import export_code
 from space.genome import Genome
 
 from .cli import ERRORS, add_study_args, make_parser, open_existing
-from .data import load_full, study_normalisation
+from .data import load_study_data, study_normalisation
 from .final import load_final
 from .lifecycle import rejected_reason
 from .places import recall
@@ -86,8 +86,7 @@ def export_retrained_onnx(study: optuna.Study, number: int, genome: Genome, args
     settings = stored_settings(study)
     # the images the retrain trained and tested on (its calibration and test images)
     data_dir = recall(study, "data_dir", args.data_dir, DATA_DIR)[0]
-    data = load_full(settings.dataset, data_dir, settings.subset_train, final.get("n_test"), settings.seed,
-                     download=not args.no_download)
+    data = load_study_data(settings, data_dir, final.get("n_test"), download=not args.no_download)
     try:
         return deploy(model, target, data, final["test_acc"],
                       int8_path=target.with_suffix(".int8.onnx") if args.int8 else None, seed=settings.seed)
@@ -114,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    mean, std = study_normalisation(study, recall(study, "data_dir", args.data_dir, DATA_DIR)[0])  # MEAN and STD: what the final retrain normalises with
-    out.write_text(export_code(genome, mean, std))
+    # MEAN and STD: what the final retrain normalises with; CLASSES: what its outputs mean
+    mean, std, classes = study_normalisation(study, recall(study, "data_dir", args.data_dir, DATA_DIR)[0])
+    out.write_text(export_code(genome, mean, std, classes=classes))
     print(f"wrote {out} (trial {number}: {genome.summary()})")
     reason = rejected_reason(trial)
     if reason:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from optuna.trial import FrozenTrial
 
@@ -106,7 +107,7 @@ def retrain_best(run: Run, trial: FrozenTrial | None = None) -> dict:
     model = load_model(run, done)
     s = run.settings
     torch.save(model.state_dict(), run.out / "best_model.pt")  # the EMA weights, if any; CPU tensors
-    (run.out / "best_model.py").write_text(export_code(genome, data.mean, data.std, s.max_params, s.min_rf))
+    (run.out / "best_model.py").write_text(export_code(genome, data.mean, data.std, s.max_params, s.min_rf, classes=data.classes))
     (run.out / "best_genome.json").write_text(genome.to_json() + "\n")
     record = {
         "study": run.name, "trial": trial.number, "preset": TrialRecord.of(trial).preset,
@@ -116,7 +117,10 @@ def retrain_best(run: Run, trial: FrozenTrial | None = None) -> dict:
         "status": "completed", **{k: done[k] for k in ("train_seconds", "images_per_s", "wall_seconds", "device",
                                                        "device_name")},
         "seed": seed, "batch_size": s.batch_size, "lr": s.lr, "augment": s.augment,
-        "dataset": data.name, "classes": list(data.classes), "mean": [float(m) for m in data.mean],
+        "dataset": data.name, "classes": list(data.classes),
+        # images per class the retrain trained on (imbalanced data shows here; the test counts are the report's support)
+        "train_counts": np.bincount(data.y_train, minlength=data.num_classes).tolist(),
+        "mean": [float(m) for m in data.mean],
         "std": [float(v) for v in data.std], "history": done["history"], "y_true": done["y_true"],
         "y_pred": done["y_pred"], "finished": done["finished"],
     }

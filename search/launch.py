@@ -19,6 +19,8 @@ import torch
 
 from space import check_satisfiable
 from space.rules import RulesError, add_rule_flags
+from train.data import canonical_dataset, dataset_label
+from train.defaults import DEFAULTS, defaults_for
 from train.device import check_devices
 from train.engine import resolve_device
 from train.files import DATA_DIR, RESULTS, removed_on_error
@@ -26,22 +28,23 @@ from train.files import DATA_DIR, RESULTS, removed_on_error
 from .cli import add_final_args, add_study_args, make_parser, parse_compare, positive_int
 from .context import FinalPlan, Run
 from .compare import check_final_seeds
-from .data import check_steps, load_full, search_split
+from .data import check_steps, load_study_data, search_split
 from .final import check_final
 from .finalists import MAX_FINALISTS
 from .lifecycle import Counts, requeue
 from .loop import Search, make_train_fn
 from .memory import DeviceShare, apply_share
 from .prescreen import make_prescreen, parse_prescreen
-from .settings import (DEFAULTS, SearchError, SearchSettings, cost_name, default_val_size, defaults_text,
+from .settings import (SearchError, SearchSettings, cost_name, default_val_size, defaults_text,
                        latency_settings, parse_objectives, parse_val_size, resolve, resolve_settings)
 from .storage import default_journal, default_storage, is_sqlite, local_file, migrate_to_journal, open_storage, redact, resolve_url
 from .study import PRUNERS, SAMPLERS, make_pruner, open_study, peek_settings
 from .workers import Placement, SlotLock, parse_jobs, plan_workers, worker_device
 
-__all__ = ["build_parser", "machine_info", "Launch", "configure", "open_run", "search_here"]
+__all__ = ["build_parser", "machine_info", "Launch", "configure", "default_study_name", "parse_test_size", "open_run",
+           "search_here"]
 
-DOC = """`python -m search.run --trials N [--dataset cifar10|digits|synthetic]`: search, retrain the winner, report."""
+DOC = """`python -m search.run --trials N [--dataset cifar10|digits|synthetic|PATH]`: search, retrain the winner, report."""
 
 
 def machine_info(device: str) -> dict:
@@ -64,7 +67,11 @@ def _lines(path: str) -> list[str]:
 def build_parser(prog: str = "python -m search.run", doc: str | None = DOC) -> argparse.ArgumentParser:
     p = make_parser(prog, doc)
     p.add_argument("--trials", type=int, default=100, help="trained candidates the study should hold (default 100)")
-    p.add_argument("--dataset", default="cifar10", help="cifar10 (default), digits (offline) or synthetic (tests)")
+    p.add_argument("--dataset", default="cifar10", help="cifar10 (default), digits (offline), synthetic (tests), or "
+                   "the path of your own images: a folder of class folders (optionally inside train/ and test/) or "
+                   "an .npz (README: Your own images)")
+    p.add_argument("--test-size", default=None, help="a folder of class folders without test/: the test images carved "
+                   "out of it, a count (500) or a fraction (default 0.2), stratified; stored with the study")
     p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/ (downloaded there if absent)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     add_study_args(p, reading=False)
@@ -138,8 +145,8 @@ class Launch:
 def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
     """The Launch of these flags; SearchError for a bad one (before any storage, data or output is touched)."""
     args.devices, args.raw_device = [str(d) for d in check_devices(args.device)], args.device
-    if args.dataset not in DEFAULTS:
-        raise SearchError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
+    args.dataset = canonical_dataset(args.dataset)  # DataError for a path that is not there
+    test_size = parse_test_size(args.test_size, args.dataset)
     objectives = parse_objectives(args.objectives)
     multi = cost_name(objectives) is not None
     if args.pruner is None:
@@ -155,7 +162,7 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
                  "max_macs", "subset_train", "subset_test"):
         positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
     check_final_seeds(args.final_seeds)
-    out = Path(args.out) if args.out else RESULTS / (args.study_name or f"{args.dataset}-nas")
+    out = Path(args.out) if args.out else RESULTS / (args.study_name or default_study_name(args.dataset))
     check_out_folder(out)
     if args.finalists > MAX_FINALISTS:
         raise SearchError(f"--finalists must lie in 1..{MAX_FINALISTS} (each is a retrain as long as the final one), "
@@ -167,7 +174,7 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
     given = dict(dataset=args.dataset, max_params=args.max_params, min_rf=args.min_rf, trial_epochs=args.trial_epochs,
                  val_size=parse_val_size(args.val_size) if args.val_size else None, seed=args.seed,
                  subset_train=args.subset_train, batch_size=args.batch_size, max_macs=args.max_macs,
-                 objectives=objectives, prescreen=prescreen, proxy=proxy, sampler=args.sampler,
+                 objectives=objectives, prescreen=prescreen, proxy=proxy, sampler=args.sampler, test_size=test_size,
                  **latency_settings(args.latency_table, args.max_latency_ms, objectives))
     settings, _ = resolve_settings(given)
     try:  # before any data or training; said in open_run, once it is known whether the study is new
@@ -179,9 +186,30 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
     if jobs == 1 and len(args.devices) > 1 and "," in args.raw_device:
         raise SearchError(f"--device {args.raw_device} lists {len(args.devices)} devices but --jobs 1 trains on one: "
                           "give --jobs N (or auto) to spread workers over them, or one device")
-    return Launch(args, argv, given, settings, resolve(args.final_epochs, per_dataset=DEFAULTS[args.dataset].final_epochs),
+    return Launch(args, argv, given, settings, resolve(args.final_epochs, per_dataset=defaults_for(args.dataset).final_epochs),
                   plan_workers(args.devices, jobs), out,
                   "" if args.val_size else default_val_size(args.dataset, args.subset_train)[1], unsatisfiable)
+
+
+def default_study_name(dataset: str) -> str:
+    """<dataset>-nas: cifar10-nas, or for the user's own images the folder's (or .npz's) name, e.g. parts-nas."""
+    return f"{dataset_label(dataset)}-nas"
+
+
+def parse_test_size(text: str | None, dataset: str) -> int | float | None:
+    """--test-size as images (500) or a fraction (0.2); SearchError where it is malformed or the dataset is a
+    known one (its test set is fixed)."""
+    if text is None:
+        return None
+    if dataset in DEFAULTS:
+        raise SearchError(f"--test-size applies to a folder of class folders; {dataset} has its own test set")
+    try:
+        value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise SearchError(f"--test-size must be a number of images or a fraction, got {text!r}") from None
+    if value <= 0 or (isinstance(value, float) and value >= 1):
+        raise SearchError(f"--test-size must be a positive count or a fraction in (0, 1), got {text}")
+    return value
 
 
 def check_out_folder(out: Path) -> None:
@@ -212,17 +240,18 @@ def open_run(launch: Launch, worker: int | None = None) -> Run:
     study; if the data or the settings fail, a storage file (or folder) this run created is removed again: no
     empty study. `worker`: a --jobs worker's index (its sampler stream; it has no final phase)."""
     args = launch.args
-    name = args.study_name or f"{args.dataset}-nas"
+    name = args.study_name or default_study_name(args.dataset)
     url, migrated = _storage_url(launch, name)
     file = local_file(url)
     with removed_on_error(*([file] if file else [])):
         storage = open_storage(url, stale_callback=requeue)
         if launch.unsatisfiable is not None and peek_settings(storage, name) is None:
             raise launch.unsatisfiable  # a new study: before any data is loaded
-        full = load_full(args.dataset, args.data_dir, args.subset_train, args.subset_test, args.seed,
-                         download=not args.no_download)
-        # A study begun under older defaults resumes with the values it was measured with (settings.RESUMED).
+        # A study begun under older defaults resumes with the values it was measured with (settings.RESUMED),
+        # its test split among them.
         settings, kept = resolve_settings(launch.given, peek_settings(storage, name))
+        # settings' dataset, subset_train and seed are the flags' (none of them is resumed from the study)
+        full = load_study_data(settings, args.data_dir, args.subset_test, download=not args.no_download)
         split = search_split(full, settings)
         if not args.no_final and worker is None:
             check_steps(len(full.y_train), settings.batch_size, launch.final_epochs, "the final retrain")

@@ -67,8 +67,15 @@ def _runs(study: optuna.Study) -> list[dict]:
 
 
 def _per_class(final: dict) -> tuple[str, str]:
+    """(per-class report with the training images of each class beside its test images, confusion matrix)."""
     classes = tuple(final["classes"])
     text, _, cm = classification_summary(np.asarray(final["y_true"]), np.asarray(final["y_pred"]), classes)
+    counts = final.get("train_counts")  # absent from a final.json written before it was recorded
+    if counts and len(counts) == len(classes):
+        test = np.bincount(np.asarray(final["y_true"], np.int64), minlength=len(classes))
+        width = max(len(c) for c in classes)
+        text = text.rstrip() + "\n\nimages per class (training / test)\n" + "\n".join(
+            f"{c:>{width}}  {n:>7,} / {t:,}" for c, n, t in zip(classes, counts, test))
     return text, confusion_text(cm, classes)
 
 

@@ -15,19 +15,20 @@ import sys
 from pathlib import Path
 
 from space.cli import run_cli
+from train.defaults import defaults_for
 from train.device import check_device
 from train.files import DATA_DIR, RESULTS
 
 from .cli import (ERRORS, add_final_args, add_study_args, locate, make_parser, open_existing, parse_compare,
                   positive_int)
 from .context import FinalPlan, Run
-from .data import load_full, search_split, store_normalisation
+from .data import load_study_data, search_split, store_normalisation
 from .compare import check_final_seeds
 from .final import retrain_and_compare, say_interrupted
 from .finalists import MAX_FINALISTS
 from .places import recall
 from .report import write_and_list
-from .settings import DEFAULTS, SearchError, defaults_text
+from .settings import SearchError, defaults_text
 from .study import stored_settings
 from .trials import pick_trial
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     study, url = open_existing(args)
     settings = stored_settings(study)
     pick_trial(study, args.trial, trained=True)  # a bad --trial fails before the data is loaded
-    epochs, epochs_from = recall(study, "final_epochs", args.final_epochs, DEFAULTS[settings.dataset].final_epochs)
+    epochs, epochs_from = recall(study, "final_epochs", args.final_epochs, defaults_for(settings.dataset).final_epochs)
     data_dir, data_from = recall(study, "data_dir", args.data_dir, DATA_DIR)
     out, out_from = recall(study, "out", args.out, RESULTS / study.study_name)
     out = Path(out)
@@ -73,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"retrain plan: {epochs} epochs ({epochs_from}); data {data_dir} ({data_from}); outputs in {out}/ "
           f"({out_from})", flush=True)
     # The same training images the search split (a --subset-train of the search carries over).
-    data = load_full(settings.dataset, data_dir, settings.subset_train, args.subset_test, settings.seed,
-                     download=not args.no_download)
+    data = load_study_data(settings, data_dir, args.subset_test, download=not args.no_download)
     store_normalisation(study, data)  # a study begun before search.run stored it
     plan = FinalPlan(epochs, args.final_seeds, tuple(names), args.compare_storage, args.trial, args.finalists)
     run = Run(study, settings, data, out,

@@ -1,4 +1,4 @@
-"""`python -m search.run --trials N [--dataset cifar10|digits|synthetic]`: search, retrain the winner, report.
+"""`python -m search.run --trials N [--dataset cifar10|digits|synthetic|PATH]`: search, retrain the winner, report.
 
 Creates or resumes an Optuna study (default sqlite:///results/<study>.db), warm-started with the seed
 presets. Candidates that break the rules (--max-params, --min-rf, --max-macs, a DSC and a dilated conv) are

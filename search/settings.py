@@ -14,7 +14,7 @@ from typing import Any
 from space import CONSTRUCTION_VERSION, SPACE_VERSION, Rules
 from space.latency import LatencyError, LatencyTable, load_table, table_from_dict
 from space.rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF
-from train.defaults import DEFAULTS, DatasetDefaults  # the one per-dataset table, shared with train.run
+from train.defaults import DEFAULTS, DatasetDefaults, defaults_for  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
 from train.engine import TrainConfig, tta_applies
 from train.recipe import before_values
@@ -85,7 +85,7 @@ def default_val_size(dataset: str, subset_train: int | None) -> tuple[int | floa
     --subset-train smaller than the training set the same fraction of the subset (CIFAR-10: 5,000 of 50,000,
     so 10 %), with a note saying so; the note is "" where nothing was scaled (a default that is already a
     fraction applies to the subset as it is)."""
-    default = DEFAULTS[dataset].val_size
+    default = defaults_for(dataset).val_size
     if subset_train is None or isinstance(default, float) or dataset not in DATASET_SIZES:
         return default, ""
     n_all = DATASET_SIZES[dataset][0]
@@ -136,6 +136,10 @@ class SearchSettings:
     # the study so that a resume (or a worker elsewhere) predicts with the same figures.
     max_latency_ms: float | None = None
     latency_table: LatencyTable | None = None
+    # The user's folder of class folders (--dataset PATH without test/): the test images carved out of it, a
+    # count or a fraction (None: train.userdata.DEFAULT_TEST_SIZE); None for every other dataset. Stored so
+    # that a resume, a retrain and an export carve the same test images (the split's seed is fixed).
+    test_size: int | float | None = None
 
     @property
     def rules(self) -> Rules:
@@ -221,7 +225,7 @@ def resolve(given: Any = None, stored: Any = None, per_dataset: Any = None, buil
 # budget (the stored table predicts, even where its file is gone). The others have no stored rung: a flag's
 # value (or its built-in default) that differs from the stored one is refused (search.study.open_study).
 RESUMED = ("trial_epochs", "val_size", "batch_size", "lr", "augment", "recipe", "construction", "space", "sampler",
-           "max_latency_ms", "latency_table")
+           "max_latency_ms", "latency_table", "test_size")
 
 
 def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
@@ -230,7 +234,7 @@ def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
     None or absent where not given; "dataset" must be there) and the study's `stored` settings (None for a
     new study). `kept` says 'name stored (default now)' for each RESUMED setting the stored rung decided and
     whose default differs."""
-    d = DEFAULTS[given["dataset"]]
+    d = defaults_for(given["dataset"])
     builtin = {**{f.name: f.default_factory() if f.default_factory is not MISSING else f.default
                   for f in fields(SearchSettings) if f.default is not MISSING or f.default_factory is not MISSING},
                "max_params": DEFAULT_MAX_PARAMS, "min_rf": DEFAULT_MIN_RF, "seed": 0}
@@ -284,7 +288,7 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     that none of them resumes a study of another sampler with TPE.) A layout without the latency keys had no
     latency budgets.
     """
-    d = {"max_latency_ms": None, "latency_table": None, **d}
+    d = {"max_latency_ms": None, "latency_table": None, "test_size": None, **d}
     version = d.get("schema", 1)
     if not isinstance(version, int) or version > SCHEMA:
         raise SearchError(f"the study's settings were stored by a later version of tinynas (layout {version}, "

@@ -44,9 +44,13 @@ def _net_init(blocks, a) -> list[str]:
 
 
 def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF) -> str:
+                max_params: int = DEFAULT_MAX_PARAMS, min_rf: int = DEFAULT_MIN_RF,
+                classes: Sequence[str] = ()) -> str:
     """The standalone file; with mean/std (RGB, [0, 1] units) it also records the input normalisation the
-    weights were trained with, as MEAN and STD."""
+    weights were trained with, as MEAN and STD, and with `classes` (one name per output, in label order) the
+    class names, as CLASSES."""
+    if classes and len(classes) != genome.num_classes:
+        raise GenomeError(f"{len(classes)} class names for a net with {genome.num_classes} outputs")
     a = analyze(genome)
     blocks, head = module_calls(genome)
     violations = check(genome, Rules(max_params, min_rf))
@@ -70,6 +74,9 @@ def export_code(genome: Genome, mean: Sequence[float] | None = None, std: Sequen
                   "# image as float N x 3 x 32 x 32 in 0..255.",
                   f"MEAN = {tuple(round(float(m), 6) for m in mean)}",
                   f"STD = {tuple(round(float(s), 6) for s in std)}"]
+    if classes:
+        lines += ["# The class of each output, in order: CLASSES[model(x).argmax(1)[i]] names image i's class.",
+                  f"CLASSES = {tuple(str(c) for c in classes)!r}"]
     lines += [""]
     residual = any(skip is not None for _, skip in blocks)
     for cls in (ConvBN, SepConvBN, *((Projection, Residual) if residual else ()), Classifier):

@@ -98,7 +98,7 @@ def train_seed_style(model: nn.Module, data, epochs: int, batch_size: int = 128,
 def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="python -m train.baseline", description="Throughput of the seed-style loop.")
     p.add_argument("spec")
-    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, digits, synthetic, or the path of your own images")
     p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--device", default="auto")
     p.add_argument("--seconds", type=float, default=20.0)

@@ -77,7 +77,8 @@ def model_only_throughput(model: nn.Module, cfg: TrainConfig, device: torch.devi
 def build_parser():
     p = CliParser(prog="python -m train.bench", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
-    p.add_argument("--dataset", default="cifar10", help="cifar10, digits or synthetic")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, digits, synthetic, or the path of "
+                   "your own images (a folder of class folders or an .npz)")
     p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)

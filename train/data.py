@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .files import removed_on_error
 
-__all__ = ["DataError", "ImageData", "DATASETS", "CIFAR10_URL", "CIFAR10_MD5", "load_dataset", "load_cifar10",
+__all__ = ["DataError", "ImageData", "DATASETS", "CIFAR10_URL", "CIFAR10_MD5", "load_dataset", "dataset_label", "canonical_dataset", "load_cifar10",
            "load_digits32", "make_synthetic", "train_val_split"]
 
 DATASETS = ("cifar10", "digits", "synthetic")
@@ -110,8 +110,34 @@ def _image_data(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
                      np.ascontiguousarray(x_test, np.uint8), np.asarray(y_test, np.int64), tuple(classes))
 
 
-def load_dataset(name: str, data_dir: str | Path | None, download: bool = True) -> ImageData:
-    """The dataset called `name` ("cifar10", "digits" or "synthetic"); only cifar10 reads data_dir."""
+def dataset_label(name: str) -> str:
+    """A short name for file and study names: the dataset's name, or the stem of the user's folder or .npz."""
+    return name if name in DATASETS else (Path(name).expanduser().resolve().stem or "data")
+
+
+def canonical_dataset(name: str) -> str:
+    """A known dataset's name as it is, a path as its absolute form (what a study stores, so that a resume from
+    another folder names the same data); DataError where the path does not exist."""
+    if name in DATASETS:
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise DataError(f"unknown dataset {name!r}: no such file or folder; give cifar10, digits or synthetic, "
+                        "a folder of class folders (optionally inside train/ and test/) or an .npz file")
+    return str(path.resolve())
+
+
+def load_dataset(name: str, data_dir: str | Path | None, download: bool = True,
+                 test_size: int | float | None = None) -> ImageData:
+    """The dataset called `name` ("cifar10", "digits" or "synthetic"), or the user's at the path `name` (a
+    folder of class folders or an .npz: train.userdata); only cifar10 reads data_dir, only a folder of class
+    folders without test/ reads test_size (images, or a fraction of them, carved out as its test set)."""
+    if name not in DATASETS:
+        # import cycle: train.userdata builds on this module's ImageData and DataError
+        from .userdata import load_user_dataset
+        return load_user_dataset(name, test_size)
+    if test_size is not None:
+        raise DataError(f"--test-size applies to a folder of class folders; {name} has its own test set")
     if name == "cifar10":
         if data_dir is None:
             raise DataError("dataset 'cifar10' needs a data directory (the folder holding cifar-10-batches-py)")
@@ -120,7 +146,7 @@ def load_dataset(name: str, data_dir: str | Path | None, download: bool = True) 
         return load_digits32()
     if name == "synthetic":
         return make_synthetic()
-    raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    raise AssertionError(name)  # every name of DATASETS is handled above
 
 
 # ---------------------------------------------------------------- CIFAR-10, official python format

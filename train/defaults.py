@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DatasetDefaults", "DEFAULTS"]
+__all__ = ["DatasetDefaults", "DEFAULTS", "USER_DEFAULTS", "defaults_for"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,14 @@ DEFAULTS: dict[str, DatasetDefaults] = {
     "synthetic": DatasetDefaults(batch_size=32, lr=0.025, trial_epochs=2, final_epochs=3, val_size=0.25,
                                  augment=False),
 }
+
+# The user's own images (--dataset PATH, train.userdata): nothing is known of them in advance, so CIFAR-10's
+# recipe at batch 64 (lr scaled linearly, 0.1), which also gives a few hundred images enough steps per epoch;
+# flips and shifts suit photographs (turn them off with train.run --no-augment where they change the class);
+# a fifth of the training images validate each candidate.
+USER_DEFAULTS = DatasetDefaults(batch_size=64, lr=0.1, trial_epochs=8, final_epochs=30, val_size=0.2, augment=True)
+
+
+def defaults_for(dataset: str) -> DatasetDefaults:
+    """The table's row of a known dataset, USER_DEFAULTS for the user's own (a path)."""
+    return DEFAULTS.get(dataset, USER_DEFAULTS)

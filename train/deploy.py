@@ -401,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     written by this module (its normalisation is read from the file)."""
     p = CliParser(prog="python -m train.deploy", description=main.__doc__.split(":", 1)[1].strip())
     p.add_argument("model", help="an .onnx file written by the final retrain, search.export --onnx or train.run --onnx")
-    p.add_argument("--dataset", default="cifar10", help="whose test set to evaluate (cifar10, digits, synthetic)")
+    p.add_argument("--dataset", default="cifar10", help="whose test set to evaluate (cifar10, digits, synthetic, or "
+                   "the path of your own images: a folder of class folders or an .npz)")
+    p.add_argument("--test-size", type=float, default=None, help="a folder of class folders without test/: the "
+                   "--test-size it was trained with (default 0.2), so that the same test images are carved out")
     p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
@@ -413,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         raise DeployError(f"--threads must be a positive integer, got {args.threads}")
     info = read_onnx(args.model)
-    data = load_dataset(args.dataset, args.data_dir, download=not args.no_download)
+    test_size = int(args.test_size) if args.test_size is not None and args.test_size >= 1 else args.test_size
+    data = load_dataset(args.dataset, args.data_dir, download=not args.no_download, test_size=test_size)
     if info.classes and info.classes != data.classes:
         raise DeployError(f"{args.model} classifies {', '.join(info.classes[:3])}, ...; the {args.dataset} test set "
                           f"has {', '.join(data.classes[:3])}, ...: give the dataset it was trained on")

@@ -29,8 +29,8 @@ from space.genome import GenomeError
 from space.rules import RulesError, add_rule_flags, rules_from_args
 from space.cli import CliParser, fail, plural, run_cli
 
-from .data import DATASETS, DataError, load_dataset, train_val_split
-from .defaults import DEFAULTS
+from .data import DATASETS, DataError, dataset_label, load_dataset, train_val_split
+from .defaults import defaults_for
 from .device import DeviceError, check_device
 from .deploy import DEPLOY_EXTRA, DeployError, deploy
 from .deploy import missing as deploy_missing
@@ -76,7 +76,10 @@ def write_outputs(out: Path, result: TrainResult, data, extra: dict, tta: bool =
 def build_parser() -> CliParser:
     p = CliParser(prog="python -m train.run", description=__doc__.split(":", 1)[1].strip())
     p.add_argument("spec", help="preset name or genome JSON file")
-    p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASETS)}, or the path of a folder of "
+                   "class folders (optionally inside train/ and test/) or of an .npz (README: Your own images)")
+    p.add_argument("--test-size", type=_size, help="a folder of class folders without test/: the test images "
+                   "carved out of it, a count or a fraction (default 0.2), stratified, always the same ones")
     p.add_argument("--data-dir", default=DATA_DIR, help="holds cifar-10-batches-py/ (downloaded there if absent)")
     p.add_argument("--epochs", type=int, help="default: the dataset's final_epochs in train.defaults")
     p.add_argument("--batch-size", type=int, help="default: per dataset, train.defaults")
@@ -121,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     device = check_device(args.device)  # before any data is loaded or output written; canonical from here on
     rules, epochs = _checked(args)
     genome, data, test_data = _load(args, rules)
-    out = Path(args.out) if args.out else default_out(args.spec, data.name)
-    augment = DEFAULTS[args.dataset].augment if args.augment is None else args.augment
+    out = Path(args.out) if args.out else default_out(args.spec, dataset_label(args.dataset))
+    augment = defaults_for(args.dataset).augment if args.augment is None else args.augment
     config = _config(args, epochs, str(device), out, augment)
     a = analyze(genome)
     print(f"{genome.summary()}\n{a.params:,} parameters, RF {a.rf}; {data.name}: {len(data.y_train):,} train / "
@@ -156,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _size(text: str) -> int | float:
+    """--test-size: '500' images or '0.2' of them."""
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of images or a fraction, got {text!r}") from None
+
+
 def _checked(args: argparse.Namespace) -> tuple:
     """(rules, epochs) from the flags; one error line (space.cli.fail) for a bad one."""
     try:
@@ -164,9 +175,7 @@ def _checked(args: argparse.Namespace) -> tuple:
         fail(str(e))
     if args.onnx and deploy_missing():
         fail(f"--onnx needs {', '.join(deploy_missing())} (the deploy extra): {DEPLOY_EXTRA}")
-    if args.dataset not in DEFAULTS:
-        fail(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DEFAULTS)}")
-    d = DEFAULTS[args.dataset]
+    d = defaults_for(args.dataset)
     epochs = d.final_epochs if args.epochs is None else args.epochs
     if epochs < 1:
         fail(f"--epochs must be a positive integer, got {epochs}")
@@ -187,7 +196,7 @@ def _load(args: argparse.Namespace, rules) -> tuple:
     are split and the test set is scored once at the end; a genome that breaks the rules is refused (as
     search.run rejects candidates: before anything is trained or written) unless --force."""
     genome = load_spec(args.spec)
-    data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, test_size=args.test_size)
     if args.subset:
         data = data.subset(args.subset, None, seed=args.seed)
     test_data = data
@@ -208,7 +217,7 @@ def _load(args: argparse.Namespace, rules) -> tuple:
 
 def _config(args: argparse.Namespace, epochs: int, device: str, out: Path, augment: bool) -> TrainConfig:
     """The run's TrainConfig: the dataset's row of train.defaults, the recipe's defaults, the flags over both."""
-    d = DEFAULTS[args.dataset]
+    d = defaults_for(args.dataset)
     batch = args.batch_size or d.batch_size
     config = with_overrides(TrainConfig(epochs=epochs, batch_size=batch, lr=d.lr_for(batch), device=device,
                                         seed=args.seed, eval_every=1 if args.val_size else 0,
