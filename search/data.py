@@ -56,11 +56,23 @@ def _load(dataset: str, data_dir: str | Path | None, subsets: tuple[int | None, 
 
 
 def store_normalisation(study: optuna.Study, data: ImageData) -> None:
-    """Record data's per-channel mean and std in the study, once (they are fixed by its stored settings)."""
-    if NORMALISATION_KEY not in study.user_attrs:
-        study.set_user_attr(NORMALISATION_KEY, {"mean": [round(float(m), 6) for m in data.mean],
-                                                "std": [round(float(s), 6) for s in data.std],
-                                                "classes": list(data.classes)})
+    """Record data's per-channel mean and std (and its training image count) in the study, once: they are fixed
+    by its stored settings. On a resume, SearchError (one line) when the training images are not the ones the
+    study began with (a user's folder that gained, lost or changed images: its carved splits moved too)."""
+    mean, std = [round(float(m), 6) for m in data.mean], [round(float(s), 6) for s in data.std]
+    stored = study.user_attrs.get(NORMALISATION_KEY)
+    if stored is None:
+        study.set_user_attr(NORMALISATION_KEY, {"mean": mean, "std": std, "classes": list(data.classes),
+                                                "n_train": len(data.y_train)})
+        return
+    n_then = stored.get("n_train")  # absent in studies stored before 2026-12-07
+    # 2e-6: the stored figures are rounded to 6 decimals; one changed image among thousands moves a mean more
+    moved = any(abs(a - b) > 2e-6 for a, b in zip([*stored["mean"], *stored["std"]], [*mean, *std]))
+    if (n_then is not None and n_then != len(data.y_train)) or moved:
+        then = f"{n_then:,} training images" if n_then is not None else "other training images"
+        raise SearchError(f"the images of study {study.study_name!r} changed since it began ({then}, per-channel "
+                          f"mean {stored['mean']}; now {len(data.y_train):,}, mean {mean}): its splits would move; "
+                          "restore them, or start a new study (--study-name)")
 
 
 def study_normalisation(study: optuna.Study, data_dir: str | Path | None

@@ -17,7 +17,7 @@ import train.userdata as userdata
 from search import run as run_cmd
 from search.storage import open_storage
 from search.study import load_study, stored_settings
-from tests.search_helpers import call, one_error_line, write_cifar_batches
+from tests.search_helpers import call, last_error_line, one_error_line, write_cifar_batches
 from tests.test_readme import README, blocks
 from train import run as train_run
 from train.data import ImageData, load_cifar10, load_dataset, make_synthetic
@@ -261,3 +261,16 @@ def test_test_size_on_a_dataset_with_its_own_test_set_is_refused(tmp_path, capsy
     assert code == 2
     one_error_line(err, "holds its own test set; leave --test-size out")
     assert not (tmp_path / "s.db").exists()
+
+
+def test_resuming_after_the_folder_gained_an_image_is_refused_before_anything_is_trained(tmp_path, capsys):
+    root = write_mixed(tmp_path / "bugs")
+    code, _, err = search(tmp_path, root, capsys, "--batch-size", "4", "--test-size", "6", "--no-final")
+    assert code == 0, err
+    study = load_study(open_storage(f"sqlite:///{tmp_path / 's.db'}"), "bugs-nas")
+    before = len(study.trials)
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(root / "ants" / "new.png")
+    code, _, err = search(tmp_path, root, capsys, "--batch-size", "4", "--trials", "2", "--no-final")
+    assert code == 2, err
+    last_error_line(err, "changed since it began (42 training images")
+    assert len(load_study(open_storage(f"sqlite:///{tmp_path / 's.db'}"), "bugs-nas").trials) == before
