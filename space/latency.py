@@ -94,6 +94,17 @@ class LatencyTable:
         return self.data["machine"]["cpu"]
 
     @property
+    def scale(self) -> float:
+        """The factor its predictions are multiplied by: 1, or the ratio a --latency-rescale measured on
+        another machine of the same CPU name (space.machine.rescaled, recorded under "rescale")."""
+        return float(self.data.get("rescale", {}).get("ratio", 1.0))
+
+    @property
+    def base_digest(self) -> str:
+        """The digest of the table as built (without a rescale): two rescales of one table share it."""
+        return LatencyTable({k: v for k, v in self.data.items() if k != "rescale"}).digest
+
+    @property
     def verdict(self) -> dict[str, Any]:
         """What the build found on its calibration nets: the table's and MACs' errors (see train.latency)."""
         return self.data.get("calibration", {}).get("verdict", {})
@@ -286,15 +297,16 @@ def overhead_features(genome: Genome, int8: bool) -> list[tuple[str, list[tuple[
 
 def predict_latency(genome: Genome, table: LatencyTable) -> Prediction:
     """The predicted latency of `genome` at batch 1 on the table's target: per block the interpolated
-    figure plus its share of the fitted overhead (OVERHEAD_TERMS), plus the fixed cost (module docstring)."""
-    over = table.data.get("overhead", {})
-    coef = [float(over.get(t, 0.0)) for t in OVERHEAD_TERMS]
+    figure plus its share of the fitted overhead (OVERHEAD_TERMS), plus the fixed cost (module docstring), all
+    times the table's rescale (1 unless --latency-rescale measured this machine's speed: space.machine)."""
+    over, scale = table.data.get("overhead", {}), table.scale
+    coef = [float(over.get(t, 0.0)) * scale for t in OVERHEAD_TERMS]
     layers, notes = [], []
     for name, parts, feats in overhead_features(genome, table.runtime == "onnxruntime-int8"):
         ms = sum(c * f for c, f in zip(coef[1:], feats[1:]))
         for key, cin, cout in parts:
             value, exact = table.lookup(key, cin, cout)
-            ms += value
+            ms += value * scale
             if not exact:
                 notes.append(f"{name}: {key} at {cin}" + (f"x{cout}" if cout else "") + " outside the table")
         layers.append(LayerLatency(name, max(ms, 0.0), tuple(k for k, _, _ in parts)))

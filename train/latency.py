@@ -12,6 +12,7 @@ linear fit of latency on MACs: the table says if it does not beat MACs.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -32,13 +33,14 @@ from space import DEFAULT_MAX_PARAMS, Rules, analyze, check
 from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVERHEAD_TERMS, RUNTIMES, LatencyError,
                            LatencyTable, block_key, overhead_features, predict_latency)
 from space.layers import Classifier, ConvBN, Projection, build
+from space.machine import REFERENCE_BLOCKS, best_median, measure_reference
 from space.sample import sample_genomes
 from space.cli import CliParser
 
 from .deploy import DEPLOY_EXTRA, cpu_name, export_onnx, missing, onnx_session, quantize_float, quiet_export
 
 __all__ = ["Timing", "QUICK", "FULL", "block_specs", "make_block", "Runner", "measure", "STEP_PROBE", "channel_step",
-           "build_table", "net_latency", "main"]
+           "build_reference", "build_table", "net_latency", "main"]
 
 WIDTHS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)  # channels of the grid
 CALIBRATION_SEED = 1000  # the whole nets the overhead is fitted on (validation samples use other seeds)
@@ -138,19 +140,9 @@ def make_block(kind: str, cin: int, cout: int | None, stride: int, dilation: int
 
 
 def _best_median(run: Callable[[], object], t: Timing, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Milliseconds: the minimum over t.repeats series of the median run time by `clock`."""
-    for _ in range(t.warmup):
-        run()
-    medians = []
-    for _ in range(t.repeats):
-        times: list[float] = []
-        end = time.perf_counter() + t.seconds
-        while len(times) < t.runs or time.perf_counter() < end:
-            t0 = clock()
-            run()
-            times.append(clock() - t0)
-        medians.append(statistics.median(times))
-    return min(medians) * 1e3
+    """Milliseconds: the minimum over t.repeats series of the median run time by `clock` (space.machine's
+    best_median: the machine check re-times the reference exactly as the build timed it)."""
+    return best_median(run, t.warmup, t.repeats, t.runs, t.seconds, clock)
 
 
 class Runner:
@@ -345,6 +337,25 @@ def channel_step(runner: Runner, fallback: bool = False) -> tuple[int, dict[str,
     return min((8, 16, 32), key=error), probe
 
 
+def build_reference(runner: Runner) -> dict:
+    """The table's reference (space.machine): REFERENCE_BLOCKS (the fallback one for int8 only), each exported
+    as the blocks are (the ONNX bytes are stored: the check re-times the very same model) and timed by
+    space.machine.measure_reference, the code the check runs."""
+    int8 = runner.runtime == "onnxruntime-int8"
+    blocks = [b for b in REFERENCE_BLOCKS if int8 or not b[5]]
+    items = [{"kind": k, "cin": cin, "cout": cout, "dilation": d, "size": size, "fallback": fb,
+              "key": (FALLBACK if fb else "") + block_key(k, size, 1, d)} for k, cin, cout, d, size, fb in blocks]
+    if runner.runtime.startswith("onnxruntime"):
+        paths = runner._export([make_block(k, cin, cout, 1, d, fb) for k, cin, cout, d, size, fb in blocks],
+                               [torch.randn(1, b[1], b[4], b[4]) for b in blocks])
+        for item, path in zip(items, paths):
+            item["onnx"] = base64.b64encode(path.read_bytes()).decode()
+    reference = {"items": items}
+    for item, ms in zip(items, measure_reference(reference, runner.runtime, runner.threads)):
+        item["ms"] = round(ms, 5)
+    return reference
+
+
 def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DEFAULT_MAX_PARAMS,
                 log: Callable[[str], None] = print) -> dict:
     """Measure and return the table (a JSON-able dict)."""
@@ -357,6 +368,7 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DE
             log(f"blocks {done}/{total} measured ({time.perf_counter() - t0:.0f} s)")
 
         entries = measure(runner, specs, progress)
+        reference = build_reference(runner)
         families = {"": False, **({FALLBACK: True} if runtime == "onnxruntime-int8" else {})}
         steps = {prefix: channel_step(runner, fb) for prefix, fb in families.items()}
         log("channel step: " + ", ".join(f"{p or 'blocks'} {s}" for p, (s, _) in steps.items()))
@@ -365,7 +377,7 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DE
                 "machine": {"cpu": cpu_name(), "arch": platform.machine(), "host": platform.node(),
                             "platform": platform.platform()},
                 "versions": _versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "entries": entries,
-                "channel_step": {p: s for p, (s, _) in steps.items()},
+                "channel_step": {p: s for p, (s, _) in steps.items()}, "reference": reference,
                 "channel_probe": {"widths": list(STEP_PROBE), **{p or "blocks": pr for p, (_, pr) in steps.items()}}}
         genomes = calibration_genomes(timing.nets, Rules(max_params=max_params))
         measured = []
