@@ -32,7 +32,7 @@ from .analysis import analyze
 from .genome import Genome
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BLOCKS_VERSION", "RUNTIMES", "LatencyError", "LatencyTable", "Prediction",
-           "LayerLatency", "FALLBACK", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table",
+           "LayerLatency", "FALLBACK", "ODD8", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table",
            "predict_latency"]
 
 FORMAT = "tinynas-latency-table"
@@ -130,9 +130,22 @@ class LatencyTable:
         else:
             scale = 1.0
         if cout is None:
-            return scale * _interp1(entry["cin"], entry["ms"], _padded(entry["cin"], cin, step)), exact
+            xs, ys = _odd8_class(entry, cin) if entry.get(ODD8) else (entry["cin"], entry["ms"])
+            return scale * _interp1(xs, ys, _padded(xs, cin, step)), exact
         value, inside = _interp2(entry, _padded(entry["cin"], cin, step), _padded(entry["cout"], cout, step))
         return scale * value, exact and inside
+
+
+ODD8 = "odd8"  # an entry whose widths that are odd multiples of 8 run on another (slower) path: train.latency
+
+
+def _odd8_class(entry: dict[str, Any], cin: int) -> tuple[list[int], list[float]]:
+    """The points of an ODD8 entry in cin's class: widths that are odd multiples of 8 (24, 40, 72, ...) or the
+    others; the widths 8 and below belong to both (ONNX Runtime's int8 depthwise conv computes 16 channels at
+    a time, and a remainder of 8 takes ~2x as long as a full 16: 72 channels cost more than 80)."""
+    odd = cin % 16 == 8 and cin > 8
+    pts = [(x, y) for x, y in zip(entry["cin"], entry["ms"]) if x <= 8 or (x % 16 == 8) == odd]
+    return [x for x, _ in pts], [y for _, y in pts]
 
 
 def _padded(xs: list[int], x: int, step: int) -> int:

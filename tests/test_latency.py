@@ -332,3 +332,28 @@ def test_a_resume_keeps_the_studys_rescale_though_the_ratio_is_measured_again(ta
     unscaled, _ = resolve_settings({"dataset": "digits", "latency_table": table})
     late, _ = resolve_settings({"dataset": "digits", "latency_table": begun}, unscaled)  # a rescale asked late
     assert late.differing(unscaled) == ["latency_table"]
+
+
+def test_int8_depthwise_widths_that_are_odd_multiples_of_8_interpolate_among_their_own_class():
+    from space.latency import ODD8, LatencyTable
+
+    # ONNX Runtime 1.32's int8 depthwise conv at 32x32 (ms, measured on this project's VM): 72 channels cost
+    # twice 64's and more than 80's; the grid holds both classes
+    entry = {"cin": [8, 16, 24, 32, 40, 64, 72, 96, 104], ODD8: True,
+             "ms": [0.008, 0.010, 0.016, 0.020, 0.030, 0.037, 0.073, 0.055, 0.106]}
+    table = LatencyTable({"entries": {"dw3/s1/d4/32": entry}, "channel_step": {"": 8}})
+    assert table.lookup("dw3/s1/d4/32", 72) == (0.073, True)
+    assert table.lookup("dw3/s1/d4/32", 88)[0] == pytest.approx((0.073 + 0.106) / 2)  # between 72 and 104
+    assert table.lookup("dw3/s1/d4/32", 80)[0] == pytest.approx(0.037 + (0.055 - 0.037) / 2)  # between 64 and 96
+    plain = LatencyTable({"entries": {"dw3/s1/d4/32": {k: v for k, v in entry.items() if k != ODD8}},
+                          "channel_step": {"": 8}})
+    assert plain.lookup("dw3/s1/d4/32", 80)[0] == pytest.approx(0.073 + (0.055 - 0.073) / 3)  # 72 misleads 80
+
+
+def test_an_int8_build_grids_depthwise_convs_at_both_classes_of_width():
+    from space.latency import ODD8
+    from train.latency import block_specs
+
+    int8, fp32 = block_specs((8, 16, 32, 64), 200_000, int8=True), block_specs((8, 16, 32, 64), 200_000)
+    assert int8["dw3/s1/d4/32"]["cin"] == [8, 16, 24, 32, 40, 64, 72] and int8["dw3/s1/d4/32"][ODD8]
+    assert fp32["dw3/s1/d4/32"]["cin"] == [8, 16, 32, 64] and ODD8 not in fp32["dw3/s1/d4/32"]
