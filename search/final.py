@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 from space import Genome, analyze
 from space.export import export_code
 from space.latency import LatencyTable, predict_latency
+from space.machine import check_machine
 from space.cli import plural
 from train.deploy import DEPLOY_EXTRA, DeployError, cpu_name, deploy, missing
 from train.files import write_json
@@ -39,7 +40,7 @@ from .trials import FINALISTS_KEY, genome_of, val_acc
 from .workers import SlotLock
 
 __all__ = ["FINAL_JSON", "FINAL_FILES", "DEPLOY_FILES", "check_final", "describe_final", "retrain_best",
-           "retrain_and_compare", "final_lock", "say_interrupted", "deploy_final", "load_final", "latency_check"]
+           "retrain_and_compare", "final_lock", "say_interrupted", "deploy_final", "load_final", "latency_check", "not_compared"]
 
 FINAL_JSON = "final.json"
 FINAL_FILES = ("best_model.py", "best_model.pt", "best_genome.json", FINAL_JSON)  # what a retrain leaves in out/
@@ -137,10 +138,13 @@ def retrain_best(run: Run, trial: FrozenTrial | None = None) -> dict:
 def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callable[[str], None] = print) -> dict:
     """The winner's latency predicted by the study's table beside the latency measured here with the table's
     runtime (the deploy step's batch-1 median for ONNX Runtime, a fresh measurement for torch-cpu), compared
-    only when the table was measured on this machine (same CPU, threads and runtime version)."""
+    only when the table was measured on this machine (same CPU name, threads and runtime version) and this
+    machine passes the table's speed check (space.machine: its reference blocks within 15 % of the table's
+    time, a --latency-rescale included): a same-named machine can run 2x faster, and a 2x miss is no check
+    of the prediction."""
     predicted = predict_latency(genome, table).ms
     record = {"runtime": table.runtime, "threads": table.threads, "table_machine": table.machine,
-              "predicted_ms": round(predicted, 4), "measured_ms": None, "error_pct": None}
+              "predicted_ms": round(predicted, 4), "measured_ms": None, "error_pct": None, "scale": table.scale}
     kind = {"onnxruntime-fp32": "fp32", "onnxruntime-int8": "int8"}.get(table.runtime)
     same = (table.machine == cpu_name() and table.threads == (deploy.get("fp32", {}).get("threads", 1) if kind else 1)
             and (kind is None or table.data.get("versions", {}).get("onnxruntime") == deploy.get("onnxruntime")))
@@ -149,14 +153,31 @@ def latency_check(table: LatencyTable, genome: Genome, deploy: dict, log: Callab
     elif kind is None:
         record["measured_ms"] = round(net_latency(genome, table.runtime, table.threads), 4)
     record["same_machine"] = bool(same)
-    if same and record["measured_ms"]:
+    check = check_machine(table) if same else None
+    record["machine_check"] = check.to_dict() if check is not None else None
+    if same and check.comparable and record["measured_ms"]:
         record["error_pct"] = round((predicted - record["measured_ms"]) / record["measured_ms"] * 100, 1)
         log(f"latency ({table.runtime}): predicted {predicted:.3f} ms, measured {record['measured_ms']:.3f} ms "
             f"({record['error_pct']:+.1f} %)")
+    elif check is not None and check.warning():
+        log(check.warning())
+        log(f"latency ({table.runtime}): predicted {predicted:.3f} ms; not compared with this machine's figure "
+            f"({not_compared(record)})")
     else:
         log(f"latency ({table.runtime}): predicted {predicted:.3f} ms on {table.machine}; the table is for another "
             "machine or runtime version, so this machine's figure is not compared")
     return record
+
+
+def not_compared(record: dict) -> str:
+    """Why a prediction on the table's own CPU name is not set beside the measurement (report.md says it)."""
+    check = record.get("machine_check") or {}
+    if check.get("status") == "differs":
+        return (f"the table's reference blocks take {check['ratio']:.2f}x its time on this machine, beyond 15 %: "
+                "the prediction would be off by about that (search.run --latency-rescale scales it)")
+    if check.get("status") == "no-reference":
+        return "the table holds no reference measurement, so this machine's speed cannot be checked against it"
+    return "the table is for another machine or runtime version"
 
 
 def check_final(run: Run) -> None:

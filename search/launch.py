@@ -175,7 +175,7 @@ def configure(args: argparse.Namespace, argv: list[str]) -> Launch:
                  val_size=parse_val_size(args.val_size) if args.val_size else None, seed=args.seed,
                  subset_train=args.subset_train, batch_size=args.batch_size, max_macs=args.max_macs,
                  objectives=objectives, prescreen=prescreen, proxy=proxy, sampler=args.sampler, test_size=test_size,
-                 **latency_settings(args.latency_table, args.max_latency_ms, objectives))
+                 **latency_settings(args.latency_table, args.max_latency_ms, objectives, args.latency_rescale))
     settings, _ = resolve_settings(given)
     try:  # before any data or training; said in open_run, once it is known whether the study is new
         check_satisfiable(settings.rules)

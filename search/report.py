@@ -20,7 +20,7 @@ from space.cli import plural
 
 from . import plots
 from .cli import ERRORS, add_study_args, make_parser, open_existing
-from .final import DEPLOY_FILES, FINAL_FILES, load_final
+from .final import DEPLOY_FILES, FINAL_FILES, load_final, not_compared
 from .settings import COSTS, cost_name
 from .storage import dashboard_command
 from .study import stored_settings
@@ -80,13 +80,21 @@ def _per_class(final: dict) -> tuple[str, str]:
 
 
 def _latency_section(latency: dict | None) -> list[str]:
-    """The winner's predicted latency (the study's --latency-table) beside the measured one, when comparable."""
+    """The winner's predicted latency (the study's --latency-table) beside the measured one, when comparable:
+    on the table's machine and after its speed check (search.final.latency_check); else why not."""
     if not latency:
         return []
+    scale = latency.get("scale", 1.0)
     head = (f"Latency ({latency['runtime']}, {latency['threads']} thread(s), batch 1): predicted "
-            f"**{latency['predicted_ms']:.3f} ms** by the study's table (measured on {latency['table_machine']})")
+            f"**{latency['predicted_ms']:.3f} ms** by the study's table (measured on {latency['table_machine']}"
+            + (f"; rescaled by {scale:.3f}, the speed of its reference blocks measured on the search's machine)"
+               if scale != 1 else ")"))
     if latency.get("error_pct") is not None:
-        return [head + f", measured **{latency['measured_ms']:.3f} ms** here ({latency['error_pct']:+.1f} %).", ""]
+        return [head + f", measured **{latency['measured_ms']:.3f} ms** here ({latency['error_pct']:+.1f} %; the "
+                "machine's speed checked against the table's reference).", ""]
+    if latency.get("same_machine") and latency.get("measured_ms"):
+        return [head + f"; measured {latency['measured_ms']:.3f} ms here, **not comparable**: "
+                + not_compared(latency) + ".", ""]
     return [head + "; the table is for another machine or runtime version, so no measurement here is compared.", ""]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from space import CONSTRUCTION_VERSION, SPACE_VERSION, Rules
 from space.latency import LatencyError, LatencyTable, load_table, table_from_dict
+from space.machine import checked_table
 from space.rules import DEFAULT_MAX_PARAMS, DEFAULT_MIN_RF
 from train.defaults import DEFAULTS, DatasetDefaults, defaults_for  # the one per-dataset table, shared with train.run
 from train.augment import AugmentConfig
@@ -234,6 +235,7 @@ def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
     None or absent where not given; "dataset" must be there) and the study's `stored` settings (None for a
     new study). `kept` says 'name stored (default now)' for each RESUMED setting the stored rung decided and
     whose default differs."""
+    given = _stored_rescale(given, stored)
     d = defaults_for(given["dataset"])
     builtin = {**{f.name: f.default_factory() if f.default_factory is not MISSING else f.default
                   for f in fields(SearchSettings) if f.default is not MISSING or f.default_factory is not MISSING},
@@ -253,11 +255,26 @@ def resolve_settings(given: dict[str, Any], stored: SearchSettings | None = None
     return settings, kept
 
 
-def latency_settings(path: str | None, max_latency_ms: float | None, objectives: str) -> dict[str, Any]:
-    """The given values of --latency-table (loaded and checked, space.latency) and --max-latency-ms, by field
-    name; SearchError (one line) for a bad one. Says so when the table's build found it no better than MACs
-    on its target."""
+def _stored_rescale(given: dict[str, Any], stored: SearchSettings | None) -> dict[str, Any]:
+    """`given` with the study's stored latency table where it is the same table as built and the study's
+    rescale (space.machine) stands: a resume or a --jobs worker re-measures the ratio, which never comes out
+    exactly the same, and predicts with the ratio the study's trials were predicted with. A rescale asked for
+    a study begun without one is a changed table, refused like any other."""
+    table, was = given.get("latency_table"), getattr(stored, "latency_table", None)
+    if table is None or was is None or table.base_digest != was.base_digest or (table.scale != 1 and was.scale == 1):
+        return given
+    return {**given, "latency_table": was}
+
+
+def latency_settings(path: str | None, max_latency_ms: float | None, objectives: str, rescale: bool = False
+                     ) -> dict[str, Any]:
+    """The given values of --latency-table (loaded and checked, space.latency; checked against this machine's
+    speed and, with `rescale` (--latency-rescale), rescaled by it: space.machine) and --max-latency-ms, by
+    field name; SearchError (one line) for a bad one. Says so when the table's build found it no better than
+    MACs on its target."""
     if path is None:
+        if rescale:
+            raise SearchError("--latency-rescale needs --latency-table FILE (the table to rescale)")
         if max_latency_ms is not None or cost_name(objectives) == "latency":
             raise SearchError("--max-latency-ms and --objectives accuracy,latency need --latency-table FILE (the "
                               "target's table: python -m train.latency build)")
@@ -265,7 +282,7 @@ def latency_settings(path: str | None, max_latency_ms: float | None, objectives:
     if max_latency_ms is not None and not max_latency_ms > 0:
         raise SearchError(f"--max-latency-ms must be a positive number, got {max_latency_ms:g}")
     try:
-        table = load_table(path)
+        table, _ = checked_table(load_table(path), rescale, say=lambda line: print(line, flush=True))
     except LatencyError as e:
         raise SearchError(str(e)) from None
     v = table.verdict

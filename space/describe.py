@@ -52,7 +52,7 @@ def describe(genome: Genome, rules: Rules = Rules()) -> dict:
     if rules.latency is not None:
         p = predict_latency(genome, rules.latency)
         d["latency"] = {"runtime": rules.latency.runtime, "threads": rules.latency.threads,
-                        "machine": rules.latency.machine, "ms": p.ms, "fixed_ms": p.fixed_ms,
+                        "machine": rules.latency.machine, "scale": rules.latency.scale, "ms": p.ms, "fixed_ms": p.fixed_ms,
                         "layers": {l.name: l.ms for l in p.layers}, "notes": list(p.notes)}
     return d
 
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if prediction is not None:
         t = rules.latency
         print(f"predicted latency: {prediction.ms:.3f} ms per image at batch 1 ({t.runtime}, {t.threads} thread(s) "
-              f"on {t.machine}; {prediction.fixed_ms:.3f} ms of it fixed per inference)"
+              f"on {t.machine}{f', rescaled by {t.scale:.3f} for this machine' if t.scale != 1 else ''}; "
+              f"{prediction.fixed_ms:.3f} ms of it fixed per inference)"
               + (f"; approximated: {'; '.join(prediction.notes)}" if prediction.notes else ""))
     print("violations: " + ("; ".join(d["violations"]) if d["violations"] else "none (feasible)"))
     return 0

@@ -32,7 +32,7 @@ from .analysis import analyze
 from .genome import Genome
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BLOCKS_VERSION", "RUNTIMES", "LatencyError", "LatencyTable", "Prediction",
-           "LayerLatency", "FALLBACK", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table",
+           "LayerLatency", "FALLBACK", "ODD8", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table",
            "predict_latency"]
 
 FORMAT = "tinynas-latency-table"
@@ -94,6 +94,17 @@ class LatencyTable:
         return self.data["machine"]["cpu"]
 
     @property
+    def scale(self) -> float:
+        """The factor its predictions are multiplied by: 1, or the ratio a --latency-rescale measured on
+        another machine of the same CPU name (space.machine.rescaled, recorded under "rescale")."""
+        return float(self.data.get("rescale", {}).get("ratio", 1.0))
+
+    @property
+    def base_digest(self) -> str:
+        """The digest of the table as built (without a rescale): two rescales of one table share it."""
+        return LatencyTable({k: v for k, v in self.data.items() if k != "rescale"}).digest
+
+    @property
     def verdict(self) -> dict[str, Any]:
         """What the build found on its calibration nets: the table's and MACs' errors (see train.latency)."""
         return self.data.get("calibration", {}).get("verdict", {})
@@ -119,9 +130,22 @@ class LatencyTable:
         else:
             scale = 1.0
         if cout is None:
-            return scale * _interp1(entry["cin"], entry["ms"], _padded(entry["cin"], cin, step)), exact
+            xs, ys = _odd8_class(entry, cin) if entry.get(ODD8) else (entry["cin"], entry["ms"])
+            return scale * _interp1(xs, ys, _padded(xs, cin, step)), exact
         value, inside = _interp2(entry, _padded(entry["cin"], cin, step), _padded(entry["cout"], cout, step))
         return scale * value, exact and inside
+
+
+ODD8 = "odd8"  # an entry whose widths that are odd multiples of 8 run on another (slower) path: train.latency
+
+
+def _odd8_class(entry: dict[str, Any], cin: int) -> tuple[list[int], list[float]]:
+    """The points of an ODD8 entry in cin's class: widths that are odd multiples of 8 (24, 40, 72, ...) or the
+    others; the widths 8 and below belong to both (ONNX Runtime's int8 depthwise conv computes 16 channels at
+    a time, and a remainder of 8 takes ~2x as long as a full 16: 72 channels cost more than 80)."""
+    odd = cin % 16 == 8 and cin > 8
+    pts = [(x, y) for x, y in zip(entry["cin"], entry["ms"]) if x <= 8 or (x % 16 == 8) == odd]
+    return [x for x, _ in pts], [y for _, y in pts]
 
 
 def _padded(xs: list[int], x: int, step: int) -> int:
@@ -286,15 +310,16 @@ def overhead_features(genome: Genome, int8: bool) -> list[tuple[str, list[tuple[
 
 def predict_latency(genome: Genome, table: LatencyTable) -> Prediction:
     """The predicted latency of `genome` at batch 1 on the table's target: per block the interpolated
-    figure plus its share of the fitted overhead (OVERHEAD_TERMS), plus the fixed cost (module docstring)."""
-    over = table.data.get("overhead", {})
-    coef = [float(over.get(t, 0.0)) for t in OVERHEAD_TERMS]
+    figure plus its share of the fitted overhead (OVERHEAD_TERMS), plus the fixed cost (module docstring), all
+    times the table's rescale (1 unless --latency-rescale measured this machine's speed: space.machine)."""
+    over, scale = table.data.get("overhead", {}), table.scale
+    coef = [float(over.get(t, 0.0)) * scale for t in OVERHEAD_TERMS]
     layers, notes = [], []
     for name, parts, feats in overhead_features(genome, table.runtime == "onnxruntime-int8"):
         ms = sum(c * f for c, f in zip(coef[1:], feats[1:]))
         for key, cin, cout in parts:
             value, exact = table.lookup(key, cin, cout)
-            ms += value
+            ms += value * scale
             if not exact:
                 notes.append(f"{name}: {key} at {cin}" + (f"x{cout}" if cout else "") + " outside the table")
         layers.append(LayerLatency(name, max(ms, 0.0), tuple(k for k, _, _ in parts)))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from .analysis import analyze
 from .genome import Genome
 from .latency import LatencyError, LatencyTable, load_table, predict_latency
+from .machine import checked_table
 
 __all__ = ["Rules", "RulesError", "check", "constraint_values", "add_rule_flags", "rules_from_args", "DEFAULT_MAX_PARAMS", "DEFAULT_MIN_RF"]
 
@@ -109,7 +110,8 @@ def constraint_values(genome: Genome, rules: Rules) -> dict[str, float]:
 
 
 def add_rule_flags(parser: argparse.ArgumentParser) -> None:
-    """--max-params, --min-rf, --max-macs, --latency-table and --max-latency-ms, as search.run takes them."""
+    """--max-params, --min-rf, --max-macs, --latency-table, --max-latency-ms and --latency-rescale, as search.run
+    takes them."""
     parser.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS,
                         help=f"parameter budget (default {DEFAULT_MAX_PARAMS:,})")
     parser.add_argument("--min-rf", type=int, default=DEFAULT_MIN_RF,
@@ -120,6 +122,9 @@ def add_rule_flags(parser: argparse.ArgumentParser) -> None:
                         help="a latency table of the target (python -m train.latency build): predicted ms per layer")
     parser.add_argument("--max-latency-ms", type=float, default=None,
                         help="predicted milliseconds per image on the table's target (default: no limit)")
+    parser.add_argument("--latency-rescale", action="store_true",
+                        help="scale the table's predictions by how much slower or faster its reference blocks run "
+                             "here than where it was built (space.machine; needs the table's runtime here)")
 
 
 def rules_from_args(args: argparse.Namespace) -> Rules:
@@ -130,10 +135,12 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
             raise RulesError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     table = None
     if getattr(args, "latency_table", None):
-        try:
-            table = load_table(args.latency_table)
+        try:  # the table checked against this machine's speed (a warning: line if it differs; space.machine)
+            table, _ = checked_table(load_table(args.latency_table), getattr(args, "latency_rescale", False))
         except LatencyError as e:
             raise RulesError(str(e)) from None
     if getattr(args, "max_latency_ms", None) is not None and table is None:
         raise RulesError("--max-latency-ms needs --latency-table FILE (the target's table)")
+    if getattr(args, "latency_rescale", False) and table is None:
+        raise RulesError("--latency-rescale needs --latency-table FILE (the table to rescale)")
     return Rules(args.max_params, args.min_rf, args.max_macs, getattr(args, "max_latency_ms", None), table)

@@ -237,3 +237,123 @@ def test_the_build_finds_the_channel_step_the_runtime_computes_in(step):
 
     found, probe = channel_step(_PaddingRunner(step))
     assert found == step and set(probe) == {"conv3", "pw"} and len(probe["pw"]) == len(STEP_PROBE)
+
+
+def _slower(factor: float):
+    """A faked runtime `factor` times slower than where the table was built: measure_reference's stand-in."""
+    return lambda reference, runtime, threads: [item["ms"] * factor for item in reference["items"]]
+
+
+def test_the_build_stores_a_reference_that_this_machine_reruns_within_the_tolerance(table_path):
+    from space.machine import TOLERANCE, check_machine
+
+    table = load_table(table_path)
+    items = table.data["reference"]["items"]
+    assert len(items) == 4 and all(i["ms"] > 0 and i["onnx"] for i in items)  # fp32: no fallback block
+    check = check_machine(table)  # the real runtime, the same machine: about 1
+    assert check.status == "same" and abs(check.ratio - 1) <= TOLERANCE and check.warning() is None
+
+
+def test_a_slower_machine_of_the_same_name_gives_one_warning_with_the_ratio(table_path, monkeypatch, capsys):
+    from space import describe
+    from space import machine
+
+    monkeypatch.setattr(machine, "measure_reference", _slower(2.0))
+    assert describe.main(["seed003_net", "--latency-table", str(table_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "2.00x" in err[0] and "--latency-rescale" in err[0]
+    monkeypatch.setattr(machine, "measure_reference", _slower(1.1))  # within 15 %: nothing said
+    assert describe.main(["seed003_net", "--latency-table", str(table_path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_latency_rescale_scales_every_prediction_by_the_measured_ratio(table_path, monkeypatch, capsys):
+    from space import machine
+
+    table = load_table(table_path)
+    monkeypatch.setattr(machine, "measure_reference", _slower(0.5))
+    scaled, check = machine.checked_table(table, rescale=True, say=lambda line: None)
+    g = next(sample_genomes(1, seed=3))
+    assert scaled.scale == pytest.approx(0.5, abs=1e-3) and check.comparable
+    assert predict_latency(g, scaled).ms == pytest.approx(predict_latency(g, table).ms * 0.5, rel=1e-3)
+    assert scaled.base_digest == table.base_digest and scaled != table  # the study stores the rescale
+    # the rescaled table, re-checked on the machine it was rescaled for, now passes
+    assert machine.check_machine(scaled).status == "same"
+
+
+def test_latency_rescale_without_a_reference_is_one_error_line(table_path, tmp_path):
+    data = json.loads(table_path.read_text())
+    del data["reference"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    r = cli(Path.cwd(), "space.describe", "seed003_net", "--latency-table", str(old), "--latency-rescale")
+    one_error(r, "--latency-rescale", "no reference")
+    r = cli(Path.cwd(), "space.describe", "seed003_net", "--latency-table", str(old))  # no rescale: a warning, then on
+    assert r.returncode == 0 and r.stderr.startswith("warning: ") and len(r.stderr.strip().splitlines()) == 1
+    assert "cannot be checked" in r.stderr and "predicted latency" in r.stdout
+
+
+def test_the_final_report_does_not_present_a_2x_miss_as_a_prediction_check(table_path, monkeypatch):
+    from search.final import latency_check
+    from search.report import _latency_section
+    from space import machine
+
+    table = load_table(table_path)
+    g = next(sample_genomes(1, seed=3))
+    predicted = predict_latency(g, table).ms
+    deploy = {"fp32": {"threads": 1, "latency_ms_b1": round(predicted / 2, 4)},
+              "onnxruntime": table.data["versions"]["onnxruntime"]}
+    monkeypatch.setattr(machine, "measure_reference", _slower(0.5))  # this machine runs twice as fast
+    lines: list[str] = []
+    record = latency_check(table, g, deploy, log=lines.append)
+    assert record["same_machine"] and record["error_pct"] is None and record["machine_check"]["status"] == "differs"
+    assert lines[0].startswith("warning: ") and "0.50x" in lines[0]
+    text = " ".join(_latency_section(record))
+    assert "not comparable" in text and "0.50x" in text and "%)" not in text
+    monkeypatch.setattr(machine, "measure_reference", _slower(1.0))
+    same = latency_check(table, g, deploy, log=lambda line: None)
+    assert same["error_pct"] == pytest.approx(100.0, abs=0.1) and "not comparable" not in _latency_section(same)[0]
+
+
+def test_a_resume_keeps_the_studys_rescale_though_the_ratio_is_measured_again(table_path, monkeypatch):
+    from search.settings import resolve_settings
+    from space import machine
+
+    table = load_table(table_path)
+    monkeypatch.setattr(machine, "measure_reference", _slower(0.5))
+    begun, _ = machine.checked_table(table, rescale=True, say=lambda line: None)
+    stored, _ = resolve_settings({"dataset": "digits", "latency_table": begun})
+    monkeypatch.setattr(machine, "measure_reference", _slower(0.52))  # the same machine, measured again
+    again, _ = machine.checked_table(table, rescale=True, say=lambda line: None)
+    resumed, _ = resolve_settings({"dataset": "digits", "latency_table": again}, stored)
+    assert again != begun and resumed.latency_table == begun and not resumed.differing(stored)
+    plain, _ = resolve_settings({"dataset": "digits", "latency_table": table}, stored)  # resumed without the flag
+    assert plain.latency_table == begun
+    unscaled, _ = resolve_settings({"dataset": "digits", "latency_table": table})
+    late, _ = resolve_settings({"dataset": "digits", "latency_table": begun}, unscaled)  # a rescale asked late
+    assert late.differing(unscaled) == ["latency_table"]
+
+
+def test_int8_depthwise_widths_that_are_odd_multiples_of_8_interpolate_among_their_own_class():
+    from space.latency import ODD8, LatencyTable
+
+    # ONNX Runtime 1.32's int8 depthwise conv at 32x32 (ms, measured on this project's VM): 72 channels cost
+    # twice 64's and more than 80's; the grid holds both classes
+    entry = {"cin": [8, 16, 24, 32, 40, 64, 72, 96, 104], ODD8: True,
+             "ms": [0.008, 0.010, 0.016, 0.020, 0.030, 0.037, 0.073, 0.055, 0.106]}
+    table = LatencyTable({"entries": {"dw3/s1/d4/32": entry}, "channel_step": {"": 8}})
+    assert table.lookup("dw3/s1/d4/32", 72) == (0.073, True)
+    assert table.lookup("dw3/s1/d4/32", 88)[0] == pytest.approx((0.073 + 0.106) / 2)  # between 72 and 104
+    assert table.lookup("dw3/s1/d4/32", 80)[0] == pytest.approx(0.037 + (0.055 - 0.037) / 2)  # between 64 and 96
+    plain = LatencyTable({"entries": {"dw3/s1/d4/32": {k: v for k, v in entry.items() if k != ODD8}},
+                          "channel_step": {"": 8}})
+    assert plain.lookup("dw3/s1/d4/32", 80)[0] == pytest.approx(0.073 + (0.055 - 0.073) / 3)  # 72 misleads 80
+
+
+def test_an_int8_build_grids_depthwise_convs_at_both_classes_of_width():
+    from space.latency import ODD8
+    from train.latency import block_specs
+
+    int8, fp32 = block_specs((8, 16, 32, 64), 200_000, int8=True), block_specs((8, 16, 32, 64), 200_000)
+    assert int8["dw3/s1/d4/32"]["cin"] == [8, 16, 24, 32, 40, 64, 72] and int8["dw3/s1/d4/32"][ODD8]
+    assert fp32["dw3/s1/d4/32"]["cin"] == [8, 16, 32, 64] and ODD8 not in fp32["dw3/s1/d4/32"]

@@ -27,7 +27,6 @@ import importlib
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from space.cli import CliParser
+from space.machine import cpu_name  # re-exported: the name a latency table records (space.machine checks it)
 
 from .data import load_dataset
 from .files import DATA_DIR
@@ -85,17 +85,6 @@ def missing() -> list[str]:
         except ImportError:
             absent.append(name)
     return absent
-
-
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (else what platform says), with the logical core count."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{name or platform.processor() or platform.machine()} x {os.cpu_count()}"
 
 
 def normalize(x_uint8_nhwc: np.ndarray, mean, std) -> np.ndarray:

@@ -12,6 +12,7 @@ linear fit of latency on MACs: the table says if it does not beat MACs.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -29,16 +30,17 @@ import torch
 from torch import nn
 
 from space import DEFAULT_MAX_PARAMS, Rules, analyze, check
-from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, OVERHEAD_TERMS, RUNTIMES, LatencyError,
+from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, ODD8, OVERHEAD_TERMS, RUNTIMES, LatencyError,
                            LatencyTable, block_key, overhead_features, predict_latency)
 from space.layers import Classifier, ConvBN, Projection, build
+from space.machine import REFERENCE_BLOCKS, best_median, measure_reference
 from space.sample import sample_genomes
 from space.cli import CliParser
 
 from .deploy import DEPLOY_EXTRA, cpu_name, export_onnx, missing, onnx_session, quantize_float, quiet_export
 
 __all__ = ["Timing", "QUICK", "FULL", "block_specs", "make_block", "Runner", "measure", "STEP_PROBE", "channel_step",
-           "build_table", "net_latency", "main"]
+           "build_reference", "build_table", "net_latency", "main"]
 
 WIDTHS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)  # channels of the grid
 CALIBRATION_SEED = 1000  # the whole nets the overhead is fitted on (validation samples use other seeds)
@@ -82,10 +84,15 @@ def block_specs(widths: tuple[int, ...], max_params: int, int8: bool = False) ->
         specs[block_key(kind, size, stride, dilation)] = dict(kind=kind, stride=stride, dilation=dilation, size=size,
                                                               **axes)
 
+    # int8 depthwise convs: ONNX Runtime's QLinearConv runs C channels in ~2x the time of C - 8 or C + 8 when
+    # C is an odd multiple of 8 (72 channels at 32x32: 0.073 ms, 64: 0.037, 80: 0.046; every dilation, at
+    # 16x16 too), so the grid also holds w + 8 beside each width and the lookup interpolates within the width's
+    # class (space.latency ODD8); the grid's widths are all even multiples of 8 but 8 itself
+    dw_widths = sorted({*widths, *(w + 8 for w in widths if w >= 16)}) if int8 else list(widths)
     for s, d, size in _conv_keys():
         xs, ys, mask = _grid2(widths, 9, max_params, (3,) if size == 32 else ())
         add("conv3", s, d, size, cin=xs, cout=ys, mask=mask)
-        add("dw3", s, d, size, cin=list(widths))
+        add("dw3", s, d, size, cin=dw_widths, **({ODD8: True} if int8 else {}))
     for size in (32, 16, 8, 4):
         xs, ys, mask = _grid2(widths, 1, max_params)
         add("pw", 1, 1, size, cin=xs, cout=ys, mask=mask)
@@ -138,19 +145,9 @@ def make_block(kind: str, cin: int, cout: int | None, stride: int, dilation: int
 
 
 def _best_median(run: Callable[[], object], t: Timing, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Milliseconds: the minimum over t.repeats series of the median run time by `clock`."""
-    for _ in range(t.warmup):
-        run()
-    medians = []
-    for _ in range(t.repeats):
-        times: list[float] = []
-        end = time.perf_counter() + t.seconds
-        while len(times) < t.runs or time.perf_counter() < end:
-            t0 = clock()
-            run()
-            times.append(clock() - t0)
-        medians.append(statistics.median(times))
-    return min(medians) * 1e3
+    """Milliseconds: the minimum over t.repeats series of the median run time by `clock` (space.machine's
+    best_median: the machine check re-times the reference exactly as the build timed it)."""
+    return best_median(run, t.warmup, t.repeats, t.runs, t.seconds, clock)
 
 
 class Runner:
@@ -232,7 +229,8 @@ def measure(runner: Runner, specs: dict[str, dict], progress: Callable[[int, int
                 jobs.append((key, i, None, make_block(sp["kind"], cin, None, sp["stride"], sp["dilation"],
                                                       sp.get("fallback", False)), x))
     entries = {k: {"cin": sp["cin"], **({"cout": sp["cout"], "ms": [[None] * len(sp["cout"]) for _ in sp["cin"]]}
-                                         if "cout" in sp else {"ms": [None] * len(sp["cin"])})}
+                                         if "cout" in sp else {"ms": [None] * len(sp["cin"])}),
+                   **({ODD8: True} if sp.get(ODD8) else {})}
                for k, sp in specs.items()}
     done = 0
     for start in range(0, len(jobs), chunk):
@@ -345,6 +343,25 @@ def channel_step(runner: Runner, fallback: bool = False) -> tuple[int, dict[str,
     return min((8, 16, 32), key=error), probe
 
 
+def build_reference(runner: Runner) -> dict:
+    """The table's reference (space.machine): REFERENCE_BLOCKS (the fallback one for int8 only), each exported
+    as the blocks are (the ONNX bytes are stored: the check re-times the very same model) and timed by
+    space.machine.measure_reference, the code the check runs."""
+    int8 = runner.runtime == "onnxruntime-int8"
+    blocks = [b for b in REFERENCE_BLOCKS if int8 or not b[5]]
+    items = [{"kind": k, "cin": cin, "cout": cout, "dilation": d, "size": size, "fallback": fb,
+              "key": (FALLBACK if fb else "") + block_key(k, size, 1, d)} for k, cin, cout, d, size, fb in blocks]
+    if runner.runtime.startswith("onnxruntime"):
+        paths = runner._export([make_block(k, cin, cout, 1, d, fb) for k, cin, cout, d, size, fb in blocks],
+                               [torch.randn(1, b[1], b[4], b[4]) for b in blocks])
+        for item, path in zip(items, paths):
+            item["onnx"] = base64.b64encode(path.read_bytes()).decode()
+    reference = {"items": items}
+    for item, ms in zip(items, measure_reference(reference, runner.runtime, runner.threads)):
+        item["ms"] = round(ms, 5)
+    return reference
+
+
 def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DEFAULT_MAX_PARAMS,
                 log: Callable[[str], None] = print) -> dict:
     """Measure and return the table (a JSON-able dict)."""
@@ -357,6 +374,7 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DE
             log(f"blocks {done}/{total} measured ({time.perf_counter() - t0:.0f} s)")
 
         entries = measure(runner, specs, progress)
+        reference = build_reference(runner)
         families = {"": False, **({FALLBACK: True} if runtime == "onnxruntime-int8" else {})}
         steps = {prefix: channel_step(runner, fb) for prefix, fb in families.items()}
         log("channel step: " + ", ".join(f"{p or 'blocks'} {s}" for p, (s, _) in steps.items()))
@@ -365,7 +383,7 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DE
                 "machine": {"cpu": cpu_name(), "arch": platform.machine(), "host": platform.node(),
                             "platform": platform.platform()},
                 "versions": _versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "entries": entries,
-                "channel_step": {p: s for p, (s, _) in steps.items()},
+                "channel_step": {p: s for p, (s, _) in steps.items()}, "reference": reference,
                 "channel_probe": {"widths": list(STEP_PROBE), **{p or "blocks": pr for p, (_, pr) in steps.items()}}}
         genomes = calibration_genomes(timing.nets, Rules(max_params=max_params))
         measured = []
