@@ -155,6 +155,27 @@ def _tau(x: list[float], y: list[float]) -> tuple[float, float]:
     return float(stats.kendalltau(x, y)[0]), float(stats.spearmanr(x, y)[0])
 
 
+CHOSEN = "3@18000"  # the CPU-scale trial recipe the payoff searches run (README.md says why)
+BOOT = 2000  # bootstrap resamples of the nets for the tau intervals
+
+
+def _boot_taus(cols: list[list[float]], final: list[float]) -> np.ndarray:
+    """BOOT x len(cols) Kendall taus of each column against `final` over the same resampled nets (seed 0):
+    the spread of tau over which nets happened to be drawn, and paired differences between columns."""
+    rng = np.random.default_rng(0)
+    n, out = len(final), []
+    fin = np.asarray(final)
+    for _ in range(BOOT):
+        idx = rng.integers(0, n, n)
+        out.append([stats.kendalltau(np.asarray(c)[idx], fin[idx])[0] for c in cols])
+    return np.asarray(out)
+
+
+def _ci(v: np.ndarray) -> str:
+    v = v[np.isfinite(v)]
+    return f"[{np.percentile(v, 2.5):+.2f}, {np.percentile(v, 97.5):+.2f}]"
+
+
 def top_k(trial: list[float], final: list[float], k: int) -> float:
     """Final accuracy of the best of the k nets the trial fidelity ranks highest (what k finalists keep)."""
     order = sorted(range(len(trial)), key=lambda i: -trial[i])[:k]
@@ -171,6 +192,9 @@ def cmd_report(args: argparse.Namespace) -> None:
              "| trial fidelity | nets | image-epochs | τ val A 5k | ρ val A 5k | τ val A 2k | ρ val A 2k "
              "| top-1 final | top-3 | top-5 | best |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    boot = ["", f"95 % bootstrap intervals over the nets ({BOOT} resamples, seed 0; on the nets with both runs): τ "
+            f"on val A 5k and 2k, and the paired difference τ(fidelity, 5k) - τ({CHOSEN}, 5k).", "",
+            f"| trial fidelity | nets | τ val A 5k | τ val A 2k | τ - τ({CHOSEN}) |", "|---|---:|---|---|---|"]
     for f in (*TRIALS, FINAL):
         common = [n for n in final if (n, f, 0) in acc]
         if len(common) < 3:
@@ -184,6 +208,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         picks = " | ".join(f"{top_k(t5, fin, k):.4f}" for k in (1, 3, 5))
         lines.append(f"| {f}{' (final, on val A)' if f == FINAL else ''} | {len(common)} | {ep * n_img:,} | "
                      f"{tau5:+.3f} | {rho5:+.3f} | {tau2:+.3f} | {rho2:+.3f} | {picks} | {max(fin):.4f} |")
+        chosen = [n for n in common if (n, CHOSEN, 0) in acc]
+        if len(chosen) >= 3:
+            c5 = [acc[(n, CHOSEN, 0)]["valA"] for n in chosen]
+            fin_c = [final[n] for n in chosen]
+            b = _boot_taus([[acc[(n, f, 0)]["valA"] for n in chosen], [acc[(n, f, 0)]["valA2000"] for n in chosen],
+                            c5], fin_c)
+            boot.append(f"| {f}{' (final, on val A)' if f == FINAL else ''} | {len(chosen)} | {_ci(b[:, 0])} | "
+                        f"{_ci(b[:, 1])} | " + (f"{_ci(b[:, 0] - b[:, 2])} |" if f != CHOSEN else "(itself) |"))
+    lines += boot
     lines += ["", "Noise floor: the same net from seeds 0 and 1.", "",
               "| fidelity | nets | τ seed 0 vs 1 | ρ | mean abs diff | std of the difference / √2 |",
               "|---|---:|---:|---:|---:|---:|"]
