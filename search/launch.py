@@ -203,13 +203,7 @@ def parse_test_size(text: str | None, dataset: str) -> int | float | None:
         return None
     if dataset in DEFAULTS:
         raise SearchError(f"--test-size applies to a folder of class folders; {dataset} has its own test set")
-    try:
-        value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        raise SearchError(f"--test-size must be a number of images or a fraction, got {text!r}") from None
-    if value <= 0 or (isinstance(value, float) and value >= 1):
-        raise SearchError(f"--test-size must be a positive count or a fraction in (0, 1), got {text}")
-    return value
+    return parse_val_size(text, "--test-size")
 
 
 def check_out_folder(out: Path) -> None:

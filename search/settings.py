@@ -62,14 +62,15 @@ def cost_name(objectives: str) -> str | None:
     return names[1] if len(names) > 1 else None
 
 
-def parse_val_size(text: str) -> int | float:
-    """'5000' -> 5000 images; '0.1' -> a tenth of the training images."""
+def parse_val_size(text: str, flag: str = "--val-size") -> int | float:
+    """'5000' -> 5000 images; '0.1' -> a tenth of the images (of the training set for --val-size, of the
+    folder for --test-size); SearchError naming `flag` for anything else."""
     try:
         value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
     except ValueError:
-        raise SearchError(f"--val-size must be a number of images or a fraction, got {text!r}") from None
+        raise SearchError(f"{flag} must be a number of images or a fraction, got {text!r}") from None
     if value <= 0 or (isinstance(value, float) and value >= 1):
-        raise SearchError(f"--val-size must be a positive count or a fraction in (0, 1), got {text}")
+        raise SearchError(f"{flag} must be a positive count or a fraction in (0, 1), got {text}")
     return value
 
 
