@@ -377,10 +377,8 @@ def test_the_overhead_is_calibrated_on_small_nets_under_the_cap_as_well_as_on_de
     assert len(tight) == 2 and all(analyze(g).macs <= 5_000_000 for g in tight)
 
 
-def test_a_calibration_net_reads_its_fastest_pass_so_a_transient_slowdown_does_not_skew_the_fit(tmp_path,
-                                                                                               monkeypatch):
-    # a slowdown of the machine lasts seconds: it hits one pass over the nets, not all (round 1 of issue 47:
-    # 3 of 50 nets read ~1.5x their time once)
+def test_a_calibration_net_reads_its_fastest_pass_so_one_slow_reading_does_not_skew_the_fit(tmp_path, monkeypatch):
+    # round 1 of issue 47: 3 of 50 nets read ~1.5x their time in their one measurement, steady on re-measuring
     runner = Runner("onnxruntime-fp32", 1, QUICK, tmp_path)
     nets = calibration_genomes(2)
     times = iter([0.30, 0.10, 0.20, 0.25])  # pass 1: net0, net1; pass 2: net0, net1 (ms)

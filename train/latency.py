@@ -227,9 +227,10 @@ class Runner:
 
     def time_nets(self, genomes: list, passes: int = 1, progress: Callable[[int, int], None] = lambda n, total: None
                   ) -> list[float]:
-        """Milliseconds of each whole net at batch 1: the minimum over `passes` passes over all of them. A
-        transient slowdown of the machine lasts seconds and hits one pass, not all (issue 47: in round 1's
-        validation, 3 of 50 nets read ~1.5x their time in one measurement and matched it on re-measuring)."""
+        """Milliseconds of each whole net at batch 1: the minimum over `passes` passes over all of them: a
+        measurement that reads high once is outvoted (issue 47: in round 1's validation, 3 of 50 nets read ~1.5x
+        their time in their one measurement, and their prediction, steadily, on re-measuring; the cause is
+        not known)."""
         nets = []
         for n, g in enumerate(genomes):
             nets.append(self._net(g, f"net{n}"))

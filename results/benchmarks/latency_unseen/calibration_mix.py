@@ -40,7 +40,7 @@ CAP = 20_000_000  # MACs
 
 def measured(nets: list, passes: int = 2) -> dict[str, list[float]]:
     """Per runtime ("int8", "fp32"): each net's CPU-time ms, the minimum over `passes` passes over all nets
-    (a transient slowdown of the machine lasts seconds: it hits one pass, not both)."""
+    (a measurement that reads high once is outvoted: round 1 of validate.py)."""
     out = {"int8": [float("inf")] * len(nets), "fp32": [float("inf")] * len(nets)}
     for _ in range(passes):
         for i, g in enumerate(nets):

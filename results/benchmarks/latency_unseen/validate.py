@@ -12,11 +12,11 @@ through train.deploy's own export_onnx and quantize_int8 (calibrated on 64 seede
 scales do not change which kernels run) and timed with ONNX Runtime, 1 thread, batch 1: warm-up, then the
 minimum of 3 medians of >= 15 runs, by the thread's CPU time and by wall clock, in --passes passes over all
 the nets of a set (default 3); a net's figure is its minimum over the passes (round 1 measured once: 3 of its
-50 small nets read ~1.5x their time in that one measurement, and matched the prediction on re-measuring: a
-transient slowdown of the machine lasts seconds and hits one pass, not all). Each table's prediction is set
-against the CPU-time figure: median and max absolute % error and Spearman rho, overall and within 30-100 M
-MACs, beside the least-squares line of latency on MACs fitted on the same nets (in-sample: the baseline at its
-best). Each table's machine check (space.machine) is run first and reported.
+50 small nets read ~1.5x their time in that one measurement, and their prediction, steadily, on re-measuring;
+the cause is not known: a net that reads high once is outvoted by its other passes). Each table's prediction
+is set against the CPU-time figure: median and max absolute % error and Spearman rho, overall and within
+30-100 M MACs, beside the least-squares line of latency on MACs fitted on the same nets (in-sample: the
+baseline at its best). Each table's machine check (space.machine) is run first and reported.
 
 Writes to --out (default: this folder): measured_<set>.json (per net: genome, MACs, ms by both clocks, each
 pass's CPU-time ms, predictions), summary.md (the tables, and how many nets' passes differed by more than
