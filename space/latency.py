@@ -11,13 +11,15 @@ milliseconds of the building blocks the space produces, each keyed by what chang
     head/{size}                                global average pooling + the classifier, over cin
     fallback/KEY (int8 tables)                 KEY's block as ONNX Runtime runs it where its int8 fusion does
                                                not apply: dequantized weights and a float conv (_falls_back)
-Between grid points the figure is interpolated (bilinear over (cin, cout), linear over one width), the
-widths first rounded up to the channel step the runtime computes in (`channel_step`, measured by the
-build). Each block was measured alone, so each carries the runtime's per-call cost (and, for int8, the
-quantize/dequantize of its input and output, and layout transposes) that a whole net pays once per chain;
-the build therefore also measures 40 whole sampled nets and fits `overhead` by least squares: net =
-fixed_ms + sum over blocks of (block ms + per_block_ms, or per_fallback_ms for a fallback block) +
-per_kelem_ms * thousands of elements read and written between blocks. Pure Python: no torch, no measurement here (that is train.latency).
+Between grid points the figure is interpolated (bilinear over (cin, cout), linear over one width), the widths
+first rounded up to the channel step the runtime computes in (`channel_step`, measured by the build). Each
+block was measured alone, so each carries the runtime's per-call cost (and, for int8, the quantize/dequantize
+of its input and output, and layout transposes) that a whole net pays once per chain; the build therefore also
+measures 60 whole sampled nets (40 under the default rules, 20 under a 20 M MACs cap) and fits `overhead` by
+least squares: net = fixed_ms + sum over blocks of (block ms + per_block_ms, or per_fallback_ms for a fallback
+block) + per_kelem_ms * thousands of elements read and written between blocks + per_kelem32_ms * those of them
+read and written by layers and shortcuts with a 32x32 output. Pure Python: no torch, no measurement here (that
+is train.latency).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from .analysis import analyze
 from .genome import Genome
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BLOCKS_VERSION", "RUNTIMES", "LatencyError", "LatencyTable", "Prediction",
-           "LayerLatency", "FALLBACK", "ODD8", "OVERHEAD_TERMS", "block_key", "block_keys", "overhead_features", "load_table",
+           "LayerLatency", "FALLBACK", "ODD8", "OVERHEAD_TERMS", "BIG_SIZE", "block_key", "block_keys",
+           "overhead_features", "load_table",
            "predict_latency"]
 
 FORMAT = "tinynas-latency-table"
@@ -294,17 +297,27 @@ def block_keys(genome: Genome, int8: bool = False) -> list[tuple[str, list[tuple
 
 
 # The overhead model's terms (train.latency fits them on whole nets): per inference, per block measured in
-# int8, per block measured as a fallback, per thousand elements read and written between blocks.
-OVERHEAD_TERMS = ("fixed_ms", "per_block_ms", "per_fallback_ms", "per_kelem_ms")
+# int8, per block measured as a fallback, per thousand elements read and written between blocks, and per
+# thousand of those read and written by a layer or shortcut with a 32x32 output. The last is its own term
+# because one per-element coefficient left nets with most of their elements at 32x32 (small nets under a
+# MACs cap) and nets with most at 16x16 and below (the default rules) biased in opposite directions for fp32:
+# +4.6 % and -3.5 % median on held-out sets of each (issue 47, results/benchmarks/latency_unseen); a table
+# fitted before it has no such term and predicts as it did (0).
+OVERHEAD_TERMS = ("fixed_ms", "per_block_ms", "per_fallback_ms", "per_kelem_ms", "per_kelem32_ms")
+BIG_SIZE = 32  # pixels a side: the output size whose elements per_kelem32_ms counts
 
 
 def overhead_features(genome: Genome, int8: bool) -> list[tuple[str, list[tuple[str, int, int | None]], list[float]]]:
-    """Per layer: (name, parts, [1 if it is the head else 0, plain parts, fallback parts, kelem]): the terms
-    of OVERHEAD_TERMS this layer contributes (the fixed cost is booked on the head)."""
+    """Per layer: (name, parts, [1 if it is the head else 0, plain parts, fallback parts, kelem, kelem if its
+    output is BIG_SIZE x BIG_SIZE else 0]): the terms of OVERHEAD_TERMS this layer contributes (the fixed
+    cost is booked on the head; the head's elements count as kelem only)."""
+    a = analyze(genome)
+    sizes = {**{i.name: i.size for i in a.layers}, **{s.name: s.size for s in a.shortcuts}}
     out = []
     for name, parts, kelem in block_keys(genome, int8):
         fb = sum(k.startswith(FALLBACK) for k, _, _ in parts)
-        out.append((name, parts, [0.0, float(len(parts) - fb), float(fb), float(kelem)]))
+        big = float(kelem) if sizes.get(name) == BIG_SIZE else 0.0
+        out.append((name, parts, [0.0, float(len(parts) - fb), float(fb), float(kelem), big]))
     return out
 
 
