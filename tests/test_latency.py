@@ -257,6 +257,41 @@ def test_the_build_stores_a_reference_that_this_machine_reruns_within_the_tolera
     assert check.status == "same" and abs(check.ratio - 1) <= TOLERANCE and check.warning() is None
 
 
+def test_the_build_rechecks_its_reference_and_keeps_each_blocks_median(table_path):
+    ref = json.loads(table_path.read_text())["reference"]
+    checks = ref["checks"]
+    assert checks[0] == {"at": "start", "ratio": 1.0} and checks[-1]["at"] == "the end"
+    assert any(c["at"].startswith("blocks ") for c in checks) and all(c["ratio"] > 0 for c in checks)
+    assert ref["steady"] is None  # --quick records the spread and never refuses (its figures are rough)
+
+
+def _drifting(later: float, calls: list):
+    """measure_reference's stand-in for a machine whose speed moves: 1x at the build's first timing, then
+    `later` times the stored figures (each call counted in `calls`)."""
+    def measure(reference, runtime, threads):
+        calls.append(len(calls))
+        return [item.get("ms", 0.1) * (1.0 if len(calls) == 1 else later) for item in reference["items"]]
+    return measure
+
+
+def test_a_build_whose_machine_changes_speed_stops_and_writes_nothing(tmp_path, monkeypatch):
+    """The reference runs 1.3x slower after the build's first timing (a machine whose speed moved, as this
+    project's VM did by 2x between runs): the build stops with the ratio and where, and writes no table; at
+    1.05x (within STEADY) it writes its table and keeps the checks."""
+    import train.latency as tl
+
+    monkeypatch.setattr(tl, "QUICK", tl.Timing(1, 1, 2, 0.0, (8, 32), nets=2, small_nets=1, steady=tl.STEADY))
+    out, calls = tmp_path / "t.json", []
+    monkeypatch.setattr(tl, "measure_reference", _drifting(1.3, calls))
+    with pytest.raises(LatencyError, match=r"speed moved .* 1\.00x \(at start\) to 1\.30x \(at blocks"):
+        tl.main(["build", "--runtime", "onnxruntime-fp32", "--quick", "-o", str(out)])
+    assert not out.exists() and not out.with_suffix(".tmp").exists() and len(calls) == 2  # stopped at once
+    monkeypatch.setattr(tl, "measure_reference", _drifting(1.05, []))
+    assert tl.main(["build", "--runtime", "onnxruntime-fp32", "--quick", "-o", str(out)]) == 0
+    ratios = [c["ratio"] for c in json.loads(out.read_text())["reference"]["checks"]]
+    assert ratios[0] == 1.0 and max(ratios) == pytest.approx(1.05, abs=1e-3) and len(ratios) >= 3
+
+
 def test_a_slower_machine_of_the_same_name_gives_one_warning_with_the_ratio(table_path, monkeypatch, capsys):
     from space import describe
     from space import machine

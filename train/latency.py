@@ -9,12 +9,14 @@ the calling thread's CPU time, which time slices lost to other processes do not 
 sampled from the space (seeds 1000 and 1001, default rules and a 20 M MACs cap: never the validation's) are
 measured the same way, each the minimum over 2 passes over all of them, and the overhead terms are fitted
 (space.latency), and the table's error on them is set beside the best linear fit of latency on MACs: the
-table says if it does not beat MACs.
+table says if it does not beat MACs. The build re-times its reference blocks (space.machine) as it goes and
+stops, writing nothing, if the machine's speed moved by more than 10 % while it measured (STEADY).
 """
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import platform
 import random
@@ -41,8 +43,9 @@ from space.cli import CliParser
 
 from .deploy import DEPLOY_EXTRA, cpu_name, export_onnx, missing, onnx_session, quantize_float, quiet_export
 
-__all__ = ["Timing", "QUICK", "FULL", "CALIBRATION_SEED", "CALIBRATION_SMALL", "block_specs", "make_block", "Runner",
-           "measure", "STEP_PROBE", "channel_step", "build_reference", "calibration_genomes", "fit_overhead",
+__all__ = ["Timing", "QUICK", "FULL", "CALIBRATION_SEED", "CALIBRATION_SMALL", "STEADY", "CHECK_EVERY", "block_specs",
+           "make_block", "Runner", "measure", "STEP_PROBE", "channel_step", "build_reference", "SteadyCheck",
+           "calibration_genomes", "fit_overhead",
            "build_table", "net_latency", "main"]
 
 WIDTHS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)  # channels of the grid
@@ -51,6 +54,15 @@ CALIBRATION_SEED = 1000  # the whole nets the overhead is fitted on (validation 
 # 30-200 M MACs) over-predicted fp32 nets under a 20 M MACs cap by a median 7.1 % (issue 47, round 1); a
 # search under a --max-macs or latency budget predicts such nets, so the fit sees them too
 CALIBRATION_SMALL = (1001, 20_000_000)
+# The build re-times its reference (space.machine) before the blocks, every CHECK_EVERY chunks of blocks
+# (~30 s at one thread), after the blocks and after the whole nets; if the checks spread by more than STEADY
+# (max / min - 1 of the geometric-mean ratio to the first), the machine's speed moved while the table was
+# measured and the build stops with one error line instead of writing a table that mixes two speeds. Seen on
+# this project's VM (issue 47): an idle machine ran the same reference blocks 2x apart on runs hours apart,
+# and a build whose own calibration said it was off (round 2: leave-one-out 7.9 % against round 1's 2.9 %)
+# had been measured at half the speed of the builds before and after it.
+STEADY = 0.10
+CHECK_EVERY = 10
 
 
 class Timing:
@@ -60,14 +72,16 @@ class Timing:
     the minimum over `passes` passes over all of them."""
 
     def __init__(self, warmup: int, repeats: int, runs: int, seconds: float, widths: tuple[int, ...], nets: int,
-                 small_nets: int = 0, passes: int = 1):
+                 small_nets: int = 0, passes: int = 1, steady: float | None = None):
         self.warmup, self.repeats, self.runs, self.seconds, self.widths, self.nets = (warmup, repeats, runs, seconds,
                                                                                        widths, nets)
-        self.small_nets, self.passes = small_nets, passes
+        # steady: the reference's allowed spread during the build (STEADY), None: recorded, never refused
+        self.small_nets, self.passes, self.steady = small_nets, passes, steady
 
 
-FULL = Timing(warmup=5, repeats=3, runs=15, seconds=0.01, widths=WIDTHS, nets=40, small_nets=20, passes=2)
-# tests: shape, not figures
+FULL = Timing(warmup=5, repeats=3, runs=15, seconds=0.01, widths=WIDTHS, nets=40, small_nets=20, passes=2,
+              steady=STEADY)
+# tests: shape, not figures (so a busy test machine's spread is recorded, not refused)
 QUICK = Timing(warmup=1, repeats=1, runs=2, seconds=0.0, widths=(8, 32), nets=2, small_nets=1)
 
 
@@ -250,7 +264,7 @@ class Runner:
 
 def measure(runner: Runner, specs: dict[str, dict], progress: Callable[[int, int], None], chunk: int = 48
             ) -> dict[str, dict]:
-    """The table's entries: every spec's grid timed with `runner`."""
+    """The table's entries: every spec's grid timed with `runner` (`progress(done, total)` after each chunk)."""
     jobs = []  # (key, i, j or None, module, input)
     for key, sp in specs.items():
         for i, cin in enumerate(sp["cin"]):
@@ -407,6 +421,39 @@ def build_reference(runner: Runner) -> dict:
     return reference
 
 
+class SteadyCheck:
+    """The build's reference re-timed as it goes: `check(where)` times it again and stops the build (a
+    LatencyError, one line) when the checks so far spread beyond STEADY; `summary()` is what the table keeps."""
+
+    def __init__(self, reference: dict, runner: Runner, log: Callable[[str], None], steady: float | None = STEADY):
+        self.reference, self.runner, self.log, self.steady = reference, runner, log, steady
+        self.first = [item["ms"] for item in reference["items"]]
+        self.all: list[list[float]] = [self.first]
+        self.ratios: list[tuple[str, float]] = [("start", 1.0)]
+
+    def check(self, where: str) -> None:
+        ms = measure_reference(self.reference, self.runner.runtime, self.runner.threads)
+        ratio = math.exp(statistics.fmean(math.log(m / f) for m, f in zip(ms, self.first)))
+        self.all.append(ms)
+        self.ratios.append((where, ratio))
+        values = [r for _, r in self.ratios]
+        spread = max(values) / min(values) - 1
+        self.log(f"reference at {where}: {ratio:.3f}x its time at the start (spread so far {spread:.1%})")
+        if self.steady is not None and spread > self.steady:
+            lo, hi = min(self.ratios, key=lambda wr: wr[1]), max(self.ratios, key=lambda wr: wr[1])
+            raise LatencyError(
+                f"the machine's speed moved while the table was measured: its reference blocks took {lo[1]:.2f}x "
+                f"(at {lo[0]}) to {hi[1]:.2f}x (at {hi[0]}) their time at the start, beyond {self.steady:.0%}; a table "
+                "mixing two speeds would mislead: build it again with nothing else running")
+
+    def summary(self) -> dict:
+        """The reference as the table stores it: each block's median over the checks (ms), and the checks."""
+        for n, item in enumerate(self.reference["items"]):
+            item["ms"] = round(statistics.median(ms[n] for ms in self.all), 5)
+        return {**self.reference, "checks": [{"at": w, "ratio": round(r, 4)} for w, r in self.ratios],
+                "steady": self.steady}
+
+
 def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DEFAULT_MAX_PARAMS,
                 log: Callable[[str], None] = print) -> dict:
     """Measure and return the table (a JSON-able dict)."""
@@ -415,11 +462,17 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DE
     with tempfile.TemporaryDirectory(prefix="tinynas-latency-") as tmp:
         runner = Runner(runtime, threads, timing, Path(tmp))
 
+        steady = SteadyCheck(build_reference(runner), runner, log, timing.steady)
+        chunks = 0
+
         def progress(done: int, total: int) -> None:
+            nonlocal chunks
+            chunks += 1
             log(f"blocks {done}/{total} measured ({time.perf_counter() - t0:.0f} s)")
+            if chunks % CHECK_EVERY == 0 or done == total:
+                steady.check(f"blocks {done}/{total}")
 
         entries = measure(runner, specs, progress)
-        reference = build_reference(runner)
         families = {"": False, **({FALLBACK: True} if runtime == "onnxruntime-int8" else {})}
         steps = {prefix: channel_step(runner, fb) for prefix, fb in families.items()}
         log("channel step: " + ", ".join(f"{p or 'blocks'} {s}" for p, (s, _) in steps.items()))
@@ -428,7 +481,7 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DE
                 "machine": {"cpu": cpu_name(), "arch": platform.machine(), "host": platform.node(),
                             "platform": platform.platform()},
                 "versions": _versions(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "entries": entries,
-                "channel_step": {p: s for p, (s, _) in steps.items()}, "reference": reference,
+                "channel_step": {p: s for p, (s, _) in steps.items()},
                 "channel_probe": {"widths": list(STEP_PROBE), **{p or "blocks": pr for p, (_, pr) in steps.items()}}}
         genomes = calibration_genomes(timing.nets, Rules(max_params=max_params), timing.small_nets)
 
@@ -438,6 +491,8 @@ def build_table(runtime: str, threads: int, timing: Timing, max_params: int = DE
         measured = runner.time_nets(genomes, timing.passes, exported)
         log(f"whole nets {len(genomes)}/{len(genomes)} measured ({timing.passes} pass(es), "
             f"{time.perf_counter() - t0:.0f} s)")
+        steady.check("the end")
+        data["reference"] = steady.summary()
     data.update(fit_overhead(data, genomes, measured))
     data["seconds"] = round(time.perf_counter() - t0, 1)
     return data

@@ -2,12 +2,13 @@
 
     python results/benchmarks/latency_unseen/validate.py --int8 INT8.json --fp32 FP32.json [--nets 50]
 
-Two validation sets, sampled with seeds used nowhere else in this project's latency work: round 2 (these
-defaults) 50 feasible nets under the default rules (seed 7005) and 50 under --max-macs 20000000 (seed 7006);
-round 1 used seeds 7001 and 7002 (round1/), a trial run of this script 7003 and 7004. None is one of the
+Two validation sets, sampled with seeds used nowhere else in this project's latency work: round 3 (these
+defaults) 50 feasible nets under the default rules (seed 7007) and 50 under --max-macs 20000000 (seed 7008);
+round 1 used seeds 7001 and 7002 (round1/), round 2 7005 and 7006 (round2/), a trial run of this script 7003
+and 7004. None is one of the
 tables' calibration nets (train.latency calibration_genomes: seeds 1000 and 1001) or of the nets used while
-finding the causes (`used_genomes`: the 12 profiled for the odd-8 depthwise widths, seed 4747; round 1's 100
-validation nets; calibration_mix.py's held-out sets, seeds 1002 and 1003). Each net is exported and quantized
+finding the causes (`used_genomes`: the 12 profiled for the odd-8 depthwise widths, seed 4747; rounds 1 and
+2's validation nets; calibration_mix.py's held-out sets, seeds 1002 and 1003). Each net is exported and quantized
 through train.deploy's own export_onnx and quantize_int8 (calibrated on 64 seeded random uint8 images: the
 scales do not change which kernels run) and timed with ONNX Runtime, 1 thread, batch 1: warm-up, then the
 minimum of 3 medians of >= 15 runs, by the thread's CPU time and by wall clock, in --passes passes over all
@@ -48,8 +49,9 @@ from train.deploy import export_onnx, onnx_session, quantize_int8  # noqa: E402
 from train.latency import FULL, calibration_genomes  # noqa: E402
 
 BAND = (30e6, 100e6)
-# name: (sampler seed, --max-macs); round 1: 7001, 7002; 7003 and 7004 served a 2-net trial run of this script
-SETS = {"default": (7005, None), "macs20m": (7006, 20_000_000)}
+# name: (sampler seed, --max-macs); round 1: 7001, 7002; round 2: 7005, 7006; 7003 and 7004 served a 2-net
+# trial run of this script
+SETS = {"default": (7007, None), "macs20m": (7008, 20_000_000)}
 PROFILED_SEED = 4747  # the nets profiled while finding the int8 misses (excluded here)
 HERE = Path(__file__).resolve().parent
 MIX_NETS = 30  # nets per set of calibration_mix.py (its --nets default)
@@ -84,13 +86,13 @@ def sampled(seed: int, rules: Rules, n: int) -> list:
 
 def used_genomes() -> set[str]:
     """The genomes (as JSON) of every net the tables' making or the search for causes used: the calibration
-    nets, the 12 profiled nets, round 1's validation nets (round1/measured_*.json) and calibration_mix.py's
-    held-out sets."""
+    nets, the 12 profiled nets, earlier rounds' validation nets (round*/measured_*.json) and
+    calibration_mix.py's held-out sets."""
     used = calibration_genomes(FULL.nets, small=FULL.small_nets) + profiled_genomes()
     for seed, max_macs in HELD_OUT.values():
         used += sampled(seed, Rules(max_macs=max_macs), MIX_NETS)
     out = {g.to_json() for g in used}
-    for path in sorted((HERE / "round1").glob("measured_*.json")):
+    for path in sorted(HERE.glob("round*/measured_*.json")):
         out |= {Genome.from_dict(r["genome"]).to_json() for r in json.loads(path.read_text())["rows"]}
     return out
 
@@ -182,6 +184,10 @@ def main() -> None:
         c = check_machine(t)
         lines.append(f"- {kind} table {t.source} (built {t.data.get('created', '?')} on {t.machine}): machine check "
                      f"{c.status}" + (f", reference ratio here / there {c.ratio:.3f}" if c.ratio else ""))
+        checks = [ck["ratio"] for ck in t.data.get("reference", {}).get("checks", [])]
+        if checks:
+            lines.append(f"  (its build's own checks of the reference spread {max(checks) / min(checks) - 1:.1%})")
+    status = {kind: [check_machine(t)] for kind, t in tables.items()}  # re-checked after each set, below
     lines += ["", "| set | runtime | predictor | nets | n | median err | max err | rho |", "|---|---|---|---|---|---|---|---|"]
     exclude, spread = used_genomes(), []
     for name, (seed, max_macs) in SETS.items():
@@ -200,6 +206,8 @@ def main() -> None:
             wide = sum(max(r[f"{kind}_passes_ms"]) > (1 + SPREAD) * min(r[f"{kind}_passes_ms"]) for r in rows)
             spread.append(f"- {name} {kind}: {wide} of {len(rows)} nets' {args.passes} passes differed by more than "
                           f"{SPREAD * 100:.0f} % (the minimum is used)")
+        for kind, t in tables.items():
+            status[kind].append(check_machine(t))
         (out / f"measured_{name}.json").write_text(json.dumps({"seed": seed, "max_macs": max_macs, "cpu": cpu_name(),
                                                                "seconds": round(time.time() - t0, 1), "rows": rows},
                                                               indent=1))
@@ -212,7 +220,13 @@ def main() -> None:
                 for part, idx in (("all", range(len(rows))), ("30-100 M", band)):
                     f = figures([pred[i] for i in idx], [meas[i] for i in idx])
                     lines.append(f"| {name} (seed {seed}) | {kind} | {label} | {part} " + cell(f))
-    text = "\n".join(lines + [""] + spread) + "\n"
+    moved = []
+    for kind, cs in status.items():
+        ratios = [c.ratio for c in cs if c.ratio]
+        moved.append(f"- {kind}: reference ratio here / the table's, at the start and after each set: "
+                     + ", ".join(f"{r:.3f}" for r in ratios) + ("" if all(c.comparable for c in cs) else
+                                                               " (NOT COMPARABLE: beyond the machine check's tolerance)"))
+    text = "\n".join(lines + [""] + spread + [""] + moved) + "\n"
     (out / "summary.md").write_text(text)
     print(text)
 
