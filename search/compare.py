@@ -49,6 +49,7 @@ class Entrant:
     origin: str  # "preset", "trial N" or "study NAME, trial N"
     val_acc: float | None = None  # its search validation accuracy, when it was a trial
     breaks: str = ""  # the study's rules it breaks, if any (an explicit name may; the default list never does)
+    aliases: tuple[str, ...] = ()  # other --compare entries naming the same net: retrained once, under this name
 
 
 def check_final_seeds(n: int) -> None:
@@ -93,17 +94,19 @@ def resolve_entrants(run: Run, names: list[str], winner: Genome | None) -> list[
         if trained_val_acc(t) is not None and js is not None:
             trained.setdefault(js, t)
     seen = {winner.to_json()} if winner is not None else set()
-    kept = []
+    kept: dict[str, Entrant] = {}  # genome JSON -> its entrant (the first name given)
     for e in out:
         js = e.genome.to_json()
+        if js in kept:  # e.g. another study's trial that is a preset's warm start: one net, one row
+            kept[js] = replace(kept[js], aliases=kept[js].aliases + (e.name,))
+            continue
         if js in seen:
             continue
-        seen.add(js)
         t = trained.get(js)
         if e.val_acc is None and t is not None and e.origin == "preset":
             e = replace(e, origin=f"preset (trial {t.number})", val_acc=trained_val_acc(t))
-        kept.append(e)
-    return kept
+        kept[js] = e
+    return list(kept.values())
 
 
 def _other_study_trial(spec: str, run: Run) -> Entrant:

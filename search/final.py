@@ -249,6 +249,9 @@ def _retrain_and_compare(run: Run) -> dict:
     for name in dropped:
         log(f"compare: {name} has the winner's genome (trial {chosen.number}): it is the winner, not a baseline")
     entrants = [e for e in entrants if e.genome != winner]
+    same = {alias: e.name for e in entrants for alias in e.aliases}
+    for alias, name in same.items():
+        log(f"compare: {alias} is the same net as {name}: retrained once, listed as {name}")
     if entrants:  # before the first epoch: what the comparison will cost
         log(f"compare: {', '.join(e.name for e in entrants)}, each retrained from "
             f"{plural(len(seed_list), 'seed')} ({', '.join(map(str, seed_list))}) like the winner")
@@ -263,6 +266,7 @@ def _retrain_and_compare(run: Run) -> dict:
     record["seeds"] = {"seeds": seed_list, "test_accs": accs, **seed_stats(accs), "exported_seed": seed_list[0]}
     record["compare"] = compare_rows(record, entrants, runs) if entrants else []
     record["compare_dropped"] = dropped
+    record["compare_same"] = same
     fresh = any(not r.get("reused") for rs in runs.values() for r in rs if "label" in r)  # retrain's records
     write_json(run.out / FINAL_JSON, record)
     if len(seed_list) > 1:

@@ -206,6 +206,8 @@ def _winner(board: pd.DataFrame, trials: list, final: dict | None, settings=None
                "", "```", table(g), "```", ""]
         md += _finalists(final.get("finalists"))
         md += [f"* `--compare {name}` was left out: it has the winner's genome" for name in final.get("compare_dropped", [])]
+        md += [f"* `--compare {alias}` is the same net as {name}: retrained once, listed as {name}"
+               for alias, name in final.get("compare_same", {}).items()]
         md += _payoff(final)
         report_text, cm_text = _per_class(final)
         md += ["### Per-class report (test set)", "", "```", report_text.rstrip(), "```", "",

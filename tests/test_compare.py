@@ -163,6 +163,19 @@ def test_another_studys_winner_joins_the_table_from_its_own_storage():
         entrants(["study:test"], study, s, PRESETS["seed001"], 10, digits_storage)
 
 
+def test_two_compare_names_for_one_net_make_one_row_that_names_both():
+    """Another study's trial that is a preset's warm start is the preset: one net, retrained once, and the
+    other name is kept as an alias (final.py says so), never silently lost."""
+    s, study = searched()
+    other_storage = optuna.storages.InMemoryStorage()
+    control = memory_study(s, storage=other_storage)  # warm-started with the presets, as a search is
+    Search(control, s, 10, FakeTrain(epochs=3), 2, log=quiet).run()
+    twin = next(t for t in control.trials if trained_val_acc(t) is not None and genome_of(t) == PRESETS["seed003_net"])
+    got = entrants(["seed003_net", f"study:test#{twin.number}", "seed001"], study, s, PRESETS["seed001"], 10,
+                   other_storage)
+    assert [(e.name, e.aliases) for e in got] == [("seed003_net", (f"test trial {twin.number}",))]
+
+
 def test_search_run_final_seeds_and_compare_write_the_table_and_every_seed(tmp_path):
     out = tmp_path / "o"
     r = run_main("search.run", *TINY, "--trials", "2", "--storage", str(tmp_path / "s.db"), "--out", str(out),
