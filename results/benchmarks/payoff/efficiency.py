@@ -1,9 +1,10 @@
 """Issue 43, part 4: for each feasible preset, the fastest searched net at least as accurate in the trials.
 
     python results/benchmarks/payoff/efficiency.py TABLE STORAGE:STUDY [STORAGE:STUDY ...]
-    e.g. python results/benchmarks/payoff/efficiency.py results/benchmarks/latency/latency_table_int8.json \\
+    e.g. python results/benchmarks/payoff/efficiency.py results/benchmarks/latency_unseen/round3/table_int8.json \\
         sqlite:///results/benchmarks/payoff/cifar10-tpe-100.db:cifar10-tpe-100 \\
-        sqlite:///results/benchmarks/payoff/cifar10-random-100.db:cifar10-random-100
+        sqlite:///results/benchmarks/payoff/cifar10-random-100.db:cifar10-random-100 \\
+        sqlite:///results/benchmarks/payoff/cifar10-tpe-lat045.db:cifar10-tpe-lat045
 
 Pools the completed trials (trained for every trial epoch, not pruned, within the rules) of the studies,
 but the presets' own (warm-start) trials: the claim is about searched nets. A
