@@ -29,7 +29,7 @@ from .latency import LatencyError, LatencyTable
 from .layers import ConvBN
 
 __all__ = ["TOLERANCE", "REFERENCE_BLOCKS", "REFERENCE_TIMING", "MachineCheck", "cpu_name", "best_median",
-           "measure_reference", "runtime_present", "check_machine", "rescaled", "checked_table"]
+           "measure_reference", "reference_ratio", "runtime_present", "check_machine", "rescaled", "checked_table"]
 
 TOLERANCE = 0.15  # |here / there - 1| within which a table is taken to run at its own speed here
 # (kind, cin, cout or None, dilation, input size, fallback): the reference blocks, 32x32 inputs; the plain and
@@ -119,6 +119,11 @@ def measure_reference(reference: dict[str, Any], runtime: str, threads: int) -> 
     return out
 
 
+def reference_ratio(here: list[float], there: list[float]) -> float:
+    """How much slower `here`'s reference blocks ran than `there`'s: the geometric mean of the per-block ratios."""
+    return math.exp(statistics.fmean(math.log(h / t) for h, t in zip(here, there)))
+
+
 @dataclass(frozen=True)
 class MachineCheck:
     """The outcome of check_machine. status: "same" (within TOLERANCE), "differs", "no-reference" (a table
@@ -163,7 +168,7 @@ def check_machine(table: LatencyTable, measure: Callable[[dict, str, int], list[
         return MachineCheck("no-reference", source=source)
     here = (measure or measure_reference)(reference, table.runtime, table.threads)
     there = [item["ms"] * table.scale for item in reference["items"]]
-    ratio = math.exp(statistics.fmean(math.log(h / t) for h, t in zip(here, there)))
+    ratio = reference_ratio(here, there)
     return MachineCheck("same" if abs(ratio - 1) <= TOLERANCE else "differs", ratio, source)
 
 

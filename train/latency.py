@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import platform
 import random
@@ -37,7 +36,7 @@ from space import DEFAULT_MAX_PARAMS, Rules, analyze, check
 from space.latency import (BLOCKS_VERSION, FALLBACK, FORMAT, FORMAT_VERSION, ODD8, OVERHEAD_TERMS, RUNTIMES, LatencyError,
                            LatencyTable, block_key, overhead_features, predict_latency)
 from space.layers import Classifier, ConvBN, Projection, build
-from space.machine import REFERENCE_BLOCKS, best_median, measure_reference
+from space.machine import REFERENCE_BLOCKS, best_median, measure_reference, reference_ratio
 from space.sample import sample_genomes
 from space.cli import CliParser
 
@@ -45,8 +44,7 @@ from .deploy import DEPLOY_EXTRA, cpu_name, export_onnx, missing, onnx_session, 
 
 __all__ = ["Timing", "QUICK", "FULL", "CALIBRATION_SEED", "CALIBRATION_SMALL", "STEADY", "CHECK_EVERY", "block_specs",
            "make_block", "Runner", "measure", "STEP_PROBE", "channel_step", "build_reference", "SteadyCheck",
-           "calibration_genomes", "fit_overhead",
-           "build_table", "net_latency", "main"]
+           "calibration_genomes", "fit_overhead", "build_table", "net_latency", "main"]
 
 WIDTHS = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)  # channels of the grid
 CALIBRATION_SEED = 1000  # the whole nets the overhead is fitted on (validation samples use other seeds)
@@ -433,7 +431,7 @@ class SteadyCheck:
 
     def check(self, where: str) -> None:
         ms = measure_reference(self.reference, self.runner.runtime, self.runner.threads)
-        ratio = math.exp(statistics.fmean(math.log(m / f) for m, f in zip(ms, self.first)))
+        ratio = reference_ratio(ms, self.first)
         self.all.append(ms)
         self.ratios.append((where, ratio))
         values = [r for _, r in self.ratios]
