@@ -7,7 +7,7 @@
 # 0.045 ms, under 0.6x seed001's predicted 0.0763 ms (the faster feasible preset; seed003_net 0.0835) with the
 # table's median error (~3 %) to spare. Random search is no control here: in an ask/tell run without training
 # (search.loop.Search with a fake trainer), TPE needed 96 proposals for 40 nets within the budget, random search
-# 3,427 for 4 before the loop gave up. Run from the project root of a worktree of a fixed commit (payoff_cpu.md
+# 3,427 for 4 before the loop gave up (latency_budget_sim.py). Run from the project root of a worktree of a fixed commit (payoff_cpu.md
 # names it), the virtual environment active:
 #
 #   bash results/benchmarks/payoff/efficiency_search.sh start DATA_DIR    # in the background; again to resume
