@@ -91,10 +91,11 @@ def splits(data_dir: str) -> dict[str, ImageData]:
 
 def jobs(named: list[tuple[str, Genome]]) -> list[tuple[str, str, int]]:
     """(net, fidelity, seed), most needed information first: the final and the old trial recipe and the cheapest
-    for every net, then 5@18k (the costlier candidate), then the second seeds, then the other trial fidelities.
-    (Until 17:10 UTC on 2026-12-07 the order was 2@18k, 3@10k, 5@18k, then the second seeds; runs are keyed by
+    for every net, then the noise floor (the chosen trial recipe's second seed, then the final's), then 5@18k
+    (the costlier candidate), then the other trial fidelities. (Until 17:10 UTC on 2026-12-07 the order was 2@18k,
+    3@10k, 5@18k, then the second seeds; until 22:50 UTC 5@18k came before the second seeds. Runs are keyed by
     (net, fidelity, seed), so the order changes nothing but which runs finish first.)"""
-    phases = [[(FINAL, 0), ("3@18000", 0), ("2@10000", 0)], [("5@18000", 0)], [(f, 1) for f in NOISE],
+    phases = [[(FINAL, 0), ("3@18000", 0), ("2@10000", 0)], [("3@18000", 1)], [(FINAL, 1)], [("5@18000", 0)],
               [("2@18000", 0), ("3@10000", 0)]]
     return [(name, f, s) for phase in phases for name, _ in named for f, s in phase]
 
