@@ -218,9 +218,12 @@ def cmd_report(args: argparse.Namespace) -> None:
             boot.append(f"| {f}{' (final, on val A)' if f == FINAL else ''} | {len(chosen)} | {_ci(b[:, 0])} | "
                         f"{_ci(b[:, 1])} | " + (f"{_ci(b[:, 0] - b[:, 2])} |" if f != CHOSEN else "(itself) |"))
     lines += boot
-    lines += ["", "Noise floor: the same net from seeds 0 and 1.", "",
-              "| fidelity | nets | τ seed 0 vs 1 | ρ | mean abs diff | std of the difference / √2 |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "Noise floor: the same net from seeds 0 and 1. For a trial fidelity, also τ against the final "
+              "fidelity (seed 0, val B) of its seed 0 and seed 1 runs on the same nets, and of their mean: how much "
+              "of the ranking error is the trial's seed noise.", "",
+              "| fidelity | nets | τ seed 0 vs 1 | ρ | mean abs diff | std of the difference / √2 "
+              "| τ vs final: seed 0 | seed 1 | mean of both |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for f in NOISE:
         key = "valB" if f == FINAL else "valA"
         pairs = [(acc[(n, f, 0)][key], acc[(n, f, 1)][key]) for n in names if (n, f, 0) in acc and (n, f, 1) in acc]
@@ -229,8 +232,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         x, y = zip(*pairs)
         tau, rho = _tau(list(x), list(y))
         d = [a - b for a, b in pairs]
+        vs_final = "| | |"
+        both = [n for n in names if (n, f, 0) in acc and (n, f, 1) in acc and n in final]
+        if f != FINAL and len(both) >= 3:
+            fin = [final[n] for n in both]
+            s0, s1 = ([acc[(n, f, s)][key] for n in both] for s in (0, 1))
+            vs_final = " | ".join(f"{_tau(c, fin)[0]:+.3f}" for c in (s0, s1, [(a + b) / 2 for a, b in zip(s0, s1)]))
         lines.append(f"| {f} ({key}) | {len(pairs)} | {tau:+.3f} | {rho:+.3f} | "
-                     f"{statistics.mean(abs(v) for v in d):.4f} | {statistics.stdev(d) / math.sqrt(2):.4f} |")
+                     f"{statistics.mean(abs(v) for v in d):.4f} | {statistics.stdev(d) / math.sqrt(2):.4f} | "
+                     f"{vs_final} |")
     lines += ["", "| net | params | M MACs | RF | " + " | ".join(f"{f} s0" for f in (*TRIALS, FINAL)) + " |",
               "|---|---:|---:|---:|" + "---:|" * (len(TRIALS) + 1)]
     for n in sorted(names, key=lambda n: -final.get(n, 0)):
